@@ -1,0 +1,33 @@
+// The generator: (KernelSpec, Family, TileConfig) -> a self-contained NVRTC program. Plain C++
+// with no CUDA headers, and deterministic: the same variant always gives the same source,
+// options and content hash.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "generator/kernel_spec.hpp"
+
+namespace sigattn::gen {
+
+// Bump when the generated source or its options change meaning; part of every cache key.
+inline constexpr int kGeneratorVersion = 1;
+
+struct GeneratedKernel {
+  Variant variant;
+  std::string variant_name;     // canonical variant string
+  std::string source;           // the program text given to NVRTC
+  std::string name_expression;  // the kernel instantiation to ask NVRTC for
+  std::vector<std::string> options;  // NVRTC options, without the architecture
+  int threads = 0;              // threads per CTA
+  int smem_bytes = 0;           // dynamic shared memory per CTA
+  std::string content_hash;     // hex hash of source + templates + options + generator version
+};
+
+// Bytes of dynamic shared memory the sm80 forward kernel needs for this variant.
+int fwd_sm80_smem_bytes(const KernelSpec& spec, const TileConfig& tile);
+
+// Throws std::invalid_argument when the spec or tile is outside what the family supports.
+GeneratedKernel generate(const Variant& variant);
+
+}  // namespace sigattn::gen

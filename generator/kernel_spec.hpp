@@ -1,0 +1,81 @@
+// KernelSpec (what a kernel computes) and TileConfig (how it is tiled), and the canonical variant
+// string that names both: "fwd.bf16.d128.dense.causal.nosmod.fast.anylen/sm80.m128n64w4s2".
+// The string is used in logs, errors, CLI output and database rows; parse(format(x)) == x.
+#pragma once
+
+#include <nlohmann/json_fwd.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace sigattn::gen {
+
+enum class Direction { forward };
+enum class DType { bf16, fp16 };
+// dense: [B, L, H, D] all valid; padded: dense storage with per-sequence valid lengths;
+// varlen: packed [total, H, D] tokens with cu_seqlens prefix sums.
+enum class Layout { dense, padded, varlen };
+enum class SigmoidMode { fast, accurate };
+// anylen: any lengths; x128: every length is a multiple of 128 (no bounds checks on tiles).
+enum class SeqLen { anylen, x128 };
+enum class Family { sm80 };
+
+struct KernelSpec {
+  Direction direction = Direction::forward;
+  DType dtype = DType::bf16;
+  int head_dim = 128;
+  Layout layout = Layout::dense;
+  bool causal = false;
+  bool window = false;
+  bool score_mod = false;
+  SigmoidMode sigmoid = SigmoidMode::fast;
+  SeqLen seqlen = SeqLen::anylen;
+
+  bool operator==(const KernelSpec&) const = default;
+};
+
+// The tunable parameters of the sm80 family.
+struct TileConfig {
+  int block_m = 128;  // query rows per CTA; a multiple of 16 * warps
+  int block_n = 64;   // keys per main-loop step; a multiple of 16
+  int warps = 4;      // warps per CTA, each owning block_m / warps query rows
+  int stages = 2;     // K/V shared-memory pipeline depth (cp.async), 2..4
+
+  bool operator==(const TileConfig&) const = default;
+};
+
+struct Variant {
+  KernelSpec spec;
+  Family family = Family::sm80;
+  TileConfig tile;
+
+  bool operator==(const Variant&) const = default;
+};
+
+// Head dims the generator accepts: multiples of 8 from 8 to 256.
+bool head_dim_supported(int head_dim);
+
+std::string to_string(const KernelSpec& spec);
+std::string to_string(const TileConfig& tile);
+std::string to_string(const Variant& variant);
+std::string_view to_string(DType dtype);
+std::string_view to_string(Layout layout);
+std::string_view to_string(Family family);
+
+// Parse the canonical strings; throw std::invalid_argument naming the bad field.
+KernelSpec parse_spec(std::string_view text);
+TileConfig parse_tile(std::string_view text);
+// "SPEC" or "SPEC/FAMILY.TILE"; a missing tile part leaves the optional empty.
+struct ParsedVariant {
+  KernelSpec spec;
+  Family family = Family::sm80;
+  std::optional<TileConfig> tile;
+};
+ParsedVariant parse_variant(std::string_view text);
+
+void to_json(nlohmann::json& j, const TileConfig& tile);
+void from_json(const nlohmann::json& j, TileConfig& tile);
+void to_json(nlohmann::json& j, const KernelSpec& spec);
+void from_json(const nlohmann::json& j, KernelSpec& spec);
+
+}  // namespace sigattn::gen

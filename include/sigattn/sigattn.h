@@ -1,0 +1,89 @@
+/* sigattn C ABI: sigmoid attention forward on device pointers, on the caller's stream and in the
+ * caller's current CUDA context. Every call returns a status code; on failure
+ * sigattn_last_error() gives a message naming what is wrong (thread-local, valid until the next
+ * call on the same thread). Needs nothing but a C compiler: no CUDA headers. */
+#ifndef SIGATTN_SIGATTN_H
+#define SIGATTN_SIGATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The same declaration as cuda.h's, so that both headers can be included together. */
+typedef struct CUstream_st* CUstream;
+
+typedef enum sigattn_status {
+  SIGATTN_OK = 0,
+  SIGATTN_INVALID_ARGUMENT = 1,
+  SIGATTN_UNSUPPORTED = 2,
+  SIGATTN_DRIVER_ERROR = 3,
+  SIGATTN_COMPILE_ERROR = 4,
+  SIGATTN_NOT_AVAILABLE = 5,
+  SIGATTN_INTERNAL_ERROR = 6
+} sigattn_status;
+
+typedef enum sigattn_dtype { SIGATTN_BF16 = 0, SIGATTN_FP16 = 1 } sigattn_dtype;
+typedef enum sigattn_sigmoid { SIGATTN_SIGMOID_FAST = 0, SIGATTN_SIGMOID_ACCURATE = 1 } sigattn_sigmoid;
+
+/* A [batch, seq, heads, head_dim] view with the head dimension contiguous. Strides are in
+ * elements; BTHD and BHTD are both expressed by choosing the strides. In the varlen layout
+ * batch_stride is ignored and seq indexes the packed tokens. */
+typedef struct sigattn_tensor {
+  void* data;
+  int64_t batch_stride;
+  int64_t seq_stride;
+  int64_t head_stride;
+} sigattn_tensor;
+
+typedef struct sigattn_forward_args {
+  sigattn_dtype dtype;
+  int32_t batch;
+  int32_t heads_q;
+  int32_t heads_kv;
+  int32_t head_dim;
+  int32_t max_seqlen_q;
+  int32_t max_seqlen_k;
+  sigattn_tensor q;
+  sigattn_tensor k;
+  sigattn_tensor v;
+  sigattn_tensor out;
+  /* Padded layout: per-sequence valid lengths, device int32[batch]; either may be NULL. */
+  const int32_t* seq_lens_q;
+  const int32_t* seq_lens_k;
+  /* Packed varlen layout: device int32[batch + 1] prefix sums; both or neither. */
+  const int32_t* cu_seqlens_q;
+  const int32_t* cu_seqlens_k;
+  /* Optional fp32 [batch, max_seqlen_k] additive per-key bias, row stride in elements. */
+  const float* score_mod;
+  int64_t score_mod_batch_stride;
+  int32_t causal;
+  /* Sliding window in keys left and right of the (bottom-right aligned) diagonal; -1 is none. */
+  int32_t window_left;
+  int32_t window_right;
+  /* Non-zero has_scale / has_bias select the given values over 1/sqrt(d) and -log(len_k). */
+  int32_t has_scale;
+  float scale;
+  int32_t has_bias;
+  float bias;
+  sigattn_sigmoid sigmoid;
+  /* Non-zero skips the host check of the device length arrays (one copy and stream sync per
+   * call); lengths are then clamped to [0, max] inside the kernel. */
+  int32_t trust_lengths;
+} sigattn_forward_args;
+
+/* Fills args with the defaults: no masks, fast sigmoid, window -1/-1, all pointers NULL. */
+void sigattn_forward_args_init(sigattn_forward_args* args);
+
+sigattn_status sigattn_forward(const sigattn_forward_args* args, CUstream stream);
+
+const char* sigattn_last_error(void);
+const char* sigattn_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SIGATTN_SIGATTN_H */

@@ -1,0 +1,82 @@
+// sigattn C++ API: sigmoid attention O = sigma(scale * Q K^T + bias + score_mod) V on device
+// pointers, launched on the caller's stream in the caller's current CUDA context. Errors are
+// thrown as sigattn::Error carrying a status code and a message that names the bad argument.
+#pragma once
+
+#include <sigattn/sigattn.h>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+namespace sigattn {
+
+enum class Status : int {
+  ok = SIGATTN_OK,
+  invalid_argument = SIGATTN_INVALID_ARGUMENT,
+  unsupported = SIGATTN_UNSUPPORTED,
+  driver_error = SIGATTN_DRIVER_ERROR,
+  compile_error = SIGATTN_COMPILE_ERROR,
+  not_available = SIGATTN_NOT_AVAILABLE,
+  internal_error = SIGATTN_INTERNAL_ERROR,
+};
+
+class Error : public std::runtime_error {
+ public:
+  Error(Status status, const std::string& message) : std::runtime_error(message), status_(status) {}
+  Status status() const noexcept { return status_; }
+
+ private:
+  Status status_;
+};
+
+enum class DType { bf16 = SIGATTN_BF16, fp16 = SIGATTN_FP16 };
+enum class SigmoidMode { fast = SIGATTN_SIGMOID_FAST, accurate = SIGATTN_SIGMOID_ACCURATE };
+
+// A [batch, seq, heads, head_dim] view, head dimension contiguous, strides in elements.
+struct TensorRef {
+  void* data = nullptr;
+  std::int64_t batch_stride = 0;
+  std::int64_t seq_stride = 0;
+  std::int64_t head_stride = 0;
+};
+
+// Contiguous BTHD ([batch, seq, heads, head_dim]) strides.
+TensorRef bthd(void* data, int seq, int heads, int head_dim);
+// Contiguous BHTD ([batch, heads, seq, head_dim]) strides.
+TensorRef bhtd(void* data, int seq, int heads, int head_dim);
+
+struct ForwardArgs {
+  DType dtype = DType::bf16;
+  int batch = 0;
+  int heads_q = 0;
+  int heads_kv = 0;  // heads_q must be a multiple of it (GQA/MQA)
+  int head_dim = 0;
+  int max_seqlen_q = 0;
+  int max_seqlen_k = 0;
+  TensorRef q, k, v, out;
+  // Padded layout: device int32[batch] valid lengths (either may be null).
+  const std::int32_t* seq_lens_q = nullptr;
+  const std::int32_t* seq_lens_k = nullptr;
+  // Packed varlen layout: device int32[batch + 1] prefix sums (both or neither).
+  const std::int32_t* cu_seqlens_q = nullptr;
+  const std::int32_t* cu_seqlens_k = nullptr;
+  // Optional fp32 [batch, max_seqlen_k] per-key additive bias.
+  const float* score_mod = nullptr;
+  std::int64_t score_mod_batch_stride = 0;
+  bool causal = false;
+  int window_left = -1;  // -1: unbounded
+  int window_right = -1;
+  std::optional<float> scale;  // default 1/sqrt(head_dim)
+  std::optional<float> bias;   // default -log(len_k) per sequence
+  SigmoidMode sigmoid = SigmoidMode::fast;
+  bool trust_lengths = false;  // skip the host check of device length arrays
+};
+
+// Runs the forward pass. Compiles the kernel on first use of a variant (cached in memory after).
+void forward(const ForwardArgs& args, CUstream stream);
+
+const char* version() noexcept;
+
+}  // namespace sigattn

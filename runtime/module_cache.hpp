@@ -1,0 +1,51 @@
+// Thread-safe in-memory caches: compiled CUBINs keyed by (content hash, arch, NVRTC version),
+// and loaded modules keyed by that plus the CUDA context they live in. Hit/miss counters are
+// exposed for tests.
+#pragma once
+
+#include <cuda.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "generator/generator.hpp"
+#include "runtime/compiler.hpp"
+
+namespace sigattn {
+
+struct LoadedKernel {
+  CUfunction function = nullptr;
+  int threads = 0;
+  int smem_bytes = 0;
+  std::string variant_name;
+};
+
+struct CacheStats {
+  std::uint64_t compile_hits = 0;
+  std::uint64_t compile_misses = 0;
+  std::uint64_t module_hits = 0;
+  std::uint64_t module_misses = 0;
+};
+
+class ModuleCache {
+ public:
+  static ModuleCache& instance();
+
+  // Compiled binary for (kernel, arch), compiling on a miss. Concurrent callers of one key
+  // compile it once.
+  std::shared_ptr<const CompiledKernel> compiled(const gen::GeneratedKernel& kernel,
+                                                 const std::string& arch);
+
+  // Loaded function in the current context, with its dynamic shared-memory limit raised.
+  LoadedKernel load(const gen::GeneratedKernel& kernel);
+
+  CacheStats stats() const;
+  void clear();
+
+ private:
+  ModuleCache() = default;
+  // Implementation state is up to module_cache.cpp.
+};
+
+}  // namespace sigattn
