@@ -15,13 +15,13 @@ inline constexpr int kGeneratorVersion = 1;
 
 struct GeneratedKernel {
   Variant variant;
-  std::string variant_name;     // canonical variant string
-  std::string source;           // the program text given to NVRTC
-  std::string name_expression;  // the kernel instantiation to ask NVRTC for
+  std::string variant_name;          // canonical variant string
+  std::string source;                // the program text given to NVRTC
+  std::string name_expression;       // the kernel instantiation to ask NVRTC for
   std::vector<std::string> options;  // NVRTC options, without the architecture
-  int threads = 0;              // threads per CTA
-  int smem_bytes = 0;           // dynamic shared memory per CTA
-  std::string content_hash;     // hex hash of source + templates + options + generator version
+  int threads = 0;                   // threads per CTA
+  int smem_bytes = 0;                // dynamic shared memory per CTA
+  std::string content_hash;          // hex hash of source + templates + options + generator version
 };
 
 // Bytes of dynamic shared memory the sm80 forward kernel needs for this variant.

@@ -26,7 +26,10 @@ typedef enum sigattn_status {
 } sigattn_status;
 
 typedef enum sigattn_dtype { SIGATTN_BF16 = 0, SIGATTN_FP16 = 1 } sigattn_dtype;
-typedef enum sigattn_sigmoid { SIGATTN_SIGMOID_FAST = 0, SIGATTN_SIGMOID_ACCURATE = 1 } sigattn_sigmoid;
+typedef enum sigattn_sigmoid {
+  SIGATTN_SIGMOID_FAST = 0,
+  SIGATTN_SIGMOID_ACCURATE = 1
+} sigattn_sigmoid;
 
 /* A [batch, seq, heads, head_dim] view with the head dimension contiguous. Strides are in
  * elements; BTHD and BHTD are both expressed by choosing the strides. In the varlen layout

@@ -1,0 +1,122 @@
+// Emits the NVRTC program for one variant: a traits struct carrying every spec axis and tile
+// parameter as constexpr members, and the include of the family's kernel template. The kernel is
+// requested by name expression, so no symbol is mangled by hand.
+#include "generator/generator.hpp"
+
+#include <fmt/format.h>
+
+#include <stdexcept>
+
+#include "generator/template_store.hpp"
+
+namespace sigattn::gen {
+namespace {
+
+std::string_view layout_enum(Layout layout) {
+  switch (layout) {
+    case Layout::dense:
+      return "sigattn::Layout::kDense";
+    case Layout::padded:
+      return "sigattn::Layout::kPadded";
+    case Layout::varlen:
+      return "sigattn::Layout::kVarlen";
+  }
+  return "";
+}
+
+void check_variant(const Variant& variant) {
+  const KernelSpec& spec = variant.spec;
+  const TileConfig& tile = variant.tile;
+  if (!head_dim_supported(spec.head_dim)) {
+    throw std::invalid_argument(fmt::format(
+        "head_dim {} is not supported: use a multiple of 8 from 8 to 256", spec.head_dim));
+  }
+  if (spec.seqlen == SeqLen::x128 && spec.layout != Layout::dense) {
+    throw std::invalid_argument("seqlen x128 applies to the dense layout only");
+  }
+  if (tile.warps != 1 && tile.warps != 2 && tile.warps != 4 && tile.warps != 8) {
+    throw std::invalid_argument(fmt::format("tile warps = {} must be 1, 2, 4 or 8", tile.warps));
+  }
+  if (tile.block_m <= 0 || tile.block_m % (16 * tile.warps) != 0) {
+    throw std::invalid_argument(
+        fmt::format("tile block_m = {} must be a positive multiple of 16 * warps = {}",
+                    tile.block_m, 16 * tile.warps));
+  }
+  if (tile.block_n <= 0 || tile.block_n % 16 != 0) {
+    throw std::invalid_argument(
+        fmt::format("tile block_n = {} must be a positive multiple of 16", tile.block_n));
+  }
+  if (tile.stages < 2 || tile.stages > 4) {
+    throw std::invalid_argument(fmt::format("tile stages = {} must be 2, 3 or 4", tile.stages));
+  }
+  if (spec.seqlen == SeqLen::x128 && (128 % tile.block_m != 0 || 128 % tile.block_n != 0)) {
+    throw std::invalid_argument(
+        fmt::format("seqlen x128 needs block_m and block_n dividing 128, got {}", to_string(tile)));
+  }
+}
+
+}  // namespace
+
+int fwd_sm80_smem_bytes(const KernelSpec& spec, const TileConfig& tile) {
+  // Mirrors FwdSm80Shape in templates/sigattn/fwd_sm80.cuh, which static_asserts equality.
+  const int padded_dim = (spec.head_dim + 15) / 16 * 16;
+  const int row_stride = padded_dim + 8;
+  return 2 * (tile.block_m * row_stride + 2 * tile.stages * tile.block_n * row_stride);
+}
+
+GeneratedKernel generate(const Variant& variant) {
+  check_variant(variant);
+  const KernelSpec& spec = variant.spec;
+  const TileConfig& tile = variant.tile;
+
+  GeneratedKernel out;
+  out.variant = variant;
+  out.variant_name = to_string(variant);
+  out.threads = tile.warps * 32;
+  out.smem_bytes = fwd_sm80_smem_bytes(spec, tile);
+  out.name_expression = "sigattn::fwd_sm80_kernel<sigattn_generated::Cfg>";
+  out.options = {"-std=c++17", "--fmad=true"};
+  out.source = fmt::format(
+      "// sigattn generated kernel {variant}\n"
+      "// generator version {gen}, templates {templates}\n"
+      "#include \"sigattn/fwd_sm80.cuh\"\n"
+      "\n"
+      "namespace sigattn_generated {{\n"
+      "struct Cfg {{\n"
+      "  static constexpr bool kBf16 = {bf16};\n"
+      "  static constexpr int kHeadDim = {head_dim};\n"
+      "  static constexpr sigattn::Layout kLayout = {layout};\n"
+      "  static constexpr bool kCausal = {causal};\n"
+      "  static constexpr bool kWindow = {window};\n"
+      "  static constexpr bool kScoreMod = {score_mod};\n"
+      "  static constexpr bool kAccurateSigmoid = {accurate};\n"
+      "  static constexpr bool kSeqLenX128 = {x128};\n"
+      "  static constexpr int kBlockM = {block_m};\n"
+      "  static constexpr int kBlockN = {block_n};\n"
+      "  static constexpr int kWarps = {warps};\n"
+      "  static constexpr int kStages = {stages};\n"
+      "  static constexpr int kSmemBytes = {smem};\n"
+      "}};\n"
+      "}}  // namespace sigattn_generated\n",
+      fmt::arg("variant", out.variant_name), fmt::arg("gen", kGeneratorVersion),
+      fmt::arg("templates", template_hash()),
+      fmt::arg("bf16", spec.dtype == DType::bf16 ? "true" : "false"),
+      fmt::arg("head_dim", spec.head_dim), fmt::arg("layout", layout_enum(spec.layout)),
+      fmt::arg("causal", spec.causal ? "true" : "false"),
+      fmt::arg("window", spec.window ? "true" : "false"),
+      fmt::arg("score_mod", spec.score_mod ? "true" : "false"),
+      fmt::arg("accurate", spec.sigmoid == SigmoidMode::accurate ? "true" : "false"),
+      fmt::arg("x128", spec.seqlen == SeqLen::x128 ? "true" : "false"),
+      fmt::arg("block_m", tile.block_m), fmt::arg("block_n", tile.block_n),
+      fmt::arg("warps", tile.warps), fmt::arg("stages", tile.stages),
+      fmt::arg("smem", out.smem_bytes));
+
+  std::string hashed =
+      fmt::format("generator {}\n{}\n{}\n", kGeneratorVersion, template_hash(), out.source);
+  for (const auto& option : out.options) hashed.append(option).push_back('\n');
+  hashed.append(out.name_expression);
+  out.content_hash = hash_hex(hashed);
+  return out;
+}
+
+}  // namespace sigattn::gen

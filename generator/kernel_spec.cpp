@@ -1,0 +1,205 @@
+// Canonical variant strings and JSON for KernelSpec and TileConfig. The string fields appear in a
+// fixed order: direction.dtype.dHEAD.layout.mask.scoremod.sigmoid.seqlen[/family.mMnNwWsS].
+#include "generator/kernel_spec.hpp"
+
+#include <fmt/format.h>
+
+#include <array>
+#include <charconv>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <vector>
+
+namespace sigattn::gen {
+namespace {
+
+std::vector<std::string_view> split(std::string_view text, char sep) {
+  std::vector<std::string_view> parts;
+  std::size_t start = 0;
+  while (true) {
+    std::size_t end = text.find(sep, start);
+    parts.push_back(text.substr(start, end - start));
+    if (end == std::string_view::npos) return parts;
+    start = end + 1;
+  }
+}
+
+[[noreturn]] void bad(std::string_view what, std::string_view got, std::string_view expected) {
+  throw std::invalid_argument(
+      fmt::format("bad {} '{}' in variant: expected {}", what, got, expected));
+}
+
+int parse_int(std::string_view digits, std::string_view what) {
+  int value = 0;
+  auto [end, err] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+  if (digits.empty() || err != std::errc() || end != digits.data() + digits.size()) {
+    bad(what, digits, "a decimal number");
+  }
+  return value;
+}
+
+std::string_view mask_name(const KernelSpec& spec) {
+  if (spec.causal && spec.window) return "causal+window";
+  if (spec.causal) return "causal";
+  if (spec.window) return "window";
+  return "nomask";
+}
+
+}  // namespace
+
+bool head_dim_supported(int head_dim) {
+  return head_dim >= 8 && head_dim <= 256 && head_dim % 8 == 0;
+}
+
+std::string_view to_string(DType dtype) { return dtype == DType::bf16 ? "bf16" : "fp16"; }
+
+std::string_view to_string(Layout layout) {
+  switch (layout) {
+    case Layout::dense:
+      return "dense";
+    case Layout::padded:
+      return "padded";
+    case Layout::varlen:
+      return "varlen";
+  }
+  return "?";
+}
+
+std::string_view to_string(Family) { return "sm80"; }
+
+std::string to_string(const KernelSpec& spec) {
+  return fmt::format("fwd.{}.d{}.{}.{}.{}.{}.{}", to_string(spec.dtype), spec.head_dim,
+                     to_string(spec.layout), mask_name(spec), spec.score_mod ? "smod" : "nosmod",
+                     spec.sigmoid == SigmoidMode::fast ? "fast" : "accurate",
+                     spec.seqlen == SeqLen::anylen ? "anylen" : "x128");
+}
+
+std::string to_string(const TileConfig& tile) {
+  return fmt::format("m{}n{}w{}s{}", tile.block_m, tile.block_n, tile.warps, tile.stages);
+}
+
+std::string to_string(const Variant& variant) {
+  return fmt::format("{}/{}.{}", to_string(variant.spec), to_string(variant.family),
+                     to_string(variant.tile));
+}
+
+KernelSpec parse_spec(std::string_view text) {
+  auto f = split(text, '.');
+  if (f.size() != 8) {
+    bad("spec", text,
+        "8 dot-separated fields: fwd.DTYPE.dHEAD.LAYOUT.MASK.SCOREMOD.SIGMOID.SEQLEN, e.g. "
+        "fwd.bf16.d128.dense.nomask.nosmod.fast.anylen");
+  }
+  KernelSpec spec;
+  if (f[0] != "fwd") bad("direction", f[0], "fwd");
+  if (f[1] == "bf16") {
+    spec.dtype = DType::bf16;
+  } else if (f[1] == "fp16") {
+    spec.dtype = DType::fp16;
+  } else {
+    bad("dtype", f[1], "bf16 or fp16");
+  }
+  if (f[2].size() < 2 || f[2][0] != 'd') bad("head dim", f[2], "dN, e.g. d128");
+  spec.head_dim = parse_int(f[2].substr(1), "head dim");
+  if (!head_dim_supported(spec.head_dim)) bad("head dim", f[2], "a multiple of 8 from d8 to d256");
+  if (f[3] == "dense") {
+    spec.layout = Layout::dense;
+  } else if (f[3] == "padded") {
+    spec.layout = Layout::padded;
+  } else if (f[3] == "varlen") {
+    spec.layout = Layout::varlen;
+  } else {
+    bad("layout", f[3], "dense, padded or varlen");
+  }
+  if (f[4] == "nomask") {
+  } else if (f[4] == "causal") {
+    spec.causal = true;
+  } else if (f[4] == "window") {
+    spec.window = true;
+  } else if (f[4] == "causal+window") {
+    spec.causal = spec.window = true;
+  } else {
+    bad("mask", f[4], "nomask, causal, window or causal+window");
+  }
+  if (f[5] == "smod") {
+    spec.score_mod = true;
+  } else if (f[5] != "nosmod") {
+    bad("score_mod", f[5], "smod or nosmod");
+  }
+  if (f[6] == "fast") {
+    spec.sigmoid = SigmoidMode::fast;
+  } else if (f[6] == "accurate") {
+    spec.sigmoid = SigmoidMode::accurate;
+  } else {
+    bad("sigmoid", f[6], "fast or accurate");
+  }
+  if (f[7] == "anylen") {
+    spec.seqlen = SeqLen::anylen;
+  } else if (f[7] == "x128") {
+    spec.seqlen = SeqLen::x128;
+  } else {
+    bad("seqlen", f[7], "anylen or x128");
+  }
+  if (spec.seqlen == SeqLen::x128 && spec.layout != Layout::dense) {
+    bad("seqlen", f[7], "anylen: x128 applies to the dense layout only");
+  }
+  return spec;
+}
+
+TileConfig parse_tile(std::string_view text) {
+  // mMnNwWsS
+  static constexpr std::array<char, 4> kKeys = {'m', 'n', 'w', 's'};
+  std::array<int, 4> values{};
+  std::size_t pos = 0;
+  for (std::size_t i = 0; i < kKeys.size(); ++i) {
+    if (pos >= text.size() || text[pos] != kKeys[i]) {
+      bad("tile", text, "mBLOCKMnBLOCKNwWARPSsSTAGES, e.g. m128n64w4s2");
+    }
+    std::size_t end = pos + 1;
+    while (end < text.size() && text[end] >= '0' && text[end] <= '9') ++end;
+    values[i] = parse_int(text.substr(pos + 1, end - pos - 1), "tile");
+    pos = end;
+  }
+  if (pos != text.size()) bad("tile", text, "nothing after the stage count");
+  return TileConfig{values[0], values[1], values[2], values[3]};
+}
+
+ParsedVariant parse_variant(std::string_view text) {
+  ParsedVariant parsed;
+  std::size_t slash = text.find('/');
+  parsed.spec = parse_spec(text.substr(0, slash));
+  if (slash == std::string_view::npos) return parsed;
+  std::string_view rest = text.substr(slash + 1);
+  std::size_t dot = rest.find('.');
+  if (rest.substr(0, dot) != "sm80") bad("family", rest.substr(0, dot), "sm80");
+  if (dot == std::string_view::npos) bad("tile", "", "FAMILY.TILE, e.g. sm80.m128n64w4s2");
+  parsed.tile = parse_tile(rest.substr(dot + 1));
+  return parsed;
+}
+
+void to_json(nlohmann::json& j, const TileConfig& tile) {
+  j = nlohmann::json{{"block_m", tile.block_m},
+                     {"block_n", tile.block_n},
+                     {"warps", tile.warps},
+                     {"stages", tile.stages}};
+}
+
+void from_json(const nlohmann::json& j, TileConfig& tile) {
+  for (const auto& [key, value] : j.items()) {
+    if (key != "block_m" && key != "block_n" && key != "warps" && key != "stages") {
+      throw std::invalid_argument(fmt::format("unknown tile field '{}'", key));
+    }
+  }
+  tile.block_m = j.at("block_m").get<int>();
+  tile.block_n = j.at("block_n").get<int>();
+  tile.warps = j.at("warps").get<int>();
+  tile.stages = j.at("stages").get<int>();
+}
+
+void to_json(nlohmann::json& j, const KernelSpec& spec) { j = to_string(spec); }
+
+void from_json(const nlohmann::json& j, KernelSpec& spec) {
+  spec = parse_spec(j.get<std::string>());
+}
+
+}  // namespace sigattn::gen

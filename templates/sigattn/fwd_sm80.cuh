@@ -1,0 +1,294 @@
+// The portable forward kernel (sm_80 and newer): mma.sync m16n8k16 tensor cores, a cp.async
+// multi-stage K/V pipeline in shared memory, P = sigma(S) kept in registers as the A operand of
+// P.V. Sigmoid attention needs no running max, no rescaling and no row sum. One CTA computes
+// block_m query rows of one (batch, head); key tiles that the masks hide are skipped.
+#pragma once
+
+#include "sigattn/fwd_params.h"
+#include "sigattn/ptx_sm80.cuh"
+#include "sigattn/sequence.cuh"
+#include "sigattn/sigmoid.cuh"
+
+namespace sigattn {
+
+// Derived sizes for one Cfg (see the generator's traits struct for the parameters).
+template <class Cfg>
+struct FwdSm80Shape {
+  static constexpr int kD = Cfg::kHeadDim;
+  static constexpr int kDPad = (kD + 15) / 16 * 16;  // Q.K^T runs in k-steps of 16
+  static constexpr int kBM = Cfg::kBlockM;
+  static constexpr int kBN = Cfg::kBlockN;
+  static constexpr int kWarps = Cfg::kWarps;
+  static constexpr int kStages = Cfg::kStages;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kWarpRows = kBM / kWarps;
+  static constexpr int kMTiles = kWarpRows / 16;
+  static constexpr int kNTiles = kBN / 8;
+  static constexpr int kKSteps = kDPad / 16;
+  static constexpr int kDTiles = kD / 8;
+  static constexpr int kChunks = kD / 8;  // 16-byte chunks per row
+  // A 16-byte pad per shared row makes the row stride an odd number of 16-byte units, so the
+  // eight rows one ldmatrix phase reads fall in distinct bank groups.
+  static constexpr int kStride = kDPad + 8;
+  static constexpr int kQElems = kBM * kStride;
+  static constexpr int kKVElems = kBN * kStride;
+  static constexpr int kSmemBytes = 2 * (kQElems + 2 * kStages * kKVElems);
+
+  static_assert(kD % 8 == 0 && kD >= 8 && kD <= 256,
+                "head_dim must be a multiple of 8 in [8, 256]");
+  static_assert(kWarps == 1 || kWarps == 2 || kWarps == 4 || kWarps == 8,
+                "warps must be 1, 2, 4 or 8");
+  static_assert(kBM % (16 * kWarps) == 0, "block_m must be a multiple of 16 * warps");
+  static_assert(kBN % 16 == 0 && kBN >= 16, "block_n must be a positive multiple of 16");
+  static_assert(kStages >= 2 && kStages <= 4, "stages must be 2, 3 or 4");
+  static_assert(kSmemBytes == Cfg::kSmemBytes, "generator and kernel disagree on shared memory");
+  static_assert(!Cfg::kSeqLenX128 || (128 % kBM == 0 && 128 % kBN == 0),
+                "the x128 length specialization needs block_m and block_n to divide 128");
+};
+
+// Copies `rows` rows of kChunks 16-byte chunks from global (row stride in elements) into shared
+// memory with row stride kStride; rows at or past `valid_rows` are zero-filled.
+template <class Shape, int kRows, bool kChecked>
+__device__ __forceinline__ void load_tile(unsigned short* dst, const unsigned short* src,
+                                          long long row_stride, int valid_rows) {
+  constexpr int kTotal = kRows * Shape::kChunks;
+  constexpr int kIters = (kTotal + Shape::kThreads - 1) / Shape::kThreads;
+#pragma unroll
+  for (int it = 0; it < kIters; ++it) {
+    int idx = it * Shape::kThreads + static_cast<int>(threadIdx.x);
+    if (kTotal % Shape::kThreads == 0 || idx < kTotal) {
+      int row = idx / Shape::kChunks;
+      int chunk = idx % Shape::kChunks;
+      bool valid = !kChecked || row < valid_rows;
+      const unsigned short* g = valid ? src + row * row_stride + chunk * 8 : src;
+      cp_async_16(smem_addr(dst + row * Shape::kStride + chunk * 8), g, valid ? 16 : 0);
+    }
+  }
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
+    fwd_sm80_kernel(const __grid_constant__ FwdParams params) {
+  using S = FwdSm80Shape<Cfg>;
+  constexpr bool kBf16 = Cfg::kBf16;
+  constexpr Layout kLayout = Cfg::kLayout;
+  constexpr bool kChecked = !Cfg::kSeqLenX128;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned short* sQ = reinterpret_cast<unsigned short*>(smem_raw);
+  unsigned short* sK = sQ + S::kQElems;
+  unsigned short* sV = sK + S::kStages * S::kKVElems;
+
+  const int m_block = blockIdx.x;
+  const int head = blockIdx.y;
+  const int batch = blockIdx.z;
+  const int head_kv = head / (params.heads_q / params.heads_kv);
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+
+  const SeqInfo seq = sequence_info<kLayout>(params, batch);
+  const int m0 = m_block * S::kBM;
+  if (kLayout == Layout::kVarlen && m0 >= seq.len_q) return;
+
+  const KeyMask<Cfg::kCausal, Cfg::kWindow> mask(params, seq);
+  const int row_lo = m0;
+  const int row_hi = min(m0 + S::kBM, seq.len_q) - 1;
+  int key_lo = 0, key_hi = 0;  // keys [key_lo, key_hi) visible to some valid row of the block
+  if (row_hi >= row_lo) {
+    key_lo = mask.key_begin(row_lo);
+    key_hi = mask.key_end(row_hi);
+  }
+  const int tile_begin = key_lo / S::kBN;
+  const int tile_end = key_hi > key_lo ? (key_hi + S::kBN - 1) / S::kBN : tile_begin;
+
+  const unsigned short* q = static_cast<const unsigned short*>(params.q) + seq.q_start +
+                            head * params.q_head_stride + m0 * params.q_seq_stride;
+  const unsigned short* k =
+      static_cast<const unsigned short*>(params.k) + seq.k_start + head_kv * params.k_head_stride;
+  const unsigned short* v =
+      static_cast<const unsigned short*>(params.v) + seq.k_start + head_kv * params.v_head_stride;
+
+  // Head dims that are an odd multiple of 8 leave one zero chunk per Q/K row for the last k-step.
+  if constexpr (S::kDPad != S::kD) {
+    for (int r = tid; r < S::kBM + S::kStages * S::kBN; r += S::kThreads) {
+      unsigned short* row = r < S::kBM ? sQ + r * S::kStride : sK + (r - S::kBM) * S::kStride;
+      *reinterpret_cast<uint4*>(row + S::kD) = make_uint4(0, 0, 0, 0);
+    }
+  }
+
+  float acc_o[S::kMTiles][S::kDTiles][4];
+#pragma unroll
+  for (int mt = 0; mt < S::kMTiles; ++mt)
+#pragma unroll
+    for (int dt = 0; dt < S::kDTiles; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_o[mt][dt][e] = 0.0f;
+
+  if (tile_end > tile_begin) {
+    load_tile<S, S::kBM, kChecked>(sQ, q, params.q_seq_stride, seq.len_q - m0);
+    cp_async_commit();
+
+    auto load_kv = [&](int tile, int slot) {
+      int n0 = tile * S::kBN;
+      load_tile<S, S::kBN, kChecked>(sK + slot * S::kKVElems, k + n0 * params.k_seq_stride,
+                                     params.k_seq_stride, seq.len_k - n0);
+      load_tile<S, S::kBN, kChecked>(sV + slot * S::kKVElems, v + n0 * params.v_seq_stride,
+                                     params.v_seq_stride, seq.len_k - n0);
+    };
+#pragma unroll
+    for (int s = 0; s < S::kStages - 1; ++s) {
+      if (tile_begin + s < tile_end) load_kv(tile_begin + s, s);
+      cp_async_commit();
+    }
+
+    const float bias = params.has_bias ? params.bias : -logf(static_cast<float>(seq.len_k));
+    const Sigmoid<Cfg::kAccurateSigmoid> sigmoid(params.scale);
+    const float shift_bias = sigmoid.shift(bias);
+    const float* score_mod =
+        Cfg::kScoreMod ? params.score_mod + batch * params.score_mod_batch_stride : nullptr;
+    const int warp_row0 = warp * S::kWarpRows;
+
+    for (int tile = tile_begin; tile < tile_end; ++tile) {
+      const int it = tile - tile_begin;
+      cp_async_wait<S::kStages - 2>();
+      __syncthreads();
+      if (tile + S::kStages - 1 < tile_end) {
+        load_kv(tile + S::kStages - 1, (it + S::kStages - 1) % S::kStages);
+      }
+      cp_async_commit();
+
+      const unsigned short* sKt = sK + (it % S::kStages) * S::kKVElems;
+      const unsigned short* sVt = sV + (it % S::kStages) * S::kKVElems;
+      const int n0 = tile * S::kBN;
+
+      // S = Q K^T
+      float acc_s[S::kMTiles][S::kNTiles][4];
+#pragma unroll
+      for (int mt = 0; mt < S::kMTiles; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < S::kNTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc_s[mt][nt][e] = 0.0f;
+#pragma unroll
+      for (int ks = 0; ks < S::kKSteps; ++ks) {
+        unsigned a[S::kMTiles][4];
+#pragma unroll
+        for (int mt = 0; mt < S::kMTiles; ++mt) {
+          int row = warp_row0 + mt * 16 + lane % 16;
+          ldmatrix_x4(a[mt], smem_addr(sQ + row * S::kStride + ks * 16 + (lane / 16) * 8));
+        }
+#pragma unroll
+        for (int np = 0; np < S::kNTiles / 2; ++np) {
+          unsigned b[4];
+          int key = np * 16 + (lane / 16) * 8 + lane % 8;
+          ldmatrix_x4(b, smem_addr(sKt + key * S::kStride + ks * 16 + ((lane / 8) % 2) * 8));
+#pragma unroll
+          for (int mt = 0; mt < S::kMTiles; ++mt) {
+            mma_16816<kBf16>(acc_s[mt][2 * np], a[mt], b[0], b[1]);
+            mma_16816<kBf16>(acc_s[mt][2 * np + 1], a[mt], b[2], b[3]);
+          }
+        }
+      }
+
+      // P = sigma(scale * S + bias + score_mod), zero where masked.
+      const bool full_tile =
+          !kChecked && !Cfg::kCausal && !Cfg::kWindow
+              ? true
+              : mask.tile_unmasked(row_lo + warp_row0, row_lo + warp_row0 + S::kWarpRows - 1, n0,
+                                   n0 + S::kBN - 1);
+#pragma unroll
+      for (int nt = 0; nt < S::kNTiles; ++nt) {
+        const int col = n0 + nt * 8 + 2 * (lane % 4);
+        float shift[2] = {shift_bias, shift_bias};
+        if constexpr (Cfg::kScoreMod) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            if (col + c < seq.len_k) shift[c] = sigmoid.shift(bias + score_mod[col + c]);
+          }
+        }
+#pragma unroll
+        for (int mt = 0; mt < S::kMTiles; ++mt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float p = sigmoid(acc_s[mt][nt][e], shift[e % 2]);
+            if (!full_tile) {
+              int row = m0 + warp_row0 + mt * 16 + lane / 4 + (e / 2) * 8;
+              if (!mask.visible(row, col + e % 2)) p = 0.0f;
+            }
+            acc_s[mt][nt][e] = p;
+          }
+        }
+      }
+
+      // O += P V, P packed from the S accumulators straight into A fragments.
+#pragma unroll
+      for (int kk = 0; kk < S::kBN / 16; ++kk) {
+        unsigned pa[S::kMTiles][4];
+#pragma unroll
+        for (int mt = 0; mt < S::kMTiles; ++mt) {
+          pa[mt][0] = pack2<kBf16>(acc_s[mt][2 * kk][0], acc_s[mt][2 * kk][1]);
+          pa[mt][1] = pack2<kBf16>(acc_s[mt][2 * kk][2], acc_s[mt][2 * kk][3]);
+          pa[mt][2] = pack2<kBf16>(acc_s[mt][2 * kk + 1][0], acc_s[mt][2 * kk + 1][1]);
+          pa[mt][3] = pack2<kBf16>(acc_s[mt][2 * kk + 1][2], acc_s[mt][2 * kk + 1][3]);
+        }
+        const int key = kk * 16 + ((lane / 8) % 2) * 8 + lane % 8;
+#pragma unroll
+        for (int dp = 0; dp < S::kD / 16; ++dp) {
+          unsigned b[4];
+          ldmatrix_x4_trans(b, smem_addr(sVt + key * S::kStride + dp * 16 + (lane / 16) * 8));
+#pragma unroll
+          for (int mt = 0; mt < S::kMTiles; ++mt) {
+            mma_16816<kBf16>(acc_o[mt][2 * dp], pa[mt], b[0], b[1]);
+            mma_16816<kBf16>(acc_o[mt][2 * dp + 1], pa[mt], b[2], b[3]);
+          }
+        }
+        if constexpr (S::kD % 16 != 0) {
+          unsigned b[2];
+          ldmatrix_x2_trans(b, smem_addr(sVt + key * S::kStride + (S::kD / 16) * 16));
+#pragma unroll
+          for (int mt = 0; mt < S::kMTiles; ++mt) {
+            mma_16816<kBf16>(acc_o[mt][S::kDTiles - 1], pa[mt], b[0], b[1]);
+          }
+        }
+      }
+    }
+    cp_async_wait<0>();
+  }
+
+  // Epilogue: each warp stages its own rows in sQ (rows no other warp reads), then writes
+  // 16-byte chunks. Rows past len_q are zeros in the padded layout and absent in varlen.
+  __syncwarp();
+  const int warp_row0 = warp * S::kWarpRows;
+#pragma unroll
+  for (int mt = 0; mt < S::kMTiles; ++mt) {
+#pragma unroll
+    for (int dt = 0; dt < S::kDTiles; ++dt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        int row = warp_row0 + mt * 16 + lane / 4 + h * 8;
+        int col = dt * 8 + 2 * (lane % 4);
+        *reinterpret_cast<unsigned*>(sQ + row * S::kStride + col) =
+            pack2<kBf16>(acc_o[mt][dt][2 * h], acc_o[mt][dt][2 * h + 1]);
+      }
+    }
+  }
+  __syncwarp();
+  const int rows_valid = seq.len_q - m0;
+  const int rows_stored = (kLayout == Layout::kVarlen ? seq.len_q : params.max_seqlen_q) - m0;
+  unsigned short* o = static_cast<unsigned short*>(params.o) + seq.o_start +
+                      head * params.o_head_stride + m0 * params.o_seq_stride;
+  constexpr int kWarpChunks = S::kWarpRows * S::kChunks;
+#pragma unroll
+  for (int idx = lane; idx < kWarpChunks; idx += 32) {
+    int row = warp_row0 + idx / S::kChunks;
+    int chunk = idx % S::kChunks;
+    if (kChecked && row >= rows_stored) continue;
+    uint4 value = row < rows_valid || !kChecked
+                      ? *reinterpret_cast<const uint4*>(sQ + row * S::kStride + chunk * 8)
+                      : make_uint4(0, 0, 0, 0);
+    *reinterpret_cast<uint4*>(o + row * params.o_seq_stride + chunk * 8) = value;
+  }
+}
+
+}  // namespace sigattn

@@ -1,0 +1,93 @@
+// Per-sequence geometry of one CTA: where sequence b starts in each tensor, its valid query and
+// key lengths in each layout, and the range of keys the masks leave to a block of query rows.
+#pragma once
+
+#include "sigattn/fwd_params.h"
+
+namespace sigattn {
+
+enum class Layout { kDense, kPadded, kVarlen };
+
+struct SeqInfo {
+  long long q_start, k_start;  // element offsets of the sequence's first row in q/o and k/v
+  long long o_start;
+  int len_q, len_k;
+};
+
+__device__ __forceinline__ int clamp_len(int len, int max_len) {
+  return len < 0 ? 0 : (len > max_len ? max_len : len);
+}
+
+// Lengths from device arrays are clamped to [0, max], so no launch reads outside its tensors
+// even when the host check was skipped (trust_lengths, CUDA graph capture).
+template <Layout kLayout>
+__device__ __forceinline__ SeqInfo sequence_info(const FwdParams& p, int b) {
+  SeqInfo s;
+  if constexpr (kLayout == Layout::kVarlen) {
+    int q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
+    s.len_q = clamp_len(p.cu_seqlens_q[b + 1] - q0, p.max_seqlen_q);
+    s.len_k = clamp_len(p.cu_seqlens_k[b + 1] - k0, p.max_seqlen_k);
+    s.q_start = q0 * p.q_seq_stride;
+    s.o_start = q0 * p.o_seq_stride;
+    s.k_start = k0 * p.k_seq_stride;
+  } else {
+    s.len_q = p.max_seqlen_q;
+    s.len_k = p.max_seqlen_k;
+    if constexpr (kLayout == Layout::kPadded) {
+      if (p.seq_lens_q) s.len_q = clamp_len(p.seq_lens_q[b], p.max_seqlen_q);
+      if (p.seq_lens_k) s.len_k = clamp_len(p.seq_lens_k[b], p.max_seqlen_k);
+    }
+    s.q_start = b * p.q_batch_stride;
+    s.o_start = b * p.o_batch_stride;
+    s.k_start = b * p.k_batch_stride;
+  }
+  return s;
+}
+
+// Which keys query rows may see: key padding, causal (bottom-right aligned) and the window, both
+// measured from the diagonal j = i + (len_k - len_q).
+template <bool kCausal, bool kWindow>
+struct KeyMask {
+  int len_k;
+  int diag;   // len_k - len_q
+  int left;   // window keys left of the diagonal, < 0: unbounded
+  int right;  // keys right of the diagonal, < 0: unbounded
+
+  __device__ __forceinline__ KeyMask(const FwdParams& p, const SeqInfo& s)
+      : len_k(s.len_k), diag(s.len_k - s.len_q), left(p.window_left), right(p.window_right) {
+    if (!kWindow) left = right = -1;
+    if (kCausal) right = 0;  // causal caps the window's right side at the diagonal
+  }
+
+  // First key any row in [row_lo, row_hi] may see.
+  __device__ __forceinline__ int key_begin(int row_lo) const {
+    if (left < 0) return 0;
+    int k = row_lo + diag - left;
+    return k < 0 ? 0 : k;
+  }
+
+  // One past the last key any row in [row_lo, row_hi] may see.
+  __device__ __forceinline__ int key_end(int row_hi) const {
+    if (right < 0) return len_k;
+    int k = row_hi + diag + right + 1;
+    return k < len_k ? k : len_k;
+  }
+
+  // True when every (row, key) of the tile is visible, so the per-element test can be skipped.
+  __device__ __forceinline__ bool tile_unmasked(int row_lo, int row_hi, int key_lo,
+                                                int key_hi) const {
+    if (key_hi >= len_k) return false;
+    if (right >= 0 && key_hi > row_lo + diag + right) return false;
+    if (left >= 0 && key_lo < row_hi + diag - left) return false;
+    return true;
+  }
+
+  __device__ __forceinline__ bool visible(int row, int key) const {
+    if (key >= len_k) return false;
+    if (right >= 0 && key > row + diag + right) return false;
+    if (left >= 0 && key < row + diag - left) return false;
+    return true;
+  }
+};
+
+}  // namespace sigattn

@@ -1,0 +1,36 @@
+// The two sigmoid forms. fast: 0.5 * tanh.approx(0.5 x) + 0.5, one special-function op per
+// score, with the 0.5 folded into the caller's scale and bias. accurate: 1 / (1 + e^-x) with
+// full-precision expf and IEEE division.
+#pragma once
+
+namespace sigattn {
+
+__device__ __forceinline__ float tanh_approx(float x) {
+  float y;
+  asm("tanh.approx.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Maps a raw score s to sigma(s * scale + shift), where `shift` is bias + score_mod. The fast
+// form stores halved factors so that each score costs two FMAs and one tanh.
+template <bool kAccurate>
+struct Sigmoid {
+  float scale;
+
+  __device__ __forceinline__ explicit Sigmoid(float s) : scale(kAccurate ? s : 0.5f * s) {}
+
+  __device__ __forceinline__ float shift(float bias_plus_mod) const {
+    return kAccurate ? bias_plus_mod : 0.5f * bias_plus_mod;
+  }
+
+  __device__ __forceinline__ float operator()(float s, float shift_value) const {
+    if constexpr (kAccurate) {
+      float x = fmaf(s, scale, shift_value);
+      return 1.0f / (1.0f + expf(-x));
+    } else {
+      return fmaf(0.5f, tanh_approx(fmaf(s, scale, shift_value)), 0.5f);
+    }
+  }
+};
+
+}  // namespace sigattn

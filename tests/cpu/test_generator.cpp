@@ -1,0 +1,193 @@
+// Generator tests: canonical variant strings round-trip and reject bad fields by name, generation
+// is deterministic, the content hash follows every input, and the generated source matches the
+// golden files in tests/data/golden (SIGATTN_UPDATE_GOLDENS=1 rewrites them).
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <stdexcept>
+
+#include "generator/generator.hpp"
+#include "generator/template_store.hpp"
+
+namespace sigattn::gen {
+namespace {
+
+Variant variant_of(const std::string& text) {
+  ParsedVariant parsed = parse_variant(text);
+  return Variant{parsed.spec, parsed.family, parsed.tile.value()};
+}
+
+TEST(VariantString, RoundTripsEveryAxis) {
+  for (auto dtype : {DType::bf16, DType::fp16}) {
+    for (int head_dim : {8, 40, 128, 256}) {
+      for (auto layout : {Layout::dense, Layout::padded, Layout::varlen}) {
+        for (int mask = 0; mask < 4; ++mask) {
+          for (bool score_mod : {false, true}) {
+            for (auto sigmoid : {SigmoidMode::fast, SigmoidMode::accurate}) {
+              KernelSpec spec{Direction::forward, dtype,           head_dim,  layout,
+                              (mask & 1) != 0,    (mask & 2) != 0, score_mod, sigmoid,
+                              SeqLen::anylen};
+              Variant v{spec, Family::sm80, TileConfig{128, 32, 8, 3}};
+              EXPECT_EQ(variant_of(to_string(v)), v) << to_string(v);
+              EXPECT_EQ(parse_spec(to_string(spec)), spec);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(VariantString, CanonicalForm) {
+  KernelSpec spec;
+  spec.causal = true;
+  spec.score_mod = true;
+  EXPECT_EQ(to_string(Variant{spec, Family::sm80, TileConfig{128, 64, 4, 2}}),
+            "fwd.bf16.d128.dense.causal.smod.fast.anylen/sm80.m128n64w4s2");
+}
+
+TEST(VariantString, SpecWithoutTileLeavesTileEmpty) {
+  ParsedVariant parsed = parse_variant("fwd.fp16.d64.varlen.window.nosmod.accurate.anylen");
+  EXPECT_FALSE(parsed.tile.has_value());
+  EXPECT_EQ(parsed.spec.layout, Layout::varlen);
+  EXPECT_TRUE(parsed.spec.window);
+  EXPECT_EQ(parsed.spec.sigmoid, SigmoidMode::accurate);
+}
+
+void expect_rejected(const std::string& text, const std::string& needle) {
+  try {
+    parse_variant(text);
+    ADD_FAILURE() << "accepted " << text;
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << text << " -> " << e.what();
+  }
+}
+
+TEST(VariantString, BadFieldsAreNamed) {
+  expect_rejected("bwd.bf16.d128.dense.nomask.nosmod.fast.anylen", "direction");
+  expect_rejected("fwd.fp32.d128.dense.nomask.nosmod.fast.anylen", "dtype");
+  expect_rejected("fwd.bf16.d100.dense.nomask.nosmod.fast.anylen", "head dim");
+  expect_rejected("fwd.bf16.d264.dense.nomask.nosmod.fast.anylen", "head dim");
+  expect_rejected("fwd.bf16.dx.dense.nomask.nosmod.fast.anylen", "head dim");
+  expect_rejected("fwd.bf16.d128.ragged.nomask.nosmod.fast.anylen", "layout");
+  expect_rejected("fwd.bf16.d128.dense.sliding.nosmod.fast.anylen", "mask");
+  expect_rejected("fwd.bf16.d128.dense.nomask.mod.fast.anylen", "score_mod");
+  expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.exact.anylen", "sigmoid");
+  expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.x64", "seqlen");
+  expect_rejected("fwd.bf16.d128.padded.nomask.nosmod.fast.x128", "seqlen");
+  expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast", "8 dot-separated fields");
+  expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm70.m128n64w4s2", "family");
+  expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w4", "tile");
+  expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w4s2x", "tile");
+  expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80", "tile");
+}
+
+TEST(TileConfigJson, RoundTripsAndRejectsUnknownFields) {
+  TileConfig tile{64, 32, 4, 3};
+  nlohmann::json j = tile;
+  EXPECT_EQ(j.get<TileConfig>(), tile);
+  j["block_k"] = 16;
+  EXPECT_THROW(j.get<TileConfig>(), std::invalid_argument);
+  EXPECT_THROW((nlohmann::json{{"block_m", 64}}.get<TileConfig>()), nlohmann::json::exception);
+}
+
+TEST(Generate, IsDeterministic) {
+  Variant v = variant_of("fwd.fp16.d96.padded.causal+window.smod.accurate.anylen/sm80.m64n32w4s2");
+  GeneratedKernel a = generate(v);
+  GeneratedKernel b = generate(v);
+  EXPECT_EQ(a.source, b.source);
+  EXPECT_EQ(a.options, b.options);
+  EXPECT_EQ(a.content_hash, b.content_hash);
+  EXPECT_EQ(a.name_expression, "sigattn::fwd_sm80_kernel<sigattn_generated::Cfg>");
+  EXPECT_EQ(a.threads, 128);
+  EXPECT_EQ(a.smem_bytes, fwd_sm80_smem_bytes(v.spec, v.tile));
+  EXPECT_EQ(a.content_hash.size(), 32u);
+}
+
+TEST(Generate, HashChangesWithEveryAxis) {
+  const std::string base = "fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w8s2";
+  const std::vector<std::string> others = {
+      "fwd.fp16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w8s2",
+      "fwd.bf16.d64.dense.nomask.nosmod.fast.anylen/sm80.m128n64w8s2",
+      "fwd.bf16.d128.padded.nomask.nosmod.fast.anylen/sm80.m128n64w8s2",
+      "fwd.bf16.d128.varlen.nomask.nosmod.fast.anylen/sm80.m128n64w8s2",
+      "fwd.bf16.d128.dense.causal.nosmod.fast.anylen/sm80.m128n64w8s2",
+      "fwd.bf16.d128.dense.window.nosmod.fast.anylen/sm80.m128n64w8s2",
+      "fwd.bf16.d128.dense.nomask.smod.fast.anylen/sm80.m128n64w8s2",
+      "fwd.bf16.d128.dense.nomask.nosmod.accurate.anylen/sm80.m128n64w8s2",
+      "fwd.bf16.d128.dense.nomask.nosmod.fast.x128/sm80.m128n64w8s2",
+      "fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m64n64w4s2",
+      "fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n32w8s2",
+      "fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w4s2",
+      "fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w8s3",
+  };
+  const std::string base_hash = generate(variant_of(base)).content_hash;
+  for (const auto& other : others) {
+    EXPECT_NE(generate(variant_of(other)).content_hash, base_hash) << other;
+  }
+}
+
+TEST(Generate, RejectsTilesOutsideTheFamily) {
+  KernelSpec spec;
+  EXPECT_THROW(generate({spec, Family::sm80, {128, 64, 3, 2}}), std::invalid_argument);
+  EXPECT_THROW(generate({spec, Family::sm80, {96, 64, 4, 2}}), std::invalid_argument);
+  EXPECT_THROW(generate({spec, Family::sm80, {128, 40, 4, 2}}), std::invalid_argument);
+  EXPECT_THROW(generate({spec, Family::sm80, {128, 64, 4, 5}}), std::invalid_argument);
+  spec.head_dim = 100;
+  EXPECT_THROW(generate({spec, Family::sm80, {128, 64, 4, 2}}), std::invalid_argument);
+  spec.head_dim = 128;
+  spec.seqlen = SeqLen::x128;
+  EXPECT_THROW(generate({spec, Family::sm80, {128, 256, 8, 2}}), std::invalid_argument);
+}
+
+TEST(TemplateStore, EmbedsTheKernelHeaders) {
+  bool found_kernel = false;
+  for (const auto& t : embedded_templates()) {
+    EXPECT_GT(std::string(t.source).size(), 0u) << t.name;
+    if (std::string(t.name) == "sigattn/fwd_sm80.cuh") found_kernel = true;
+  }
+  EXPECT_TRUE(found_kernel);
+  EXPECT_EQ(template_hash().size(), 32u);
+}
+
+// The golden files hold the source with the template hash replaced, so they change only when
+// the generator's output changes.
+std::string normalized_source(const GeneratedKernel& kernel) {
+  std::string source = kernel.source;
+  const std::string& hash = template_hash();
+  for (std::size_t pos = source.find(hash); pos != std::string::npos; pos = source.find(hash)) {
+    source.replace(pos, hash.size(), "<template-hash>");
+  }
+  return source;
+}
+
+TEST(Generate, MatchesGoldenFiles) {
+  const std::vector<std::string> variants = {
+      "fwd.bf16.d128.dense.nomask.nosmod.fast.x128/sm80.m128n64w8s2",
+      "fwd.fp16.d64.padded.causal.smod.accurate.anylen/sm80.m128n64w4s3",
+      "fwd.bf16.d40.varlen.causal+window.nosmod.fast.anylen/sm80.m64n32w4s2",
+  };
+  const bool update = std::getenv("SIGATTN_UPDATE_GOLDENS") != nullptr;
+  for (const auto& text : variants) {
+    std::string file = std::string(SIGATTN_TEST_DATA_DIR) + "/golden/" +
+                       text.substr(0, text.find('/')) + "." + text.substr(text.find('/') + 1) +
+                       ".cu";
+    std::string actual = normalized_source(generate(variant_of(text)));
+    if (update) {
+      std::ofstream(file) << actual;
+      continue;
+    }
+    std::ifstream in(file);
+    ASSERT_TRUE(in) << "missing golden file " << file
+                    << " (run with SIGATTN_UPDATE_GOLDENS=1 to create it)";
+    std::stringstream expected;
+    expected << in.rdbuf();
+    EXPECT_EQ(actual, expected.str()) << text;
+  }
+}
+
+}  // namespace
+}  // namespace sigattn::gen

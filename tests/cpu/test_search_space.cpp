@@ -1,0 +1,90 @@
+// Search-space tests: constraints prune by name, candidates respect them, and the heuristic
+// default always fits the architecture and explains itself.
+#include <gtest/gtest.h>
+
+#include <set>
+#include <stdexcept>
+
+#include "generator/generator.hpp"
+#include "tuner/search_space.hpp"
+
+namespace sigattn::tune {
+namespace {
+
+gen::KernelSpec spec_with(int head_dim, gen::DType dtype = gen::DType::bf16) {
+  gen::KernelSpec spec;
+  spec.head_dim = head_dim;
+  spec.dtype = dtype;
+  return spec;
+}
+
+TEST(Targets, KnowTheSharedMemoryLimits) {
+  EXPECT_EQ(target_for_arch("sm_80").max_smem_optin, 163 * 1024);
+  EXPECT_EQ(target_for_arch("sm_86").max_smem_optin, 99 * 1024);
+  EXPECT_EQ(target_for_arch("sm_90a").max_smem_optin, 227 * 1024);
+  EXPECT_THROW(target_for_arch("sm_75"), std::invalid_argument);
+}
+
+TEST(Constraints, NameWhatTheyReject) {
+  Target sm86 = target_for_arch("sm_86");
+  EXPECT_NE(rejection(spec_with(256), {128, 128, 8, 3}, sm86).find("shared_memory"),
+            std::string::npos);
+  EXPECT_NE(rejection(spec_with(64), {64, 64, 8, 2}, sm86).find("mma_rows"), std::string::npos);
+  EXPECT_NE(
+      rejection(spec_with(128), {128, 64, 4, 2}, target_for_arch("sm_90a")).find("register_budget"),
+      std::string::npos);
+  gen::KernelSpec x128 = spec_with(64);
+  x128.seqlen = gen::SeqLen::x128;
+  EXPECT_TRUE(rejection(x128, {128, 128, 8, 2}, sm86).empty());
+  EXPECT_NE(rejection(x128, {128, 256, 8, 2}, target_for_arch("sm_90a")).find("x128"),
+            std::string::npos);
+  EXPECT_NE(rejection(spec_with(64), {128, 64, 3, 2}, sm86).find("warps"), std::string::npos);
+  EXPECT_NE(rejection(spec_with(64), {128, 40, 4, 2}, sm86).find("block_n"), std::string::npos);
+  EXPECT_NE(rejection(spec_with(64), {128, 64, 4, 7}, sm86).find("stages"), std::string::npos);
+}
+
+TEST(Candidates, AreUniqueAndAllowed) {
+  for (const std::string arch : {"sm_80", "sm_86", "sm_90a"}) {
+    Target target = target_for_arch(arch);
+    for (int head_dim : {8, 32, 64, 96, 128, 256}) {
+      auto tiles = candidates(spec_with(head_dim), target);
+      EXPECT_FALSE(tiles.empty()) << arch << " d" << head_dim;
+      std::set<std::string> seen;
+      for (const auto& tile : tiles) {
+        EXPECT_TRUE(rejection(spec_with(head_dim), tile, target).empty());
+        EXPECT_LE(gen::fwd_sm80_smem_bytes(spec_with(head_dim), tile), target.max_smem_optin);
+        EXPECT_TRUE(seen.insert(gen::to_string(tile)).second);
+      }
+    }
+  }
+}
+
+TEST(DefaultTile, FitsEveryHeadDimAndSaysWhy) {
+  for (const std::string arch : {"sm_80", "sm_86", "sm_89", "sm_90a"}) {
+    Target target = target_for_arch(arch);
+    for (int head_dim = 8; head_dim <= 256; head_dim += 8) {
+      DefaultChoice choice = default_tile(spec_with(head_dim), target);
+      EXPECT_TRUE(rejection(spec_with(head_dim), choice.tile, target).empty());
+      EXPECT_NE(choice.reason.find(arch), std::string::npos);
+    }
+  }
+}
+
+TEST(DefaultTile, IsAPureFunction) {
+  Target target = target_for_arch("sm_90a");
+  EXPECT_EQ(default_tile(spec_with(128), target).tile, default_tile(spec_with(128), target).tile);
+  EXPECT_EQ(default_tile(spec_with(128), target).reason,
+            default_tile(spec_with(128), target).reason);
+}
+
+TEST(DefaultSpecs, CoverBothDtypesLayoutsAndCausal) {
+  auto specs = default_specs();
+  std::set<std::string> names;
+  for (const auto& spec : specs) names.insert(gen::to_string(spec));
+  EXPECT_EQ(names.size(), specs.size());
+  EXPECT_TRUE(names.count("fwd.fp16.d64.varlen.causal.nosmod.fast.anylen"));
+  EXPECT_TRUE(names.count("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen"));
+}
+
+}  // namespace
+}  // namespace sigattn::tune

@@ -1,0 +1,165 @@
+// The sm80 forward family's search space and its constraints. Constraints are named predicates
+// checked before anything compiles; the heuristic default walks a short preference list and
+// reports why it took the config it took.
+#include "tuner/search_space.hpp"
+
+#include <fmt/format.h>
+
+#include <array>
+#include <stdexcept>
+
+#include "generator/generator.hpp"
+
+namespace sigattn::tune {
+namespace {
+
+using gen::KernelSpec;
+using gen::TileConfig;
+
+// Parameter grid. block_m: query rows per CTA; block_n: keys per main-loop step; warps: warps
+// per CTA; stages: K/V pipeline depth.
+constexpr std::array kBlockM = {64, 128};
+constexpr std::array kBlockN = {32, 64, 128};
+constexpr std::array kWarps = {4, 8};
+constexpr std::array kStages = {2, 3};
+
+// fp32 accumulator registers per thread: O (m-tiles x head_dim / 2) plus S (m-tiles x
+// block_n / 2). Above this ptxas spilled (m128n64w4 at d=128 and m128n128w4 at d=40/64 with
+// 255 registers) since fragments and addresses need the rest.
+constexpr int kAccumulatorBudget = 160;
+
+std::string mma_rows(const KernelSpec&, const TileConfig& t, const Target&) {
+  if (t.block_m % (16 * t.warps) == 0) return {};
+  return fmt::format("block_m {} is not a multiple of 16 rows x {} warps", t.block_m, t.warps);
+}
+
+std::string x128_divides(const KernelSpec& s, const TileConfig& t, const Target&) {
+  if (s.seqlen != gen::SeqLen::x128 || (128 % t.block_m == 0 && 128 % t.block_n == 0)) return {};
+  return fmt::format("x128 lengths need block_m {} and block_n {} to divide 128", t.block_m,
+                     t.block_n);
+}
+
+std::string shared_memory(const KernelSpec& s, const TileConfig& t, const Target& target) {
+  int bytes = gen::fwd_sm80_smem_bytes(s, t);
+  if (bytes <= target.max_smem_optin) return {};
+  return fmt::format("needs {} bytes of shared memory, {} allows {}", bytes, target.arch,
+                     target.max_smem_optin);
+}
+
+std::string register_budget(const KernelSpec& s, const TileConfig& t, const Target&) {
+  int m_tiles = t.block_m / (16 * t.warps);
+  int accumulators = m_tiles * (s.head_dim + t.block_n) / 2;
+  if (accumulators <= kAccumulatorBudget) return {};
+  return fmt::format("{} fp32 accumulators per thread exceed the budget of {}", accumulators,
+                     kAccumulatorBudget);
+}
+
+}  // namespace
+
+Target target_for_arch(const std::string& arch) {
+  if (arch == "sm_80" || arch == "sm_87") return {arch, 163 * 1024};
+  if (arch == "sm_86" || arch == "sm_89") return {arch, 99 * 1024};
+  if (arch == "sm_90" || arch == "sm_90a") return {arch, 227 * 1024};
+  throw std::invalid_argument(fmt::format(
+      "unknown architecture '{}': expected sm_80, sm_86, sm_87, sm_89, sm_90 or sm_90a", arch));
+}
+
+const std::vector<Constraint>& constraints() {
+  static const std::vector<Constraint> all = {
+      {"mma_rows", mma_rows},
+      {"x128_divides", x128_divides},
+      {"shared_memory", shared_memory},
+      {"register_budget", register_budget},
+  };
+  return all;
+}
+
+std::string rejection(const KernelSpec& spec, const TileConfig& tile, const Target& target) {
+  if (tile.warps != 1 && tile.warps != 2 && tile.warps != 4 && tile.warps != 8) {
+    return fmt::format("warps {} must be 1, 2, 4 or 8", tile.warps);
+  }
+  if (tile.block_m <= 0 || tile.block_n <= 0 || tile.block_n % 16 != 0) {
+    return fmt::format("block_n {} must be a positive multiple of 16", tile.block_n);
+  }
+  if (tile.stages < 2 || tile.stages > 4) {
+    return fmt::format("stages {} must be 2, 3 or 4", tile.stages);
+  }
+  for (const auto& c : constraints()) {
+    std::string why = c.check(spec, tile, target);
+    if (!why.empty()) return fmt::format("{}: {}", c.name, why);
+  }
+  return {};
+}
+
+std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target) {
+  std::vector<TileConfig> out;
+  for (int m : kBlockM) {
+    for (int n : kBlockN) {
+      for (int w : kWarps) {
+        for (int s : kStages) {
+          TileConfig tile{m, n, w, s};
+          if (rejection(spec, tile, target).empty()) out.push_back(tile);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+DefaultChoice default_tile(const KernelSpec& spec, const Target& target) {
+  // Preferences, best first, by head dim. Small heads take 128 query rows on 4 warps (two m16
+  // tiles per warp), which halves K/V shared-memory reads per query row against one tile per
+  // warp. From d=72 on, two m-tiles' O accumulators (head_dim floats) plus S crowd the 255
+  // registers (ptxas spilled m128n64w4 at d=128 with every mask on), so 8 warps take one m-tile
+  // each. Smaller K/V steps come next when shared memory is short (sm_86/89 allow 99 KiB).
+  struct Preference {
+    TileConfig tile;
+    const char* why;
+  };
+  static const std::vector<Preference> small_heads = {
+      {{128, 64, 4, 2}, "d<=64: 128 query rows on 4 warps (two m16 tiles each), 64-key steps"},
+      {{128, 32, 4, 2}, "d<=64: 128 query rows on 4 warps, 32-key steps (less shared memory)"},
+      {{64, 32, 4, 2}, "d<=64: 64 query rows on 4 warps, 32-key steps (least shared memory)"},
+  };
+  static const std::vector<Preference> large_heads = {
+      {{128, 64, 8, 2}, "d>64: 128 query rows on 8 warps (one m16 tile each), 64-key steps"},
+      {{128, 32, 8, 2}, "d>64: 128 query rows on 8 warps, 32-key steps (fewer S registers)"},
+      {{64, 32, 4, 2}, "d>64: 64 query rows on 4 warps, 32-key steps (least shared memory)"},
+  };
+  const auto& preferences = spec.head_dim <= 64 ? small_heads : large_heads;
+  std::string skipped;
+  for (const auto& p : preferences) {
+    std::string why = rejection(spec, p.tile, target);
+    if (why.empty()) {
+      std::string reason =
+          fmt::format("heuristic for {} on {}: {}", gen::to_string(spec), target.arch, p.why);
+      if (!skipped.empty()) reason += fmt::format(" (skipped: {})", skipped);
+      return {p.tile, reason};
+    }
+    if (!skipped.empty()) skipped += "; ";
+    skipped += fmt::format("{} -> {}", gen::to_string(p.tile), why);
+  }
+  throw std::invalid_argument(
+      fmt::format("no tile config fits {} on {}: {}", gen::to_string(spec), target.arch, skipped));
+}
+
+std::vector<KernelSpec> default_specs() {
+  std::vector<KernelSpec> specs;
+  for (auto dtype : {gen::DType::bf16, gen::DType::fp16}) {
+    for (int head_dim : {64, 128}) {
+      for (auto layout : {gen::Layout::dense, gen::Layout::padded, gen::Layout::varlen}) {
+        for (bool causal : {false, true}) {
+          KernelSpec spec;
+          spec.dtype = dtype;
+          spec.head_dim = head_dim;
+          spec.layout = layout;
+          spec.causal = causal;
+          specs.push_back(spec);
+        }
+      }
+    }
+  }
+  return specs;
+}
+
+}  // namespace sigattn::tune
