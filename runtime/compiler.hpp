@@ -12,8 +12,8 @@ namespace sigattn {
 
 struct CompiledKernel {
   std::string variant_name;
-  std::string arch;            // e.g. "sm_90a"
-  std::string lowered_name;    // mangled kernel symbol
+  std::string arch;          // e.g. "sm_90a"
+  std::string lowered_name;  // mangled kernel symbol
   std::vector<char> cubin;
   std::string log;
   int registers = 0;

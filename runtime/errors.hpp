@@ -3,7 +3,6 @@
 #pragma once
 
 #include <sigattn/sigattn.hpp>
-
 #include <string>
 #include <vector>
 

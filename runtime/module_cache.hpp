@@ -6,8 +6,12 @@
 #include <cuda.h>
 
 #include <cstdint>
+#include <future>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
 
 #include "generator/generator.hpp"
 #include "runtime/compiler.hpp"
@@ -44,8 +48,16 @@ class ModuleCache {
   void clear();
 
  private:
+  using CompiledFuture = std::shared_future<std::shared_ptr<const CompiledKernel>>;
+
   ModuleCache() = default;
-  // Implementation state is up to module_cache.cpp.
+
+  mutable std::mutex mutex_;
+  // Key: content hash, arch and NVRTC version. A pending entry is a compile in flight.
+  std::map<std::string, CompiledFuture> compiled_;
+  // Key: the context and the compiled key. Modules stay loaded until the process exits.
+  std::map<std::pair<CUcontext, std::string>, LoadedKernel> loaded_;
+  CacheStats stats_;
 };
 
 }  // namespace sigattn

@@ -1,0 +1,373 @@
+// The `sigattn` command line: version, doctor, gen and compile. A thin layer over the library and
+// the one place where errors become exit codes: 0 success, 1 some kernels failed to compile,
+// 2 bad usage or argument (variant, tile, arch), 3 NVRTC cannot be loaded, 4 any other failure.
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <exception>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sigattn/sigattn.hpp>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "generator/generator.hpp"
+#include "generator/kernel_spec.hpp"
+#include "runtime/compiler.hpp"
+#include "runtime/doctor.hpp"
+#include "runtime/errors.hpp"
+#include "tuner/search_space.hpp"
+
+namespace {
+
+enum ExitCode : int {
+  kExitOk = 0,
+  kExitKernelsFailed = 1,
+  kExitUsage = 2,
+  kExitNvrtcMissing = 3,
+  kExitFailure = 4,
+};
+
+constexpr const char* kExitCodeHelp =
+    "Exit codes:\n"
+    "  0  success\n"
+    "  1  compile: at least one kernel failed to compile\n"
+    "  2  bad usage or argument (unknown variant field, rejected tile, unknown arch)\n"
+    "  3  NVRTC cannot be loaded (install the CUDA toolkit's NVRTC or set SIGATTN_NVRTC_LIBRARY)\n"
+    "  4  any other failure";
+
+// How many lines of an NVRTC log a failed kernel shows in the per-kernel listing.
+constexpr int kLogLinesShown = 12;
+
+// Thrown for argument errors found by the CLI itself; maps to exit code 2.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+std::string supported_archs() {
+  std::string list;
+  for (const char* arch : {"sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_90a"}) {
+    if (sigattn::arch_supported(arch)) list += list.empty() ? arch : fmt::format(", {}", arch);
+  }
+  return list;
+}
+
+sigattn::tune::Target checked_target(const std::string& arch) {
+  if (!sigattn::arch_supported(arch)) {
+    throw UsageError(
+        fmt::format("unknown or unsupported arch '{}' (supported: {})", arch, supported_archs()));
+  }
+  return sigattn::tune::target_for_arch(arch);
+}
+
+int run_doctor(bool json) {
+  const sigattn::DoctorReport report = sigattn::collect_doctor_report();
+  if (json) {
+    fmt::print("{}\n", sigattn::doctor_json(report));
+    return kExitOk;
+  }
+  fmt::print("{}", sigattn::doctor_text(report));
+  const bool any_usable_gpu =
+      std::any_of(report.devices.begin(), report.devices.end(),
+                  [](const sigattn::DeviceReport& device) { return !device.arch.empty(); });
+  if (!any_usable_gpu) {
+    fmt::print("no usable GPU: kernels can be generated and compiled here, not run\n");
+  }
+  return kExitOk;
+}
+
+int run_gen(const std::string& text, const std::string& arch) {
+  const sigattn::tune::Target target = checked_target(arch);
+  sigattn::gen::ParsedVariant parsed;
+  try {
+    parsed = sigattn::gen::parse_variant(text);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(fmt::format("invalid variant '{}': {}", text, e.what()));
+  }
+  sigattn::gen::TileConfig tile;
+  std::string tile_origin = "given";
+  if (parsed.tile) {
+    tile = *parsed.tile;
+    const std::string why = sigattn::tune::rejection(parsed.spec, tile, target);
+    if (!why.empty()) {
+      throw UsageError(fmt::format("tile '{}' is rejected for {}: {}",
+                                   sigattn::gen::to_string(tile), arch, why));
+    }
+  } else {
+    sigattn::tune::DefaultChoice choice = sigattn::tune::default_tile(parsed.spec, target);
+    tile = choice.tile;
+    tile_origin = std::move(choice.reason);
+  }
+  const sigattn::gen::GeneratedKernel kernel =
+      sigattn::gen::generate({parsed.spec, parsed.family, tile});
+  // The program is followed by what NVRTC and the launch need, as comments, so the output
+  // remains a valid program.
+  fmt::print("{}", kernel.source);
+  fmt::print("\n// kernel: {}\n", kernel.name_expression);
+  fmt::print(
+      "// launch: grid (ceil(max_seqlen_q / {}), heads_q, batch), {} threads, {} bytes of "
+      "dynamic shared memory\n",
+      tile.block_m, kernel.threads, kernel.smem_bytes);
+  fmt::print("// NVRTC options: {} --gpu-architecture={}\n", fmt::join(kernel.options, " "), arch);
+  fmt::print("// tile: {}\n", tile_origin);
+  return kExitOk;
+}
+
+struct CompileJob {
+  sigattn::gen::Variant variant;
+  std::string name;
+};
+
+// One kernel's result: `compiled` on success, otherwise `error` (and the NVRTC log when there is
+// one). A failed kernel is data; only a missing NVRTC or an unexpected exception stops the run.
+struct CompileOutcome {
+  std::optional<sigattn::CompiledKernel> compiled;
+  std::string error;
+  std::string log;
+};
+
+CompileOutcome compile_one(const CompileJob& job, const std::string& arch) {
+  CompileOutcome outcome;
+  try {
+    outcome.compiled = sigattn::compile(sigattn::gen::generate(job.variant), arch);
+  } catch (const sigattn::CompileError& e) {
+    outcome.error = e.what();
+    outcome.log = e.log();
+  } catch (const std::invalid_argument& e) {
+    outcome.error = e.what();
+  } catch (const sigattn::Error& e) {
+    if (e.status() == sigattn::Status::not_available) throw;
+    outcome.error = e.what();
+  }
+  return outcome;
+}
+
+std::string first_lines(const std::string& text, int count) {
+  std::istringstream in(text);
+  std::string line;
+  std::string out;
+  for (int i = 0; i < count && std::getline(in, line); ++i) out += fmt::format("    {}\n", line);
+  return out;
+}
+
+std::string outcome_line(const CompileJob& job, const CompileOutcome& outcome) {
+  if (!outcome.compiled) {
+    std::string line = fmt::format("{:<7} {}: {}\n", "failed", job.name, outcome.error);
+    return line + first_lines(outcome.log, kLogLinesShown);
+  }
+  const sigattn::CompiledKernel& k = *outcome.compiled;
+  return fmt::format("{:<7} {:<64} regs {:>3}  spill st {:>4} B ld {:>4} B  {:>8.1f} ms\n",
+                     k.spills() ? "spills" : "ok", job.name, k.registers, k.spill_store_bytes,
+                     k.spill_load_bytes, k.compile_ms);
+}
+
+nlohmann::json outcome_json(const CompileJob& job, const CompileOutcome& outcome) {
+  nlohmann::json entry = {{"variant", job.name}};
+  if (!outcome.compiled) {
+    entry["status"] = "failed";
+    entry["error"] = outcome.error;
+    entry["log"] = outcome.log;
+    return entry;
+  }
+  const sigattn::CompiledKernel& k = *outcome.compiled;
+  entry["status"] = k.spills() ? "spills" : "ok";
+  entry["registers"] = k.registers;
+  entry["spill_store_bytes"] = k.spill_store_bytes;
+  entry["spill_load_bytes"] = k.spill_load_bytes;
+  entry["stack_frame_bytes"] = k.stack_frame_bytes;
+  entry["compile_ms"] = k.compile_ms;
+  return entry;
+}
+
+// Prints outcomes in job order as soon as every earlier job has finished, so the listing is
+// deterministic and still shows progress while the workers run.
+class OrderedPrinter {
+ public:
+  OrderedPrinter(const std::vector<CompileJob>& jobs, const std::vector<CompileOutcome>& outcomes)
+      : jobs_(jobs), outcomes_(outcomes), finished_(jobs.size(), false) {}
+
+  void finished(std::size_t index) {
+    std::lock_guard lock(mutex_);
+    finished_[index] = true;
+    while (next_ < finished_.size() && finished_[next_]) {
+      fmt::print("{}", outcome_line(jobs_[next_], outcomes_[next_]));
+      std::fflush(stdout);
+      ++next_;
+    }
+  }
+
+ private:
+  const std::vector<CompileJob>& jobs_;
+  const std::vector<CompileOutcome>& outcomes_;
+  std::mutex mutex_;
+  std::vector<bool> finished_;
+  std::size_t next_ = 0;
+};
+
+std::vector<CompileJob> compile_jobs(const std::vector<std::string>& spec_texts,
+                                     const sigattn::tune::Target& target) {
+  std::vector<sigattn::gen::KernelSpec> specs;
+  for (const std::string& text : spec_texts) {
+    try {
+      specs.push_back(sigattn::gen::parse_spec(text));
+    } catch (const std::invalid_argument& e) {
+      throw UsageError(fmt::format("invalid --spec '{}': {}", text, e.what()));
+    }
+  }
+  const bool explicit_specs = !specs.empty();
+  if (!explicit_specs) specs = sigattn::tune::default_specs();
+
+  std::vector<CompileJob> jobs;
+  for (const sigattn::gen::KernelSpec& spec : specs) {
+    const std::vector<sigattn::gen::TileConfig> tiles = sigattn::tune::candidates(spec, target);
+    if (tiles.empty()) {
+      const std::string why =
+          sigattn::tune::rejection(spec, sigattn::tune::default_tile(spec, target).tile, target);
+      const std::string message = fmt::format("no tile config of {} is allowed on {}: {}",
+                                              sigattn::gen::to_string(spec), target.arch, why);
+      if (explicit_specs) throw UsageError(message);
+      fmt::print(stderr, "note: {}\n", message);
+    }
+    for (const sigattn::gen::TileConfig& tile : tiles) {
+      const sigattn::gen::Variant variant{spec, sigattn::gen::Family::sm80, tile};
+      jobs.push_back({variant, sigattn::gen::to_string(variant)});
+    }
+  }
+  return jobs;
+}
+
+int run_compile(const std::string& arch, unsigned jobs_requested,
+                const std::vector<std::string>& spec_texts, bool json) {
+  const sigattn::tune::Target target = checked_target(arch);
+  const std::vector<CompileJob> jobs = compile_jobs(spec_texts, target);
+  std::vector<CompileOutcome> outcomes(jobs.size());
+  OrderedPrinter printer(jobs, outcomes);
+
+  std::atomic<std::size_t> next_job{0};
+  std::atomic<bool> stop{false};
+  std::mutex fatal_mutex;
+  std::exception_ptr fatal;
+  auto worker = [&] {
+    try {
+      for (std::size_t i = next_job++; i < jobs.size() && !stop; i = next_job++) {
+        outcomes[i] = compile_one(jobs[i], arch);
+        if (!json) printer.finished(i);
+      }
+    } catch (...) {
+      std::lock_guard lock(fatal_mutex);
+      if (!fatal) fatal = std::current_exception();
+      stop = true;
+    }
+  };
+  const unsigned thread_count =
+      std::max(1u, std::min<unsigned>(jobs_requested, static_cast<unsigned>(jobs.size())));
+  std::vector<std::thread> threads;
+  for (unsigned t = 0; t < thread_count; ++t) threads.emplace_back(worker);
+  for (std::thread& thread : threads) thread.join();
+  if (fatal) std::rethrow_exception(fatal);
+
+  std::size_t failed = 0;
+  nlohmann::json listing = nlohmann::json::array();
+  for (std::size_t i = 0; i < jobs.size(); ++i) {
+    if (!outcomes[i].compiled) ++failed;
+    if (json) listing.push_back(outcome_json(jobs[i], outcomes[i]));
+  }
+  const std::string summary = fmt::format("compiled {}, failed {}", jobs.size() - failed, failed);
+  if (json) {
+    fmt::print("{}\n", listing.dump(2));
+    fmt::print(stderr, "{}\n", summary);
+  } else {
+    fmt::print("{}\n", summary);
+  }
+  return failed > 0 ? kExitKernelsFailed : kExitOk;
+}
+
+int exit_code_for(const sigattn::Error& e) {
+  switch (e.status()) {
+    case sigattn::Status::invalid_argument:
+    case sigattn::Status::unsupported:
+      return kExitUsage;
+    case sigattn::Status::not_available:
+      return kExitNvrtcMissing;
+    default:
+      return kExitFailure;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app("sigattn: generated sigmoid-attention CUDA kernels, compiled at run time with NVRTC",
+               "sigattn");
+  app.set_version_flag("--version", std::string(sigattn::version()));
+  app.footer(kExitCodeHelp);
+  app.require_subcommand(1);
+
+  bool doctor_as_json = false;
+  CLI::App* doctor = app.add_subcommand(
+      "doctor", "Report the CUDA driver, GPUs, NVRTC and how sigattn will run here");
+  doctor->add_flag("--json", doctor_as_json, "Print the report as JSON");
+
+  std::string gen_variant;
+  std::string gen_arch = "sm_90a";
+  CLI::App* gen = app.add_subcommand(
+      "gen", "Print the generated CUDA source of one variant (default tile when none is given)");
+  gen->add_option("VARIANT", gen_variant,
+                  "e.g. fwd.bf16.d128.dense.causal.nosmod.fast.anylen[/sm80.m128n64w4s2]")
+      ->required();
+  gen->add_option("--arch", gen_arch, "Target architecture for the default tile and checks")
+      ->capture_default_str();
+
+  std::string compile_arch;
+  unsigned compile_jobs_count = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::string> compile_specs;
+  bool compile_as_json = false;
+  CLI::App* compile = app.add_subcommand(
+      "compile",
+      "Generate and compile every candidate tile config of the default specs (or of --spec) "
+      "with NVRTC; the last line reads 'compiled N, failed M'");
+  compile->add_option("--arch", compile_arch, "Target architecture, e.g. sm_80 or sm_90a")
+      ->required();
+  compile->add_option("--jobs,-j", compile_jobs_count, "Worker threads")
+      ->check(CLI::Range(1u, 4096u))
+      ->capture_default_str();
+  compile->add_option("--spec", compile_specs,
+                      "Only this spec, e.g. fwd.fp16.d64.dense.nomask.nosmod.fast.anylen "
+                      "(repeatable)");
+  compile->add_flag("--json", compile_as_json,
+                    "Print a JSON array of the kernels on stdout; the summary line goes to stderr");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? kExitOk : kExitUsage;
+  }
+
+  try {
+    if (doctor->parsed()) return run_doctor(doctor_as_json);
+    if (gen->parsed()) return run_gen(gen_variant, gen_arch);
+    return run_compile(compile_arch, compile_jobs_count, compile_specs, compile_as_json);
+  } catch (const UsageError& e) {
+    fmt::print(stderr, "sigattn: {}\n", e.what());
+    return kExitUsage;
+  } catch (const std::invalid_argument& e) {
+    fmt::print(stderr, "sigattn: {}\n", e.what());
+    return kExitUsage;
+  } catch (const sigattn::Error& e) {
+    fmt::print(stderr, "sigattn: {}\n", e.what());
+    return exit_code_for(e);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "sigattn: {}\n", e.what());
+    return kExitFailure;
+  }
+}

@@ -1,0 +1,84 @@
+// The C ABI: sigattn_forward_args -> sigattn::ForwardArgs, exceptions -> status codes, and the
+// message of the last failure kept per thread for sigattn_last_error().
+#include <sigattn/sigattn.h>
+
+#include <cstring>
+#include <exception>
+#include <sigattn/sigattn.hpp>
+#include <string>
+
+namespace {
+
+thread_local std::string last_error;
+
+sigattn::TensorRef to_tensor(const sigattn_tensor& tensor) {
+  return {tensor.data, tensor.batch_stride, tensor.seq_stride, tensor.head_stride};
+}
+
+sigattn::ForwardArgs to_forward_args(const sigattn_forward_args& c) {
+  sigattn::ForwardArgs args;
+  args.dtype = static_cast<sigattn::DType>(c.dtype);
+  args.batch = c.batch;
+  args.heads_q = c.heads_q;
+  args.heads_kv = c.heads_kv;
+  args.head_dim = c.head_dim;
+  args.max_seqlen_q = c.max_seqlen_q;
+  args.max_seqlen_k = c.max_seqlen_k;
+  args.q = to_tensor(c.q);
+  args.k = to_tensor(c.k);
+  args.v = to_tensor(c.v);
+  args.out = to_tensor(c.out);
+  args.seq_lens_q = c.seq_lens_q;
+  args.seq_lens_k = c.seq_lens_k;
+  args.cu_seqlens_q = c.cu_seqlens_q;
+  args.cu_seqlens_k = c.cu_seqlens_k;
+  args.score_mod = c.score_mod;
+  args.score_mod_batch_stride = c.score_mod_batch_stride;
+  args.causal = c.causal != 0;
+  args.window_left = c.window_left;
+  args.window_right = c.window_right;
+  if (c.has_scale != 0) args.scale = c.scale;
+  if (c.has_bias != 0) args.bias = c.bias;
+  args.sigmoid = static_cast<sigattn::SigmoidMode>(c.sigmoid);
+  args.trust_lengths = c.trust_lengths != 0;
+  return args;
+}
+
+sigattn_status fail(sigattn_status status, const char* message) {
+  last_error = message;
+  return status;
+}
+
+}  // namespace
+
+extern "C" {
+
+void sigattn_forward_args_init(sigattn_forward_args* args) {
+  if (args == nullptr) return;
+  std::memset(args, 0, sizeof(*args));
+  args->dtype = SIGATTN_BF16;
+  args->sigmoid = SIGATTN_SIGMOID_FAST;
+  args->window_left = -1;
+  args->window_right = -1;
+}
+
+sigattn_status sigattn_forward(const sigattn_forward_args* args, CUstream stream) {
+  last_error.clear();
+  if (args == nullptr) return fail(SIGATTN_INVALID_ARGUMENT, "args is null");
+  try {
+    sigattn::forward(to_forward_args(*args), stream);
+    return SIGATTN_OK;
+  } catch (const sigattn::Error& error) {
+    return fail(static_cast<sigattn_status>(error.status()), error.what());
+  } catch (const std::exception& error) {
+    return fail(SIGATTN_INTERNAL_ERROR, error.what());
+  } catch (...) {
+    return fail(SIGATTN_INTERNAL_ERROR, "unknown exception");
+  }
+}
+
+const char* sigattn_last_error(void) { return last_error.c_str(); }
+
+const char* sigattn_version(void) { return sigattn::version(); }
+
+}  // extern "C"

@@ -1,0 +1,49 @@
+// What `sigattn doctor` reports: versions, the CUDA driver and devices, NVRTC and the database
+// location. Collecting never throws, so the report also explains a machine without a GPU or
+// without NVRTC.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace sigattn {
+
+struct DeviceReport {
+  int ordinal = 0;
+  std::string name;
+  int cc_major = 0;
+  int cc_minor = 0;
+  std::string arch;          // empty when the device is not supported
+  std::string arch_message;  // why not, when arch is empty
+  int sm_count = 0;
+  int max_smem_optin = 0;
+  std::size_t total_mem = 0;
+};
+
+struct DoctorReport {
+  std::string sigattn_version;
+  int generator_version = 0;
+  std::string template_hash;
+
+  bool driver_loaded = false;
+  int driver_version = 0;      // e.g. 13000 for CUDA 13.0
+  std::string driver_message;  // why the driver or its devices cannot be used
+  std::vector<DeviceReport> devices;
+
+  bool nvrtc_loaded = false;
+  std::string nvrtc_version;
+  std::string nvrtc_message;  // why NVRTC cannot be loaded
+
+  std::string user_database;          // empty when it cannot be placed
+  std::string user_database_message;  // why not
+};
+
+DoctorReport collect_doctor_report();
+
+// Human-readable, one fact per line.
+std::string doctor_text(const DoctorReport& report);
+// A JSON object with the same fields, pretty-printed.
+std::string doctor_json(const DoctorReport& report);
+
+}  // namespace sigattn

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The test command: installs the dependencies, configures build/ (or $BUILD_DIR) afresh with
+# Ninja, builds, runs the CPU tests and the GPU tests (which skip themselves where there is
+# no GPU), and checks that the C++ sources are clang-formatted.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build_dir=${BUILD_DIR:-$repo/build}
+
+"$repo/scripts/install_deps.sh"
+
+cmake --fresh -S "$repo" -B "$build_dir" -G Ninja
+cmake --build "$build_dir"
+
+cd "$build_dir"
+ctest -L cpu --output-on-failure -j2
+ctest -L gpu --output-on-failure
+
+# The C++ sources: what git tracks or would track (build directories are ignored), or, outside a
+# git checkout, every source file not under a build directory.
+cd "$repo"
+list_sources() {
+  if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git ls-files -z --cached --others --exclude-standard -- '*.cpp' '*.hpp' '*.h' '*.cuh' '*.cu'
+  else
+    find . \( -path './build*' -o -path ./.git \) -prune -o -type f \
+      \( -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.cuh' -o -name '*.cu' \) -print0
+  fi
+}
+if ! list_sources | xargs -0 -r clang-format --dry-run -Werror; then
+  echo "test.sh: the files above are not clang-formatted (fix with clang-format -i FILE)" >&2
+  exit 1
+fi
+echo "test.sh: all checks passed"

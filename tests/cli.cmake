@@ -1,0 +1,92 @@
+# Tests of the `sigattn` command line (label cpu). Included by tests/CMakeLists.txt, this file adds
+# the tests; run with `cmake -P` it is the checker each test uses: it runs PROGRAM with ARGS
+# ("|"-separated) and checks the exit status, regular expressions on stdout and stderr, and that
+# stdout is a JSON value of the expected type.
+if(CMAKE_SCRIPT_MODE_FILE)
+  string(REPLACE "|" ";" arg_list "${ARGS}")
+  execute_process(COMMAND ${PROGRAM} ${arg_list} RESULT_VARIABLE status OUTPUT_VARIABLE out
+                  ERROR_VARIABLE err)
+  string(CONCAT transcript "command: ${PROGRAM} ${ARGS}\nexit status: ${status}\n"
+         "stdout:\n${out}\nstderr:\n${err}")
+  if(NOT status STREQUAL EXPECT_EXIT)
+    message(FATAL_ERROR "expected exit status ${EXPECT_EXIT}\n${transcript}")
+  endif()
+  # Trailing newlines are stripped, so "$" in a pattern means the end of the last line.
+  string(STRIP "${out}" out)
+  string(STRIP "${err}" err)
+  if(DEFINED EXPECT_STDOUT AND NOT out MATCHES "${EXPECT_STDOUT}")
+    message(FATAL_ERROR "stdout does not match '${EXPECT_STDOUT}'\n${transcript}")
+  endif()
+  if(DEFINED EXPECT_STDERR AND NOT err MATCHES "${EXPECT_STDERR}")
+    message(FATAL_ERROR "stderr does not match '${EXPECT_STDERR}'\n${transcript}")
+  endif()
+  if(DEFINED EXPECT_JSON)
+    string(JSON json_type ERROR_VARIABLE json_error TYPE "${out}")
+    if(NOT json_type STREQUAL EXPECT_JSON)
+      message(FATAL_ERROR "stdout is not a JSON ${EXPECT_JSON}: ${json_error}\n${transcript}")
+    endif()
+  endif()
+  return()
+endif()
+
+# cli_test(NAME EXIT code ARGS arg... [STDOUT regex] [STDERR regex] [JSON OBJECT|ARRAY]
+#          [ENVIRONMENT var=value] [TIMEOUT seconds])
+function(cli_test name)
+  cmake_parse_arguments(PARSE_ARGV 1 CLI "" "EXIT;STDOUT;STDERR;JSON;TIMEOUT" "ARGS;ENVIRONMENT")
+  list(JOIN CLI_ARGS "|" joined_args)
+  set(checks -DPROGRAM=$<TARGET_FILE:sigattn_cli> "-DARGS=${joined_args}"
+             -DEXPECT_EXIT=${CLI_EXIT})
+  if(DEFINED CLI_STDOUT)
+    list(APPEND checks "-DEXPECT_STDOUT=${CLI_STDOUT}")
+  endif()
+  if(DEFINED CLI_STDERR)
+    list(APPEND checks "-DEXPECT_STDERR=${CLI_STDERR}")
+  endif()
+  if(DEFINED CLI_JSON)
+    list(APPEND checks -DEXPECT_JSON=${CLI_JSON})
+  endif()
+  add_test(NAME cli_${name} COMMAND ${CMAKE_COMMAND} ${checks} -P ${CMAKE_CURRENT_LIST_FILE})
+  set_tests_properties(cli_${name} PROPERTIES LABELS cpu)
+  if(DEFINED CLI_ENVIRONMENT)
+    set_tests_properties(cli_${name} PROPERTIES ENVIRONMENT "${CLI_ENVIRONMENT}")
+  endif()
+  if(DEFINED CLI_TIMEOUT)
+    set_tests_properties(cli_${name} PROPERTIES TIMEOUT ${CLI_TIMEOUT})
+  endif()
+endfunction()
+
+set(cli_spec fwd.fp16.d64.dense.nomask.nosmod.fast.anylen)
+string(REPLACE "." "\\." cli_version_regex "${PROJECT_VERSION}")
+set(cli_summary_ok "compiled [1-9][0-9]*, failed 0$")
+
+cli_test(version EXIT 0 ARGS --version STDOUT "^${cli_version_regex}$")
+cli_test(no_command_is_usage_error EXIT 2 STDERR "subcommand")
+cli_test(doctor EXIT 0 ARGS doctor STDOUT "^sigattn ${cli_version_regex}.*NVRTC: (loaded|not available)")
+cli_test(doctor_json EXIT 0 ARGS doctor --json JSON OBJECT)
+
+cli_test(gen_default_tile EXIT 0 ARGS gen fwd.bf16.d128.dense.causal.nosmod.fast.anylen
+         STDOUT "fwd_sm80_kernel")
+cli_test(gen_explicit_tile EXIT 0 ARGS gen --arch sm_80 ${cli_spec}/sm80.m64n64w4s2
+         STDOUT "fwd_sm80_kernel")
+cli_test(gen_bad_dtype EXIT 2 ARGS gen fwd.bf17.d128.dense.causal.nosmod.fast.anylen
+         STDERR "dtype")
+cli_test(gen_bad_head_dim EXIT 2 ARGS gen fwd.bf16.d100.dense.causal.nosmod.fast.anylen
+         STDERR "head")
+cli_test(gen_bad_layout EXIT 2 ARGS gen fwd.bf16.d128.ragged.causal.nosmod.fast.anylen
+         STDERR "layout")
+cli_test(gen_bad_family EXIT 2 ARGS gen ${cli_spec}/sm70.m64n64w4s2 STDERR "family")
+cli_test(gen_bad_tile EXIT 2 ARGS gen ${cli_spec}/sm80.m64x64 STDERR "tile")
+cli_test(gen_rejected_tile EXIT 2 ARGS gen ${cli_spec}/sm80.m128n64w3s2 STDERR "rejected")
+cli_test(gen_bad_arch EXIT 2 ARGS gen --arch sm_42 ${cli_spec} STDERR "sm_42")
+
+cli_test(compile_sm80 EXIT 0 ARGS compile --arch sm_80 --spec ${cli_spec}
+         STDOUT "${cli_summary_ok}" TIMEOUT 900)
+cli_test(compile_sm90a EXIT 0 ARGS compile --arch sm_90a --spec ${cli_spec}
+         STDOUT "${cli_summary_ok}" TIMEOUT 900)
+cli_test(compile_json EXIT 0 ARGS compile --arch sm_80 --json --spec ${cli_spec}
+         STDOUT "\"variant\"" STDERR "${cli_summary_ok}" JSON ARRAY TIMEOUT 900)
+cli_test(compile_bad_arch EXIT 2 ARGS compile --arch sm_42 --spec ${cli_spec} STDERR "sm_42")
+cli_test(compile_bad_spec EXIT 2 ARGS compile --arch sm_80 --spec fwd.bf16.d128 STDERR "--spec")
+cli_test(compile_without_nvrtc EXIT 3 ARGS compile --arch sm_80 --spec ${cli_spec}
+         STDERR "/nonexistent/libnvrtc.so"
+         ENVIRONMENT SIGATTN_NVRTC_LIBRARY=/nonexistent/libnvrtc.so)

@@ -1,0 +1,122 @@
+// A forward problem as the GPU tests describe it (dtype, head dim, storage, lengths, masks, bias,
+// score_mod, sigmoid), its name, its random host inputs and their device copies, and the
+// ForwardArgs that describe them to the library.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <ostream>
+#include <sigattn/sigattn.hpp>
+#include <string>
+#include <vector>
+
+#include "numerics.hpp"
+#include "runtime/cuda_driver.hpp"
+
+namespace sigattn::test {
+
+// bthd, bhtd: dense tensors, every sequence len_q/len_k long. padded: BTHD storage of
+// len_q/len_k rows with per-sequence valid lengths. varlen: packed [tokens, heads, dim].
+enum class Storage { bthd, bhtd, padded, varlen };
+
+struct Problem {
+  DType dtype = DType::bf16;
+  int head_dim = 64;
+  Storage storage = Storage::bthd;
+  int batch = 1;  // padded and varlen: the number of per-sequence lengths
+  int heads_q = 2;
+  int heads_kv = 2;
+  int len_q = 0;  // bthd, bhtd, padded: stored rows per sequence; varlen: unused
+  int len_k = 0;
+  std::vector<int> lens_q;  // padded: valid rows (empty: all len_q); varlen: packed lengths
+  std::vector<int> lens_k;
+  bool causal = false;
+  int window_left = -1;
+  int window_right = -1;
+  std::optional<float> scale;
+  std::optional<float> bias;
+  bool score_mod = false;
+  SigmoidMode sigmoid = SigmoidMode::accurate;
+
+  // Unique, readable and usable as a gtest name: "bf16_d64_padded_h8x2_q0_1_77_k5_100_causal".
+  std::string name() const;
+  int max_seqlen_q() const;
+  int max_seqlen_k() const;
+  int valid_q(int b) const;  // len_q(b) of the semantics
+  int valid_k(int b) const;
+  int stored_q(int b) const;  // output rows of sequence b: the stored rows or its packed length
+  std::int64_t token_start_q(int b) const;  // varlen: first packed row of sequence b
+  std::int64_t token_start_k(int b) const;
+  TensorRef q_layout() const;  // strides of q and out; data is null
+  TensorRef kv_layout() const;
+  std::int64_t q_elements() const;
+  std::int64_t kv_elements() const;
+  std::int64_t score_mod_stride() const;  // padded past max_seqlen_k, so the stride matters
+  // Element offset of (sequence b, row t, head h, dim 0) in a tensor of this problem.
+  std::int64_t q_offset(int b, int t, int h) const;
+  std::int64_t kv_offset(int b, int t, int h) const;
+  float effective_scale() const;  // scale, or the default 1/sqrt(head_dim) in fp32
+  // Multiply-adds of the score and P.V products over the whole problem.
+  double work() const;
+  // Throws std::invalid_argument when the description is inconsistent (a broken test table).
+  void validate() const;
+};
+
+// gtest prints parameters with this, so the test names and --gtest_filter see Problem::name().
+void PrintTo(const Problem& problem, std::ostream* os);
+
+struct HostInputs {
+  std::vector<std::uint16_t> q, k, v;  // dtype bits
+  std::vector<float> score_mod;        // [batch, score_mod_stride()]
+  std::vector<std::int32_t> seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k;
+};
+
+// Normal(0, 1) inputs rounded to the dtype, and score_mod values, from `seed`.
+HostInputs make_inputs(const Problem& problem, std::uint64_t seed);
+
+// Device addresses of a problem's tensors and length arrays; null where it has none.
+struct DevicePointers {
+  void* q = nullptr;
+  void* k = nullptr;
+  void* v = nullptr;
+  void* out = nullptr;
+  const std::int32_t* seq_lens_q = nullptr;
+  const std::int32_t* seq_lens_k = nullptr;
+  const std::int32_t* cu_seqlens_q = nullptr;
+  const std::int32_t* cu_seqlens_k = nullptr;
+  const float* score_mod = nullptr;
+};
+
+// The library's description of the problem stored at `pointers`.
+ForwardArgs forward_args(const Problem& problem, const DevicePointers& pointers);
+
+// The same ForwardArgs with `placeholder` for every pointer the problem uses.
+ForwardArgs placeholder_args(const Problem& problem, void* placeholder);
+
+struct DeviceInputs {
+  cuda::DeviceBuffer q, k, v, out, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, score_mod;
+  ForwardArgs args;
+};
+
+// Copies the inputs to the device and fills args; the output buffer is allocated, not filled.
+DeviceInputs upload(const Problem& problem, const HostInputs& inputs);
+
+// Downloads the output and converts it to float.
+std::vector<float> download_output(const Problem& problem, const DeviceInputs& device);
+
+// Visits every output element once, in (batch, row, head, dim) order.
+template <class Visit>
+void for_each_output(const Problem& problem, Visit&& visit) {
+  for (int b = 0; b < problem.batch; ++b) {
+    for (int t = 0; t < problem.stored_q(b); ++t) {
+      for (int h = 0; h < problem.heads_q; ++h) {
+        const std::int64_t row = problem.q_offset(b, t, h);
+        for (int d = 0; d < problem.head_dim; ++d) {
+          visit(Element{row + d, b, t, h, d, t >= problem.valid_q(b)});
+        }
+      }
+    }
+  }
+}
+
+}  // namespace sigattn::test

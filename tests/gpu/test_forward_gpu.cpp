@@ -1,0 +1,429 @@
+// Forward-pass correctness on the GPU: every dtype, head dim, layout, mask, head grouping, bias,
+// score_mod and sigmoid form against an fp64 CPU reference (small problems) or a plain fp32 GPU
+// kernel (large ones and the fast sigmoid), every tile candidate of two specs, bit-identical
+// repeated launches, and an invalid length rejected before the output is touched.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <optional>
+#include <sigattn/sigattn.hpp>
+#include <string>
+#include <vector>
+
+#include "generator/kernel_spec.hpp"
+#include "gpu_test_env.hpp"
+#include "numerics.hpp"
+#include "problem.hpp"
+#include "reference.hpp"
+#include "runtime/cuda_driver.hpp"
+#include "runtime/forward.hpp"
+#include "tuner/search_space.hpp"
+
+namespace sigattn::test {
+namespace {
+
+constexpr DType bf16 = DType::bf16;
+constexpr DType fp16 = DType::fp16;
+
+// Above this many multiply-adds (about half a second of fp64 on one core) the fp32 GPU
+// reference takes over from the CPU.
+constexpr double kCpuReferenceWorkLimit = 6e8;
+
+// Table rows: Case(bf16, 64).padded(200, 200, {0, 1, 77}, {5, 200, 0}).heads(8, 2).causal().
+class Case {
+ public:
+  Case(DType dtype, int head_dim) {
+    p_.dtype = dtype;
+    p_.head_dim = head_dim;
+  }
+  Case& bthd(int batch, int len_q, int len_k) { return dense(Storage::bthd, batch, len_q, len_k); }
+  Case& bhtd(int batch, int len_q, int len_k) { return dense(Storage::bhtd, batch, len_q, len_k); }
+  // Stored lengths and per-sequence valid lengths; an empty list leaves that side unset (null).
+  Case& padded(int len_q, int len_k, std::vector<int> lens_q, std::vector<int> lens_k) {
+    p_.storage = Storage::padded;
+    p_.batch = static_cast<int>(std::max(lens_q.size(), lens_k.size()));
+    p_.len_q = len_q;
+    p_.len_k = len_k;
+    p_.lens_q = std::move(lens_q);
+    p_.lens_k = std::move(lens_k);
+    return *this;
+  }
+  Case& varlen(std::vector<int> lens_q, std::vector<int> lens_k) {
+    p_.storage = Storage::varlen;
+    p_.batch = static_cast<int>(lens_q.size());
+    p_.lens_q = std::move(lens_q);
+    p_.lens_k = std::move(lens_k);
+    return *this;
+  }
+  Case& heads(int q, int kv) {
+    p_.heads_q = q;
+    p_.heads_kv = kv;
+    return *this;
+  }
+  Case& causal() {
+    p_.causal = true;
+    return *this;
+  }
+  Case& window(int left, int right) {
+    p_.window_left = left;
+    p_.window_right = right;
+    return *this;
+  }
+  Case& scale(float value) {
+    p_.scale = value;
+    return *this;
+  }
+  Case& bias(float value) {
+    p_.bias = value;
+    return *this;
+  }
+  Case& score_mod() {
+    p_.score_mod = true;
+    return *this;
+  }
+  Case& fast() {
+    p_.sigmoid = SigmoidMode::fast;
+    return *this;
+  }
+  operator Problem() const { return p_; }
+
+ private:
+  Case& dense(Storage storage, int batch, int len_q, int len_k) {
+    p_.storage = storage;
+    p_.batch = batch;
+    p_.len_q = len_q;
+    p_.len_k = len_k;
+    return *this;
+  }
+  Problem p_;
+};
+
+std::vector<Problem> head_dim_cases() {
+  std::vector<Problem> cases;
+  for (DType dtype : {bf16, fp16}) {
+    for (int d : {32, 40, 64, 96, 128, 256}) {
+      // Whole 128-row tiles (the x128 kernels).
+      cases.push_back(Case(dtype, d).bthd(2, 128, 256));
+      // Ragged lengths with empty, single and full sequences, GQA, causal, fast sigmoid.
+      cases.push_back(
+          Case(dtype, d).padded(200, 200, {200, 1, 77}, {150, 200, 0}).heads(4, 2).causal().fast());
+    }
+  }
+  return cases;
+}
+
+std::vector<Problem> layout_cases() {
+  std::vector<Problem> cases;
+  for (DType dtype : {bf16, fp16}) {
+    for (int d : {64, 128}) {
+      cases.push_back(Case(dtype, d).bhtd(2, 100, 100).heads(3, 3));
+      cases.push_back(Case(dtype, d).bhtd(1, 64, 192).heads(4, 2).causal());
+      cases.push_back(Case(dtype, d).padded(100, 100, {0, 1, 57, 100}, {100, 0, 1, 100}));
+      cases.push_back(Case(dtype, d).padded(100, 130, {}, {1, 90, 130}));
+      cases.push_back(Case(dtype, d).padded(100, 130, {0, 60, 100}, {}));
+      cases.push_back(Case(dtype, d).varlen({17, 0, 128, 1}, {40, 0, 129, 300}));
+      cases.push_back(Case(dtype, d).varlen({33, 0, 100}, {64, 5, 100}).causal());
+      cases.push_back(
+          Case(dtype, d).varlen({1, 50, 0, 200}, {1, 0, 70, 200}).heads(4, 1).window(32, 0).fast());
+    }
+  }
+  return cases;
+}
+
+std::vector<Problem> mask_cases() {
+  std::vector<Problem> cases;
+  for (auto [dtype, d] : {std::pair{bf16, 64}, std::pair{fp16, 128}}) {
+    cases.push_back(Case(dtype, d).bthd(2, 200, 200).causal());
+    cases.push_back(Case(dtype, d).bthd(2, 200, 200).window(32, 0));
+    cases.push_back(Case(dtype, d).bthd(2, 200, 200).window(16, 16));
+    cases.push_back(Case(dtype, d).bthd(2, 200, 200).window(-1, 8));
+    cases.push_back(Case(dtype, d).bthd(2, 200, 200).causal().window(32, -1));
+    cases.push_back(Case(dtype, d).bthd(2, 200, 200).causal().window(16, 16));
+    // Bottom-right alignment: 17 queries see the last keys; 300 queries over 64 keys leave the
+    // first 236 rows with no key at all.
+    cases.push_back(Case(dtype, d).bthd(2, 17, 1000).causal());
+    cases.push_back(Case(dtype, d).bthd(1, 300, 64).causal());
+    cases.push_back(Case(dtype, d).bthd(1, 64, 300).window(8, 40));
+    cases.push_back(Case(dtype, d).bthd(1, 1000, 1000).window(16, 16).fast());
+    cases.push_back(Case(dtype, d).padded(150, 150, {150, 20, 0}, {100, 150, 7}).window(16, 16));
+  }
+  return cases;
+}
+
+std::vector<Problem> grouped_head_cases() {
+  std::vector<Problem> cases;
+  for (auto [dtype, d] : {std::pair{bf16, 128}, std::pair{fp16, 64}}) {
+    cases.push_back(Case(dtype, d).bthd(2, 150, 150).heads(8, 2));
+    cases.push_back(Case(dtype, d).bthd(1, 150, 150).heads(4, 1).causal());
+    cases.push_back(Case(dtype, d).bhtd(1, 100, 120).heads(8, 2).window(-1, 8));
+    cases.push_back(
+        Case(dtype, d).padded(128, 128, {128, 64, 1}, {128, 0, 100}).heads(8, 2).causal());
+    cases.push_back(Case(dtype, d).varlen({100, 30}, {100, 300}).heads(4, 1).score_mod());
+  }
+  return cases;
+}
+
+std::vector<Problem> bias_and_score_mod_cases() {
+  std::vector<Problem> cases;
+  for (auto [dtype, d] : {std::pair{bf16, 64}, std::pair{fp16, 96}}) {
+    cases.push_back(Case(dtype, d).bthd(2, 150, 150).bias(-3.0f));
+    cases.push_back(Case(dtype, d).bthd(2, 150, 150).bias(1.5f).score_mod());
+    cases.push_back(Case(dtype, d).bthd(2, 150, 150).score_mod());
+    cases.push_back(Case(dtype, d).bthd(1, 300, 300).scale(0.05f).bias(-1.0f));
+    cases.push_back(
+        Case(dtype, d).padded(120, 120, {120, 3, 0}, {50, 120, 120}).score_mod().causal());
+    cases.push_back(Case(dtype, d).varlen({60, 0, 90}, {60, 10, 200}).score_mod().bias(-2.0f));
+    cases.push_back(Case(dtype, d).bthd(2, 150, 150).bias(-3.0f).score_mod().fast());
+    cases.push_back(Case(dtype, d).bthd(1, 1000, 1000).score_mod().fast());
+  }
+  return cases;
+}
+
+std::vector<Problem> length_cases() {
+  std::vector<Problem> cases;
+  for (auto [dtype, d] : {std::pair{bf16, 64}, std::pair{fp16, 128}}) {
+    cases.push_back(Case(dtype, d).bthd(1, 1, 1));
+    cases.push_back(Case(dtype, d).bthd(3, 17, 17));
+    cases.push_back(Case(dtype, d).bthd(1, 1000, 1000));
+    cases.push_back(Case(dtype, d).bthd(1, 4097, 4097));
+    cases.push_back(Case(dtype, d).bthd(1, 4097, 4097).heads(4, 1).causal().fast());
+    cases.push_back(Case(dtype, d).bthd(1, 1, 4097).causal());
+    cases.push_back(Case(dtype, d).bthd(1, 1000, 17));
+    cases.push_back(Case(dtype, d).bthd(1, 4097, 1).causal());
+    cases.push_back(Case(dtype, d).varlen({4097, 1}, {1, 4097}));
+  }
+  return cases;
+}
+
+std::vector<Problem> sigmoid_cases() {
+  std::vector<Problem> cases;
+  for (DType dtype : {bf16, fp16}) {
+    for (bool fast : {false, true}) {
+      Case plain = Case(dtype, 64).bthd(2, 256, 256);
+      Case causal = Case(dtype, 64).bthd(1, 333, 333).causal();
+      if (fast) {
+        plain.fast();
+        causal.fast();
+      }
+      cases.push_back(plain);
+      cases.push_back(causal);
+    }
+  }
+  return cases;
+}
+
+// Every tile candidate of these two specs runs; one x128 and one anylen.
+std::vector<Problem> tile_sweep_cases() {
+  return {Case(bf16, 64).bthd(2, 333, 333).heads(4, 2).fast(),
+          Case(bf16, 128).bthd(1, 256, 256).heads(4, 2).causal().fast()};
+}
+
+// The determinism and invalid-call problems.
+Problem repeat_problem() {
+  return Case(bf16, 128)
+      .padded(1000, 1000, {1000, 513, 0, 77}, {1000, 1000, 300, 0})
+      .heads(8, 2)
+      .causal()
+      .score_mod()
+      .fast();
+}
+
+Problem invalid_length_problem() { return Case(bf16, 64).padded(64, 64, {64, 64}, {64, 64}); }
+
+std::vector<std::vector<Problem>> all_reference_tables() {
+  return {head_dim_cases(),           layout_cases(), mask_cases(),   grouped_head_cases(),
+          bias_and_score_mod_cases(), length_cases(), sigmoid_cases()};
+}
+
+// The spec the library chooses for a problem. forward_spec checks the arguments on the host only,
+// so an aligned host address can stand in for every device pointer.
+gen::KernelSpec spec_of(const Problem& problem) {
+  alignas(256) static std::byte placeholder[256];
+  return forward_spec(placeholder_args(problem, placeholder));
+}
+
+const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
+  std::vector<gen::Variant> variants;
+  const auto add_default = [&](const Problem& problem) {
+    const gen::KernelSpec spec = spec_of(problem);
+    variants.push_back({spec, gen::Family::sm80, tune::default_tile(spec, gpu.target).tile});
+  };
+  for (const std::vector<Problem>& table : all_reference_tables()) {
+    for (const Problem& problem : table) {
+      if (param_selected(problem.name())) add_default(problem);
+    }
+  }
+  for (const Problem& problem : tile_sweep_cases()) {
+    if (!param_selected(problem.name())) continue;
+    const gen::KernelSpec spec = spec_of(problem);
+    for (const gen::TileConfig& tile : tune::candidates(spec, gpu.target)) {
+      variants.push_back({spec, gen::Family::sm80, tile});
+    }
+  }
+  if (test_selected("GpuForward.RepeatedLaunchIsBitIdentical")) add_default(repeat_problem());
+  return variants;
+});
+
+void synchronize() { SIGATTN_CU(cuda::driver().cuCtxSynchronize()); }
+
+bool use_cpu_reference(const Problem& problem) {
+  // The CPU computes the exact sigmoid. The fast form's tanh.approx is off by up to 2^-11 of
+  // |tanh|, about 2^-12 in sigma, while sigma itself is near 1/len_k at the default bias, so
+  // fast problems are checked against the GPU reference, which uses the same tanh.approx.
+  return problem.sigmoid == SigmoidMode::accurate && problem.work() <= kCpuReferenceWorkLimit;
+}
+
+std::vector<double> reference_for(const Problem& problem, const HostInputs& inputs,
+                                  const DeviceInputs& device) {
+  if (use_cpu_reference(problem)) return cpu_reference(problem, inputs);
+  const std::vector<float> gpu = gpu_reference(device.args, problem.q_elements());
+  return {gpu.begin(), gpu.end()};
+}
+
+double max_abs(const std::vector<double>& values) {
+  double largest = 0.0;
+  for (double value : values) largest = std::max(largest, std::abs(value));
+  return largest;
+}
+
+Comparison compare_output(const Problem& problem, const std::vector<float>& out,
+                          const std::vector<double>& ref) {
+  ErrorAccumulator accumulator(max_abs(ref), tolerance_for(problem.dtype));
+  for_each_output(problem,
+                  [&](const Element& e) { accumulator.add(e, out[e.offset], ref[e.offset]); });
+  return accumulator.result();
+}
+
+class ForwardMatchesReference : public GpuTest, public testing::WithParamInterface<Problem> {};
+
+TEST_P(ForwardMatchesReference, Output) {
+  const Problem& problem = GetParam();
+  problem.validate();
+  const HostInputs inputs = make_inputs(problem, seed());
+  DeviceInputs device = upload(problem, inputs);
+  const gen::KernelSpec spec = forward_spec(device.args);
+  const gen::Variant variant{spec, gen::Family::sm80, tune::default_tile(spec, gpu().target).tile};
+  const std::string context =
+      fmt::format("variant {}, problem {}, seed {} (SIGATTN_TEST_SEED={}), reference {}",
+                  gen::to_string(variant), problem.name(), seed(), base_seed(),
+                  use_cpu_reference(problem) ? "cpu fp64" : "gpu fp32");
+  SCOPED_TRACE(context);
+
+  device.out.fill_bytes(0xFF);  // NaN in both dtypes: any element left unwritten fails
+  try {
+    forward(device.args, nullptr);
+    synchronize();
+  } catch (const std::exception& e) {
+    FAIL() << e.what();
+  }
+  const std::vector<float> out = download_output(problem, device);
+  const Comparison result = compare_output(problem, out, reference_for(problem, inputs, device));
+  EXPECT_TRUE(result.passed) << result.summary;
+}
+
+const auto name_of = [](const testing::TestParamInfo<Problem>& info) { return info.param.name(); };
+
+INSTANTIATE_TEST_SUITE_P(HeadDims, ForwardMatchesReference, testing::ValuesIn(head_dim_cases()),
+                         name_of);
+INSTANTIATE_TEST_SUITE_P(Layouts, ForwardMatchesReference, testing::ValuesIn(layout_cases()),
+                         name_of);
+INSTANTIATE_TEST_SUITE_P(Masks, ForwardMatchesReference, testing::ValuesIn(mask_cases()), name_of);
+INSTANTIATE_TEST_SUITE_P(GroupedHeads, ForwardMatchesReference,
+                         testing::ValuesIn(grouped_head_cases()), name_of);
+INSTANTIATE_TEST_SUITE_P(BiasAndScoreMod, ForwardMatchesReference,
+                         testing::ValuesIn(bias_and_score_mod_cases()), name_of);
+INSTANTIATE_TEST_SUITE_P(Lengths, ForwardMatchesReference, testing::ValuesIn(length_cases()),
+                         name_of);
+INSTANTIATE_TEST_SUITE_P(SigmoidForms, ForwardMatchesReference, testing::ValuesIn(sigmoid_cases()),
+                         name_of);
+
+class EveryTileCandidate : public GpuTest, public testing::WithParamInterface<Problem> {};
+
+TEST_P(EveryTileCandidate, MatchesReference) {
+  const Problem& problem = GetParam();
+  problem.validate();
+  const HostInputs inputs = make_inputs(problem, seed());
+  DeviceInputs device = upload(problem, inputs);
+  const gen::KernelSpec spec = forward_spec(device.args);
+  const std::vector<gen::TileConfig> tiles = tune::candidates(spec, gpu().target);
+  ASSERT_FALSE(tiles.empty()) << "no tile candidate for " << gen::to_string(spec) << " on "
+                              << gpu().arch;
+  const std::vector<double> ref = reference_for(problem, inputs, device);
+  for (const gen::TileConfig& tile : tiles) {
+    const gen::Variant variant{spec, gen::Family::sm80, tile};
+    SCOPED_TRACE(fmt::format("variant {}, seed {} (SIGATTN_TEST_SEED={})", gen::to_string(variant),
+                             seed(), base_seed()));
+    device.out.fill_bytes(0xFF);
+    try {
+      forward_with_tile(device.args, nullptr, tile);
+      synchronize();
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << e.what();
+      continue;
+    }
+    const Comparison result = compare_output(problem, download_output(problem, device), ref);
+    EXPECT_TRUE(result.passed) << result.summary;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(TwoSpecs, EveryTileCandidate, testing::ValuesIn(tile_sweep_cases()),
+                         name_of);
+
+using GpuForward = GpuTest;
+
+TEST_F(GpuForward, RepeatedLaunchIsBitIdentical) {
+  const Problem problem = repeat_problem();
+  const HostInputs inputs = make_inputs(problem, seed());
+  DeviceInputs device = upload(problem, inputs);
+  const auto run = [&] {
+    device.out.fill_bytes(0xFF);
+    forward(device.args, nullptr);
+    synchronize();
+    std::vector<std::uint16_t> bits(problem.q_elements());
+    device.out.download(bits.data(), bits.size() * sizeof(std::uint16_t));
+    return bits;
+  };
+  const std::vector<std::uint16_t> first = run();
+  const std::vector<std::uint16_t> second = run();
+  // Equal outputs prove nothing if neither launch wrote them: every element must be finite.
+  const auto non_finite = std::count_if(first.begin(), first.end(), [&](std::uint16_t b) {
+    return !std::isfinite(from_bits(problem.dtype, b));
+  });
+  EXPECT_EQ(non_finite, 0) << "problem " << problem.name() << ", seed " << seed();
+  const auto differ = std::mismatch(first.begin(), first.end(), second.begin());
+  EXPECT_TRUE(differ.first == first.end())
+      << "launch 2 differs from launch 1 first at element " << (differ.first - first.begin())
+      << ": " << from_bits(problem.dtype, *differ.first) << " vs "
+      << from_bits(problem.dtype, *differ.second) << " (problem " << problem.name() << ", seed "
+      << seed() << ")";
+}
+
+TEST_F(GpuForward, LengthAboveMaxIsRejectedBeforeTheOutputIsTouched) {
+  const Problem problem = invalid_length_problem();
+  const HostInputs inputs = make_inputs(problem, seed());
+  DeviceInputs device = upload(problem, inputs);
+  const std::vector<std::int32_t> too_long = {problem.len_k + 1, 10};
+  device.seq_lens_k.upload(too_long.data(), too_long.size() * sizeof(std::int32_t));
+  device.out.fill_bytes(0xFF);
+  try {
+    forward(device.args, nullptr);
+    ADD_FAILURE() << "seq_lens_k[0] = " << too_long[0] << " > max_seqlen_k = " << problem.len_k
+                  << " was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status(), Status::invalid_argument) << e.what();
+    EXPECT_NE(std::string(e.what()).find("seq_lens_k"), std::string::npos)
+        << "the message does not name seq_lens_k: " << e.what();
+  }
+  synchronize();
+  std::vector<unsigned char> bytes(device.out.size());
+  device.out.download(bytes.data(), bytes.size());
+  EXPECT_TRUE(std::all_of(bytes.begin(), bytes.end(), [](unsigned char b) { return b == 0xFF; }))
+      << "the output buffer was written by a rejected call";
+}
+
+}  // namespace
+}  // namespace sigattn::test
