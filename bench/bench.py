@@ -50,6 +50,7 @@ def time_ms(fn):
 
 
 def rel_l2(a, b, lens=None):
+    """Relative L2 error of a against b over the valid rows (all rows when lens is None)."""
     if lens is not None:
         mask = (torch.arange(a.shape[1], device=a.device)[None, :] < lens[:, None].long())
         a, b = a[mask], b[mask]
@@ -69,6 +70,7 @@ def main():
     parser.add_argument("--csv", default="bench.csv")
     parser.add_argument("--png", default="bench.png")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--backward", type=int, default=1, help="also time the backward (0/1)")
     args = parser.parse_args()
 
     lib = sigattn_ctypes.load(args.lib)
@@ -114,6 +116,8 @@ def main():
                         ref = theirs()
                         row["err_vs_triton"] = rel_l2(out, ref, lens)
                         row["triton"] = fl / time_ms(theirs) / 1e9
+                    if args.backward:
+                        time_backward(lib, row, q, k, v, lens, causal, fl * 2.5, tsig)
                     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
                     dense_fl = flops(B, H, L, d, None, causal)
                     for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION),
@@ -138,6 +142,29 @@ def main():
     plot(rows, args.png, args.dtype)
 
 
+def time_backward(lib, row, q, k, v, lens, causal, flops_bwd, tsig):
+    """Times the backward call alone (FLOPs = 2.5 x forward) for sigattn and TritonSigmoid."""
+    dout = torch.randn_like(q)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    ours = lambda: sigattn_ctypes.backward(lib, q, k, v, dout, dq, dk, dv, causal=bool(causal),
+                                           seq_lens_q=lens, seq_lens_k=lens)
+    ours()
+    torch.cuda.synchronize()
+    row["sigattn_bwd"] = flops_bwd / time_ms(ours) / 1e9
+    if tsig is None:
+        return
+    qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
+    if lens is None:
+        out = tsig.sigmoid_attention(qg, kg, vg, is_causal=bool(causal))
+    else:
+        out = tsig.sigmoid_attention_padded(qg, kg, vg, seq_lens_k=lens, seq_lens_q=lens,
+                                            is_causal=bool(causal))
+    theirs = lambda: torch.autograd.grad(out, (qg, kg, vg), dout, retain_graph=True)
+    ref = theirs()
+    row["dq_err_vs_triton"] = rel_l2(dq, ref[0], lens)
+    row["triton_bwd"] = flops_bwd / time_ms(theirs) / 1e9
+
+
 def format_row(r):
     parts = [f"d={r['d']:<3} L={r['L']:<5} pad={r['pad']:<2} causal={r['causal']}",
              f"sigattn {r['sigattn']:6.1f}"]
@@ -146,6 +173,11 @@ def format_row(r):
             parts.append(f"{peer} {r[peer]:6.1f} ({r['sigattn'] / r[peer]:.2f}x)")
     if "err_vs_triton" in r:
         parts.append(f"relL2 vs triton {r['err_vs_triton']:.1e}")
+    if "sigattn_bwd" in r:
+        parts.append(f"bwd sigattn {r['sigattn_bwd']:6.1f}")
+    if "triton_bwd" in r:
+        parts.append(f"bwd triton {r['triton_bwd']:6.1f} ({r['sigattn_bwd'] / r['triton_bwd']:.2f}x)"
+                     f" dQ relL2 {r['dq_err_vs_triton']:.1e}")
     return " | ".join(parts)
 
 
@@ -165,7 +197,7 @@ def print_table(rows):
 
 def write_csv(rows, path):
     keys = ["d", "L", "pad", "causal", "B", "H", "sigattn", "triton", "cudnn", "flash",
-            "err_vs_triton"]
+            "err_vs_triton", "sigattn_bwd", "triton_bwd", "dq_err_vs_triton"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()

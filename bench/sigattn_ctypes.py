@@ -51,6 +51,16 @@ class ForwardArgs(ctypes.Structure):
     ]
 
 
+class BackwardArgs(ctypes.Structure):
+    _fields_ = [
+        ("inputs", ForwardArgs),
+        ("grad_out", Tensor),
+        ("grad_q", Tensor),
+        ("grad_k", Tensor),
+        ("grad_v", Tensor),
+    ]
+
+
 _DTYPES = {torch.bfloat16: 0, torch.float16: 1}
 
 
@@ -61,6 +71,9 @@ def load(path=None):
     lib.sigattn_forward.restype = ctypes.c_int
     lib.sigattn_last_error.restype = ctypes.c_char_p
     lib.sigattn_forward_args_init.argtypes = [ctypes.POINTER(ForwardArgs)]
+    lib.sigattn_backward.argtypes = [ctypes.POINTER(BackwardArgs), ctypes.c_void_p]
+    lib.sigattn_backward.restype = ctypes.c_int
+    lib.sigattn_backward_args_init.argtypes = [ctypes.POINTER(BackwardArgs)]
     return lib
 
 
@@ -70,15 +83,11 @@ def _bthd(t):
     return Tensor(t.data_ptr(), t.stride(0), t.stride(1), t.stride(2))
 
 
-def forward(lib, q, k, v, out, *, causal=False, seq_lens_q=None, seq_lens_k=None,
-            trust_lengths=True, sigmoid_accurate=False):
-    """Sigmoid attention on [B, T, H, D] tensors into `out`; seq_lens_* are int32 cuda tensors."""
-    args = ForwardArgs()
-    lib.sigattn_forward_args_init(ctypes.byref(args))
+def _fill(args, q, k, v, causal, seq_lens_q, seq_lens_k, trust_lengths, sigmoid_accurate):
     args.dtype = _DTYPES[q.dtype]
     args.batch, args.max_seqlen_q, args.heads_q, args.head_dim = q.shape
     args.max_seqlen_k, args.heads_kv = k.shape[1], k.shape[2]
-    args.q, args.k, args.v, args.out = _bthd(q), _bthd(k), _bthd(v), _bthd(out)
+    args.q, args.k, args.v = _bthd(q), _bthd(k), _bthd(v)
     if seq_lens_q is not None:
         args.seq_lens_q = seq_lens_q.data_ptr()
     if seq_lens_k is not None:
@@ -86,12 +95,35 @@ def forward(lib, q, k, v, out, *, causal=False, seq_lens_q=None, seq_lens_k=None
     args.causal = int(causal)
     args.sigmoid = int(sigmoid_accurate)
     args.trust_lengths = int(trust_lengths)
-    stream = torch.cuda.current_stream().cuda_stream
-    status = lib.sigattn_forward(ctypes.byref(args), ctypes.c_void_p(stream))
+
+
+def _check(lib, status, what):
     if status != 0:
-        raise RuntimeError(f"sigattn_forward failed ({status}): "
-                           f"{lib.sigattn_last_error().decode()}")
+        raise RuntimeError(f"{what} failed ({status}): {lib.sigattn_last_error().decode()}")
+
+
+def forward(lib, q, k, v, out, *, causal=False, seq_lens_q=None, seq_lens_k=None,
+            trust_lengths=True, sigmoid_accurate=False):
+    """Sigmoid attention on [B, T, H, D] tensors into `out`; seq_lens_* are int32 cuda tensors."""
+    args = ForwardArgs()
+    lib.sigattn_forward_args_init(ctypes.byref(args))
+    _fill(args, q, k, v, causal, seq_lens_q, seq_lens_k, trust_lengths, sigmoid_accurate)
+    args.out = _bthd(out)
+    stream = torch.cuda.current_stream().cuda_stream
+    _check(lib, lib.sigattn_forward(ctypes.byref(args), ctypes.c_void_p(stream)), "sigattn_forward")
     return out
+
+
+def backward(lib, q, k, v, dout, dq, dk, dv, *, causal=False, seq_lens_q=None, seq_lens_k=None,
+             trust_lengths=True, sigmoid_accurate=False):
+    """Gradients of sigmoid attention into dq, dk, dv for upstream gradient dout."""
+    args = BackwardArgs()
+    lib.sigattn_backward_args_init(ctypes.byref(args))
+    _fill(args.inputs, q, k, v, causal, seq_lens_q, seq_lens_k, trust_lengths, sigmoid_accurate)
+    args.grad_out, args.grad_q, args.grad_k, args.grad_v = (_bthd(t) for t in (dout, dq, dk, dv))
+    stream = torch.cuda.current_stream().cuda_stream
+    _check(lib, lib.sigattn_backward(ctypes.byref(args), ctypes.c_void_p(stream)),
+           "sigattn_backward")
 
 
 def default_scale(head_dim):

@@ -1,6 +1,7 @@
-// The `sigattn` command line: version, doctor, gen and compile. A thin layer over the library and
-// the one place where errors become exit codes: 0 success, 1 some kernels failed to compile,
-// 2 bad usage or argument (variant, tile, arch), 3 NVRTC cannot be loaded, 4 any other failure.
+// The `sigattn` command line: version, doctor, gen, compile and db. A thin layer over the library
+// and the one place where errors become exit codes: 0 success, 1 some kernels failed to compile
+// or db verify found problems, 2 bad usage or argument (variant, tile, arch, tuning file), 3 NVRTC
+// cannot be loaded, 4 any other failure.
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
@@ -19,6 +20,8 @@
 #include <utility>
 #include <vector>
 
+#include "cache/paths.hpp"
+#include "cli/db_commands.hpp"
 #include "generator/generator.hpp"
 #include "generator/kernel_spec.hpp"
 #include "runtime/compiler.hpp"
@@ -39,8 +42,9 @@ enum ExitCode : int {
 constexpr const char* kExitCodeHelp =
     "Exit codes:\n"
     "  0  success\n"
-    "  1  compile: at least one kernel failed to compile\n"
-    "  2  bad usage or argument (unknown variant field, rejected tile, unknown arch)\n"
+    "  1  compile: at least one kernel failed to compile; db verify: problems found\n"
+    "  2  bad usage or argument (unknown variant field, rejected tile, unknown arch, invalid\n"
+    "     tuning file, missing database)\n"
     "  3  NVRTC cannot be loaded (install the CUDA toolkit's NVRTC or set SIGATTN_NVRTC_LIBRARY)\n"
     "  4  any other failure";
 
@@ -311,6 +315,12 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string(sigattn::version()));
   app.footer(kExitCodeHelp);
   app.require_subcommand(1);
+  // Options of the top level may also follow a subcommand: `sigattn db show --db FILE`.
+  app.fallthrough();
+  std::string database_path;
+  app.add_option("--db", database_path,
+                 "The user database (default: $SIGATTN_DB, else "
+                 "$XDG_CACHE_HOME/sigattn/sigattn.db or ~/.cache/sigattn/sigattn.db)");
 
   bool doctor_as_json = false;
   CLI::App* doctor = app.add_subcommand(
@@ -346,6 +356,8 @@ int main(int argc, char** argv) {
   compile->add_flag("--json", compile_as_json,
                     "Print a JSON array of the kernels on stdout; the summary line goes to stderr");
 
+  sigattn::cli::DbCommands db_commands(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -354,6 +366,11 @@ int main(int argc, char** argv) {
   }
 
   try {
+    if (!database_path.empty()) sigattn::set_database_path(database_path);
+    if (db_commands.parsed()) {
+      return db_commands.run(database_path.empty() ? sigattn::cache::user_database_path().string()
+                                                   : database_path);
+    }
     if (doctor->parsed()) return run_doctor(doctor_as_json);
     if (gen->parsed()) return run_gen(gen_variant, gen_arch);
     return run_compile(compile_arch, compile_jobs_count, compile_specs, compile_as_json);

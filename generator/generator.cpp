@@ -4,6 +4,7 @@
 #include "generator/generator.hpp"
 
 #include <fmt/format.h>
+#include <sigattn/version.h>
 
 #include <stdexcept>
 
@@ -37,14 +38,18 @@ void check_variant(const Variant& variant) {
   if (tile.warps != 1 && tile.warps != 2 && tile.warps != 4 && tile.warps != 8) {
     throw std::invalid_argument(fmt::format("tile warps = {} must be 1, 2, 4 or 8", tile.warps));
   }
-  if (tile.block_m <= 0 || tile.block_m % (16 * tile.warps) != 0) {
+  // The dimension the warps split: query rows (forward, dq) or keys (dkdv).
+  const bool keys_split = spec.direction == Direction::dkdv;
+  const int split = keys_split ? tile.block_n : tile.block_m;
+  const int stepped = keys_split ? tile.block_m : tile.block_n;
+  if (split <= 0 || split % (16 * tile.warps) != 0) {
     throw std::invalid_argument(
-        fmt::format("tile block_m = {} must be a positive multiple of 16 * warps = {}",
-                    tile.block_m, 16 * tile.warps));
+        fmt::format("tile {} = {} must be a positive multiple of 16 * warps = {}",
+                    keys_split ? "block_n" : "block_m", split, 16 * tile.warps));
   }
-  if (tile.block_n <= 0 || tile.block_n % 16 != 0) {
-    throw std::invalid_argument(
-        fmt::format("tile block_n = {} must be a positive multiple of 16", tile.block_n));
+  if (stepped <= 0 || stepped % 16 != 0) {
+    throw std::invalid_argument(fmt::format("tile {} = {} must be a positive multiple of 16",
+                                            keys_split ? "block_m" : "block_n", stepped));
   }
   if (tile.stages < 2 || tile.stages > 4) {
     throw std::invalid_argument(fmt::format("tile stages = {} must be 2, 3 or 4", tile.stages));
@@ -57,11 +62,32 @@ void check_variant(const Variant& variant) {
 
 }  // namespace
 
-int fwd_sm80_smem_bytes(const KernelSpec& spec, const TileConfig& tile) {
-  // Mirrors FwdSm80Shape in templates/sigattn/fwd_sm80.cuh, which static_asserts equality.
+int smem_bytes(const KernelSpec& spec, const TileConfig& tile) {
+  // Mirrors the Shape structs of templates/sigattn/*_sm80.cuh, which static_assert equality.
   const int padded_dim = (spec.head_dim + 15) / 16 * 16;
-  const int row_stride = padded_dim + 8;
-  return 2 * (tile.block_m * row_stride + 2 * tile.stages * tile.block_n * row_stride);
+  switch (spec.direction) {
+    case Direction::forward: {
+      const int stride = padded_dim + 8;
+      return 2 * (tile.block_m * stride + 2 * tile.stages * tile.block_n * stride);
+    }
+    case Direction::dq: {
+      const int slices = (spec.head_dim + 127) / 128;
+      const int slice_width = (padded_dim / 16 + slices - 1) / slices * 16;
+      const int stride = slices * slice_width + 8;
+      return 2 * (2 * tile.block_m * stride + 2 * tile.stages * tile.block_n * stride);
+    }
+    case Direction::dkdv: {
+      const int slices = (spec.head_dim + 127) / 128;
+      const int slice_width = (padded_dim / 16 + slices - 1) / slices * 16;
+      const int stride = slices * slice_width + 8;
+      return 2 * (2 * tile.block_n * stride + 2 * tile.stages * tile.block_m * stride);
+    }
+  }
+  return 0;
+}
+
+int grid_slices(const KernelSpec& spec) {
+  return spec.direction == Direction::forward ? 1 : (spec.head_dim + 127) / 128;
 }
 
 GeneratedKernel generate(const Variant& variant) {
@@ -73,13 +99,16 @@ GeneratedKernel generate(const Variant& variant) {
   out.variant = variant;
   out.variant_name = to_string(variant);
   out.threads = tile.warps * 32;
-  out.smem_bytes = fwd_sm80_smem_bytes(spec, tile);
-  out.name_expression = "sigattn::fwd_sm80_kernel<sigattn_generated::Cfg>";
+  out.smem_bytes = smem_bytes(spec, tile);
+  const std::string_view entry = spec.direction == Direction::forward ? "fwd_sm80"
+                                 : spec.direction == Direction::dq    ? "bwd_dq_sm80"
+                                                                      : "bwd_dkdv_sm80";
+  out.name_expression = fmt::format("sigattn::{}_kernel<sigattn_generated::Cfg>", entry);
   out.options = {"-std=c++17", "--fmad=true"};
   out.source = fmt::format(
       "// sigattn generated kernel {variant}\n"
       "// generator version {gen}, templates {templates}\n"
-      "#include \"sigattn/fwd_sm80.cuh\"\n"
+      "#include \"sigattn/{entry}.cuh\"\n"
       "\n"
       "namespace sigattn_generated {{\n"
       "struct Cfg {{\n"
@@ -98,8 +127,8 @@ GeneratedKernel generate(const Variant& variant) {
       "  static constexpr int kSmemBytes = {smem};\n"
       "}};\n"
       "}}  // namespace sigattn_generated\n",
-      fmt::arg("variant", out.variant_name), fmt::arg("gen", kGeneratorVersion),
-      fmt::arg("templates", template_hash()),
+      fmt::arg("variant", out.variant_name), fmt::arg("entry", entry),
+      fmt::arg("gen", kGeneratorVersion), fmt::arg("templates", template_hash()),
       fmt::arg("bf16", spec.dtype == DType::bf16 ? "true" : "false"),
       fmt::arg("head_dim", spec.head_dim), fmt::arg("layout", layout_enum(spec.layout)),
       fmt::arg("causal", spec.causal ? "true" : "false"),
@@ -111,8 +140,8 @@ GeneratedKernel generate(const Variant& variant) {
       fmt::arg("warps", tile.warps), fmt::arg("stages", tile.stages),
       fmt::arg("smem", out.smem_bytes));
 
-  std::string hashed =
-      fmt::format("generator {}\n{}\n{}\n", kGeneratorVersion, template_hash(), out.source);
+  std::string hashed = fmt::format("sigattn {} generator {}\n{}\n{}\n", SIGATTN_VERSION_STRING,
+                                   kGeneratorVersion, template_hash(), out.source);
   for (const auto& option : out.options) hashed.append(option).push_back('\n');
   hashed.append(out.name_expression);
   out.content_hash = hash_hex(hashed);

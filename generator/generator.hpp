@@ -21,11 +21,14 @@ struct GeneratedKernel {
   std::vector<std::string> options;  // NVRTC options, without the architecture
   int threads = 0;                   // threads per CTA
   int smem_bytes = 0;                // dynamic shared memory per CTA
-  std::string content_hash;          // hex hash of source + templates + options + generator version
+  std::string content_hash;          // hex hash of source, templates, options and versions
 };
 
-// Bytes of dynamic shared memory the sm80 forward kernel needs for this variant.
-int fwd_sm80_smem_bytes(const KernelSpec& spec, const TileConfig& tile);
+// Bytes of dynamic shared memory the variant's kernel needs.
+int smem_bytes(const KernelSpec& spec, const TileConfig& tile);
+
+// CTAs per row block along grid x: the backward kernels split head dims above 128 into slices.
+int grid_slices(const KernelSpec& spec);
 
 // Throws std::invalid_argument when the spec or tile is outside what the family supports.
 GeneratedKernel generate(const Variant& variant);

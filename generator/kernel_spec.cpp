@@ -67,9 +67,22 @@ std::string_view to_string(Layout layout) {
 
 std::string_view to_string(Family) { return "sm80"; }
 
+std::string_view to_string(Direction direction) {
+  switch (direction) {
+    case Direction::forward:
+      return "fwd";
+    case Direction::dkdv:
+      return "dkdv";
+    case Direction::dq:
+      return "dq";
+  }
+  return "?";
+}
+
 std::string to_string(const KernelSpec& spec) {
-  return fmt::format("fwd.{}.d{}.{}.{}.{}.{}.{}", to_string(spec.dtype), spec.head_dim,
-                     to_string(spec.layout), mask_name(spec), spec.score_mod ? "smod" : "nosmod",
+  return fmt::format("{}.{}.d{}.{}.{}.{}.{}.{}", to_string(spec.direction), to_string(spec.dtype),
+                     spec.head_dim, to_string(spec.layout), mask_name(spec),
+                     spec.score_mod ? "smod" : "nosmod",
                      spec.sigmoid == SigmoidMode::fast ? "fast" : "accurate",
                      spec.seqlen == SeqLen::anylen ? "anylen" : "x128");
 }
@@ -87,11 +100,19 @@ KernelSpec parse_spec(std::string_view text) {
   auto f = split(text, '.');
   if (f.size() != 8) {
     bad("spec", text,
-        "8 dot-separated fields: fwd.DTYPE.dHEAD.LAYOUT.MASK.SCOREMOD.SIGMOID.SEQLEN, e.g. "
+        "8 dot-separated fields: DIRECTION.DTYPE.dHEAD.LAYOUT.MASK.SCOREMOD.SIGMOID.SEQLEN, e.g. "
         "fwd.bf16.d128.dense.nomask.nosmod.fast.anylen");
   }
   KernelSpec spec;
-  if (f[0] != "fwd") bad("direction", f[0], "fwd");
+  if (f[0] == "fwd") {
+    spec.direction = Direction::forward;
+  } else if (f[0] == "dkdv") {
+    spec.direction = Direction::dkdv;
+  } else if (f[0] == "dq") {
+    spec.direction = Direction::dq;
+  } else {
+    bad("direction", f[0], "fwd, dkdv or dq");
+  }
   if (f[1] == "bf16") {
     spec.dtype = DType::bf16;
   } else if (f[1] == "fp16") {

@@ -1,5 +1,6 @@
 // KernelSpec (what a kernel computes) and TileConfig (how it is tiled), and the canonical variant
-// string that names both: "fwd.bf16.d128.dense.causal.nosmod.fast.anylen/sm80.m128n64w4s2".
+// string that names both: "fwd.bf16.d128.dense.causal.nosmod.fast.anylen/sm80.m128n64w4s2"
+// ("dkdv.…" and "dq.…" for the backward kernels).
 // The string is used in logs, errors, CLI output and database rows; parse(format(x)) == x.
 #pragma once
 
@@ -10,7 +11,9 @@
 
 namespace sigattn::gen {
 
-enum class Direction { forward };
+// forward: O; dkdv and dq: the two kernels of the backward pass (dK/dV per key block, dQ per
+// query block).
+enum class Direction { forward, dkdv, dq };
 enum class DType { bf16, fp16 };
 // dense: [B, L, H, D] all valid; padded: dense storage with per-sequence valid lengths;
 // varlen: packed [total, H, D] tokens with cu_seqlens prefix sums.
@@ -35,10 +38,12 @@ struct KernelSpec {
 };
 
 // The tunable parameters of the sm80 family.
+// In the forward and dq kernels a CTA owns block_m query rows and steps over keys block_n at a
+// time; in the dkdv kernel a CTA owns block_n keys and steps over queries block_m at a time.
 struct TileConfig {
-  int block_m = 128;  // query rows per CTA; a multiple of 16 * warps
-  int block_n = 64;   // keys per main-loop step; a multiple of 16
-  int warps = 4;      // warps per CTA, each owning block_m / warps query rows
+  int block_m = 128;  // query rows; a multiple of 16 * warps (forward, dq) or of 16 (dkdv)
+  int block_n = 64;   // keys; a multiple of 16 (forward, dq) or of 16 * warps (dkdv)
+  int warps = 4;      // warps per CTA, each owning an equal share of the CTA's rows
   int stages = 2;     // K/V shared-memory pipeline depth (cp.async), 2..4
 
   bool operator==(const TileConfig&) const = default;
@@ -61,6 +66,7 @@ std::string to_string(const Variant& variant);
 std::string_view to_string(DType dtype);
 std::string_view to_string(Layout layout);
 std::string_view to_string(Family family);
+std::string_view to_string(Direction direction);
 
 // Parse the canonical strings; throw std::invalid_argument naming the bad field.
 KernelSpec parse_spec(std::string_view text);

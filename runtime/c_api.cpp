@@ -1,5 +1,5 @@
-// The C ABI: sigattn_forward_args -> sigattn::ForwardArgs, exceptions -> status codes, and the
-// message of the last failure kept per thread for sigattn_last_error().
+// The C ABI: sigattn_forward_args / sigattn_backward_args -> the C++ argument structs, exceptions
+// -> status codes, and the message of the last failure kept per thread for sigattn_last_error().
 #include <sigattn/sigattn.h>
 
 #include <cstring>
@@ -49,6 +49,21 @@ sigattn_status fail(sigattn_status status, const char* message) {
   return status;
 }
 
+// Runs `call`, turning every exception into a status code and the thread's last error.
+template <class Call>
+sigattn_status guarded(Call&& call) {
+  try {
+    call();
+    return SIGATTN_OK;
+  } catch (const sigattn::Error& error) {
+    return fail(static_cast<sigattn_status>(error.status()), error.what());
+  } catch (const std::exception& error) {
+    return fail(SIGATTN_INTERNAL_ERROR, error.what());
+  } catch (...) {
+    return fail(SIGATTN_INTERNAL_ERROR, "unknown exception");
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -65,16 +80,32 @@ void sigattn_forward_args_init(sigattn_forward_args* args) {
 sigattn_status sigattn_forward(const sigattn_forward_args* args, CUstream stream) {
   last_error.clear();
   if (args == nullptr) return fail(SIGATTN_INVALID_ARGUMENT, "args is null");
-  try {
-    sigattn::forward(to_forward_args(*args), stream);
-    return SIGATTN_OK;
-  } catch (const sigattn::Error& error) {
-    return fail(static_cast<sigattn_status>(error.status()), error.what());
-  } catch (const std::exception& error) {
-    return fail(SIGATTN_INTERNAL_ERROR, error.what());
-  } catch (...) {
-    return fail(SIGATTN_INTERNAL_ERROR, "unknown exception");
-  }
+  return guarded([&] { sigattn::forward(to_forward_args(*args), stream); });
+}
+
+void sigattn_backward_args_init(sigattn_backward_args* args) {
+  if (args == nullptr) return;
+  std::memset(args, 0, sizeof(*args));
+  sigattn_forward_args_init(&args->inputs);
+}
+
+sigattn_status sigattn_backward(const sigattn_backward_args* args, CUstream stream) {
+  last_error.clear();
+  if (args == nullptr) return fail(SIGATTN_INVALID_ARGUMENT, "args is null");
+  return guarded([&] {
+    sigattn::BackwardArgs backward;
+    backward.inputs = to_forward_args(args->inputs);
+    backward.grad_out = to_tensor(args->grad_out);
+    backward.grad_q = to_tensor(args->grad_q);
+    backward.grad_k = to_tensor(args->grad_k);
+    backward.grad_v = to_tensor(args->grad_v);
+    sigattn::backward(backward, stream);
+  });
+}
+
+sigattn_status sigattn_set_database_path(const char* path) {
+  last_error.clear();
+  return guarded([&] { sigattn::set_database_path(path != nullptr ? path : ""); });
 }
 
 const char* sigattn_last_error(void) { return last_error.c_str(); }

@@ -5,12 +5,15 @@
 #include <fmt/format.h>
 
 #include <exception>
+#include <filesystem>
 #include <nlohmann/json.hpp>
+#include <system_error>
 
 #include "cache/paths.hpp"
 #include "generator/generator.hpp"
 #include "generator/template_store.hpp"
 #include "runtime/cuda_driver.hpp"
+#include "runtime/install_paths.hpp"
 #include "runtime/nvrtc.hpp"
 #include "sigattn/sigattn.hpp"
 
@@ -69,6 +72,13 @@ void collect_database(DoctorReport& report) {
   }
 }
 
+void collect_shipped_data(DoctorReport& report) {
+  const std::filesystem::path directory = shipped_data_dir();
+  report.shipped_data_dir = directory.string();
+  std::error_code error;
+  report.shipped_data_dir_exists = std::filesystem::is_directory(directory, error);
+}
+
 std::string driver_version_text(int version) {
   return fmt::format("{}.{}", version / 1000, version % 1000 / 10);
 }
@@ -83,6 +93,7 @@ DoctorReport collect_doctor_report() {
   collect_driver(report);
   collect_nvrtc(report);
   collect_database(report);
+  collect_shipped_data(report);
   return report;
 }
 
@@ -122,6 +133,8 @@ std::string doctor_text(const DoctorReport& report) {
   } else {
     fmt::format_to(out, "user database: unknown\n  {}\n", report.user_database_message);
   }
+  fmt::format_to(out, "shipped data: {}{}\n", report.shipped_data_dir,
+                 report.shipped_data_dir_exists ? "" : " (not found)");
   return text;
 }
 
@@ -152,6 +165,8 @@ std::string doctor_json(const DoctorReport& report) {
         {"version", report.nvrtc_version},
         {"message", report.nvrtc_message}}},
       {"database", {{"user", report.user_database}, {"message", report.user_database_message}}},
+      {"shipped_data",
+       {{"directory", report.shipped_data_dir}, {"exists", report.shipped_data_dir_exists}}},
   };
   return json.dump(2);
 }

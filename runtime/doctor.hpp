@@ -37,6 +37,9 @@ struct DoctorReport {
 
   std::string user_database;          // empty when it cannot be placed
   std::string user_database_message;  // why not
+
+  std::string shipped_data_dir;  // where the shipped tuning databases are looked for
+  bool shipped_data_dir_exists = false;
 };
 
 DoctorReport collect_doctor_report();

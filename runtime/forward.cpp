@@ -13,15 +13,16 @@
 #include <string_view>
 #include <vector>
 
+#include "cache/tuning_store.hpp"
 #include "generator/generator.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/module_cache.hpp"
+#include "runtime/persistent_cache.hpp"
 #include "sigattn/fwd_params.h"
 #include "tuner/search_space.hpp"
 
 namespace sigattn {
-namespace {
 
 constexpr int kMaxGridExtent = 65535;  // grid.y and grid.z carry heads and batch
 constexpr int kMaxSeqLen = 1 << 24;
@@ -60,17 +61,29 @@ void check_tensor(std::string_view name, const TensorRef& tensor, bool varlen) {
 
 // Distinct output elements must not share memory, or rows would be written concurrently.
 // Sorting the dimensions by stride, each stride must step over the whole previous dimension.
-void check_output_does_not_overlap(const ForwardArgs& args, bool varlen) {
+void check_output_does_not_overlap(std::string_view name, const TensorRef& out, int batch, int seq,
+                                   int heads, int head_dim, bool varlen) {
   struct Dim {
     std::string_view name;
     std::int64_t stride;
     std::int64_t extent;
   };
-  std::vector<Dim> dims = {{"head_dim", 1, args.head_dim},
-                           {"out.seq_stride", args.out.seq_stride, args.max_seqlen_q},
-                           {"out.head_stride", args.out.head_stride, args.heads_q}};
-  if (!varlen) dims.push_back({"out.batch_stride", args.out.batch_stride, args.batch});
+  const std::string seq_name = fmt::format("{}.seq_stride", name);
+  const std::string head_name = fmt::format("{}.head_stride", name);
+  const std::string batch_name = fmt::format("{}.batch_stride", name);
+  std::vector<Dim> dims = {{"head_dim", 1, head_dim},
+                           {seq_name, out.seq_stride, seq},
+                           {head_name, out.head_stride, heads}};
+  if (!varlen) dims.push_back({batch_name, out.batch_stride, batch});
   std::erase_if(dims, [](const Dim& dim) { return dim.extent == 1; });
+  for (const Dim& dim : dims) {
+    if (dim.stride == 0) {
+      throw_invalid(
+          fmt::format("{} strides overlap: {} is 0 over an extent of {}, so distinct "
+                      "outputs would share memory",
+                      name, dim.name, dim.extent));
+    }
+  }
   std::sort(dims.begin(), dims.end(), [](const Dim& a, const Dim& b) {
     return a.stride != b.stride ? a.stride < b.stride : a.extent < b.extent;
   });
@@ -79,9 +92,9 @@ void check_output_does_not_overlap(const ForwardArgs& args, bool varlen) {
     const Dim& outer = dims[i];
     if (outer.stride < inner.stride * inner.extent) {
       throw_invalid(
-          fmt::format("out strides overlap: {} = {} is smaller than the {} elements spanned by {} "
+          fmt::format("{} strides overlap: {} = {} is smaller than the {} elements spanned by {} "
                       "(stride {} x extent {}), so distinct outputs would share memory",
-                      outer.name, outer.stride, inner.stride * inner.extent, inner.name,
+                      name, outer.name, outer.stride, inner.stride * inner.extent, inner.name,
                       inner.stride, inner.extent));
     }
   }
@@ -214,6 +227,23 @@ tune::Target current_target() {
   return tune::target_for_arch(cuda::arch_for(info.cc_major, info.cc_minor));
 }
 
+// The tile of a forward call through the lookup chain of the tuning databases.
+cache::TileChoice choose_forward_tile(const ForwardArgs& args, const gen::KernelSpec& spec,
+                                      const tune::Target& target) {
+  const cuda::DeviceInfo info = cuda::current_device_info();
+  const cache::DeviceKey device{info.name, target.arch, info.sm_count};
+  return PersistentCache::instance().choose_tile(spec, device, args.max_seqlen_q, args.max_seqlen_k,
+                                                 target);
+}
+
+Dispatch dispatch_of(const gen::KernelSpec& spec, const cache::TileChoice& choice) {
+  return {gen::to_string(gen::Variant{spec, gen::Family::sm80, choice.tile}),
+          std::string(cache::to_string(choice.served_by)), choice.reason};
+}
+
+// What the last forward() on this thread launched, for last_dispatch().
+thread_local Dispatch last_forward_dispatch;
+
 void launch(const ForwardArgs& args, const gen::KernelSpec& spec, const tune::Target& target,
             const gen::TileConfig& tile, CUstream stream) {
   const gen::Variant variant{spec, gen::Family::sm80, tile};
@@ -243,8 +273,6 @@ void launch(const ForwardArgs& args, const gen::KernelSpec& spec, const tune::Ta
       static_cast<unsigned>(args.batch), static_cast<unsigned>(loaded.threads), 1, 1,
       static_cast<unsigned>(loaded.smem_bytes), stream, kernel_args, nullptr));
 }
-
-}  // namespace
 
 gen::KernelSpec forward_spec(const ForwardArgs& args) {
   if (args.dtype != DType::bf16 && args.dtype != DType::fp16) {
@@ -289,7 +317,8 @@ gen::KernelSpec forward_spec(const ForwardArgs& args) {
   check_tensor("k", args.k, varlen);
   check_tensor("v", args.v, varlen);
   check_tensor("out", args.out, varlen);
-  check_output_does_not_overlap(args, varlen);
+  check_output_does_not_overlap("out", args.out, args.batch, args.max_seqlen_q, args.heads_q,
+                                args.head_dim, varlen);
 
   if (args.score_mod != nullptr) {
     check_aligned("score_mod", args.score_mod, alignof(float));
@@ -342,8 +371,17 @@ void forward_with_tile(const ForwardArgs& args, CUstream stream, const gen::Tile
 void forward(const ForwardArgs& args, CUstream stream) {
   const gen::KernelSpec spec = forward_spec(args);
   const tune::Target target = current_target();
-  launch(args, spec, target, tune::default_tile(spec, target).tile, stream);
+  const cache::TileChoice choice = choose_forward_tile(args, spec, target);
+  launch(args, spec, target, choice.tile, stream);
+  last_forward_dispatch = dispatch_of(spec, choice);
 }
+
+Dispatch explain_forward(const ForwardArgs& args) {
+  const gen::KernelSpec spec = forward_spec(args);
+  return dispatch_of(spec, choose_forward_tile(args, spec, current_target()));
+}
+
+Dispatch last_dispatch() { return last_forward_dispatch; }
 
 TensorRef bthd(void* data, int seq, int heads, int head_dim) {
   const std::int64_t row = std::int64_t{heads} * head_dim;
@@ -355,6 +393,6 @@ TensorRef bhtd(void* data, int seq, int heads, int head_dim) {
   return {data, head * heads, head_dim, head};
 }
 
-const char* version() noexcept { return SIGATTN_VERSION; }
+const char* version() noexcept { return SIGATTN_VERSION_STRING; }
 
 }  // namespace sigattn

@@ -3,8 +3,12 @@
 #pragma once
 
 #include <sigattn/sigattn.hpp>
+#include <string_view>
 
+#include "generator/generator.hpp"
 #include "generator/kernel_spec.hpp"
+#include "sigattn/fwd_params.h"
+#include "tuner/search_space.hpp"
 
 namespace sigattn {
 
@@ -12,8 +16,22 @@ namespace sigattn {
 // the call needs. Throws Error(invalid_argument / unsupported) naming the argument.
 gen::KernelSpec forward_spec(const ForwardArgs& args);
 
-// Runs the forward pass with an explicit tile config (tests and the tuner); forward() uses
-// the heuristic default for the current device.
+// Runs the forward pass with an explicit tile config (tests and the tuner); forward() takes the
+// tile from the tuning lookup chain (runtime/persistent_cache.hpp).
 void forward_with_tile(const ForwardArgs& args, CUstream stream, const gen::TileConfig& tile);
+
+}  // namespace sigattn
+
+// Shared with the backward call (runtime/backward.cpp).
+namespace sigattn {
+
+void check_tensor(std::string_view name, const TensorRef& tensor, bool varlen);
+void check_output_does_not_overlap(std::string_view name, const TensorRef& out, int batch, int seq,
+                                   int heads, int head_dim, bool varlen);
+void check_device_pointer(std::string_view name, const void* pointer);
+void check_lengths_on_device(const ForwardArgs& args, CUstream stream);
+FwdParams make_params(const ForwardArgs& args, gen::Layout layout);
+tune::Target current_target();
+gen::GeneratedKernel generate_for_launch(const gen::Variant& variant);
 
 }  // namespace sigattn

@@ -1,5 +1,6 @@
 // The process-wide caches behind every launch: one compile per (content hash, arch, NVRTC
-// version) however many threads ask at once, and one loaded module per (context, kernel).
+// version) however many threads ask at once, backed by the user database on disk, and one loaded
+// module per (context, kernel).
 // Modules are never unloaded while the process runs: launches on callers' streams may still be
 // in flight when a cache entry would be dropped, and unloading would pull the code from under them.
 #include "runtime/module_cache.hpp"
@@ -7,10 +8,13 @@
 #include <fmt/format.h>
 
 #include <exception>
+#include <optional>
+#include <utility>
 
 #include "runtime/cuda_driver.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/nvrtc.hpp"
+#include "runtime/persistent_cache.hpp"
 
 namespace sigattn {
 namespace {
@@ -18,8 +22,12 @@ namespace {
 // Without the opt-in attribute a block may use at most 48 KiB of dynamic shared memory.
 constexpr int kDefaultDynamicSmemLimit = 48 * 1024;
 
+// Without NVRTC a binary can still come from the disk cache, so the key does not need it then.
 std::string compile_key(const gen::GeneratedKernel& kernel, const std::string& arch) {
-  return fmt::format("{}|{}|nvrtc-{}", kernel.content_hash, arch, nvrtc::version_string());
+  std::string why;
+  const bool have_nvrtc = nvrtc::try_api(&why) != nullptr;
+  return fmt::format("{}|{}|nvrtc-{}", kernel.content_hash, arch,
+                     have_nvrtc ? nvrtc::version_string() : "none");
 }
 
 }  // namespace
@@ -51,7 +59,17 @@ std::shared_ptr<const CompiledKernel> ModuleCache::compiled(const gen::Generated
     // The mutex is not held here, so other keys compile in parallel; callers of this key wait
     // on the future.
     try {
-      promise.set_value(std::make_shared<const CompiledKernel>(compile(kernel, arch)));
+      PersistentCache& disk = PersistentCache::instance();
+      std::optional<CompiledKernel> binary = disk.find_binary(kernel, arch);
+      {
+        std::lock_guard lock(mutex_);
+        ++(binary ? stats_.disk_hits : stats_.disk_misses);
+      }
+      if (!binary) {
+        binary = compile(kernel, arch);
+        disk.store_binary(kernel, *binary);
+      }
+      promise.set_value(std::make_shared<const CompiledKernel>(std::move(*binary)));
     } catch (...) {
       promise.set_exception(std::current_exception());
       // Failures are not cached: the next caller compiles again and gets a fresh log.

@@ -28,6 +28,9 @@ struct LoadedKernel {
 struct CacheStats {
   std::uint64_t compile_hits = 0;
   std::uint64_t compile_misses = 0;
+  // Of the in-memory misses: served from the user database without NVRTC, or compiled.
+  std::uint64_t disk_hits = 0;
+  std::uint64_t disk_misses = 0;
   std::uint64_t module_hits = 0;
   std::uint64_t module_misses = 0;
 };
@@ -36,8 +39,9 @@ class ModuleCache {
  public:
   static ModuleCache& instance();
 
-  // Compiled binary for (kernel, arch), compiling on a miss. Concurrent callers of one key
-  // compile it once.
+  // Compiled binary for (kernel, arch). On a miss the user database is asked first and NVRTC
+  // runs only when it has no intact binary; what NVRTC builds is stored there. Concurrent
+  // callers of one key compile it once.
   std::shared_ptr<const CompiledKernel> compiled(const gen::GeneratedKernel& kernel,
                                                  const std::string& arch);
 

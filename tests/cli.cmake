@@ -90,3 +90,17 @@ cli_test(compile_bad_spec EXIT 2 ARGS compile --arch sm_80 --spec fwd.bf16.d128 
 cli_test(compile_without_nvrtc EXIT 3 ARGS compile --arch sm_80 --spec ${cli_spec}
          STDERR "/nonexistent/libnvrtc.so"
          ENVIRONMENT SIGATTN_NVRTC_LIBRARY=/nonexistent/libnvrtc.so)
+
+# The db commands, each on its own database file under the build tree.
+set(cli_db_dir ${CMAKE_CURRENT_BINARY_DIR}/cli_db)
+set(cli_tuning ${CMAKE_CURRENT_SOURCE_DIR}/data/tuning)
+cli_test(db_show_missing EXIT 0 ARGS --db ${cli_db_dir}/missing.db db show
+         STDOUT "does not exist yet")
+cli_test(db_import_valid EXIT 0 ARGS db import ${cli_tuning}/valid.json --db ${cli_db_dir}/import.db
+         STDOUT "results kept: [01] .*candidates: 1$")
+cli_test(db_import_unknown_field EXIT 2
+         ARGS --db ${cli_db_dir}/rejected.db db import ${cli_tuning}/unknown_field.json
+         STDERR "results\\[0\\]\\.tile: unknown field 'splits'")
+cli_test(db_verify_not_a_database EXIT 1
+         ARGS --db ${cli_tuning}/not_a_database.db db verify STDOUT "problem: .*1 problem$")
+cli_test(db_export_missing EXIT 2 ARGS --db ${cli_db_dir}/missing.db db export STDERR "no database")

@@ -16,21 +16,29 @@ namespace {
 using gen::KernelSpec;
 using gen::TileConfig;
 
-// Parameter grid. block_m: query rows per CTA; block_n: keys per main-loop step; warps: warps
-// per CTA; stages: K/V pipeline depth.
-constexpr std::array kBlockM = {64, 128};
-constexpr std::array kBlockN = {32, 64, 128};
-constexpr std::array kWarps = {4, 8};
-constexpr std::array kStages = {2, 3};
+// Parameter grids. Forward and dq: block_m query rows per CTA, block_n keys per main-loop step.
+// dkdv: block_n keys per CTA, block_m query rows per step. warps per CTA; stages of the
+// shared-memory pipeline.
+struct Grid {
+  std::vector<int> block_m, block_n, warps, stages;
+};
+const Grid& grid_for(gen::Direction direction) {
+  static const Grid rows_split = {{64, 128}, {32, 64, 128}, {4, 8}, {2, 3}};
+  static const Grid keys_split = {{16, 32, 64}, {64, 128}, {4, 8}, {2, 3}};
+  return direction == gen::Direction::dkdv ? keys_split : rows_split;
+}
 
 // fp32 accumulator registers per thread: O (m-tiles x head_dim / 2) plus S (m-tiles x
 // block_n / 2). Above this ptxas spilled (m128n64w4 at d=128 and m128n128w4 at d=40/64 with
 // 255 registers) since fragments and addresses need the rest.
 constexpr int kAccumulatorBudget = 160;
 
-std::string mma_rows(const KernelSpec&, const TileConfig& t, const Target&) {
-  if (t.block_m % (16 * t.warps) == 0) return {};
-  return fmt::format("block_m {} is not a multiple of 16 rows x {} warps", t.block_m, t.warps);
+std::string mma_rows(const KernelSpec& s, const TileConfig& t, const Target&) {
+  const bool keys = s.direction == gen::Direction::dkdv;
+  const int split = keys ? t.block_n : t.block_m;
+  if (split % (16 * t.warps) == 0) return {};
+  return fmt::format("{} {} is not a multiple of 16 rows x {} warps", keys ? "block_n" : "block_m",
+                     split, t.warps);
 }
 
 std::string x128_divides(const KernelSpec& s, const TileConfig& t, const Target&) {
@@ -40,18 +48,43 @@ std::string x128_divides(const KernelSpec& s, const TileConfig& t, const Target&
 }
 
 std::string shared_memory(const KernelSpec& s, const TileConfig& t, const Target& target) {
-  int bytes = gen::fwd_sm80_smem_bytes(s, t);
+  int bytes = gen::smem_bytes(s, t);
   if (bytes <= target.max_smem_optin) return {};
   return fmt::format("needs {} bytes of shared memory, {} allows {}", bytes, target.arch,
                      target.max_smem_optin);
 }
 
+// fp32 accumulators per thread of each kernel.
+int accumulators(const KernelSpec& s, const TileConfig& t) {
+  switch (s.direction) {
+    case gen::Direction::forward:  // O and S
+      return t.block_m / (16 * t.warps) * (s.head_dim + t.block_n) / 2;
+    case gen::Direction::dq: {  // dQ (one head-dim slice of at most 128), S and dP
+      const int slices = (s.head_dim + 127) / 128;
+      const int slice_width = ((s.head_dim + 15) / 16 + slices - 1) / slices * 16;
+      return t.block_m / (16 * t.warps) * (slice_width / 2 + t.block_n);
+    }
+    case gen::Direction::dkdv: {  // dK and dV (one head-dim slice of at most 128), S and dP
+      const int slices = (s.head_dim + 127) / 128;
+      const int slice_width = ((s.head_dim + 15) / 16 + slices - 1) / slices * 16;
+      return t.block_n / (16 * t.warps) * (slice_width + t.block_m);
+    }
+  }
+  return 0;
+}
+
+// The backward kernels at head dims above 128 keep the slice offsets live: ptxas spilled dkdv
+// d192 m64n128w8 at exactly the forward's budget, so they get a smaller one.
+int accumulator_budget(const KernelSpec& s) {
+  const bool wide_backward = s.direction != gen::Direction::forward && s.head_dim > 128;
+  return wide_backward ? kAccumulatorBudget - 16 : kAccumulatorBudget;
+}
+
 std::string register_budget(const KernelSpec& s, const TileConfig& t, const Target&) {
-  int m_tiles = t.block_m / (16 * t.warps);
-  int accumulators = m_tiles * (s.head_dim + t.block_n) / 2;
-  if (accumulators <= kAccumulatorBudget) return {};
-  return fmt::format("{} fp32 accumulators per thread exceed the budget of {}", accumulators,
-                     kAccumulatorBudget);
+  const int count = accumulators(s, t);
+  const int budget = accumulator_budget(s);
+  if (count <= budget) return {};
+  return fmt::format("{} fp32 accumulators per thread exceed the budget of {}", count, budget);
 }
 
 }  // namespace
@@ -78,7 +111,10 @@ std::string rejection(const KernelSpec& spec, const TileConfig& tile, const Targ
   if (tile.warps != 1 && tile.warps != 2 && tile.warps != 4 && tile.warps != 8) {
     return fmt::format("warps {} must be 1, 2, 4 or 8", tile.warps);
   }
-  if (tile.block_m <= 0 || tile.block_n <= 0 || tile.block_n % 16 != 0) {
+  if (tile.block_m <= 0 || tile.block_m % 16 != 0) {
+    return fmt::format("block_m {} must be a positive multiple of 16", tile.block_m);
+  }
+  if (tile.block_n <= 0 || tile.block_n % 16 != 0) {
     return fmt::format("block_n {} must be a positive multiple of 16", tile.block_n);
   }
   if (tile.stages < 2 || tile.stages > 4) {
@@ -93,10 +129,11 @@ std::string rejection(const KernelSpec& spec, const TileConfig& tile, const Targ
 
 std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target) {
   std::vector<TileConfig> out;
-  for (int m : kBlockM) {
-    for (int n : kBlockN) {
-      for (int w : kWarps) {
-        for (int s : kStages) {
+  const Grid& grid = grid_for(spec.direction);
+  for (int m : grid.block_m) {
+    for (int n : grid.block_n) {
+      for (int w : grid.warps) {
+        for (int s : grid.stages) {
           TileConfig tile{m, n, w, s};
           if (rejection(spec, tile, target).empty()) out.push_back(tile);
         }
@@ -126,7 +163,23 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target) {
       {{128, 32, 8, 2}, "d>64: 128 query rows on 8 warps, 32-key steps (fewer S registers)"},
       {{64, 32, 4, 2}, "d>64: 64 query rows on 4 warps, 32-key steps (least shared memory)"},
   };
-  const auto& preferences = spec.head_dim <= 64 ? small_heads : large_heads;
+  // dQ holds S and dP besides its accumulator: one m-tile per warp throughout.
+  static const std::vector<Preference> dq = {
+      {{128, 64, 8, 2}, "dq: 128 query rows on 8 warps (one m16 tile each), 64-key steps"},
+      {{128, 32, 8, 2}, "dq: 128 query rows on 8 warps, 32-key steps (fewer S/dP registers)"},
+      {{64, 32, 4, 2}, "dq: 64 query rows on 4 warps, 32-key steps (least shared memory)"},
+  };
+  // dK/dV hold two accumulators of a head-dim slice (at most 128 wide) plus S and dP.
+  static const std::vector<Preference> dkdv = {
+      {{64, 128, 8, 2}, "dkdv: 128 keys on 8 warps (one m16 tile each), 64-query steps"},
+      {{32, 128, 8, 2}, "dkdv: 128 keys on 8 warps, 32-query steps (fewer S/dP registers)"},
+      {{32, 64, 4, 2}, "dkdv: 64 keys on 4 warps, 32-query steps (less shared memory)"},
+      {{16, 64, 4, 2}, "dkdv: 64 keys on 4 warps, 16-query steps (least shared memory)"},
+  };
+  const auto& preferences = spec.direction == gen::Direction::dq     ? dq
+                            : spec.direction == gen::Direction::dkdv ? dkdv
+                            : spec.head_dim <= 64                    ? small_heads
+                                                                     : large_heads;
   std::string skipped;
   for (const auto& p : preferences) {
     std::string why = rejection(spec, p.tile, target);
@@ -145,16 +198,19 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target) {
 
 std::vector<KernelSpec> default_specs() {
   std::vector<KernelSpec> specs;
-  for (auto dtype : {gen::DType::bf16, gen::DType::fp16}) {
-    for (int head_dim : {64, 128}) {
-      for (auto layout : {gen::Layout::dense, gen::Layout::padded, gen::Layout::varlen}) {
-        for (bool causal : {false, true}) {
-          KernelSpec spec;
-          spec.dtype = dtype;
-          spec.head_dim = head_dim;
-          spec.layout = layout;
-          spec.causal = causal;
-          specs.push_back(spec);
+  for (auto direction : {gen::Direction::forward, gen::Direction::dkdv, gen::Direction::dq}) {
+    for (auto dtype : {gen::DType::bf16, gen::DType::fp16}) {
+      for (int head_dim : {64, 128}) {
+        for (auto layout : {gen::Layout::dense, gen::Layout::padded, gen::Layout::varlen}) {
+          for (bool causal : {false, true}) {
+            KernelSpec spec;
+            spec.direction = direction;
+            spec.dtype = dtype;
+            spec.head_dim = head_dim;
+            spec.layout = layout;
+            spec.causal = causal;
+            specs.push_back(spec);
+          }
         }
       }
     }

@@ -5,6 +5,8 @@
 #ifndef SIGATTN_SIGATTN_H
 #define SIGATTN_SIGATTN_H
 
+#include <sigattn/export.h>
+#include <sigattn/version.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -78,12 +80,36 @@ typedef struct sigattn_forward_args {
 } sigattn_forward_args;
 
 /* Fills args with the defaults: no masks, fast sigmoid, window -1/-1, all pointers NULL. */
-void sigattn_forward_args_init(sigattn_forward_args* args);
+SIGATTN_API void sigattn_forward_args_init(sigattn_forward_args* args);
 
-sigattn_status sigattn_forward(const sigattn_forward_args* args, CUstream stream);
+SIGATTN_API sigattn_status sigattn_forward(const sigattn_forward_args* args, CUstream stream);
 
-const char* sigattn_last_error(void);
-const char* sigattn_version(void);
+/* Gradients of sigmoid attention. inputs holds exactly what was passed to sigattn_forward
+ * (inputs.out is not read: the backward recomputes P from q and k). grad_out is dO, laid out like
+ * the output; grad_q, grad_k and grad_v are written in the layouts of q, k and v. With GQA/MQA
+ * grad_k and grad_v are summed over the query heads sharing a key/value head. Padded query rows
+ * and padded keys receive zero gradients. bias and score_mod are constants: no gradient flows to
+ * them. Deterministic: the same inputs give bit-identical gradients. */
+typedef struct sigattn_backward_args {
+  sigattn_forward_args inputs;
+  sigattn_tensor grad_out;
+  sigattn_tensor grad_q;
+  sigattn_tensor grad_k;
+  sigattn_tensor grad_v;
+} sigattn_backward_args;
+
+/* Fills args->inputs with the forward defaults and every gradient tensor with NULL. */
+SIGATTN_API void sigattn_backward_args_init(sigattn_backward_args* args);
+
+SIGATTN_API sigattn_status sigattn_backward(const sigattn_backward_args* args, CUstream stream);
+
+/* The user database (compiled kernels and tuning results) of this process, replacing
+ * $SIGATTN_DB and the default location; NULL or "" restores them. */
+SIGATTN_API sigattn_status sigattn_set_database_path(const char* path);
+
+SIGATTN_API const char* sigattn_last_error(void);
+/* The version of the loaded library, e.g. "0.1.0" (SIGATTN_VERSION_STRING when it was built). */
+SIGATTN_API const char* sigattn_version(void);
 
 #ifdef __cplusplus
 }

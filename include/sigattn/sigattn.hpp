@@ -22,7 +22,7 @@ enum class Status : int {
   internal_error = SIGATTN_INTERNAL_ERROR,
 };
 
-class Error : public std::runtime_error {
+class SIGATTN_API Error : public std::runtime_error {
  public:
   Error(Status status, const std::string& message) : std::runtime_error(message), status_(status) {}
   Status status() const noexcept { return status_; }
@@ -43,9 +43,9 @@ struct TensorRef {
 };
 
 // Contiguous BTHD ([batch, seq, heads, head_dim]) strides.
-TensorRef bthd(void* data, int seq, int heads, int head_dim);
+SIGATTN_API TensorRef bthd(void* data, int seq, int heads, int head_dim);
 // Contiguous BHTD ([batch, heads, seq, head_dim]) strides.
-TensorRef bhtd(void* data, int seq, int heads, int head_dim);
+SIGATTN_API TensorRef bhtd(void* data, int seq, int heads, int head_dim);
 
 struct ForwardArgs {
   DType dtype = DType::bf16;
@@ -75,8 +75,39 @@ struct ForwardArgs {
 };
 
 // Runs the forward pass. Compiles the kernel on first use of a variant (cached in memory after).
-void forward(const ForwardArgs& args, CUstream stream);
+SIGATTN_API void forward(const ForwardArgs& args, CUstream stream);
 
-const char* version() noexcept;
+// How forward() chose the kernel of a call: the variant launched, which level of the tuning
+// lookup chose its tile ("user_db", "shipped_db", "nearest_bucket" or "heuristic") and why.
+struct Dispatch {
+  std::string variant;
+  std::string served_by;
+  std::string reason;
+};
+
+// The choice forward(args) makes on the current device, without launching anything.
+SIGATTN_API Dispatch explain_forward(const ForwardArgs& args);
+// The choice of the last successful forward() on this thread (empty fields before the first).
+SIGATTN_API Dispatch last_dispatch();
+
+// The user database (compiled kernels and tuning results) of this process: replaces $SIGATTN_DB
+// and the default location; an empty path restores them.
+SIGATTN_API void set_database_path(const std::string& path);
+
+// Gradients of sigmoid attention. `inputs` holds exactly what was passed to forward();
+// inputs.out is not read (P is recomputed from q and k). grad_out (dO) is laid out like the
+// output; grad_q, grad_k, grad_v like q, k, v. With GQA/MQA grad_k and grad_v are summed over
+// the query heads sharing a key/value head. Padded query rows and padded keys get zero gradients.
+// bias and score_mod are constants: no gradient flows to them. Deterministic: the same inputs
+// give bit-identical gradients.
+struct BackwardArgs {
+  ForwardArgs inputs;
+  TensorRef grad_out, grad_q, grad_k, grad_v;
+};
+
+SIGATTN_API void backward(const BackwardArgs& args, CUstream stream);
+
+// The version of the loaded library, the same string as sigattn_version().
+SIGATTN_API const char* version() noexcept;
 
 }  // namespace sigattn

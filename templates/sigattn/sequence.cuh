@@ -11,7 +11,19 @@ enum class Layout { kDense, kPadded, kVarlen };
 struct SeqInfo {
   long long q_start, k_start;  // element offsets of the sequence's first row in q/o and k/v
   long long o_start;
+  long long q_token0, k_token0;  // varlen: first packed token of the sequence; else 0
   int len_q, len_k;
+
+  // Element offset of the sequence's first row in a tensor with these strides (the host passes
+  // batch strides of 0 in the varlen layout).
+  __device__ __forceinline__ long long q_offset(long long batch_stride, long long seq_stride,
+                                                int b) const {
+    return q_token0 * seq_stride + b * batch_stride;
+  }
+  __device__ __forceinline__ long long k_offset(long long batch_stride, long long seq_stride,
+                                                int b) const {
+    return k_token0 * seq_stride + b * batch_stride;
+  }
 };
 
 __device__ __forceinline__ int clamp_len(int len, int max_len) {
@@ -27,6 +39,8 @@ __device__ __forceinline__ SeqInfo sequence_info(const FwdParams& p, int b) {
     int q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
     s.len_q = clamp_len(p.cu_seqlens_q[b + 1] - q0, p.max_seqlen_q);
     s.len_k = clamp_len(p.cu_seqlens_k[b + 1] - k0, p.max_seqlen_k);
+    s.q_token0 = q0;
+    s.k_token0 = k0;
     s.q_start = q0 * p.q_seq_stride;
     s.o_start = q0 * p.o_seq_stride;
     s.k_start = k0 * p.k_seq_stride;
@@ -37,6 +51,7 @@ __device__ __forceinline__ SeqInfo sequence_info(const FwdParams& p, int b) {
       if (p.seq_lens_q) s.len_q = clamp_len(p.seq_lens_q[b], p.max_seqlen_q);
       if (p.seq_lens_k) s.len_k = clamp_len(p.seq_lens_k[b], p.max_seqlen_k);
     }
+    s.q_token0 = s.k_token0 = 0;
     s.q_start = b * p.q_batch_stride;
     s.o_start = b * p.o_batch_stride;
     s.k_start = b * p.k_batch_stride;
@@ -71,6 +86,20 @@ struct KeyMask {
     if (right < 0) return len_k;
     int k = row_hi + diag + right + 1;
     return k < len_k ? k : len_k;
+  }
+
+  // First query row that may see a key at or after key_lo.
+  __device__ __forceinline__ int query_begin(int key_lo) const {
+    if (right < 0) return 0;
+    int i = key_lo - diag - right;
+    return i < 0 ? 0 : i;
+  }
+
+  // One past the last query row (below len_q) that may see a key at or before key_hi.
+  __device__ __forceinline__ int query_end(int key_hi, int len_q) const {
+    if (left < 0) return len_q;
+    int i = key_hi - diag + left + 1;
+    return i < len_q ? i : len_q;
   }
 
   // True when every (row, key) of the tile is visible, so the per-element test can be skipped.

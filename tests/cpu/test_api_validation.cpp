@@ -322,7 +322,7 @@ TEST(CApi, ValidCallWithoutDriverIsNotAvailable) {
 }
 
 TEST(CApi, Version) {
-  EXPECT_STREQ(sigattn_version(), SIGATTN_VERSION);
+  EXPECT_STREQ(sigattn_version(), SIGATTN_VERSION_STRING);
   EXPECT_STREQ(sigattn_version(), version());
 }
 

@@ -1,6 +1,7 @@
 // The doctor report is produced on any machine: here NVRTC loads, and without a driver the
 // report says why instead of throwing. Text and JSON carry the same facts.
 #include <gtest/gtest.h>
+#include <sigattn/version.h>
 
 #include <nlohmann/json.hpp>
 
@@ -13,7 +14,7 @@ namespace {
 
 TEST(Doctor, ReportsNvrtcAndVersions) {
   const DoctorReport report = collect_doctor_report();
-  EXPECT_EQ(report.sigattn_version, SIGATTN_VERSION);
+  EXPECT_EQ(report.sigattn_version, SIGATTN_VERSION_STRING);
   EXPECT_EQ(report.generator_version, gen::kGeneratorVersion);
   EXPECT_FALSE(report.template_hash.empty());
   EXPECT_TRUE(report.nvrtc_loaded) << report.nvrtc_message;

@@ -103,7 +103,7 @@ TEST(Generate, IsDeterministic) {
   EXPECT_EQ(a.content_hash, b.content_hash);
   EXPECT_EQ(a.name_expression, "sigattn::fwd_sm80_kernel<sigattn_generated::Cfg>");
   EXPECT_EQ(a.threads, 128);
-  EXPECT_EQ(a.smem_bytes, fwd_sm80_smem_bytes(v.spec, v.tile));
+  EXPECT_EQ(a.smem_bytes, smem_bytes(v.spec, v.tile));
   EXPECT_EQ(a.content_hash.size(), 32u);
 }
 

@@ -1,6 +1,7 @@
-// Every kernel template compiles with NVRTC to CUBIN for sm_80 and sm_90a across head dims,
-// dtypes, layouts, masks, score_mod and sigmoid modes, and the heuristic default configs compile
-// with no local-memory spills. Runs on the CPU: no GPU is needed to compile.
+// Every kernel template (forward, backward dK/dV, backward dQ) compiles with NVRTC to CUBIN for
+// sm_80 and sm_90a across head dims, dtypes, layouts, masks, score_mod and sigmoid modes, and the
+// heuristic default configs compile with no local-memory spills. Runs on the CPU: no GPU is needed
+// to compile.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -41,6 +42,14 @@ std::vector<Job> representative_jobs() {
         spec.sigmoid = (rotation / 3) % 2 ? gen::SigmoidMode::accurate : gen::SigmoidMode::fast;
         jobs.push_back(
             {{spec, gen::Family::sm80, tune::default_tile(spec, target).tile}, arch, true});
+        // The two backward kernels of the same spec.
+        for (auto direction : {gen::Direction::dkdv, gen::Direction::dq}) {
+          gen::KernelSpec backward = spec;
+          backward.direction = direction;
+          jobs.push_back({{backward, gen::Family::sm80, tune::default_tile(backward, target).tile},
+                          arch,
+                          true});
+        }
       }
       // One non-default config per head dim and arch: the last candidate of the grid.
       gen::KernelSpec spec;
@@ -92,7 +101,7 @@ TEST(KernelCompile, RepresentativeVariantsCompileForSm80AndSm90a) {
   for (auto& t : pool) t.join();
   for (const auto& f : failures) ADD_FAILURE() << f;
   for (const auto& s : spills) ADD_FAILURE() << s;
-  EXPECT_GT(jobs.size(), 80u);
+  EXPECT_GT(jobs.size(), 200u);
 }
 
 TEST(KernelCompile, OddHeadDimPadsTheLastKStep) {

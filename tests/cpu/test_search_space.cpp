@@ -52,7 +52,7 @@ TEST(Candidates, AreUniqueAndAllowed) {
       std::set<std::string> seen;
       for (const auto& tile : tiles) {
         EXPECT_TRUE(rejection(spec_with(head_dim), tile, target).empty());
-        EXPECT_LE(gen::fwd_sm80_smem_bytes(spec_with(head_dim), tile), target.max_smem_optin);
+        EXPECT_LE(gen::smem_bytes(spec_with(head_dim), tile), target.max_smem_optin);
         EXPECT_TRUE(seen.insert(gen::to_string(tile)).second);
       }
     }

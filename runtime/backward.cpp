@@ -1,0 +1,132 @@
+// The backward pass: the same input validation as the forward, the gradient tensors checked like
+// outputs (non-null, aligned, strides in 16-byte units, no overlap), then two launches on the
+// caller's stream: dK/dV (one CTA per key block and kv head, summing its GQA group) and dQ (one
+// CTA per query block and head). Neither uses atomics, so gradients are deterministic.
+#include "runtime/backward.hpp"
+
+#include <fmt/format.h>
+
+#include <utility>
+
+#include "runtime/cuda_driver.hpp"
+#include "runtime/errors.hpp"
+#include "runtime/forward.hpp"
+#include "runtime/module_cache.hpp"
+#include "sigattn/bwd_params.h"
+
+namespace sigattn {
+namespace {
+
+BwdParams make_bwd_params(const BackwardArgs& args, gen::Layout layout) {
+  const bool varlen = layout == gen::Layout::varlen;
+  const auto batch_stride = [varlen](const TensorRef& t) { return varlen ? 0 : t.batch_stride; };
+  BwdParams params{};
+  params.fwd = make_params(args.inputs, layout);
+  params.fwd.o = nullptr;
+  params.dout = args.grad_out.data;
+  params.do_batch_stride = batch_stride(args.grad_out);
+  params.do_seq_stride = args.grad_out.seq_stride;
+  params.do_head_stride = args.grad_out.head_stride;
+  params.dq = args.grad_q.data;
+  params.dq_batch_stride = batch_stride(args.grad_q);
+  params.dq_seq_stride = args.grad_q.seq_stride;
+  params.dq_head_stride = args.grad_q.head_stride;
+  params.dk = args.grad_k.data;
+  params.dk_batch_stride = batch_stride(args.grad_k);
+  params.dk_seq_stride = args.grad_k.seq_stride;
+  params.dk_head_stride = args.grad_k.head_stride;
+  params.dv = args.grad_v.data;
+  params.dv_batch_stride = batch_stride(args.grad_v);
+  params.dv_seq_stride = args.grad_v.seq_stride;
+  params.dv_head_stride = args.grad_v.head_stride;
+  return params;
+}
+
+void launch_kernel(const gen::KernelSpec& spec, const gen::TileConfig& tile,
+                   const tune::Target& target, BwdParams& params, unsigned row_blocks,
+                   unsigned heads, unsigned batch, CUstream stream) {
+  const gen::Variant variant{spec, gen::Family::sm80, tile};
+  if (const std::string why = tune::rejection(spec, tile, target); !why.empty()) {
+    throw_invalid(fmt::format("tile {} cannot run {} on {}: {}", gen::to_string(tile),
+                              gen::to_string(variant), target.arch, why));
+  }
+  const LoadedKernel loaded = ModuleCache::instance().load(generate_for_launch(variant));
+  void* kernel_args[] = {&params};
+  SIGATTN_CU(cuda::driver().cuLaunchKernel(
+      loaded.function, row_blocks * static_cast<unsigned>(gen::grid_slices(spec)), heads, batch,
+      static_cast<unsigned>(loaded.threads), 1, 1, static_cast<unsigned>(loaded.smem_bytes), stream,
+      kernel_args, nullptr));
+}
+
+}  // namespace
+
+BackwardSpecs backward_specs(const BackwardArgs& args) {
+  // The forward rules apply to the inputs; dO takes the place of the output there.
+  ForwardArgs inputs = args.inputs;
+  inputs.out = args.grad_out;
+  gen::KernelSpec spec;
+  try {
+    spec = forward_spec(inputs);
+  } catch (const Error& error) {
+    std::string message = error.what();
+    for (std::size_t pos = message.find("out."); pos != std::string::npos;
+         pos = message.find("out.", pos + 9)) {
+      message.replace(pos, 4, "grad_out.");
+    }
+    throw Error(error.status(), message);
+  }
+  const bool varlen = spec.layout == gen::Layout::varlen;
+  const ForwardArgs& in = args.inputs;
+  check_tensor("grad_q", args.grad_q, varlen);
+  check_tensor("grad_k", args.grad_k, varlen);
+  check_tensor("grad_v", args.grad_v, varlen);
+  check_output_does_not_overlap("grad_q", args.grad_q, in.batch, in.max_seqlen_q, in.heads_q,
+                                in.head_dim, varlen);
+  check_output_does_not_overlap("grad_k", args.grad_k, in.batch, in.max_seqlen_k, in.heads_kv,
+                                in.head_dim, varlen);
+  check_output_does_not_overlap("grad_v", args.grad_v, in.batch, in.max_seqlen_k, in.heads_kv,
+                                in.head_dim, varlen);
+  BackwardSpecs specs{spec, spec};
+  specs.dkdv.direction = gen::Direction::dkdv;
+  specs.dq.direction = gen::Direction::dq;
+  return specs;
+}
+
+void backward_with_tiles(const BackwardArgs& args, CUstream stream, const gen::TileConfig& dkdv,
+                         const gen::TileConfig& dq) {
+  const BackwardSpecs specs = backward_specs(args);
+  const tune::Target target = current_target();
+  const ForwardArgs& in = args.inputs;
+  const std::pair<const char*, const void*> pointers[] = {{"q.data", in.q.data},
+                                                          {"k.data", in.k.data},
+                                                          {"v.data", in.v.data},
+                                                          {"grad_out.data", args.grad_out.data},
+                                                          {"grad_q.data", args.grad_q.data},
+                                                          {"grad_k.data", args.grad_k.data},
+                                                          {"grad_v.data", args.grad_v.data},
+                                                          {"seq_lens_q", in.seq_lens_q},
+                                                          {"seq_lens_k", in.seq_lens_k},
+                                                          {"cu_seqlens_q", in.cu_seqlens_q},
+                                                          {"cu_seqlens_k", in.cu_seqlens_k},
+                                                          {"score_mod", in.score_mod}};
+  for (const auto& [name, pointer] : pointers) check_device_pointer(name, pointer);
+  check_lengths_on_device(in, stream);
+
+  BwdParams params = make_bwd_params(args, specs.dq.layout);
+  const auto blocks = [](int length, int block) {
+    return static_cast<unsigned>((length + block - 1) / block);
+  };
+  launch_kernel(specs.dkdv, dkdv, target, params, blocks(in.max_seqlen_k, dkdv.block_n),
+                static_cast<unsigned>(in.heads_kv), static_cast<unsigned>(in.batch), stream);
+  launch_kernel(specs.dq, dq, target, params, blocks(in.max_seqlen_q, dq.block_m),
+                static_cast<unsigned>(in.heads_q), static_cast<unsigned>(in.batch), stream);
+}
+
+void backward(const BackwardArgs& args, CUstream stream) {
+  const BackwardSpecs specs = backward_specs(args);
+  const tune::Target target = current_target();
+  backward_with_tiles(args, stream, tune::default_tile(specs.dkdv, target).tile,
+                      tune::default_tile(specs.dq, target).tile);
+}
+
+}  // namespace sigattn

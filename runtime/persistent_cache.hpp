@@ -1,0 +1,68 @@
+// The process's view of the on-disk cache: the user database (compiled kernels and tuning
+// results) and the shipped tuning data. Opened on first use; any failure to open, read or write
+// it is a warning on stderr (once per message) and the call goes on without it, so the disk cache
+// can only make a call faster, never make it fail. SIGATTN_CACHE=off turns it off.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "cache/binary_store.hpp"
+#include "cache/database.hpp"
+#include "cache/tuning_store.hpp"
+#include "generator/generator.hpp"
+#include "runtime/compiler.hpp"
+
+namespace sigattn {
+
+class PersistentCache {
+ public:
+  static PersistentCache& instance();
+
+  // Replaces $SIGATTN_DB and the default location; an empty path restores them. Takes effect
+  // on the next use.
+  void set_database_path(const std::filesystem::path& path);
+
+  // The key of a generated kernel's binary. nvrtc_version is the version of the NVRTC that
+  // would compile it here, or empty when NVRTC cannot be loaded: a stored CUBIN of any NVRTC
+  // version then matches, since running a CUBIN does not need NVRTC.
+  static cache::BinaryKey binary_key(const gen::GeneratedKernel& kernel, const std::string& arch,
+                                     const std::string& nvrtc_version);
+
+  // The stored binary of this kernel, if the user database has an intact one.
+  std::optional<CompiledKernel> find_binary(const gen::GeneratedKernel& kernel,
+                                            const std::string& arch);
+  void store_binary(const gen::GeneratedKernel& kernel, const CompiledKernel& compiled);
+
+  // The tile for one call through the lookup chain (user database, shipped data, nearest
+  // bucket, heuristic default).
+  cache::TileChoice choose_tile(const gen::KernelSpec& spec, const cache::DeviceKey& device,
+                                int max_seqlen_q, int max_seqlen_k, const tune::Target& target);
+
+  // Counters of the binary store since the database was opened (zero when it is not in use).
+  cache::BinaryStoreStats binary_stats();
+  // Closes the database and forgets the shipped data and the warnings already given, so that
+  // the next use reads the environment and the files again.
+  void reset();
+
+ private:
+  PersistentCache() = default;
+  // The open database, or null when the cache is off or unusable; mutex_ must be held.
+  cache::Database* database();
+  const std::vector<cache::TuningResult>& shipped_results();
+  void warn(const std::string& message);
+
+  std::mutex mutex_;
+  std::optional<std::filesystem::path> path_override_;
+  bool opened_ = false;  // an attempt was made; database_ says whether it worked
+  std::unique_ptr<cache::Database> database_;
+  std::unique_ptr<cache::BinaryStore> binaries_;
+  std::optional<std::vector<cache::TuningResult>> shipped_;
+  std::set<std::string> warned_;
+};
+
+}  // namespace sigattn
