@@ -4,10 +4,13 @@
 // block_m query rows of one (batch, head); key tiles that the masks hide are skipped.
 #pragma once
 
+#include "sigattn/epilogue_sm80.cuh"
 #include "sigattn/fwd_params.h"
 #include "sigattn/ptx_sm80.cuh"
 #include "sigattn/sequence.cuh"
 #include "sigattn/sigmoid.cuh"
+#include "sigattn/tile_load_sm80.cuh"
+#include "sigattn/warp_gemm_sm80.cuh"
 
 namespace sigattn {
 
@@ -45,26 +48,6 @@ struct FwdSm80Shape {
   static_assert(!Cfg::kSeqLenX128 || (128 % kBM == 0 && 128 % kBN == 0),
                 "the x128 length specialization needs block_m and block_n to divide 128");
 };
-
-// Copies `rows` rows of kChunks 16-byte chunks from global (row stride in elements) into shared
-// memory with row stride kStride; rows at or past `valid_rows` are zero-filled.
-template <class Shape, int kRows, bool kChecked>
-__device__ __forceinline__ void load_tile(unsigned short* dst, const unsigned short* src,
-                                          long long row_stride, int valid_rows) {
-  constexpr int kTotal = kRows * Shape::kChunks;
-  constexpr int kIters = (kTotal + Shape::kThreads - 1) / Shape::kThreads;
-#pragma unroll
-  for (int it = 0; it < kIters; ++it) {
-    int idx = it * Shape::kThreads + static_cast<int>(threadIdx.x);
-    if (kTotal % Shape::kThreads == 0 || idx < kTotal) {
-      int row = idx / Shape::kChunks;
-      int chunk = idx % Shape::kChunks;
-      bool valid = !kChecked || row < valid_rows;
-      const unsigned short* g = valid ? src + row * row_stride + chunk * 8 : src;
-      cp_async_16(smem_addr(dst + row * Shape::kStride + chunk * 8), g, valid ? 16 : 0);
-    }
-  }
-}
 
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
@@ -109,32 +92,27 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   const unsigned short* v =
       static_cast<const unsigned short*>(params.v) + seq.k_start + head_kv * params.v_head_stride;
 
-  // Head dims that are an odd multiple of 8 leave one zero chunk per Q/K row for the last k-step.
-  if constexpr (S::kDPad != S::kD) {
-    for (int r = tid; r < S::kBM + S::kStages * S::kBN; r += S::kThreads) {
-      unsigned short* row = r < S::kBM ? sQ + r * S::kStride : sK + (r - S::kBM) * S::kStride;
-      *reinterpret_cast<uint4*>(row + S::kD) = make_uint4(0, 0, 0, 0);
-    }
-  }
+  // Head dims that are an odd multiple of 8 leave one zero chunk per row for the last k-step.
+  zero_pad_columns<S::kD, S::kDPad, S::kStride>(sQ, S::kBM + 2 * S::kStages * S::kBN, tid,
+                                                S::kThreads);
 
   float acc_o[S::kMTiles][S::kDTiles][4];
-#pragma unroll
-  for (int mt = 0; mt < S::kMTiles; ++mt)
-#pragma unroll
-    for (int dt = 0; dt < S::kDTiles; ++dt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc_o[mt][dt][e] = 0.0f;
+  zero(acc_o);
+  const int warp_row0 = warp * S::kWarpRows;
 
   if (tile_end > tile_begin) {
-    load_tile<S, S::kBM, kChecked>(sQ, q, params.q_seq_stride, seq.len_q - m0);
+    load_rows<S::kBM, S::kChunks, S::kStride, S::kThreads, kChecked>(sQ, q, params.q_seq_stride,
+                                                                     seq.len_q - m0, tid);
     cp_async_commit();
 
     auto load_kv = [&](int tile, int slot) {
       int n0 = tile * S::kBN;
-      load_tile<S, S::kBN, kChecked>(sK + slot * S::kKVElems, k + n0 * params.k_seq_stride,
-                                     params.k_seq_stride, seq.len_k - n0);
-      load_tile<S, S::kBN, kChecked>(sV + slot * S::kKVElems, v + n0 * params.v_seq_stride,
-                                     params.v_seq_stride, seq.len_k - n0);
+      load_rows<S::kBN, S::kChunks, S::kStride, S::kThreads, kChecked>(
+          sK + slot * S::kKVElems, k + n0 * params.k_seq_stride, params.k_seq_stride,
+          seq.len_k - n0, tid);
+      load_rows<S::kBN, S::kChunks, S::kStride, S::kThreads, kChecked>(
+          sV + slot * S::kKVElems, v + n0 * params.v_seq_stride, params.v_seq_stride,
+          seq.len_k - n0, tid);
     };
 #pragma unroll
     for (int s = 0; s < S::kStages - 1; ++s) {
@@ -147,7 +125,6 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
     const float shift_bias = sigmoid.shift(bias);
     const float* score_mod =
         Cfg::kScoreMod ? params.score_mod + batch * params.score_mod_batch_stride : nullptr;
-    const int warp_row0 = warp * S::kWarpRows;
 
     for (int tile = tile_begin; tile < tile_end; ++tile) {
       const int it = tile - tile_begin;
@@ -164,32 +141,9 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
 
       // S = Q K^T
       float acc_s[S::kMTiles][S::kNTiles][4];
-#pragma unroll
-      for (int mt = 0; mt < S::kMTiles; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < S::kNTiles; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) acc_s[mt][nt][e] = 0.0f;
-#pragma unroll
-      for (int ks = 0; ks < S::kKSteps; ++ks) {
-        unsigned a[S::kMTiles][4];
-#pragma unroll
-        for (int mt = 0; mt < S::kMTiles; ++mt) {
-          int row = warp_row0 + mt * 16 + lane % 16;
-          ldmatrix_x4(a[mt], smem_addr(sQ + row * S::kStride + ks * 16 + (lane / 16) * 8));
-        }
-#pragma unroll
-        for (int np = 0; np < S::kNTiles / 2; ++np) {
-          unsigned b[4];
-          int key = np * 16 + (lane / 16) * 8 + lane % 8;
-          ldmatrix_x4(b, smem_addr(sKt + key * S::kStride + ks * 16 + ((lane / 8) % 2) * 8));
-#pragma unroll
-          for (int mt = 0; mt < S::kMTiles; ++mt) {
-            mma_16816<kBf16>(acc_s[mt][2 * np], a[mt], b[0], b[1]);
-            mma_16816<kBf16>(acc_s[mt][2 * np + 1], a[mt], b[2], b[3]);
-          }
-        }
-      }
+      zero(acc_s);
+      gemm_ss<kBf16, S::kMTiles, S::kNTiles, S::kKSteps, S::kStride>(
+          acc_s, sQ + warp_row0 * S::kStride, sKt, lane);
 
       // P = sigma(scale * S + bias + score_mod), zero where masked.
       const bool full_tile =
@@ -222,73 +176,21 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       }
 
       // O += P V, P packed from the S accumulators straight into A fragments.
-#pragma unroll
-      for (int kk = 0; kk < S::kBN / 16; ++kk) {
-        unsigned pa[S::kMTiles][4];
-#pragma unroll
-        for (int mt = 0; mt < S::kMTiles; ++mt) {
-          pa[mt][0] = pack2<kBf16>(acc_s[mt][2 * kk][0], acc_s[mt][2 * kk][1]);
-          pa[mt][1] = pack2<kBf16>(acc_s[mt][2 * kk][2], acc_s[mt][2 * kk][3]);
-          pa[mt][2] = pack2<kBf16>(acc_s[mt][2 * kk + 1][0], acc_s[mt][2 * kk + 1][1]);
-          pa[mt][3] = pack2<kBf16>(acc_s[mt][2 * kk + 1][2], acc_s[mt][2 * kk + 1][3]);
-        }
-        const int key = kk * 16 + ((lane / 8) % 2) * 8 + lane % 8;
-#pragma unroll
-        for (int dp = 0; dp < S::kD / 16; ++dp) {
-          unsigned b[4];
-          ldmatrix_x4_trans(b, smem_addr(sVt + key * S::kStride + dp * 16 + (lane / 16) * 8));
-#pragma unroll
-          for (int mt = 0; mt < S::kMTiles; ++mt) {
-            mma_16816<kBf16>(acc_o[mt][2 * dp], pa[mt], b[0], b[1]);
-            mma_16816<kBf16>(acc_o[mt][2 * dp + 1], pa[mt], b[2], b[3]);
-          }
-        }
-        if constexpr (S::kD % 16 != 0) {
-          unsigned b[2];
-          ldmatrix_x2_trans(b, smem_addr(sVt + key * S::kStride + (S::kD / 16) * 16));
-#pragma unroll
-          for (int mt = 0; mt < S::kMTiles; ++mt) {
-            mma_16816<kBf16>(acc_o[mt][S::kDTiles - 1], pa[mt], b[0], b[1]);
-          }
-        }
-      }
+      unsigned pa[S::kMTiles][S::kNTiles / 2][4];
+      pack_a<kBf16>(pa, acc_s);
+      gemm_rs<kBf16, S::kMTiles, S::kNTiles / 2, S::kDTiles, S::kStride>(acc_o, pa, sVt, 0, lane);
     }
     cp_async_wait<0>();
   }
 
-  // Epilogue: each warp stages its own rows in sQ (rows no other warp reads), then writes
-  // 16-byte chunks. Rows past len_q are zeros in the padded layout and absent in varlen.
-  __syncwarp();
-  const int warp_row0 = warp * S::kWarpRows;
-#pragma unroll
-  for (int mt = 0; mt < S::kMTiles; ++mt) {
-#pragma unroll
-    for (int dt = 0; dt < S::kDTiles; ++dt) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        int row = warp_row0 + mt * 16 + lane / 4 + h * 8;
-        int col = dt * 8 + 2 * (lane % 4);
-        *reinterpret_cast<unsigned*>(sQ + row * S::kStride + col) =
-            pack2<kBf16>(acc_o[mt][dt][2 * h], acc_o[mt][dt][2 * h + 1]);
-      }
-    }
-  }
-  __syncwarp();
-  const int rows_valid = seq.len_q - m0;
+  // Epilogue: each warp stages its own rows in sQ (rows no other warp reads). Rows past len_q
+  // are zeros in the padded layout and absent in varlen.
   const int rows_stored = (kLayout == Layout::kVarlen ? seq.len_q : params.max_seqlen_q) - m0;
   unsigned short* o = static_cast<unsigned short*>(params.o) + seq.o_start +
                       head * params.o_head_stride + m0 * params.o_seq_stride;
-  constexpr int kWarpChunks = S::kWarpRows * S::kChunks;
-#pragma unroll
-  for (int idx = lane; idx < kWarpChunks; idx += 32) {
-    int row = warp_row0 + idx / S::kChunks;
-    int chunk = idx % S::kChunks;
-    if (kChecked && row >= rows_stored) continue;
-    uint4 value = row < rows_valid || !kChecked
-                      ? *reinterpret_cast<const uint4*>(sQ + row * S::kStride + chunk * 8)
-                      : make_uint4(0, 0, 0, 0);
-    *reinterpret_cast<uint4*>(o + row * params.o_seq_stride + chunk * 8) = value;
-  }
+  store_warp_rows<kBf16, S::kMTiles, S::kDTiles, S::kStride>(
+      acc_o, 1.0f, sQ + warp_row0 * S::kStride, o + warp_row0 * params.o_seq_stride,
+      params.o_seq_stride, S::kChunks, seq.len_q - m0 - warp_row0, rows_stored - warp_row0, lane);
 }
 
 }  // namespace sigattn
