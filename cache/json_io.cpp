@@ -144,12 +144,22 @@ int read_bucket(const Reader& reader) {
 }
 
 gen::TileConfig read_tile(const Reader& reader) {
-  reader.expect_object({"block_m", "block_n", "warps", "stages"});
+  reader.expect_object({"family", "block_m", "block_n", "warps", "stages"}, {"atomic_dq"});
   gen::TileConfig tile;
+  try {
+    tile.family = gen::parse_family(reader.field("family").string());
+  } catch (const std::invalid_argument& error) {
+    reader.field("family").fail(error.what());
+  }
   tile.block_m = static_cast<int>(reader.field("block_m").integer(1, kMaxTileValue));
   tile.block_n = static_cast<int>(reader.field("block_n").integer(1, kMaxTileValue));
   tile.warps = static_cast<int>(reader.field("warps").integer(1, kMaxTileValue));
   tile.stages = static_cast<int>(reader.field("stages").integer(1, kMaxTileValue));
+  if (reader.has("atomic_dq")) {
+    const json& atomic = reader.field("atomic_dq").value();
+    if (!atomic.is_boolean()) reader.field("atomic_dq").fail("expected true or false");
+    tile.atomic_dq = atomic.get<bool>();
+  }
   return tile;
 }
 
@@ -185,7 +195,7 @@ TuningResult read_result(const Reader& entry) {
       tune::rejection(key.spec, result.tile, tune::target_for_arch(key.device.arch));
   if (!why.empty()) {
     entry.field("tile").fail(fmt::format("tile {} is rejected for {} on {}: {}",
-                                         tile_string(result.tile), key.problem.spec,
+                                         gen::to_string(result.tile), key.problem.spec,
                                          key.device.arch, why));
   }
   result.time_ms = entry.field("time_ms").number(0.0, false);

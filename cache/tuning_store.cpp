@@ -13,8 +13,6 @@
 namespace sigattn::cache {
 namespace {
 
-constexpr std::string_view kTilePrefix = "sm80.";
-
 constexpr std::string_view kBestColumns =
     "device_name, arch, sm_count, template_hash, spec, seqlen_q_bucket, seqlen_k_bucket, tile, "
     "time_ms, tflops, measured_at, method, source";
@@ -25,7 +23,7 @@ TuningResult read_best(const Statement& row) {
   result.template_hash = row.text(3);
   result.problem = {row.text(4), static_cast<int>(row.integer(5)),
                     static_cast<int>(row.integer(6))};
-  result.tile = parse_tile_string(row.text(7));
+  result.tile = gen::parse_tile(row.text(7));
   result.time_ms = row.real(8);
   result.tflops = row.real(9);
   result.measured_at = row.text(10);
@@ -79,18 +77,6 @@ ProblemKey problem_key(const gen::KernelSpec& spec, int max_seqlen_q, int max_se
   return {gen::to_string(spec), seqlen_bucket(max_seqlen_q), seqlen_bucket(max_seqlen_k)};
 }
 
-std::string tile_string(const gen::TileConfig& tile) {
-  return fmt::format("{}{}", kTilePrefix, gen::to_string(tile));
-}
-
-gen::TileConfig parse_tile_string(std::string_view text) {
-  if (!text.starts_with(kTilePrefix)) {
-    throw std::invalid_argument(
-        fmt::format("tile '{}' must start with the family '{}'", text, kTilePrefix));
-  }
-  return gen::parse_tile(text.substr(kTilePrefix.size()));
-}
-
 std::string_view to_string(CandidateStatus status) {
   switch (status) {
     case CandidateStatus::ok:
@@ -139,7 +125,7 @@ void TuningStore::put_best(const TuningResult& result) {
       "?11, ?12, ?13)",
       kBestColumns));
   bind_key(insert, result.device, result.template_hash, result.problem);
-  insert.bind(8, tile_string(result.tile))
+  insert.bind(8, gen::to_string(result.tile))
       .bind(9, result.time_ms)
       .bind(10, result.tflops)
       .bind(11, result.measured_at)
@@ -174,7 +160,7 @@ void TuningStore::put_candidate(const TuningCandidate& candidate) {
       "spec, seqlen_q_bucket, seqlen_k_bucket, tile, status, time_ms, tflops, message, "
       "measured_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)");
   bind_key(insert, candidate.device, candidate.template_hash, candidate.problem);
-  insert.bind(8, tile_string(candidate.tile)).bind(9, to_string(candidate.status));
+  insert.bind(8, gen::to_string(candidate.tile)).bind(9, to_string(candidate.status));
   if (candidate.time_ms) {
     insert.bind(10, *candidate.time_ms);
   } else {
@@ -231,7 +217,7 @@ std::vector<TuningCandidate> TuningStore::all_candidates() {
     candidate.template_hash = select.text(3);
     candidate.problem = {select.text(4), static_cast<int>(select.integer(5)),
                          static_cast<int>(select.integer(6))};
-    candidate.tile = parse_tile_string(select.text(7));
+    candidate.tile = gen::parse_tile(select.text(7));
     candidate.status = parse_candidate_status(select.text(8));
     if (!select.is_null(9)) candidate.time_ms = select.real(9);
     if (!select.is_null(10)) candidate.tflops = select.real(10);
@@ -269,7 +255,7 @@ TileChoice choose_tile(const std::vector<TuningResult>& user_rows,
       return false;
     }
     if (const std::string why = tune::rejection(spec, row.tile, target); !why.empty()) {
-      std::string note = fmt::format("stored tile {} for {} rejected: {}", tile_string(row.tile),
+      std::string note = fmt::format("stored tile {} for {} rejected: {}", gen::to_string(row.tile),
                                      row.device.name, why);
       if (std::find(skipped.begin(), skipped.end(), note) == skipped.end()) {
         skipped.push_back(std::move(note));

@@ -39,10 +39,6 @@ struct ProblemKey {
 
 ProblemKey problem_key(const gen::KernelSpec& spec, int max_seqlen_q, int max_seqlen_k);
 
-// "sm80.m128n64w4s2" and back; parse throws std::invalid_argument naming the bad part.
-std::string tile_string(const gen::TileConfig& tile);
-gen::TileConfig parse_tile_string(std::string_view text);
-
 struct TuningResult {
   DeviceKey device;
   std::string template_hash;

@@ -56,7 +56,7 @@ int show(const std::string& path) {
     for (const cache::TuningResult& r : results) {
       fmt::print("{:<20} {:<7} {:>4} {:<48} {:>7} {:>7} {:<18} {:>9.4f} {:>7.1f} {:<20} {}\n",
                  r.device.name, r.device.arch, r.device.sm_count, r.problem.spec,
-                 r.problem.seqlen_q_bucket, r.problem.seqlen_k_bucket, cache::tile_string(r.tile),
+                 r.problem.seqlen_q_bucket, r.problem.seqlen_k_bucket, gen::to_string(r.tile),
                  r.time_ms, r.tflops, r.measured_at,
                  current(r) ? "current" : "stale (other template hash)");
     }
@@ -143,8 +143,7 @@ int verify(const std::string& path) {
                                               tune::target_for_arch(r.device.arch));
       if (!why.empty()) {
         problems.push_back(fmt::format("tuning result {} {} on {}: tile rejected: {}",
-                                       r.problem.spec, cache::tile_string(r.tile), r.device.name,
-                                       why));
+                                       r.problem.spec, gen::to_string(r.tile), r.device.name, why));
       }
     }
     const cache::BinarySummary summary = binaries.summary();

@@ -111,8 +111,7 @@ int run_gen(const std::string& text, const std::string& arch) {
     tile = choice.tile;
     tile_origin = std::move(choice.reason);
   }
-  const sigattn::gen::GeneratedKernel kernel =
-      sigattn::gen::generate({parsed.spec, parsed.family, tile});
+  const sigattn::gen::GeneratedKernel kernel = sigattn::gen::generate({parsed.spec, tile});
   // The program is followed by what NVRTC and the launch need, as comments, so the output
   // remains a valid program.
   fmt::print("{}", kernel.source);
@@ -242,7 +241,7 @@ std::vector<CompileJob> compile_jobs(const std::vector<std::string>& spec_texts,
       fmt::print(stderr, "note: {}\n", message);
     }
     for (const sigattn::gen::TileConfig& tile : tiles) {
-      const sigattn::gen::Variant variant{spec, sigattn::gen::Family::sm80, tile};
+      const sigattn::gen::Variant variant{spec, tile};
       jobs.push_back({variant, sigattn::gen::to_string(variant)});
     }
   }

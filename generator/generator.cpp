@@ -35,6 +35,15 @@ void check_variant(const Variant& variant) {
   if (spec.seqlen == SeqLen::x128 && spec.layout != Layout::dense) {
     throw std::invalid_argument("seqlen x128 applies to the dense layout only");
   }
+  if (tile.family != Family::sm80) {
+    throw std::invalid_argument(fmt::format("family {} has no {} kernel", to_string(tile.family),
+                                            to_string(spec.direction)));
+  }
+  if (tile.atomic_dq) {
+    throw std::invalid_argument(
+        fmt::format("the atomic dQ work split has no {} kernel in family {}",
+                    to_string(spec.direction), to_string(tile.family)));
+  }
   if (tile.warps != 1 && tile.warps != 2 && tile.warps != 4 && tile.warps != 8) {
     throw std::invalid_argument(fmt::format("tile warps = {} must be 1, 2, 4 or 8", tile.warps));
   }

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <nlohmann/json.hpp>
@@ -65,7 +66,7 @@ std::string_view to_string(Layout layout) {
   return "?";
 }
 
-std::string_view to_string(Family) { return "sm80"; }
+std::string_view to_string(Family family) { return family == Family::sm90 ? "sm90" : "sm80"; }
 
 std::string_view to_string(Direction direction) {
   switch (direction) {
@@ -88,12 +89,12 @@ std::string to_string(const KernelSpec& spec) {
 }
 
 std::string to_string(const TileConfig& tile) {
-  return fmt::format("m{}n{}w{}s{}", tile.block_m, tile.block_n, tile.warps, tile.stages);
+  return fmt::format("{}.m{}n{}w{}s{}{}", to_string(tile.family), tile.block_m, tile.block_n,
+                     tile.warps, tile.stages, tile.atomic_dq ? ".atomicdq" : "");
 }
 
 std::string to_string(const Variant& variant) {
-  return fmt::format("{}/{}.{}", to_string(variant.spec), to_string(variant.family),
-                     to_string(variant.tile));
+  return fmt::format("{}/{}", to_string(variant.spec), to_string(variant.tile));
 }
 
 KernelSpec parse_spec(std::string_view text) {
@@ -167,22 +168,43 @@ KernelSpec parse_spec(std::string_view text) {
   return spec;
 }
 
+Family parse_family(std::string_view text) {
+  if (text == "sm80") return Family::sm80;
+  if (text == "sm90") return Family::sm90;
+  bad("family", text, "sm80 or sm90");
+}
+
 TileConfig parse_tile(std::string_view text) {
-  // mMnNwWsS
+  // FAMILY.mMnNwWsS[.atomicdq]
+  auto fields = split(text, '.');
+  if (fields.size() < 2 || fields.size() > 3) {
+    bad("tile", text, "FAMILY.mBLOCKMnBLOCKNwWARPSsSTAGES[.atomicdq], e.g. sm80.m128n64w4s2");
+  }
+  TileConfig tile;
+  tile.family = parse_family(fields[0]);
+  std::string_view sizes = fields[1];
   static constexpr std::array<char, 4> kKeys = {'m', 'n', 'w', 's'};
   std::array<int, 4> values{};
   std::size_t pos = 0;
   for (std::size_t i = 0; i < kKeys.size(); ++i) {
-    if (pos >= text.size() || text[pos] != kKeys[i]) {
-      bad("tile", text, "mBLOCKMnBLOCKNwWARPSsSTAGES, e.g. m128n64w4s2");
+    if (pos >= sizes.size() || sizes[pos] != kKeys[i]) {
+      bad("tile", text, "mBLOCKMnBLOCKNwWARPSsSTAGES after the family, e.g. sm80.m128n64w4s2");
     }
     std::size_t end = pos + 1;
-    while (end < text.size() && text[end] >= '0' && text[end] <= '9') ++end;
-    values[i] = parse_int(text.substr(pos + 1, end - pos - 1), "tile");
+    while (end < sizes.size() && sizes[end] >= '0' && sizes[end] <= '9') ++end;
+    values[i] = parse_int(sizes.substr(pos + 1, end - pos - 1), "tile");
     pos = end;
   }
-  if (pos != text.size()) bad("tile", text, "nothing after the stage count");
-  return TileConfig{values[0], values[1], values[2], values[3]};
+  if (pos != sizes.size()) bad("tile", text, "nothing after the stage count but .atomicdq");
+  tile.block_m = values[0];
+  tile.block_n = values[1];
+  tile.warps = values[2];
+  tile.stages = values[3];
+  if (fields.size() == 3) {
+    if (fields[2] != "atomicdq") bad("tile", text, "atomicdq as the only suffix");
+    tile.atomic_dq = true;
+  }
+  return tile;
 }
 
 ParsedVariant parse_variant(std::string_view text) {
@@ -190,31 +212,33 @@ ParsedVariant parse_variant(std::string_view text) {
   std::size_t slash = text.find('/');
   parsed.spec = parse_spec(text.substr(0, slash));
   if (slash == std::string_view::npos) return parsed;
-  std::string_view rest = text.substr(slash + 1);
-  std::size_t dot = rest.find('.');
-  if (rest.substr(0, dot) != "sm80") bad("family", rest.substr(0, dot), "sm80");
-  if (dot == std::string_view::npos) bad("tile", "", "FAMILY.TILE, e.g. sm80.m128n64w4s2");
-  parsed.tile = parse_tile(rest.substr(dot + 1));
+  parsed.tile = parse_tile(text.substr(slash + 1));
   return parsed;
 }
 
 void to_json(nlohmann::json& j, const TileConfig& tile) {
-  j = nlohmann::json{{"block_m", tile.block_m},
+  j = nlohmann::json{{"family", to_string(tile.family)},
+                     {"block_m", tile.block_m},
                      {"block_n", tile.block_n},
                      {"warps", tile.warps},
                      {"stages", tile.stages}};
+  if (tile.atomic_dq) j["atomic_dq"] = true;
 }
 
 void from_json(const nlohmann::json& j, TileConfig& tile) {
+  static constexpr std::array<std::string_view, 6> kFields = {"family", "block_m", "block_n",
+                                                              "warps",  "stages",  "atomic_dq"};
   for (const auto& [key, value] : j.items()) {
-    if (key != "block_m" && key != "block_n" && key != "warps" && key != "stages") {
+    if (std::find(kFields.begin(), kFields.end(), key) == kFields.end()) {
       throw std::invalid_argument(fmt::format("unknown tile field '{}'", key));
     }
   }
+  tile.family = parse_family(j.at("family").get<std::string>());
   tile.block_m = j.at("block_m").get<int>();
   tile.block_n = j.at("block_n").get<int>();
   tile.warps = j.at("warps").get<int>();
   tile.stages = j.at("stages").get<int>();
+  tile.atomic_dq = j.value("atomic_dq", false);
 }
 
 void to_json(nlohmann::json& j, const KernelSpec& spec) { j = to_string(spec); }

@@ -21,7 +21,8 @@ enum class Layout { dense, padded, varlen };
 enum class SigmoidMode { fast, accurate };
 // anylen: any lengths; x128: every length is a multiple of 128 (no bounds checks on tiles).
 enum class SeqLen { anylen, x128 };
-enum class Family { sm80 };
+// sm80: mma.sync and cp.async (Ampere and later); sm90: wgmma and TMA (Hopper, sm_90a only).
+enum class Family { sm80, sm90 };
 
 struct KernelSpec {
   Direction direction = Direction::forward;
@@ -37,21 +38,26 @@ struct KernelSpec {
   bool operator==(const KernelSpec&) const = default;
 };
 
-// The tunable parameters of the sm80 family.
+// How a kernel is built: its family and the family's tunable parameters. Canonical string
+// "sm80.m128n64w4s2" ("….atomicdq" for the one-pass backward split).
 // In the forward and dq kernels a CTA owns block_m query rows and steps over keys block_n at a
 // time; in the dkdv kernel a CTA owns block_n keys and steps over queries block_m at a time.
 struct TileConfig {
   int block_m = 128;  // query rows; a multiple of 16 * warps (forward, dq) or of 16 (dkdv)
   int block_n = 64;   // keys; a multiple of 16 (forward, dq) or of 16 * warps (dkdv)
   int warps = 4;      // warps per CTA, each owning an equal share of the CTA's rows
-  int stages = 2;     // K/V shared-memory pipeline depth (cp.async), 2..4
+  int stages = 2;     // K/V shared-memory pipeline depth, 2..4
+  Family family = Family::sm80;
+  // The backward work split (dkdv kernels only). false: a separate dq kernel computes dQ, and two
+  // runs give bit-identical gradients. true: the dkdv kernel also adds its share of dQ into an
+  // fp32 buffer with atomics, one pass over S and dP instead of two (not bit-reproducible).
+  bool atomic_dq = false;
 
   bool operator==(const TileConfig&) const = default;
 };
 
 struct Variant {
   KernelSpec spec;
-  Family family = Family::sm80;
   TileConfig tile;
 
   bool operator==(const Variant&) const = default;
@@ -71,10 +77,10 @@ std::string_view to_string(Direction direction);
 // Parse the canonical strings; throw std::invalid_argument naming the bad field.
 KernelSpec parse_spec(std::string_view text);
 TileConfig parse_tile(std::string_view text);
-// "SPEC" or "SPEC/FAMILY.TILE"; a missing tile part leaves the optional empty.
+Family parse_family(std::string_view text);
+// "SPEC" or "SPEC/TILE"; a missing tile part leaves the optional empty.
 struct ParsedVariant {
   KernelSpec spec;
-  Family family = Family::sm80;
   std::optional<TileConfig> tile;
 };
 ParsedVariant parse_variant(std::string_view text);

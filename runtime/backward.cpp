@@ -45,7 +45,7 @@ BwdParams make_bwd_params(const BackwardArgs& args, gen::Layout layout) {
 void launch_kernel(const gen::KernelSpec& spec, const gen::TileConfig& tile,
                    const tune::Target& target, BwdParams& params, unsigned row_blocks,
                    unsigned heads, unsigned batch, CUstream stream) {
-  const gen::Variant variant{spec, gen::Family::sm80, tile};
+  const gen::Variant variant{spec, tile};
   if (const std::string why = tune::rejection(spec, tile, target); !why.empty()) {
     throw_invalid(fmt::format("tile {} cannot run {} on {}: {}", gen::to_string(tile),
                               gen::to_string(variant), target.arch, why));

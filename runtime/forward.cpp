@@ -237,7 +237,7 @@ cache::TileChoice choose_forward_tile(const ForwardArgs& args, const gen::Kernel
 }
 
 Dispatch dispatch_of(const gen::KernelSpec& spec, const cache::TileChoice& choice) {
-  return {gen::to_string(gen::Variant{spec, gen::Family::sm80, choice.tile}),
+  return {gen::to_string(gen::Variant{spec, choice.tile}),
           std::string(cache::to_string(choice.served_by)), choice.reason};
 }
 
@@ -246,7 +246,7 @@ thread_local Dispatch last_forward_dispatch;
 
 void launch(const ForwardArgs& args, const gen::KernelSpec& spec, const tune::Target& target,
             const gen::TileConfig& tile, CUstream stream) {
-  const gen::Variant variant{spec, gen::Family::sm80, tile};
+  const gen::Variant variant{spec, tile};
   if (const std::string why = tune::rejection(spec, tile, target); !why.empty()) {
     throw_invalid(fmt::format("tile {} cannot run {} on {}: {}", gen::to_string(tile),
                               gen::to_string(variant), target.arch, why));

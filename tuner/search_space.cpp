@@ -41,6 +41,17 @@ std::string mma_rows(const KernelSpec& s, const TileConfig& t, const Target&) {
                      split, t.warps);
 }
 
+std::string family_arch(const KernelSpec&, const TileConfig& t, const Target& target) {
+  if (t.family != gen::Family::sm90 || target.arch == "sm_90a") return {};
+  return fmt::format("family sm90 (wgmma, TMA) needs sm_90a, not {}", target.arch);
+}
+
+std::string work_split(const KernelSpec& s, const TileConfig& t, const Target&) {
+  if (!t.atomic_dq || s.direction == gen::Direction::dkdv) return {};
+  return fmt::format("the atomic dQ split applies to dkdv kernels, not {}",
+                     gen::to_string(s.direction));
+}
+
 std::string x128_divides(const KernelSpec& s, const TileConfig& t, const Target&) {
   if (s.seqlen != gen::SeqLen::x128 || (128 % t.block_m == 0 && 128 % t.block_n == 0)) return {};
   return fmt::format("x128 lengths need block_m {} and block_n {} to divide 128", t.block_m,
@@ -99,10 +110,9 @@ Target target_for_arch(const std::string& arch) {
 
 const std::vector<Constraint>& constraints() {
   static const std::vector<Constraint> all = {
-      {"mma_rows", mma_rows},
-      {"x128_divides", x128_divides},
-      {"shared_memory", shared_memory},
-      {"register_budget", register_budget},
+      {"family_arch", family_arch},     {"work_split", work_split},
+      {"mma_rows", mma_rows},           {"x128_divides", x128_divides},
+      {"shared_memory", shared_memory}, {"register_budget", register_budget},
   };
   return all;
 }

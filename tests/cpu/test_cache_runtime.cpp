@@ -21,7 +21,7 @@ using sigattn::testing::TempDir;
 
 gen::GeneratedKernel small_kernel() {
   return gen::generate({gen::parse_spec("fwd.fp16.d32.dense.nomask.nosmod.fast.anylen"),
-                        gen::Family::sm80, gen::TileConfig{64, 32, 4, 2}});
+                        gen::TileConfig{64, 32, 4, 2}});
 }
 
 class DiskCache : public ::testing::Test {

@@ -45,8 +45,8 @@ TEST(TuningKeys, SeqlenBucketIsTheNextPowerOfTwo) {
   EXPECT_EQ(seqlen_bucket(129), 256);
   EXPECT_EQ(seqlen_bucket(4000), 4096);
   EXPECT_THROW(seqlen_bucket(0), std::invalid_argument);
-  EXPECT_EQ(parse_tile_string(tile_string(kTileB)), kTileB);
-  EXPECT_THROW(parse_tile_string("m64n64w4s3"), std::invalid_argument);
+  EXPECT_EQ(gen::parse_tile(gen::to_string(kTileB)), kTileB);
+  EXPECT_THROW(gen::parse_tile("m64n64w4s3"), std::invalid_argument);
 }
 
 TEST(TuningStore, RoundTripOfBestAndCandidates) {
@@ -207,6 +207,12 @@ TEST(TuningJson, ImportValidation) {
        "expected an integer"},
       {"rejected tile", [](auto& j) { j["results"][0]["tile"]["block_m"] = 48; },
        "is rejected for"},
+      {"family", [](auto& j) { j["results"][0]["tile"]["family"] = "sm70"; },
+       "tile.family: bad family 'sm70'"},
+      {"atomic dq on a forward tile", [](auto& j) { j["results"][0]["tile"]["atomic_dq"] = true; },
+       "work_split"},
+      {"atomic dq type", [](auto& j) { j["results"][0]["tile"]["atomic_dq"] = 1; },
+       "expected true or false"},
       {"time", [](auto& j) { j["results"][0]["time_ms"] = -1.0; }, "time_ms: -1"},
       {"type", [](auto& j) { j["results"][0]["tflops"] = "fast"; }, "expected a number"},
       {"status",

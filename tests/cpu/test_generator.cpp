@@ -17,7 +17,7 @@ namespace {
 
 Variant variant_of(const std::string& text) {
   ParsedVariant parsed = parse_variant(text);
-  return Variant{parsed.spec, parsed.family, parsed.tile.value()};
+  return Variant{parsed.spec, parsed.tile.value()};
 }
 
 TEST(VariantString, RoundTripsEveryAxis) {
@@ -30,7 +30,7 @@ TEST(VariantString, RoundTripsEveryAxis) {
               KernelSpec spec{Direction::forward, dtype,           head_dim,  layout,
                               (mask & 1) != 0,    (mask & 2) != 0, score_mod, sigmoid,
                               SeqLen::anylen};
-              Variant v{spec, Family::sm80, TileConfig{128, 32, 8, 3}};
+              Variant v{spec, TileConfig{128, 32, 8, 3}};
               EXPECT_EQ(variant_of(to_string(v)), v) << to_string(v);
               EXPECT_EQ(parse_spec(to_string(spec)), spec);
             }
@@ -45,8 +45,19 @@ TEST(VariantString, CanonicalForm) {
   KernelSpec spec;
   spec.causal = true;
   spec.score_mod = true;
-  EXPECT_EQ(to_string(Variant{spec, Family::sm80, TileConfig{128, 64, 4, 2}}),
+  EXPECT_EQ(to_string(Variant{spec, TileConfig{128, 64, 4, 2}}),
             "fwd.bf16.d128.dense.causal.smod.fast.anylen/sm80.m128n64w4s2");
+}
+
+TEST(VariantString, FamilyAndWorkSplitRoundTrip) {
+  const TileConfig hopper{128, 128, 12, 2, Family::sm90};
+  EXPECT_EQ(to_string(hopper), "sm90.m128n128w12s2");
+  EXPECT_EQ(parse_tile(to_string(hopper)), hopper);
+  const TileConfig one_pass{64, 128, 8, 2, Family::sm80, true};
+  EXPECT_EQ(to_string(one_pass), "sm80.m64n128w8s2.atomicdq");
+  EXPECT_EQ(parse_tile(to_string(one_pass)), one_pass);
+  nlohmann::json j = one_pass;
+  EXPECT_EQ(j.get<TileConfig>(), one_pass);
 }
 
 TEST(VariantString, SpecWithoutTileLeavesTileEmpty) {
@@ -83,6 +94,8 @@ TEST(VariantString, BadFieldsAreNamed) {
   expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w4", "tile");
   expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w4s2x", "tile");
   expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80", "tile");
+  expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w4s2.atomic", "tile");
+  expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/m128n64w4s2", "FAMILY");
 }
 
 TEST(TileConfigJson, RoundTripsAndRejectsUnknownFields) {
@@ -132,15 +145,15 @@ TEST(Generate, HashChangesWithEveryAxis) {
 
 TEST(Generate, RejectsTilesOutsideTheFamily) {
   KernelSpec spec;
-  EXPECT_THROW(generate({spec, Family::sm80, {128, 64, 3, 2}}), std::invalid_argument);
-  EXPECT_THROW(generate({spec, Family::sm80, {96, 64, 4, 2}}), std::invalid_argument);
-  EXPECT_THROW(generate({spec, Family::sm80, {128, 40, 4, 2}}), std::invalid_argument);
-  EXPECT_THROW(generate({spec, Family::sm80, {128, 64, 4, 5}}), std::invalid_argument);
+  EXPECT_THROW(generate({spec, {128, 64, 3, 2}}), std::invalid_argument);
+  EXPECT_THROW(generate({spec, {96, 64, 4, 2}}), std::invalid_argument);
+  EXPECT_THROW(generate({spec, {128, 40, 4, 2}}), std::invalid_argument);
+  EXPECT_THROW(generate({spec, {128, 64, 4, 5}}), std::invalid_argument);
   spec.head_dim = 100;
-  EXPECT_THROW(generate({spec, Family::sm80, {128, 64, 4, 2}}), std::invalid_argument);
+  EXPECT_THROW(generate({spec, {128, 64, 4, 2}}), std::invalid_argument);
   spec.head_dim = 128;
   spec.seqlen = SeqLen::x128;
-  EXPECT_THROW(generate({spec, Family::sm80, {128, 256, 8, 2}}), std::invalid_argument);
+  EXPECT_THROW(generate({spec, {128, 256, 8, 2}}), std::invalid_argument);
 }
 
 TEST(TemplateStore, EmbedsTheKernelHeaders) {

@@ -40,31 +40,26 @@ std::vector<Job> representative_jobs() {
         spec.window = (i & 2) != 0;
         spec.score_mod = (rotation / 2) % 2 != 0;
         spec.sigmoid = (rotation / 3) % 2 ? gen::SigmoidMode::accurate : gen::SigmoidMode::fast;
-        jobs.push_back(
-            {{spec, gen::Family::sm80, tune::default_tile(spec, target).tile}, arch, true});
+        jobs.push_back({{spec, tune::default_tile(spec, target).tile}, arch, true});
         // The two backward kernels of the same spec.
         for (auto direction : {gen::Direction::dkdv, gen::Direction::dq}) {
           gen::KernelSpec backward = spec;
           backward.direction = direction;
-          jobs.push_back({{backward, gen::Family::sm80, tune::default_tile(backward, target).tile},
-                          arch,
-                          true});
+          jobs.push_back({{backward, tune::default_tile(backward, target).tile}, arch, true});
         }
       }
       // One non-default config per head dim and arch: the last candidate of the grid.
       gen::KernelSpec spec;
       spec.head_dim = head_dim;
       auto tiles = tune::candidates(spec, target);
-      jobs.push_back({{spec, gen::Family::sm80, tiles.back()}, arch, false});
+      jobs.push_back({{spec, tiles.back()}, arch, false});
     }
   }
   gen::KernelSpec x128;
   x128.seqlen = gen::SeqLen::x128;
   for (const std::string arch : {"sm_80", "sm_90a"}) {
     jobs.push_back(
-        {{x128, gen::Family::sm80, tune::default_tile(x128, tune::target_for_arch(arch)).tile},
-         arch,
-         true});
+        {{x128, tune::default_tile(x128, tune::target_for_arch(arch)).tile}, arch, true});
   }
   return jobs;
 }
@@ -107,8 +102,7 @@ TEST(KernelCompile, RepresentativeVariantsCompileForSm80AndSm90a) {
 TEST(KernelCompile, OddHeadDimPadsTheLastKStep) {
   gen::KernelSpec spec;
   spec.head_dim = 24;
-  CompiledKernel compiled =
-      compile(gen::generate({spec, gen::Family::sm80, {64, 32, 4, 2}}), "sm_86");
+  CompiledKernel compiled = compile(gen::generate({spec, {64, 32, 4, 2}}), "sm_86");
   EXPECT_FALSE(compiled.cubin.empty());
   EXPECT_FALSE(compiled.spills());
 }

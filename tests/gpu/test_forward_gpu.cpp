@@ -250,7 +250,7 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
   std::vector<gen::Variant> variants;
   const auto add_default = [&](const Problem& problem) {
     const gen::KernelSpec spec = spec_of(problem);
-    variants.push_back({spec, gen::Family::sm80, tune::default_tile(spec, gpu.target).tile});
+    variants.push_back({spec, tune::default_tile(spec, gpu.target).tile});
   };
   for (const std::vector<Problem>& table : all_reference_tables()) {
     for (const Problem& problem : table) {
@@ -261,7 +261,7 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
     if (!param_selected(problem.name())) continue;
     const gen::KernelSpec spec = spec_of(problem);
     for (const gen::TileConfig& tile : tune::candidates(spec, gpu.target)) {
-      variants.push_back({spec, gen::Family::sm80, tile});
+      variants.push_back({spec, tile});
     }
   }
   if (test_selected("GpuForward.RepeatedLaunchIsBitIdentical")) add_default(repeat_problem());
@@ -306,7 +306,7 @@ TEST_P(ForwardMatchesReference, Output) {
   const HostInputs inputs = make_inputs(problem, seed());
   DeviceInputs device = upload(problem, inputs);
   const gen::KernelSpec spec = forward_spec(device.args);
-  const gen::Variant variant{spec, gen::Family::sm80, tune::default_tile(spec, gpu().target).tile};
+  const gen::Variant variant{spec, tune::default_tile(spec, gpu().target).tile};
   const std::string context =
       fmt::format("variant {}, problem {}, seed {} (SIGATTN_TEST_SEED={}), reference {}",
                   gen::to_string(variant), problem.name(), seed(), base_seed(),
@@ -354,7 +354,7 @@ TEST_P(EveryTileCandidate, MatchesReference) {
                               << gpu().arch;
   const std::vector<double> ref = reference_for(problem, inputs, device);
   for (const gen::TileConfig& tile : tiles) {
-    const gen::Variant variant{spec, gen::Family::sm80, tile};
+    const gen::Variant variant{spec, tile};
     SCOPED_TRACE(fmt::format("variant {}, seed {} (SIGATTN_TEST_SEED={})", gen::to_string(variant),
                              seed(), base_seed()));
     device.out.fill_bytes(0xFF);

@@ -1,0 +1,236 @@
+"""The public sigmoid-attention functions: TritonSigmoid's call signatures (dense and padded
+[B, T, H, D]) plus a packed varlen form. Every argument is checked here, before anything runs, and
+a bad one raises TypeError or ValueError naming it.
+"""
+
+import math
+import numbers
+
+import torch
+
+from . import _ops
+
+_SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
+_MAX_GRID_EXTENT = 65535  # batch and heads index CUDA grid dimensions
+_MAX_SEQLEN = 1 << 24
+_STRIDE_MULTIPLE = 8  # elements: 16 bytes, one vector load
+_SIGMOID_MODES = ("fast", "accurate")
+# Under torch.compile with dynamic shapes an int argument may arrive as a torch.SymInt.
+_INT_TYPES = (numbers.Integral,) + ((torch.SymInt,) if hasattr(torch, "SymInt") else ())
+
+
+def sigmoid_attention(query, key, value, is_causal=False, scale=None, sigmoid_bias=None,
+                      score_mod=None, *, window=None, seq_lens_q=None, seq_lens_k=None,
+                      sigmoid="fast", trust_lengths=False):
+    """Sigmoid attention on [batch, seq, heads, head_dim] (BTHD) tensors, with autograd.
+
+    out[b, i, h] = sum_j sigmoid(scale * <q_i, k_j> + bias_b + score_mod[b, j]) * v_j over the
+    valid keys j, accumulated in fp32.
+
+    Args:
+        query: [B, Tq, Hq, D] bf16 or fp16 CUDA tensor. Any strides with the head dim contiguous
+            (stride 1) and the other strides multiples of 8 elements, e.g. a BHTD tensor
+            transposed to a BTHD view; nothing is copied.
+        key, value: [B, Tk, Hkv, D], the same dtype and device. Hq must be a multiple of Hkv
+            (GQA/MQA: query head h reads kv head h // (Hq // Hkv)).
+        is_causal: key j is visible to query i when j <= i + len_k - len_q (aligned bottom-right;
+            with equal lengths, j <= i).
+        scale: the score scale, default 1 / sqrt(D).
+        sigmoid_bias: one scalar bias for every score, default -log(len_k) per sequence.
+        score_mod: optional [B, Tk] per-key additive bias (not differentiated). Other float
+            dtypes are converted to float32, and a non-contiguous one is copied.
+        window: optional (left, right): keys at most `left` before and `right` after the
+            diagonal; -1 leaves that side unbounded.
+        seq_lens_q, seq_lens_k: optional [B] integer CUDA tensors of valid lengths (trailing
+            padding). Query rows past seq_lens_q are zero; keys past seq_lens_k are not attended.
+            Converted to int32 if needed.
+        sigmoid: "fast" (tanh.approx, TritonSigmoid's default) or "accurate" (1 / (1 + exp(-x))).
+        trust_lengths: skip the runtime's host check of the length tensors (one device-to-host
+            copy and stream synchronization per call); out-of-range lengths are then clamped.
+            The check is always skipped while a CUDA graph is being captured.
+
+    Returns:
+        [B, Tq, Hq, D] contiguous tensor of the query's dtype.
+    """
+    _check_tensors(query, key, value, packed=False)
+    batch, max_seqlen_q = query.shape[0], query.shape[1]
+    max_seqlen_k = key.shape[1]
+    seq_lens_q = _lengths("seq_lens_q", seq_lens_q, (batch,))
+    seq_lens_k = _lengths("seq_lens_k", seq_lens_k, (batch,))
+    return _run(query, key, value, seq_lens_q, seq_lens_k, None, None, batch, max_seqlen_q,
+                max_seqlen_k, is_causal, scale, sigmoid_bias, score_mod, window, sigmoid,
+                trust_lengths)
+
+
+def sigmoid_attention_padded(query, key, value, seq_lens_k=None, seq_lens_q=None, is_causal=False,
+                             scale=None, sigmoid_bias=None, score_mod=None, *, window=None,
+                             sigmoid="fast", trust_lengths=False):
+    """TritonSigmoid's padded entry point (same argument order): sigmoid_attention with
+    seq_lens_k / seq_lens_q. With seq_lens_q != seq_lens_k the causal diagonal is aligned
+    bottom-right, where TritonSigmoid aligns it top-left."""
+    return sigmoid_attention(query, key, value, is_causal, scale, sigmoid_bias, score_mod,
+                             window=window, seq_lens_q=seq_lens_q, seq_lens_k=seq_lens_k,
+                             sigmoid=sigmoid, trust_lengths=trust_lengths)
+
+
+def sigmoid_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
+                             is_causal=False, window=None, scale=None, sigmoid_bias=None,
+                             score_mod=None, sigmoid="fast", trust_lengths=False):
+    """Sigmoid attention on packed [total_tokens, heads, head_dim] tensors, with autograd.
+
+    Sequence b holds rows cu_seqlens_q[b]:cu_seqlens_q[b + 1] of q (and likewise of k and v with
+    cu_seqlens_k). cu_seqlens_q / cu_seqlens_k are [B + 1] integer CUDA tensors starting at 0;
+    max_seqlen_q / max_seqlen_k (Python ints) bound every sequence's length. score_mod, if given,
+    is [B, max_seqlen_k], indexed by the key's position within its sequence. Output rows that
+    belong to no sequence are zero. The other arguments are those of sigmoid_attention.
+    """
+    _check_tensors(q, k, v, packed=True)
+    if cu_seqlens_q is None or cu_seqlens_k is None:
+        raise ValueError("cu_seqlens_q and cu_seqlens_k are both required in the varlen layout")
+    _check_length_tensor("cu_seqlens_q", cu_seqlens_q)
+    batch = cu_seqlens_q.shape[0] - 1
+    if batch < 1:
+        raise ValueError(f"cu_seqlens_q must have at least 2 entries (batch + 1), got "
+                         f"{cu_seqlens_q.shape[0]}")
+    cu_seqlens_q = _lengths("cu_seqlens_q", cu_seqlens_q, (batch + 1,))
+    cu_seqlens_k = _lengths("cu_seqlens_k", cu_seqlens_k, (batch + 1,))
+    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if isinstance(value, bool) or not isinstance(value, _INT_TYPES):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return _run(q, k, v, None, None, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q,
+                max_seqlen_k, is_causal, scale, sigmoid_bias, score_mod, window, sigmoid,
+                trust_lengths)
+
+
+def _run(q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q,
+         max_seqlen_k, is_causal, scale, sigmoid_bias, score_mod, window, sigmoid, trust_lengths):
+    _check_range("batch", batch, 1, _MAX_GRID_EXTENT)
+    _check_range("max_seqlen_q", max_seqlen_q, 1, _MAX_SEQLEN)
+    _check_range("max_seqlen_k", max_seqlen_k, 1, _MAX_SEQLEN)
+    if score_mod is not None:
+        score_mod = _score_mod(score_mod, batch, max_seqlen_k)
+    window_left, window_right = _window(window)
+    if scale is not None:
+        scale = float(scale)
+        if not (math.isfinite(scale) and scale > 0.0):
+            raise ValueError(f"scale = {scale} must be finite and > 0")
+    if sigmoid_bias is not None:
+        sigmoid_bias = float(sigmoid_bias)
+        if not math.isfinite(sigmoid_bias):
+            raise ValueError(f"sigmoid_bias = {sigmoid_bias} must be finite")
+    if sigmoid not in _SIGMOID_MODES:
+        raise ValueError(f"sigmoid = {sigmoid!r} must be one of {_SIGMOID_MODES}")
+    _check_devices(q=q, k=k, v=v, seq_lens_q=seq_lens_q, seq_lens_k=seq_lens_k,
+                   cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, score_mod=score_mod)
+    return _ops.attention(q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, score_mod,
+                          max_seqlen_q, max_seqlen_k, bool(is_causal), window_left, window_right,
+                          scale, sigmoid_bias, sigmoid == "accurate", bool(trust_lengths))
+
+
+def _check_range(name, value, low, high):
+    if value < low or value > high:
+        raise ValueError(f"{name} = {value} is out of range [{low}, {high}]")
+
+
+def _check_tensors(q, k, v, packed):
+    names = ("q", "k", "v") if packed else ("query", "key", "value")
+    layout = "[total_tokens, heads, head_dim]" if packed else "[batch, seq, heads, head_dim]"
+    rank = 3 if packed else 4
+    for name, tensor in zip(names, (q, k, v)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dim() != rank:
+            raise ValueError(f"{name} must be {rank}-D {layout}, got shape {tuple(tensor.shape)}")
+        if tensor.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(f"{name} has dtype {tensor.dtype}; sigattn supports torch.bfloat16 "
+                            f"and torch.float16 (cast with .to(torch.bfloat16))")
+    qn, kn, vn = names
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"{qn}, {kn} and {vn} must have one dtype, got {q.dtype}, {k.dtype}, "
+                        f"{v.dtype}")
+    if k.shape != v.shape:
+        raise ValueError(f"{kn} and {vn} must have the same shape, got {tuple(k.shape)} and "
+                         f"{tuple(v.shape)}")
+    if not packed and q.shape[0] != k.shape[0]:
+        raise ValueError(f"batch size mismatch: {qn} has {q.shape[0]}, {kn} and {vn} have "
+                         f"{k.shape[0]}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"head dim mismatch: {qn} has {q.shape[-1]}, {kn} and {vn} have "
+                         f"{k.shape[-1]}")
+    heads_q, heads_kv, head_dim = q.shape[-2], k.shape[-2], q.shape[-1]
+    _check_range(f"{qn} heads", heads_q, 1, _MAX_GRID_EXTENT)
+    if heads_kv < 1 or heads_q % heads_kv != 0:
+        raise ValueError(f"{qn} has {heads_q} heads, which is not a multiple of the {heads_kv} "
+                         f"heads of {kn} and {vn} (GQA/MQA needs heads_q % heads_kv == 0)")
+    if head_dim % 8 != 0 or not 8 <= head_dim <= 256:
+        raise ValueError(f"head_dim = {head_dim} is not supported: it must be a multiple of 8 "
+                         f"from 8 to 256")
+    for name, tensor in zip(names, (q, k, v)):
+        _check_strides(name, tensor)
+
+
+def _check_strides(name, tensor):
+    if tensor.stride(-1) != 1:
+        raise ValueError(f"{name} has head-dim stride {tensor.stride(-1)}: the head dimension must "
+                         f"be contiguous (stride 1); pass {name}.contiguous() (a copy)")
+    for dim in range(tensor.dim() - 1):
+        size, stride = tensor.shape[dim], tensor.stride(dim)
+        if size > 1 and (stride < 0 or stride % _STRIDE_MULTIPLE != 0):
+            raise ValueError(f"{name}.stride({dim}) = {stride} must be a non-negative multiple "
+                             f"of {_STRIDE_MULTIPLE} elements (16 bytes); pass "
+                             f"{name}.contiguous() (a copy)")
+
+
+def _check_length_tensor(name, tensor):
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (int32), got {tensor.dtype}")
+
+
+def _lengths(name, tensor, shape):
+    """A length tensor as the runtime reads it: int32, contiguous (converted when needed)."""
+    if tensor is None:
+        return None
+    _check_length_tensor(name, tensor)
+    if tuple(tensor.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+    return tensor.to(torch.int32).contiguous()
+
+
+def _score_mod(score_mod, batch, max_seqlen_k):
+    if not isinstance(score_mod, torch.Tensor):
+        raise TypeError(f"score_mod must be a torch.Tensor, got {type(score_mod).__name__}")
+    if not score_mod.dtype.is_floating_point:
+        raise TypeError(f"score_mod must be a floating tensor (float32), got {score_mod.dtype}")
+    if tuple(score_mod.shape) != (batch, max_seqlen_k):
+        raise ValueError(f"score_mod must have shape ({batch}, {max_seqlen_k}) = (batch, "
+                         f"max_seqlen_k), got {tuple(score_mod.shape)}")
+    return score_mod.to(torch.float32).contiguous()
+
+
+def _window(window):
+    if window is None:
+        return -1, -1
+    if not isinstance(window, (tuple, list)) or len(window) != 2:
+        raise ValueError(f"window must be None or a (left, right) pair, got {window!r}")
+    left, right = window
+    for name, value in (("window left", left), ("window right", right)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < -1:
+            raise ValueError(f"{name} = {value!r} must be an int >= -1 (-1: unbounded)")
+    return int(left), int(right)
+
+
+def _check_devices(**tensors):
+    device = tensors["q"].device
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        if tensor.device.type != "cuda":
+            hint = "" if torch.cuda.is_available() else (
+                " (torch.cuda.is_available() is False: this process sees no CUDA GPU)")
+            raise ValueError(f"{name} is on {tensor.device}: sigattn runs on CUDA GPUs only, "
+                             f"every tensor must be a CUDA tensor{hint}")
+        if tensor.device != device:
+            raise ValueError(f"all tensors must be on one device: q is on {device}, {name} on "
+                             f"{tensor.device}")
