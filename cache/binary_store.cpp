@@ -92,8 +92,10 @@ std::optional<StoredBinary> BinaryStore::find(const BinaryKey& key) {
     return std::nullopt;
   }
   ++stats_.hits;
-  db_.prepare(fmt::format("UPDATE binaries SET used_at = ?1, use_sequence = {} WHERE key = ?2",
-                          kNextUseSequence))
+  db_
+      .prepare(fmt::format(
+          "UPDATE binaries SET used_at = ?1, use_sequence = {}, served = served + 1 WHERE key = ?2",
+          kNextUseSequence))
       .bind(1, now_seconds())
       .bind(2, found->key.hash())
       .run();
@@ -156,9 +158,10 @@ std::int64_t BinaryStore::evict_to(std::int64_t max_bytes) {
 }
 
 BinarySummary BinaryStore::summary() {
-  Statement totals = db_.prepare("SELECT count(*), coalesce(sum(size), 0) FROM binaries");
+  Statement totals = db_.prepare(
+      "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(served), 0) FROM binaries");
   totals.step();
-  return {totals.integer(0), totals.integer(1)};
+  return {totals.integer(0), totals.integer(1), totals.integer(2)};
 }
 
 std::vector<BinaryRow> BinaryStore::verify() {

@@ -59,6 +59,7 @@ struct BinaryStoreStats {
 struct BinarySummary {
   std::int64_t count = 0;
   std::int64_t bytes = 0;
+  std::int64_t served = 0;  // reads that returned a binary, over the database's lifetime
 };
 
 // A row that verify() or prune() reports.

@@ -83,6 +83,10 @@ CREATE TABLE tuning_candidates (
                seqlen_k_bucket, tile)
 );
 )sql",
+    // 3: how many times each binary was served from the database in place of NVRTC.
+    R"sql(
+ALTER TABLE binaries ADD COLUMN served INTEGER NOT NULL DEFAULT 0;
+)sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion,
               "kSchemaVersion must equal the number of migrations");

@@ -19,7 +19,7 @@ struct sqlite3_stmt;
 namespace sigattn::cache {
 
 // The schema this code writes. Bump it together with a new entry in the migration list.
-inline constexpr int kSchemaVersion = 2;
+inline constexpr int kSchemaVersion = 3;
 
 // How long a connection waits for another process's lock before reporting SQLITE_BUSY.
 inline constexpr int kBusyTimeoutMs = 10000;

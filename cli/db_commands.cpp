@@ -46,8 +46,8 @@ int show(const std::string& path) {
   fmt::print("database: {} (schema {})\n", path, db.schema_version());
   fmt::print("template hash: {}, generator version {}\n", gen::template_hash(),
              gen::kGeneratorVersion);
-  fmt::print("compiled kernels: {} ({:.1f} MiB)\n", summary.count,
-             static_cast<double>(summary.bytes) / (1024.0 * 1024.0));
+  fmt::print("compiled kernels: {} ({:.1f} MiB), served in place of NVRTC {} times\n",
+             summary.count, static_cast<double>(summary.bytes) / (1024.0 * 1024.0), summary.served);
   const std::vector<cache::TuningResult> results = tuning.all_best();
   fmt::print("tuning results: {}\n", results.size());
   if (!results.empty()) {

@@ -27,6 +27,8 @@
 #include "runtime/compiler.hpp"
 #include "runtime/doctor.hpp"
 #include "runtime/errors.hpp"
+#include "runtime/module_cache.hpp"
+#include "runtime/persistent_cache.hpp"
 #include "tuner/search_space.hpp"
 
 namespace {
@@ -130,18 +132,25 @@ struct CompileJob {
   std::string name;
 };
 
-// One kernel's result: `compiled` on success, otherwise `error` (and the NVRTC log when there is
-// one). A failed kernel is data; only a missing NVRTC or an unexpected exception stops the run.
+// One kernel's result: `compiled` on success (from_cache when the user database already held it,
+// so NVRTC did not run), otherwise `error` (and the NVRTC log when there is one). A failed kernel
+// is data; only a missing NVRTC or an unexpected exception stops the run.
 struct CompileOutcome {
   std::optional<sigattn::CompiledKernel> compiled;
+  bool from_cache = false;
   std::string error;
   std::string log;
 };
 
+// Compiles through the caches, so that what is built here is what the runtime finds later.
 CompileOutcome compile_one(const CompileJob& job, const std::string& arch) {
   CompileOutcome outcome;
   try {
-    outcome.compiled = sigattn::compile(sigattn::gen::generate(job.variant), arch);
+    const sigattn::gen::GeneratedKernel kernel = sigattn::gen::generate(job.variant);
+    outcome.compiled = sigattn::PersistentCache::instance().find_binary(kernel, arch);
+    outcome.from_cache = outcome.compiled.has_value();
+    if (!outcome.from_cache)
+      outcome.compiled = *sigattn::ModuleCache::instance().compiled(kernel, arch);
   } catch (const sigattn::CompileError& e) {
     outcome.error = e.what();
     outcome.log = e.log();
@@ -168,9 +177,9 @@ std::string outcome_line(const CompileJob& job, const CompileOutcome& outcome) {
     return line + first_lines(outcome.log, kLogLinesShown);
   }
   const sigattn::CompiledKernel& k = *outcome.compiled;
-  return fmt::format("{:<7} {:<64} regs {:>3}  spill st {:>4} B ld {:>4} B  {:>8.1f} ms\n",
-                     k.spills() ? "spills" : "ok", job.name, k.registers, k.spill_store_bytes,
-                     k.spill_load_bytes, k.compile_ms);
+  const char* status = k.spills() ? "spills" : outcome.from_cache ? "cached" : "ok";
+  return fmt::format("{:<7} {:<64} regs {:>3}  spill st {:>4} B ld {:>4} B  {:>8.1f} ms\n", status,
+                     job.name, k.registers, k.spill_store_bytes, k.spill_load_bytes, k.compile_ms);
 }
 
 nlohmann::json outcome_json(const CompileJob& job, const CompileOutcome& outcome) {
@@ -183,6 +192,7 @@ nlohmann::json outcome_json(const CompileJob& job, const CompileOutcome& outcome
   }
   const sigattn::CompiledKernel& k = *outcome.compiled;
   entry["status"] = k.spills() ? "spills" : "ok";
+  entry["from_cache"] = outcome.from_cache;
   entry["registers"] = k.registers;
   entry["spill_store_bytes"] = k.spill_store_bytes;
   entry["spill_load_bytes"] = k.spill_load_bytes;
@@ -279,12 +289,15 @@ int run_compile(const std::string& arch, unsigned jobs_requested,
   if (fatal) std::rethrow_exception(fatal);
 
   std::size_t failed = 0;
+  std::size_t from_cache = 0;
   nlohmann::json listing = nlohmann::json::array();
   for (std::size_t i = 0; i < jobs.size(); ++i) {
     if (!outcomes[i].compiled) ++failed;
+    if (outcomes[i].from_cache) ++from_cache;
     if (json) listing.push_back(outcome_json(jobs[i], outcomes[i]));
   }
-  const std::string summary = fmt::format("compiled {}, failed {}", jobs.size() - failed, failed);
+  const std::string summary = fmt::format("compiled {}, from cache {}, failed {}",
+                                          jobs.size() - failed - from_cache, from_cache, failed);
   if (json) {
     fmt::print("{}\n", listing.dump(2));
     fmt::print(stderr, "{}\n", summary);

@@ -9,12 +9,16 @@
 #include <nlohmann/json.hpp>
 #include <system_error>
 
-#include "cache/paths.hpp"
+#include "cache/binary_store.hpp"
+#include "cache/database.hpp"
+#include "cache/json_io.hpp"
+#include "cache/tuning_store.hpp"
 #include "generator/generator.hpp"
 #include "generator/template_store.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "runtime/install_paths.hpp"
 #include "runtime/nvrtc.hpp"
+#include "runtime/persistent_cache.hpp"
 #include "sigattn/sigattn.hpp"
 
 namespace sigattn {
@@ -66,7 +70,17 @@ void collect_nvrtc(DoctorReport& report) {
 
 void collect_database(DoctorReport& report) {
   try {
-    report.user_database = cache::user_database_path().string();
+    const std::filesystem::path path = PersistentCache::instance().database_path();
+    report.user_database = path.string();
+    std::error_code missing;
+    report.user_database_exists = std::filesystem::exists(path, missing);
+    if (!report.user_database_exists) return;
+    cache::Database db(path, cache::OpenMode::read_only);
+    const cache::BinarySummary summary = cache::BinaryStore(db).summary();
+    report.binaries = summary.count;
+    report.binary_bytes = summary.bytes;
+    report.binaries_served = summary.served;
+    report.tuning_results = static_cast<std::int64_t>(cache::TuningStore(db).all_best().size());
   } catch (const std::exception& error) {
     report.user_database_message = error.what();
   }
@@ -77,6 +91,13 @@ void collect_shipped_data(DoctorReport& report) {
   report.shipped_data_dir = directory.string();
   std::error_code error;
   report.shipped_data_dir_exists = std::filesystem::is_directory(directory, error);
+  if (!report.shipped_data_dir_exists) return;
+  try {
+    report.shipped_results =
+        static_cast<std::int64_t>(cache::read_shipped_directory(directory).results.size());
+  } catch (const std::exception& failure) {
+    report.shipped_message = failure.what();
+  }
 }
 
 std::string driver_version_text(int version) {
@@ -128,13 +149,30 @@ std::string doctor_text(const DoctorReport& report) {
   } else {
     fmt::format_to(out, "NVRTC: not available\n  {}\n", report.nvrtc_message);
   }
-  if (!report.user_database.empty()) {
-    fmt::format_to(out, "user database: {}\n", report.user_database);
-  } else {
+  if (report.user_database.empty()) {
     fmt::format_to(out, "user database: unknown\n  {}\n", report.user_database_message);
+  } else if (!report.user_database_exists) {
+    fmt::format_to(out, "user database: {} (does not exist yet)\n", report.user_database);
+  } else if (!report.user_database_message.empty()) {
+    fmt::format_to(out, "user database: {} (cannot be read)\n  {}\n", report.user_database,
+                   report.user_database_message);
+  } else {
+    fmt::format_to(out,
+                   "user database: {}\n  compiled kernels: {} ({:.1f} MiB), served in place of "
+                   "NVRTC {} times\n  tuning results: {}\n",
+                   report.user_database, report.binaries,
+                   static_cast<double>(report.binary_bytes) / (1024.0 * 1024.0),
+                   report.binaries_served, report.tuning_results);
   }
   fmt::format_to(out, "shipped data: {}{}\n", report.shipped_data_dir,
                  report.shipped_data_dir_exists ? "" : " (not found)");
+  if (report.shipped_data_dir_exists) {
+    if (report.shipped_message.empty()) {
+      fmt::format_to(out, "  tuning results: {}\n", report.shipped_results);
+    } else {
+      fmt::format_to(out, "  not usable: {}\n", report.shipped_message);
+    }
+  }
   return text;
 }
 
@@ -164,9 +202,19 @@ std::string doctor_json(const DoctorReport& report) {
        {{"loaded", report.nvrtc_loaded},
         {"version", report.nvrtc_version},
         {"message", report.nvrtc_message}}},
-      {"database", {{"user", report.user_database}, {"message", report.user_database_message}}},
+      {"database",
+       {{"user", report.user_database},
+        {"exists", report.user_database_exists},
+        {"message", report.user_database_message},
+        {"binaries", report.binaries},
+        {"binary_bytes", report.binary_bytes},
+        {"binaries_served", report.binaries_served},
+        {"tuning_results", report.tuning_results}}},
       {"shipped_data",
-       {{"directory", report.shipped_data_dir}, {"exists", report.shipped_data_dir_exists}}},
+       {{"directory", report.shipped_data_dir},
+        {"exists", report.shipped_data_dir_exists},
+        {"tuning_results", report.shipped_results},
+        {"message", report.shipped_message}}},
   };
   return json.dump(2);
 }

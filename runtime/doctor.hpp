@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -36,10 +37,18 @@ struct DoctorReport {
   std::string nvrtc_message;  // why NVRTC cannot be loaded
 
   std::string user_database;          // empty when it cannot be placed
-  std::string user_database_message;  // why not
+  std::string user_database_message;  // why not, or why its contents cannot be read
+  bool user_database_exists = false;
+  // The user database's contents, read without changing the file.
+  std::int64_t binaries = 0;
+  std::int64_t binary_bytes = 0;
+  std::int64_t binaries_served = 0;  // times a stored binary replaced an NVRTC run
+  std::int64_t tuning_results = 0;
 
   std::string shipped_data_dir;  // where the shipped tuning databases are looked for
   bool shipped_data_dir_exists = false;
+  std::int64_t shipped_results = 0;
+  std::string shipped_message;  // why the shipped data cannot be used
 };
 
 DoctorReport collect_doctor_report();

@@ -48,6 +48,11 @@ void PersistentCache::set_database_path(const std::filesystem::path& path) {
   opened_ = false;
 }
 
+std::filesystem::path PersistentCache::database_path() {
+  std::lock_guard lock(mutex_);
+  return path_override_ ? *path_override_ : cache::user_database_path();
+}
+
 void PersistentCache::reset() {
   std::lock_guard lock(mutex_);
   binaries_.reset();

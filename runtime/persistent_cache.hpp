@@ -26,6 +26,9 @@ class PersistentCache {
   // Replaces $SIGATTN_DB and the default location; an empty path restores them. Takes effect
   // on the next use.
   void set_database_path(const std::filesystem::path& path);
+  // The user database this process uses: the override, else $SIGATTN_DB or the default location.
+  // Throws Error(not_available) when none gives a location.
+  std::filesystem::path database_path();
 
   // The key of a generated kernel's binary. nvrtc_version is the version of the NVRTC that
   // would compile it here, or empty when NVRTC cannot be loaded: a stored CUBIN of any NVRTC

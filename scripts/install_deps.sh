@@ -8,6 +8,8 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libfmt-dev nlohmann-json3-dev libsqlite3-dev libgtest-dev libcli11-dev libxxhash-dev
   clang-format
+  # The Python package's tests: a virtual environment over Debian's Python, and its torch.
+  python3-venv python3-torch
 )
 
 if [[ $(id -u) -eq 0 ]]; then

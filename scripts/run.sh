@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install the dependencies, build, report the machine with
-# `sigattn doctor`, compile the default kernel space for sm_90a (last line: "compiled N, failed M"),
+# `sigattn doctor`, compile the default kernel space for sm_90a (last line: "compiled N, from cache C, failed M"),
 # and, where a GPU is present, run the GPU tests.
 set -euo pipefail
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs the dependencies, configures build/ (or $BUILD_DIR) afresh with
 # Ninja, builds, runs the CPU tests and the GPU tests (which skip themselves where there is
-# no GPU), and checks that the C++ sources are clang-formatted.
+# no GPU), installs the Python package (python/) into a virtual environment and runs its tests,
+# and checks that the C++ sources are clang-formatted.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -15,6 +16,14 @@ cmake --build "$build_dir"
 cd "$build_dir"
 ctest -L cpu --output-on-failure -j2
 ctest -L gpu --output-on-failure
+
+# The Python package as a user gets it: `pip install ./python` (which builds its own copy of the
+# library) into a virtual environment that sees Debian's python3-torch, then its tests, run from
+# outside the source tree so that the installed package is the one imported.
+python_env=$build_dir/python-venv
+/usr/bin/python3 -m venv --clear --system-site-packages "$python_env"
+"$python_env/bin/python" -m pip install --quiet "$repo/python"
+"$python_env/bin/python" -m unittest discover -s "$repo/python/tests" -v
 
 # The C++ sources: what git tracks or would track (build directories are ignored), or, outside a
 # git checkout, every source file not under a build directory.

@@ -46,10 +46,10 @@ function(cli_test name)
     list(APPEND checks -DEXPECT_JSON=${CLI_JSON})
   endif()
   add_test(NAME cli_${name} COMMAND ${CMAKE_COMMAND} ${checks} -P ${CMAKE_CURRENT_LIST_FILE})
-  set_tests_properties(cli_${name} PROPERTIES LABELS cpu)
-  if(DEFINED CLI_ENVIRONMENT)
-    set_tests_properties(cli_${name} PROPERTIES ENVIRONMENT "${CLI_ENVIRONMENT}")
-  endif()
+  # Each test has its own database under the build tree unless it names another; the user's
+  # database is never touched.
+  set_tests_properties(cli_${name} PROPERTIES LABELS cpu ENVIRONMENT
+                       "SIGATTN_DB=${CMAKE_CURRENT_BINARY_DIR}/cli_db/${name}.db;${CLI_ENVIRONMENT}")
   if(DEFINED CLI_TIMEOUT)
     set_tests_properties(cli_${name} PROPERTIES TIMEOUT ${CLI_TIMEOUT})
   endif()
@@ -57,7 +57,7 @@ endfunction()
 
 set(cli_spec fwd.fp16.d64.dense.nomask.nosmod.fast.anylen)
 string(REPLACE "." "\\." cli_version_regex "${PROJECT_VERSION}")
-set(cli_summary_ok "compiled [1-9][0-9]*, failed 0$")
+set(cli_summary_ok "compiled [0-9]+, from cache [0-9]+, failed 0$")
 
 cli_test(version EXIT 0 ARGS --version STDOUT "^${cli_version_regex}$")
 cli_test(no_command_is_usage_error EXIT 2 STDERR "subcommand")
@@ -90,6 +90,27 @@ cli_test(compile_bad_spec EXIT 2 ARGS compile --arch sm_80 --spec fwd.bf16.d128 
 cli_test(compile_without_nvrtc EXIT 3 ARGS compile --arch sm_80 --spec ${cli_spec}
          STDERR "/nonexistent/libnvrtc.so"
          ENVIRONMENT SIGATTN_NVRTC_LIBRARY=/nonexistent/libnvrtc.so)
+
+# A second process finds every kernel the first compiled and never needs NVRTC: it runs with
+# NVRTC made unloadable. The database is deleted first so the first process really compiles.
+set(cli_warm_db ${CMAKE_CURRENT_BINARY_DIR}/cli_db/warm.db)
+add_test(NAME cli_cache_reset COMMAND ${CMAKE_COMMAND} -E rm -f ${cli_warm_db} ${cli_warm_db}-wal
+                                      ${cli_warm_db}-shm)
+set_tests_properties(cli_cache_reset PROPERTIES LABELS cpu FIXTURES_SETUP cli_cold_cache)
+cli_test(compile_fills_cache EXIT 0 ARGS compile --arch sm_90a --db ${cli_warm_db} --spec ${cli_spec}
+         STDOUT "compiled [1-9][0-9]*, from cache 0, failed 0$" TIMEOUT 900)
+set_tests_properties(cli_compile_fills_cache PROPERTIES FIXTURES_REQUIRED cli_cold_cache
+                                                        FIXTURES_SETUP cli_warm_cache)
+cli_test(compile_second_process_without_nvrtc EXIT 0
+         ARGS compile --arch sm_90a --db ${cli_warm_db} --spec ${cli_spec}
+         STDOUT "cached .*compiled 0, from cache [1-9][0-9]*, failed 0$"
+         ENVIRONMENT SIGATTN_NVRTC_LIBRARY=/nonexistent/libnvrtc.so)
+set_tests_properties(cli_compile_second_process_without_nvrtc PROPERTIES
+                     FIXTURES_REQUIRED cli_warm_cache)
+cli_test(doctor_counts_served_binaries EXIT 0 ARGS doctor --db ${cli_warm_db}
+         STDOUT "served in place of NVRTC [1-9][0-9]* times")
+set_tests_properties(cli_doctor_counts_served_binaries PROPERTIES
+                     FIXTURES_REQUIRED cli_warm_cache DEPENDS cli_compile_second_process_without_nvrtc)
 
 # The db commands, each on its own database file under the build tree.
 set(cli_db_dir ${CMAKE_CURRENT_BINARY_DIR}/cli_db)

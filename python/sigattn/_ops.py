@@ -6,6 +6,7 @@ Arguments arrive validated (see attention.py); the tensors are passed with their
 """
 
 import ctypes
+import re
 from typing import Optional, Tuple
 
 import torch
@@ -14,8 +15,15 @@ from . import _library
 
 _DTYPES = {torch.bfloat16: _library.DTYPE_BF16, torch.float16: _library.DTYPE_FP16}
 
-# torch.library.custom_op with register_fake / register_autograd arrived in torch 2.4.
-REGISTERED_AS_TORCH_OP = hasattr(torch.library, "custom_op")
+
+def _torch_version():
+    match = re.match(r"(\d+)\.(\d+)", torch.__version__)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+# torch.library.custom_op with register_fake / register_autograd is public from torch 2.4 (2.3
+# had a private one of another signature).
+REGISTERED_AS_TORCH_OP = _torch_version() >= (2, 4) and hasattr(torch.library, "custom_op")
 
 
 def _tensor_ref(tensor, packed):
@@ -47,7 +55,9 @@ def _fill(args, q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, sco
     args.cu_seqlens_q, args.cu_seqlens_k = _pointer(cu_seqlens_q), _pointer(cu_seqlens_k)
     if score_mod is not None:
         args.score_mod = score_mod.data_ptr()
-        args.score_mod_batch_stride = max_seqlen_k if score_mod.shape[0] == 1 else score_mod.stride(0)
+        # A single row's stride is never stepped over; the runtime still wants it >= max_seqlen_k.
+        rows = score_mod.shape[0]
+        args.score_mod_batch_stride = max_seqlen_k if rows == 1 else score_mod.stride(0)
     args.causal = int(causal)
     args.window_left, args.window_right = window_left, window_right
     if scale is not None:

@@ -120,8 +120,10 @@ def _run(q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, batch, max
             raise ValueError(f"sigmoid_bias = {sigmoid_bias} must be finite")
     if sigmoid not in _SIGMOID_MODES:
         raise ValueError(f"sigmoid = {sigmoid!r} must be one of {_SIGMOID_MODES}")
-    _check_devices(q=q, k=k, v=v, seq_lens_q=seq_lens_q, seq_lens_k=seq_lens_k,
-                   cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, score_mod=score_mod)
+    names = ("q", "k", "v") if cu_seqlens_q is not None else ("query", "key", "value")
+    _check_devices(zip(names + ("seq_lens_q", "seq_lens_k", "cu_seqlens_q", "cu_seqlens_k",
+                                "score_mod"),
+                       (q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, score_mod)))
     return _ops.attention(q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, score_mod,
                           max_seqlen_q, max_seqlen_k, bool(is_causal), window_left, window_right,
                           scale, sigmoid_bias, sigmoid == "accurate", bool(trust_lengths))
@@ -221,9 +223,9 @@ def _window(window):
     return int(left), int(right)
 
 
-def _check_devices(**tensors):
-    device = tensors["q"].device
-    for name, tensor in tensors.items():
+def _check_devices(named_tensors):
+    first_name, device = None, None
+    for name, tensor in named_tensors:
         if tensor is None:
             continue
         if tensor.device.type != "cuda":
@@ -231,6 +233,8 @@ def _check_devices(**tensors):
                 " (torch.cuda.is_available() is False: this process sees no CUDA GPU)")
             raise ValueError(f"{name} is on {tensor.device}: sigattn runs on CUDA GPUs only, "
                              f"every tensor must be a CUDA tensor{hint}")
-        if tensor.device != device:
-            raise ValueError(f"all tensors must be on one device: q is on {device}, {name} on "
-                             f"{tensor.device}")
+        if first_name is None:
+            first_name, device = name, tensor.device
+        elif tensor.device != device:
+            raise ValueError(f"all tensors must be on one device: {first_name} is on {device}, "
+                             f"{name} on {tensor.device}")

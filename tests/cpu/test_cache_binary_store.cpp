@@ -85,6 +85,9 @@ TEST(BinaryStore, RoundTripAndCounters) {
   EXPECT_EQ(store.stats().stores, 1u);
   EXPECT_EQ(store.summary().count, 1);
   EXPECT_EQ(store.summary().bytes, 1000);
+  EXPECT_EQ(store.summary().served, 1);
+  store.find(sample_key());
+  EXPECT_EQ(store.summary().served, 2);
 }
 
 TEST(BinaryStore, ChangeOfAnyKeyFieldMisses) {

@@ -105,11 +105,12 @@ TEST(Database, MigratesVersionOneKeepingItsRows) {
       '2025-01-01T00:00:00Z');
   )sql");
   Database db(path, OpenMode::read_write);
-  EXPECT_EQ(db.schema_version(), 2);
+  EXPECT_EQ(db.schema_version(), 3);
   EXPECT_EQ(single_text(db, "SELECT tile || '|' || method || '|' || source FROM tuning_best"),
             "sm80.m128n64w4s2||");
   EXPECT_EQ(single_text(db, "SELECT count(*) FROM tuning_candidates"), "0");
-  EXPECT_EQ(single_text(db, "SELECT group_concat(version) FROM schema_version"), "1,2");
+  EXPECT_EQ(single_text(db, "SELECT count(served) FROM binaries"), "0");
+  EXPECT_EQ(single_text(db, "SELECT group_concat(version) FROM schema_version"), "1,2,3");
 }
 
 TEST(Database, OlderSchemaOpenedReadOnlyIsAnError) {

@@ -3,11 +3,18 @@
 #include <gtest/gtest.h>
 #include <sigattn/version.h>
 
+#include <cstdlib>
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
 
+#include "cache/binary_store.hpp"
+#include "cache/database.hpp"
 #include "generator/generator.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "runtime/doctor.hpp"
+#include "temp_dir.hpp"
 
 namespace sigattn {
 namespace {
@@ -44,6 +51,87 @@ TEST(Doctor, JsonCarriesTheReport) {
   EXPECT_EQ(json.at("driver").at("devices").size(), report.devices.size());
   EXPECT_EQ(json.at("nvrtc").at("version"), report.nvrtc_version);
   EXPECT_EQ(json.at("database").at("user"), report.user_database);
+}
+
+// Points $SIGATTN_DB at a file for one test and restores it afterwards.
+class DatabaseEnvironment {
+ public:
+  explicit DatabaseEnvironment(const std::filesystem::path& path) {
+    if (const char* value = std::getenv("SIGATTN_DB")) saved_ = value;
+    ::setenv("SIGATTN_DB", path.c_str(), 1);
+  }
+  ~DatabaseEnvironment() {
+    if (saved_) {
+      ::setenv("SIGATTN_DB", saved_->c_str(), 1);
+    } else {
+      ::unsetenv("SIGATTN_DB");
+    }
+  }
+
+ private:
+  std::optional<std::string> saved_;
+};
+
+TEST(Doctor, CountsTheUserDatabaseWithoutChangingIt) {
+  testing::TempDir dir;
+  const std::filesystem::path path = dir / "sigattn.db";
+  {
+    cache::Database db(path, cache::OpenMode::read_write);
+    cache::BinaryStore store(db);
+    cache::BinaryKey key{"0123456789abcdef0123456789abcdef",
+                         1,
+                         "fwd/sm80",
+                         "sm80.m64n64w4s2",
+                         "sm_90a",
+                         "13.0",
+                         "-std=c++17",
+                         "fedcba9876543210fedcba9876543210"};
+    cache::StoredBinary binary;
+    binary.key = key;
+    binary.lowered_name = "kernel";
+    binary.cubin.assign(2048, 'c');
+    store.put(binary);
+    ASSERT_TRUE(store.find(key));
+    ASSERT_TRUE(store.find(key));
+  }
+  DatabaseEnvironment environment(path);
+  const DoctorReport report = collect_doctor_report();
+  EXPECT_TRUE(report.user_database_exists);
+  EXPECT_TRUE(report.user_database_message.empty()) << report.user_database_message;
+  EXPECT_EQ(report.binaries, 1);
+  EXPECT_EQ(report.binary_bytes, 2048);
+  EXPECT_EQ(report.binaries_served, 2);
+  EXPECT_EQ(report.tuning_results, 0);
+  const std::string text = doctor_text(report);
+  EXPECT_NE(text.find("compiled kernels: 1 (0.0 MiB), served in place of NVRTC 2 times"),
+            std::string::npos)
+      << text;
+  const nlohmann::json json = nlohmann::json::parse(doctor_json(report));
+  EXPECT_EQ(json.at("database").at("binaries_served"), 2);
+}
+
+TEST(Doctor, ExplainsAnUnreadableDatabase) {
+  testing::TempDir dir;
+  const std::filesystem::path path = dir / "sigattn.db";
+  std::ofstream(path) << "this is not a database";
+  DatabaseEnvironment environment(path);
+  const DoctorReport report = collect_doctor_report();
+  EXPECT_TRUE(report.user_database_exists);
+  EXPECT_FALSE(report.user_database_message.empty());
+  EXPECT_NE(doctor_text(report).find("(cannot be read)"), std::string::npos);
+  std::string contents;
+  std::getline(std::ifstream(path), contents);
+  EXPECT_EQ(contents, "this is not a database");
+}
+
+TEST(Doctor, MissingDatabaseIsNotCreated) {
+  testing::TempDir dir;
+  const std::filesystem::path path = dir / "sigattn.db";
+  DatabaseEnvironment environment(path);
+  const DoctorReport report = collect_doctor_report();
+  EXPECT_FALSE(report.user_database_exists);
+  EXPECT_NE(doctor_text(report).find("(does not exist yet)"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(path));
 }
 
 }  // namespace

@@ -1,0 +1,371 @@
+"""CPU tests of the sigattn Python package (no GPU needed): it imports, rejects bad input with
+clear errors before anything runs, maps C ABI failures to SigattnError, drives `sigattn tune` with
+the right command line, and its ctypes structures match include/sigattn/sigattn.h field for field.
+Run: python3 -m unittest discover -s python/tests (with the package installed, or
+PYTHONPATH=python and SIGATTN_LIBRARY=build/libsigattn.so).
+"""
+
+import ctypes
+import ctypes.util
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import unittest
+from unittest import mock
+
+import torch
+
+import sigattn
+from sigattn import _library, _ops, tuning
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HEADER = os.path.join(REPO, "include", "sigattn", "sigattn.h")
+
+
+def read_text(path):
+    with open(path) as file:
+        return file.read()
+
+
+def library_or_none():
+    try:
+        return _library.library()
+    except sigattn.SigattnError:
+        return None
+
+
+def bthd(batch=2, seq=16, heads=4, dim=64, dtype=torch.bfloat16):
+    return torch.randn(batch, seq, heads, dim).to(dtype)
+
+
+class ImportAndDeviceTest(unittest.TestCase):
+    def test_imports_without_a_gpu_and_says_how_it_registered(self):
+        version = tuple(int(x) for x in torch.__version__.split(".")[:2])
+        self.assertEqual(sigattn.REGISTERED_AS_TORCH_OP, version >= (2, 4))
+        self.assertTrue(callable(sigattn.sigmoid_attention))
+
+    def test_cpu_tensors_are_refused_with_a_clear_error(self):
+        q, k, v = bthd(), bthd(), bthd()
+        with self.assertRaisesRegex(ValueError, r"query is on cpu: sigattn runs on CUDA GPUs"):
+            sigattn.sigmoid_attention(q, k, v)
+        if not torch.cuda.is_available():
+            with self.assertRaisesRegex(ValueError, r"torch.cuda.is_available\(\) is False"):
+                sigattn.sigmoid_attention(q, k, v, is_causal=True)
+
+    def test_cpu_lengths_are_refused(self):
+        q = bthd()
+        lens = torch.tensor([3, 16], dtype=torch.int32)
+        with self.assertRaisesRegex(ValueError, "CUDA"):
+            sigattn.sigmoid_attention_padded(q, q, q, seq_lens_k=lens, seq_lens_q=lens)
+
+    def test_cpu_varlen_is_refused(self):
+        q = torch.randn(40, 4, 64).to(torch.float16)
+        cu = torch.tensor([0, 15, 40], dtype=torch.int32)
+        with self.assertRaisesRegex(ValueError, "q is on cpu"):
+            sigattn.sigmoid_attention_varlen(q, q, q, cu, cu, 25, 25)
+
+
+class ValidationTest(unittest.TestCase):
+    """Every check runs before the device check, so CPU tensors reach each of them."""
+
+    def assert_rejected(self, error, pattern, *args, **kwargs):
+        with self.assertRaisesRegex(error, pattern):
+            sigattn.sigmoid_attention(*args, **kwargs)
+
+    def test_dtype(self):
+        q = bthd(dtype=torch.float32)
+        self.assert_rejected(TypeError, r"query has dtype torch.float32; sigattn supports", q, q, q)
+        self.assert_rejected(TypeError, "one dtype", bthd(), bthd(dtype=torch.float16), bthd())
+
+    def test_not_a_tensor(self):
+        self.assert_rejected(TypeError, "key must be a torch.Tensor", bthd(), [1.0], bthd())
+
+    def test_rank(self):
+        self.assert_rejected(ValueError, r"query must be 4-D \[batch, seq, heads, head_dim\]",
+                             torch.randn(16, 4, 64).bfloat16(), bthd(), bthd())
+
+    def test_mismatched_shapes(self):
+        self.assert_rejected(ValueError, "batch size mismatch", bthd(batch=3), bthd(), bthd())
+        self.assert_rejected(ValueError, "head dim mismatch", bthd(dim=32), bthd(), bthd())
+        self.assert_rejected(ValueError, "key and value must have the same shape", bthd(),
+                             bthd(seq=8), bthd())
+
+    def test_gqa_head_counts(self):
+        self.assert_rejected(ValueError, r"query has 6 heads, which is not a multiple of the 4",
+                             bthd(heads=6), bthd(heads=4), bthd(heads=4))
+        self.assert_rejected(ValueError, "is on cpu", bthd(heads=8), bthd(heads=2),
+                             bthd(heads=2))
+
+    def test_head_dim(self):
+        for dim in (12, 264):
+            self.assert_rejected(ValueError, f"head_dim = {dim} is not supported", bthd(dim=dim),
+                                 bthd(dim=dim), bthd(dim=dim))
+
+    def test_head_dim_not_contiguous(self):
+        q = torch.randn(2, 16, 64, 4).bfloat16().transpose(2, 3)
+        self.assert_rejected(ValueError, "query has head-dim stride 4: the head dimension must be "
+                             "contiguous", q, bthd(), bthd())
+
+    def test_odd_strides(self):
+        q = torch.randn(2, 16, 4, 65).bfloat16()[..., :64]
+        self.assert_rejected(ValueError, r"query.stride\(1\) = 260 must be a non-negative multiple "
+                             "of 8", q, bthd(), bthd())
+
+    def test_bhtd_view_passes_the_layout_checks(self):
+        q = torch.randn(2, 4, 16, 64).bfloat16().transpose(1, 2)
+        self.assertFalse(q.is_contiguous())
+        self.assert_rejected(ValueError, "is on cpu", q, q, q)
+
+    def test_options(self):
+        q = bthd()
+        self.assert_rejected(ValueError, "window must be None or a", q, q, q, window=4)
+        self.assert_rejected(ValueError, "window left = -2", q, q, q, window=(-2, 0))
+        self.assert_rejected(ValueError, r"scale = -1.0 must be finite and > 0", q, q, q,
+                             scale=-1.0)
+        self.assert_rejected(ValueError, "sigmoid_bias = inf must be finite", q, q, q,
+                             sigmoid_bias=float("inf"))
+        self.assert_rejected(ValueError, "sigmoid = 'exact' must be one of", q, q, q,
+                             sigmoid="exact")
+
+    def test_lengths_and_score_mod(self):
+        q = bthd()
+        self.assert_rejected(ValueError, r"seq_lens_k must have shape \(2,\)", q, q, q,
+                             seq_lens_k=torch.tensor([1, 2, 3], dtype=torch.int32))
+        self.assert_rejected(TypeError, "seq_lens_q must be an integer tensor", q, q, q,
+                             seq_lens_q=torch.tensor([1.0, 2.0]))
+        self.assert_rejected(ValueError, r"score_mod must have shape \(2, 16\)", q, q, q,
+                             score_mod=torch.randn(2, 15))
+        self.assert_rejected(ValueError, r"max_seqlen_q = 0 is out of range", bthd(seq=0), q, q)
+
+    def test_varlen_arguments(self):
+        q = torch.randn(40, 4, 64).bfloat16()
+        cu = torch.tensor([0, 15, 40], dtype=torch.int32)
+        with self.assertRaisesRegex(ValueError, "cu_seqlens_q and cu_seqlens_k are both required"):
+            sigattn.sigmoid_attention_varlen(q, q, q, cu, None, 25, 25)
+        with self.assertRaisesRegex(ValueError, r"cu_seqlens_k must have shape \(3,\)"):
+            sigattn.sigmoid_attention_varlen(q, q, q, cu, cu[:2], 25, 25)
+        with self.assertRaisesRegex(TypeError, "max_seqlen_k must be an int"):
+            sigattn.sigmoid_attention_varlen(q, q, q, cu, cu, 25, 25.0)
+        with self.assertRaisesRegex(ValueError, r"q must be 3-D \[total_tokens, heads, head_dim\]"):
+            sigattn.sigmoid_attention_varlen(bthd(), bthd(), bthd(), cu, cu, 25, 25)
+
+
+@unittest.skipIf(sigattn.REGISTERED_AS_TORCH_OP, "the custom op's autograd runs in test_gpu.py")
+class AutogradFunctionTest(unittest.TestCase):
+    """torch < 2.4: the autograd.Function hands the backward every saved input and option and
+    returns one gradient per input (the kernels replaced by stand-ins)."""
+
+    def test_backward_receives_the_forward_inputs(self):
+        seen = {}
+
+        def forward(q, k, v, *rest):
+            return q * 2.0
+
+        def backward(grad_out, q, k, v, *rest):
+            seen["inputs"] = (q, k, v) + rest
+            return grad_out * 2.0, torch.ones_like(k), torch.zeros_like(v)
+
+        q, k, v = (torch.randn(2, 8, 2, 8, requires_grad=True) for _ in range(3))
+        lens = torch.tensor([3, 8], dtype=torch.int32)
+        inputs = (q, k, v, lens, lens, None, None, None, 8, 8, True, 4, -1, 0.5, None, True,
+                  False)
+        with mock.patch.object(_ops, "_forward_impl", forward), \
+                mock.patch.object(_ops, "_backward_impl", backward):
+            out = _ops.attention(*inputs)
+            out.backward(torch.ones_like(out))
+        self.assertEqual(len(seen["inputs"]), len(inputs))
+        for expected, actual in zip(inputs, seen["inputs"]):
+            if isinstance(expected, torch.Tensor):
+                self.assertTrue(torch.equal(actual, expected))
+            else:
+                self.assertEqual(actual, expected)
+        self.assertTrue(torch.equal(q.grad, torch.full_like(q, 2.0)))
+        self.assertTrue(torch.equal(k.grad, torch.ones_like(k)))
+
+
+class LibraryTest(unittest.TestCase):
+    def test_missing_library_names_where_it_looked(self):
+        missing = os.path.join(tempfile.gettempdir(), "no-such-dir", "libsigattn.so")
+        with mock.patch.dict(os.environ, {_library.LIBRARY_VARIABLE: missing}):
+            self.assertEqual(_library.candidate_paths(), [missing])
+        with self.assertRaisesRegex(sigattn.SigattnError, "no-such-dir.*no such file(.|\n)*"
+                                    "SIGATTN_LIBRARY") as caught:
+            _library._open_first([missing])
+        self.assertIsNone(caught.exception.status)
+
+    def test_a_library_that_is_not_sigattn_is_refused(self):
+        libc = ctypes.util.find_library("c")
+        with self.assertRaisesRegex(sigattn.SigattnError, "not libsigattn"):
+            _library._open_first([libc])
+
+    def test_version_matches_the_cmake_project(self):
+        if library_or_none() is None:
+            self.skipTest("libsigattn.so not found (set SIGATTN_LIBRARY)")
+        cmake = read_text(os.path.join(REPO, "CMakeLists.txt"))
+        expected = re.search(r"project\(sigattn VERSION ([0-9.]+)", cmake).group(1)
+        self.assertEqual(sigattn.version(), expected)
+
+    def test_c_abi_failures_carry_the_last_error(self):
+        lib = library_or_none()
+        if lib is None:
+            self.skipTest("libsigattn.so not found (set SIGATTN_LIBRARY)")
+        args = _library.ForwardArgs()
+        lib.sigattn_forward_args_init(ctypes.byref(args))
+        self.assertEqual((args.window_left, args.window_right), (-1, -1))
+        args.batch = 0
+        status = lib.sigattn_forward(ctypes.byref(args), None)
+        with self.assertRaisesRegex(sigattn.SigattnError,
+                                    r"sigattn_forward failed \(SIGATTN_INVALID_ARGUMENT\): "
+                                    r"batch = 0 is out of range") as caught:
+            _library.check(status, "sigattn_forward")
+        self.assertEqual(caught.exception.status, "SIGATTN_INVALID_ARGUMENT")
+
+    def test_set_database_path(self):
+        if library_or_none() is None:
+            self.skipTest("libsigattn.so not found (set SIGATTN_LIBRARY)")
+        with tempfile.TemporaryDirectory() as directory:
+            path = os.path.join(directory, "tuning.db")
+            sigattn.set_database_path(path)
+            self.assertEqual(tuning._database_path, path)
+            sigattn.set_database_path(None)
+            self.assertIsNone(tuning._database_path)
+
+
+def write_executable(path, text):
+    with open(path, "w") as file:
+        file.write(text)
+    os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR)
+
+
+class TuneTest(unittest.TestCase):
+    def setUp(self):
+        self.directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.directory)
+        self.record = os.path.join(self.directory, "argv")
+        self.executable = os.path.join(self.directory, "sigattn")
+        write_executable(self.executable, f'#!/bin/sh\necho "$@" > {self.record}\nexit $EXIT\n')
+
+    def run_tune(self, *args, exit_code=0, **kwargs):
+        environment = {tuning.EXECUTABLE_VARIABLE: self.executable, "EXIT": str(exit_code)}
+        with mock.patch.dict(os.environ, environment):
+            tuning.tune(*args, **kwargs)
+        with open(self.record) as file:
+            return file.read().split()
+
+    def test_command_lines(self):
+        self.assertEqual(self.run_tune("quick", db="/tmp/x.db"),
+                         ["tune", "--preset", "quick", "--db", "/tmp/x.db"])
+        shapes = os.path.join(self.directory, "shapes.json")
+        open(shapes, "w").close()
+        self.assertEqual(self.run_tune(shapes=shapes, extra_args=["--arch", "sm_90a"]),
+                         ["tune", "--shapes", shapes, "--arch", "sm_90a"])
+        with mock.patch.object(tuning, "_database_path", "/tmp/set.db"):
+            self.assertEqual(self.run_tune("paper"),
+                             ["tune", "--preset", "paper", "--db", "/tmp/set.db"])
+
+    def test_failure_and_bad_arguments(self):
+        with self.assertRaisesRegex(sigattn.SigattnError, "failed with exit code 3"):
+            self.run_tune("quick", exit_code=3)
+        with self.assertRaisesRegex(ValueError, "exactly one of preset"):
+            tuning.tune()
+        with self.assertRaisesRegex(ValueError, "preset = 'full' must be"):
+            self.run_tune("full")
+        with self.assertRaisesRegex(ValueError, "is not a file"):
+            self.run_tune(shapes=os.path.join(self.directory, "missing.json"))
+
+    def test_executable_beside_the_library_or_on_path(self):
+        prefix_lib = os.path.join(self.directory, "prefix", "lib", "libsigattn.so")
+        prefix_bin = os.path.join(self.directory, "prefix", "bin", "sigattn")
+        os.makedirs(os.path.dirname(prefix_lib))
+        os.makedirs(os.path.dirname(prefix_bin))
+        write_executable(prefix_bin, "#!/bin/sh\n")
+        clean = {k: v for k, v in os.environ.items() if k != tuning.EXECUTABLE_VARIABLE}
+        with mock.patch.dict(os.environ, clean, clear=True), \
+                mock.patch.object(_library, "library_path", return_value=prefix_lib):
+            self.assertEqual(tuning.find_executable(), prefix_bin)
+            build_lib = os.path.join(self.directory, "libsigattn.so")
+            with mock.patch.object(_library, "library_path", return_value=build_lib):
+                self.assertEqual(tuning.find_executable(), self.executable)
+            os.environ["PATH"] = os.path.dirname(prefix_bin)
+            with mock.patch.object(_library, "library_path",
+                                   side_effect=sigattn.SigattnError("none")):
+                self.assertEqual(tuning.find_executable(), prefix_bin)
+            os.environ["PATH"] = self.directory + "/empty"
+            with mock.patch.object(_library, "library_path",
+                                   side_effect=sigattn.SigattnError("none")):
+                with self.assertRaisesRegex(sigattn.SigattnError, "command line was not found"):
+                    tuning.find_executable()
+
+
+# ctypes structure -> C type name in sigattn.h.
+STRUCTS = [(_library.Tensor, "sigattn_tensor"), (_library.ForwardArgs, "sigattn_forward_args"),
+           (_library.BackwardArgs, "sigattn_backward_args")]
+CONSTANTS = dict({name: code for code, name in _library.STATUS_NAMES.items()},
+                 SIGATTN_BF16=_library.DTYPE_BF16, SIGATTN_FP16=_library.DTYPE_FP16,
+                 SIGATTN_SIGMOID_FAST=_library.SIGMOID_FAST,
+                 SIGATTN_SIGMOID_ACCURATE=_library.SIGMOID_ACCURATE)
+ENUMS = ["sigattn_status", "sigattn_dtype", "sigattn_sigmoid"]
+
+
+@unittest.skipUnless(os.path.isfile(HEADER), f"{HEADER} not found (run from the repository)")
+@unittest.skipUnless(shutil.which("cc"), "no C compiler (cc)")
+class LayoutTest(unittest.TestCase):
+    """Compiles a C program printing sizeof / offsetof of every field that the ctypes structures
+    declare, with the real header: a field added, removed, renamed, moved or resized in
+    sigattn.h makes this fail."""
+
+    def c_layout(self):
+        lines = []
+        for struct, c_name in STRUCTS:
+            lines.append(f'  printf("{c_name} %zu\\n", sizeof({c_name}));')
+            for field, _ in struct._fields_:
+                lines.append(f'  printf("{c_name}.{field} %zu %zu\\n", '
+                             f'offsetof({c_name}, {field}), sizeof((({c_name}*)0)->{field}));')
+        lines += [f'  printf("{name} %zu\\n", sizeof({name}));' for name in ENUMS]
+        lines += [f'  printf("{name} %d\\n", (int){name});' for name in CONSTANTS]
+        program = ("#include <stddef.h>\n#include <stdio.h>\n#include <sigattn/sigattn.h>\n"
+                   "int main(void) {\n" + "\n".join(lines) + "\n  return 0;\n}\n")
+        with tempfile.TemporaryDirectory() as directory:
+            # sigattn.h includes the version header that CMake generates; the layout needs none
+            # of it, so an empty one stands in when the header comes from the source tree.
+            os.makedirs(os.path.join(directory, "sigattn"))
+            open(os.path.join(directory, "sigattn", "version.h"), "w").close()
+            source = os.path.join(directory, "layout.c")
+            with open(source, "w") as file:
+                file.write(program)
+            binary = os.path.join(directory, "layout")
+            include = os.path.dirname(os.path.dirname(HEADER))
+            subprocess.run(["cc", "-std=c11", "-Wall", "-Werror", "-I", include, "-I", directory,
+                            source, "-o", binary], check=True, capture_output=True, text=True)
+            output = subprocess.run([binary], check=True, capture_output=True, text=True).stdout
+        return dict(line.split(" ", 1) for line in output.splitlines())
+
+    def test_structures_match_the_header(self):
+        try:
+            c = self.c_layout()
+        except subprocess.CalledProcessError as error:
+            self.fail(f"the layout program did not compile: {error.stderr}")
+        for struct, c_name in STRUCTS:
+            self.assertEqual(int(c[c_name]), ctypes.sizeof(struct), f"sizeof({c_name})")
+            for field, field_type in struct._fields_:
+                offset, size = (int(x) for x in c[f"{c_name}.{field}"].split())
+                self.assertEqual(offset, getattr(struct, field).offset, f"{c_name}.{field} offset")
+                self.assertEqual(size, ctypes.sizeof(field_type), f"{c_name}.{field} size")
+        for name in ENUMS:
+            self.assertEqual(int(c[name]), ctypes.sizeof(ctypes.c_int), f"sizeof({name})")
+        for name, value in CONSTANTS.items():
+            self.assertEqual(int(c[name]), value, name)
+
+    def test_the_header_declares_no_function_the_binding_lacks(self):
+        declared = set(re.findall(r"SIGATTN_API [^;]*?\b(sigattn_\w+)\(", read_text(HEADER)))
+        bound = set(re.findall(r"lib\.(sigattn_\w+)\.argtypes",
+                               read_text(_library.__file__)))
+        self.assertEqual(declared, bound)
+
+
+if __name__ == "__main__":
+    sys.exit(unittest.main())
