@@ -43,6 +43,7 @@ PersistentCache& PersistentCache::instance() {
 void PersistentCache::set_database_path(const std::filesystem::path& path) {
   std::lock_guard lock(mutex_);
   path_override_ = path.empty() ? std::nullopt : std::optional(path);
+  tile_choices_.clear();
   binaries_.reset();
   database_.reset();
   opened_ = false;
@@ -59,6 +60,7 @@ void PersistentCache::reset() {
   database_.reset();
   opened_ = false;
   shipped_.reset();
+  tile_choices_.clear();
   warned_.clear();
 }
 
@@ -162,6 +164,13 @@ cache::TileChoice PersistentCache::choose_tile(const gen::KernelSpec& spec,
                                                const cache::DeviceKey& device, int max_seqlen_q,
                                                int max_seqlen_k, const tune::Target& target) {
   std::lock_guard lock(mutex_);
+  // Only the buckets of the lengths take part in the lookup, so they key the memo exactly.
+  const std::string memo_key = fmt::format(
+      "{}|{}|{}|{}|{}|{}", device.name, device.arch, device.sm_count, gen::to_string(spec),
+      cache::seqlen_bucket(max_seqlen_q), cache::seqlen_bucket(max_seqlen_k));
+  if (const auto found = tile_choices_.find(memo_key); found != tile_choices_.end()) {
+    return found->second;
+  }
   std::vector<cache::TuningResult> user_rows;
   if (cache::Database* db = database(); db != nullptr) {
     try {
@@ -171,8 +180,16 @@ cache::TileChoice PersistentCache::choose_tile(const gen::KernelSpec& spec,
       warn(fmt::format("cannot read tuning results from the disk cache: {}", error.what()));
     }
   }
-  return cache::choose_tile(user_rows, shipped_results(), device, gen::template_hash(), spec,
-                            max_seqlen_q, max_seqlen_k, target);
+  cache::TileChoice choice =
+      cache::choose_tile(user_rows, shipped_results(), device, gen::template_hash(), spec,
+                         max_seqlen_q, max_seqlen_k, target);
+  tile_choices_.emplace(memo_key, choice);
+  return choice;
+}
+
+void PersistentCache::forget_tile_choices() {
+  std::lock_guard lock(mutex_);
+  tile_choices_.clear();
 }
 
 cache::BinaryStoreStats PersistentCache::binary_stats() {

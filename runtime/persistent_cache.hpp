@@ -5,6 +5,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -42,9 +43,12 @@ class PersistentCache {
   void store_binary(const gen::GeneratedKernel& kernel, const CompiledKernel& compiled);
 
   // The tile for one call through the lookup chain (user database, shipped data, nearest
-  // bucket, heuristic default).
+  // bucket, heuristic default). The answer for a device, spec and pair of length buckets is
+  // kept for the life of the process, so repeated calls never query the database again.
   cache::TileChoice choose_tile(const gen::KernelSpec& spec, const cache::DeviceKey& device,
                                 int max_seqlen_q, int max_seqlen_k, const tune::Target& target);
+  // Drops the kept answers of choose_tile (after new tuning results were written).
+  void forget_tile_choices();
 
   // Counters of the binary store since the database was opened (zero when it is not in use).
   cache::BinaryStoreStats binary_stats();
@@ -65,6 +69,7 @@ class PersistentCache {
   std::unique_ptr<cache::Database> database_;
   std::unique_ptr<cache::BinaryStore> binaries_;
   std::optional<std::vector<cache::TuningResult>> shipped_;
+  std::map<std::string, cache::TileChoice> tile_choices_;
   std::set<std::string> warned_;
 };
 
