@@ -1,6 +1,6 @@
 // The disk cache inside the runtime: a kernel compiled once is served from the user database
 // after the in-memory cache is cleared (without NVRTC running), SIGATTN_CACHE=off and an unsafe
-// location skip the database, with a warning for the latter.
+// location skip the database, with a warning for the latter, and tile lookups are kept per process.
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -8,11 +8,15 @@
 #include <filesystem>
 #include <string>
 
+#include "cache/database.hpp"
+#include "cache/tuning_store.hpp"
 #include "generator/generator.hpp"
+#include "generator/template_store.hpp"
 #include "runtime/module_cache.hpp"
 #include "runtime/nvrtc.hpp"
 #include "runtime/persistent_cache.hpp"
 #include "temp_dir.hpp"
+#include "tuner/search_space.hpp"
 
 namespace sigattn {
 namespace {
@@ -81,6 +85,41 @@ TEST_F(DiskCache, DirectoryOthersCanWriteIsSkippedWithAWarning) {
       << warnings;
   EXPECT_NE(warnings.find("writable by other users"), std::string::npos) << warnings;
   EXPECT_FALSE(std::filesystem::exists(dir / "sigattn.db"));
+}
+
+TEST_F(DiskCache, TileChoiceIsKeptUntilForgotten) {
+  TempDir dir;
+  const std::filesystem::path path = dir / "sigattn.db";
+  set_database_path(path.string());
+  const gen::KernelSpec spec = gen::parse_spec("fwd.bf16.d64.dense.nomask.nosmod.fast.x128");
+  const cache::DeviceKey device{"NVIDIA H200", "sm_90a", 132};
+  const tune::Target target = tune::target_for_arch("sm_90a");
+  auto& persistent = PersistentCache::instance();
+  EXPECT_EQ(persistent.choose_tile(spec, device, 4096, 4096, target).served_by,
+            cache::ServedBy::heuristic);
+
+  // Another process (a tuning run) stores a result for this problem.
+  {
+    cache::Database db(path, cache::OpenMode::read_write);
+    cache::TuningResult tuned;
+    tuned.device = device;
+    tuned.template_hash = gen::template_hash();
+    tuned.problem = cache::problem_key(spec, 4096, 4096);
+    tuned.tile = gen::TileConfig{64, 64, 4, 3};
+    tuned.time_ms = 1.0;
+    tuned.tflops = 100.0;
+    tuned.measured_at = "2026-11-28T12:00:00Z";
+    tuned.method = "test";
+    tuned.source = "test";
+    cache::TuningStore(db).put_best(tuned);
+  }
+  // Lengths of the same buckets reuse the kept answer; the database is not read again.
+  EXPECT_EQ(persistent.choose_tile(spec, device, 3000, 4096, target).served_by,
+            cache::ServedBy::heuristic);
+  persistent.forget_tile_choices();
+  const cache::TileChoice fresh = persistent.choose_tile(spec, device, 3000, 4096, target);
+  EXPECT_EQ(fresh.served_by, cache::ServedBy::user_db);
+  EXPECT_EQ(fresh.tile, (gen::TileConfig{64, 64, 4, 3}));
 }
 
 }  // namespace
