@@ -10,7 +10,6 @@ Prints a table with ratios, writes CSV and a PNG plot.
 
 import argparse
 import csv
-import math
 import sys
 
 import torch
@@ -151,6 +150,11 @@ def time_backward(lib, row, q, k, v, lens, causal, flops_bwd, tsig):
     ours()
     torch.cuda.synchronize()
     row["sigattn_bwd"] = flops_bwd / time_ms(ours) / 1e9
+    fast = lambda: sigattn_ctypes.backward(lib, q, k, v, dout, dq, dk, dv, causal=bool(causal),
+                                           seq_lens_q=lens, seq_lens_k=lens, deterministic=False)
+    fast()
+    torch.cuda.synchronize()
+    row["sigattn_bwd_fast"] = flops_bwd / time_ms(fast) / 1e9
     if tsig is None:
         return
     qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
@@ -174,7 +178,7 @@ def format_row(r):
     if "err_vs_triton" in r:
         parts.append(f"relL2 vs triton {r['err_vs_triton']:.1e}")
     if "sigattn_bwd" in r:
-        parts.append(f"bwd sigattn {r['sigattn_bwd']:6.1f}")
+        parts.append(f"bwd sigattn {r['sigattn_bwd']:6.1f} (fast {r['sigattn_bwd_fast']:6.1f})")
     if "triton_bwd" in r:
         parts.append(f"bwd triton {r['triton_bwd']:6.1f} ({r['sigattn_bwd'] / r['triton_bwd']:.2f}x)"
                      f" dQ relL2 {r['dq_err_vs_triton']:.1e}")
@@ -193,11 +197,25 @@ def print_table(rows):
             else:
                 cells += ["", ""]
         print("| " + " | ".join(cells) + " |")
+    backward = [r for r in rows if "sigattn_bwd" in r]
+    if not backward:
+        return
+    print("\nTFLOPS (backward call, 2.5 x forward FLOPs; deterministic and fast modes)")
+    print("| d | L | pad | causal | deterministic | fast | TritonSigmoid | ratio (fast) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in backward:
+        cells = [str(r["d"]), str(r["L"]), str(r["pad"]), str(r["causal"]),
+                 f"{r['sigattn_bwd']:.0f}", f"{r['sigattn_bwd_fast']:.0f}"]
+        if "triton_bwd" in r:
+            cells += [f"{r['triton_bwd']:.0f}", f"{r['sigattn_bwd_fast'] / r['triton_bwd']:.2f}"]
+        else:
+            cells += ["", ""]
+        print("| " + " | ".join(cells) + " |")
 
 
 def write_csv(rows, path):
     keys = ["d", "L", "pad", "causal", "B", "H", "sigattn", "triton", "cudnn", "flash",
-            "err_vs_triton", "sigattn_bwd", "triton_bwd", "dq_err_vs_triton"]
+            "err_vs_triton", "sigattn_bwd", "sigattn_bwd_fast", "triton_bwd", "dq_err_vs_triton"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()

@@ -1,7 +1,8 @@
-// The `sigattn` command line: version, doctor, gen, compile and db. A thin layer over the library
-// and the one place where errors become exit codes: 0 success, 1 some kernels failed to compile
-// or db verify found problems, 2 bad usage or argument (variant, tile, arch, tuning file), 3 NVRTC
-// cannot be loaded, 4 any other failure.
+// The `sigattn` command line: version, doctor, gen, compile, db and tune. A thin layer over the
+// library and the one place where errors become exit codes: 0 success, 1 some kernels failed to
+// compile (or tune found no winner for a problem) or db verify found problems, 2 bad usage or
+// argument (variant, tile, arch, tuning file, shape), 3 NVRTC cannot be loaded, 4 any other
+// failure.
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
@@ -22,6 +23,7 @@
 
 #include "cache/paths.hpp"
 #include "cli/db_commands.hpp"
+#include "cli/tune_command.hpp"
 #include "generator/generator.hpp"
 #include "generator/kernel_spec.hpp"
 #include "runtime/compiler.hpp"
@@ -44,7 +46,8 @@ enum ExitCode : int {
 constexpr const char* kExitCodeHelp =
     "Exit codes:\n"
     "  0  success\n"
-    "  1  compile: at least one kernel failed to compile; db verify: problems found\n"
+    "  1  compile: at least one kernel failed to compile; db verify: problems found; tune: a\n"
+    "     problem without a winner\n"
     "  2  bad usage or argument (unknown variant field, rejected tile, unknown arch, invalid\n"
     "     tuning file, missing database)\n"
     "  3  NVRTC cannot be loaded (install the CUDA toolkit's NVRTC or set SIGATTN_NVRTC_LIBRARY)\n"
@@ -369,6 +372,7 @@ int main(int argc, char** argv) {
                     "Print a JSON array of the kernels on stdout; the summary line goes to stderr");
 
   sigattn::cli::DbCommands db_commands(app);
+  sigattn::cli::TuneCommand tune_command(app);
 
   try {
     app.parse(argc, argv);
@@ -382,6 +386,10 @@ int main(int argc, char** argv) {
     if (db_commands.parsed()) {
       return db_commands.run(database_path.empty() ? sigattn::cache::user_database_path().string()
                                                    : database_path);
+    }
+    if (tune_command.parsed()) {
+      return tune_command.run(database_path.empty() ? sigattn::cache::user_database_path().string()
+                                                    : database_path);
     }
     if (doctor->parsed()) return run_doctor(doctor_as_json);
     if (gen->parsed()) return run_gen(gen_variant, gen_arch);

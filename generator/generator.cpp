@@ -25,6 +25,47 @@ std::string_view layout_enum(Layout layout) {
   return "";
 }
 
+// The sm90 family has a forward kernel only: one producer warpgroup plus block_m / 64 consumer
+// warpgroups of 64 query rows (wgmma's M), K/V steps that are a valid wgmma N.
+void check_sm90_variant(const Variant& variant) {
+  const KernelSpec& spec = variant.spec;
+  const TileConfig& tile = variant.tile;
+  if (spec.direction != Direction::forward) {
+    throw std::invalid_argument(
+        fmt::format("family sm90 has no {} kernel", to_string(spec.direction)));
+  }
+  if (spec.head_dim % 16 != 0 || spec.head_dim < 64) {
+    throw std::invalid_argument(
+        fmt::format("family sm90 needs head_dim a multiple of 16 (wgmma k-steps) from 64 (one "
+                    "128-byte TMA box) to 256, got {}",
+                    spec.head_dim));
+  }
+  if (tile.atomic_dq) {
+    throw std::invalid_argument("the atomic dQ work split has no fwd kernel in family sm90");
+  }
+  if (tile.block_m != 64 && tile.block_m != 128 && tile.block_m != 192) {
+    throw std::invalid_argument(
+        fmt::format("sm90 tile block_m = {} must be 64, 128 or 192", tile.block_m));
+  }
+  if (tile.warps != 4 + tile.block_m / 16) {
+    throw std::invalid_argument(
+        fmt::format("sm90 tile warps = {} must be {}: a producer warpgroup plus one consumer "
+                    "warpgroup per 64 rows of block_m = {}",
+                    tile.warps, 4 + tile.block_m / 16, tile.block_m));
+  }
+  if (tile.block_n < 16 || tile.block_n > 256 || tile.block_n % 16 != 0) {
+    throw std::invalid_argument(fmt::format(
+        "sm90 tile block_n = {} must be a multiple of 16 from 16 to 256", tile.block_n));
+  }
+  if (tile.stages < 2 || tile.stages > 4) {
+    throw std::invalid_argument(fmt::format("tile stages = {} must be 2, 3 or 4", tile.stages));
+  }
+  if (spec.seqlen == SeqLen::x128 && (128 % tile.block_m != 0 || 128 % tile.block_n != 0)) {
+    throw std::invalid_argument(
+        fmt::format("seqlen x128 needs block_m and block_n dividing 128, got {}", to_string(tile)));
+  }
+}
+
 void check_variant(const Variant& variant) {
   const KernelSpec& spec = variant.spec;
   const TileConfig& tile = variant.tile;
@@ -35,11 +76,15 @@ void check_variant(const Variant& variant) {
   if (spec.seqlen == SeqLen::x128 && spec.layout != Layout::dense) {
     throw std::invalid_argument("seqlen x128 applies to the dense layout only");
   }
+  if (tile.family == Family::sm90) {
+    check_sm90_variant(variant);
+    return;
+  }
   if (tile.family != Family::sm80) {
     throw std::invalid_argument(fmt::format("family {} has no {} kernel", to_string(tile.family),
                                             to_string(spec.direction)));
   }
-  if (tile.atomic_dq) {
+  if (tile.atomic_dq && spec.direction != Direction::dkdv) {
     throw std::invalid_argument(
         fmt::format("the atomic dQ work split has no {} kernel in family {}",
                     to_string(spec.direction), to_string(tile.family)));
@@ -72,6 +117,12 @@ void check_variant(const Variant& variant) {
 }  // namespace
 
 int smem_bytes(const KernelSpec& spec, const TileConfig& tile) {
+  if (tile.family == Family::sm90) {
+    // Mirrors FwdSm90Shape (templates/sigattn/fwd_sm90.cuh): 1024 bytes of alignment slack, Q
+    // and each K/V stage in column blocks of 64 elements with 128-byte rows, 128 for mbarriers.
+    const int slabs = (spec.head_dim + 63) / 64;
+    return 1024 + slabs * 128 * (tile.block_m + 2 * tile.stages * tile.block_n) + 128;
+  }
   // Mirrors the Shape structs of templates/sigattn/*_sm80.cuh, which static_assert equality.
   const int padded_dim = (spec.head_dim + 15) / 16 * 16;
   switch (spec.direction) {
@@ -89,7 +140,9 @@ int smem_bytes(const KernelSpec& spec, const TileConfig& tile) {
       const int slices = (spec.head_dim + 127) / 128;
       const int slice_width = (padded_dim / 16 + slices - 1) / slices * 16;
       const int stride = slices * slice_width + 8;
-      return 2 * (2 * tile.block_n * stride + 2 * tile.stages * tile.block_m * stride);
+      // The one-pass split stages dS^T, block_n keys x (block_m + 8) queries.
+      const int ds_elems = tile.atomic_dq ? tile.block_n * (tile.block_m + 8) : 0;
+      return 2 * (2 * tile.block_n * stride + 2 * tile.stages * tile.block_m * stride + ds_elems);
     }
   }
   return 0;
@@ -98,6 +151,20 @@ int smem_bytes(const KernelSpec& spec, const TileConfig& tile) {
 int grid_slices(const KernelSpec& spec) {
   return spec.direction == Direction::forward ? 1 : (spec.head_dim + 127) / 128;
 }
+
+namespace {
+
+// The content hash over everything that makes the binary: versions, templates, source, options
+// and name expression.
+std::string content_hash(const GeneratedKernel& kernel) {
+  std::string hashed = fmt::format("sigattn {} generator {}\n{}\n{}\n", SIGATTN_VERSION_STRING,
+                                   kGeneratorVersion, template_hash(), kernel.source);
+  for (const auto& option : kernel.options) hashed.append(option).push_back('\n');
+  hashed.append(kernel.name_expression);
+  return hash_hex(hashed);
+}
+
+}  // namespace
 
 GeneratedKernel generate(const Variant& variant) {
   check_variant(variant);
@@ -109,9 +176,10 @@ GeneratedKernel generate(const Variant& variant) {
   out.variant_name = to_string(variant);
   out.threads = tile.warps * 32;
   out.smem_bytes = smem_bytes(spec, tile);
-  const std::string_view entry = spec.direction == Direction::forward ? "fwd_sm80"
-                                 : spec.direction == Direction::dq    ? "bwd_dq_sm80"
-                                                                      : "bwd_dkdv_sm80";
+  const std::string_view entry = spec.direction == Direction::forward
+                                     ? (tile.family == Family::sm90 ? "fwd_sm90" : "fwd_sm80")
+                                 : spec.direction == Direction::dq ? "bwd_dq_sm80"
+                                                                   : "bwd_dkdv_sm80";
   out.name_expression = fmt::format("sigattn::{}_kernel<sigattn_generated::Cfg>", entry);
   out.options = {"-std=c++17", "--fmad=true"};
   out.source = fmt::format(
@@ -133,6 +201,7 @@ GeneratedKernel generate(const Variant& variant) {
       "  static constexpr int kBlockN = {block_n};\n"
       "  static constexpr int kWarps = {warps};\n"
       "  static constexpr int kStages = {stages};\n"
+      "{work_split}"
       "  static constexpr int kSmemBytes = {smem};\n"
       "}};\n"
       "}}  // namespace sigattn_generated\n",
@@ -147,13 +216,59 @@ GeneratedKernel generate(const Variant& variant) {
       fmt::arg("x128", spec.seqlen == SeqLen::x128 ? "true" : "false"),
       fmt::arg("block_m", tile.block_m), fmt::arg("block_n", tile.block_n),
       fmt::arg("warps", tile.warps), fmt::arg("stages", tile.stages),
+      // Only the dK/dV kernel has a work split to choose.
+      fmt::arg("work_split",
+               spec.direction != Direction::dkdv
+                   ? ""
+                   : fmt::format("  static constexpr bool kAtomicDq = {};\n", tile.atomic_dq)),
       fmt::arg("smem", out.smem_bytes));
+  out.content_hash = content_hash(out);
+  return out;
+}
 
-  std::string hashed = fmt::format("sigattn {} generator {}\n{}\n{}\n", SIGATTN_VERSION_STRING,
-                                   kGeneratorVersion, template_hash(), out.source);
-  for (const auto& option : out.options) hashed.append(option).push_back('\n');
-  hashed.append(out.name_expression);
-  out.content_hash = hash_hex(hashed);
+GeneratedKernel generate_dq_convert(const KernelSpec& spec) {
+  if (spec.direction == Direction::forward) {
+    throw std::invalid_argument("the dQ conversion belongs to the backward pass, not to fwd");
+  }
+  if (!head_dim_supported(spec.head_dim)) {
+    throw std::invalid_argument(fmt::format(
+        "head_dim {} is not supported: use a multiple of 8 from 8 to 256", spec.head_dim));
+  }
+  // Masks, score_mod, sigmoid and tiles do not reach the conversion: one kernel serves them all.
+  KernelSpec key;
+  key.direction = Direction::dq;
+  key.dtype = spec.dtype;
+  key.head_dim = spec.head_dim;
+  key.layout = spec.layout;
+
+  GeneratedKernel out;
+  out.variant = Variant{key, TileConfig{}};
+  out.variant_name =
+      fmt::format("dqconvert.{}.d{}.{}", to_string(key.dtype), key.head_dim, to_string(key.layout));
+  out.threads = kDqConvertThreads;
+  out.smem_bytes = 0;
+  out.name_expression = "sigattn::bwd_dq_convert_kernel<sigattn_generated::Cfg>";
+  out.options = {"-std=c++17", "--fmad=true"};
+  out.source = fmt::format(
+      "// sigattn generated kernel {variant}\n"
+      "// generator version {gen}, templates {templates}\n"
+      "#include \"sigattn/bwd_dq_convert.cuh\"\n"
+      "\n"
+      "namespace sigattn_generated {{\n"
+      "struct Cfg {{\n"
+      "  static constexpr bool kBf16 = {bf16};\n"
+      "  static constexpr int kHeadDim = {head_dim};\n"
+      "  static constexpr sigattn::Layout kLayout = {layout};\n"
+      "  static constexpr int kRowsPerCta = {rows};\n"
+      "  static constexpr int kThreads = {threads};\n"
+      "}};\n"
+      "}}  // namespace sigattn_generated\n",
+      fmt::arg("variant", out.variant_name), fmt::arg("gen", kGeneratorVersion),
+      fmt::arg("templates", template_hash()),
+      fmt::arg("bf16", key.dtype == DType::bf16 ? "true" : "false"),
+      fmt::arg("head_dim", key.head_dim), fmt::arg("layout", layout_enum(key.layout)),
+      fmt::arg("rows", kDqConvertRowsPerCta), fmt::arg("threads", kDqConvertThreads));
+  out.content_hash = content_hash(out);
   return out;
 }
 

@@ -33,4 +33,13 @@ int grid_slices(const KernelSpec& spec);
 // Throws std::invalid_argument when the spec or tile is outside what the family supports.
 GeneratedKernel generate(const Variant& variant);
 
+// The dQ conversion of the one-pass backward (a dkdv tile with atomic_dq): grad_q = scale * the
+// fp32 workspace, in the dtype and layout of the backward `spec` (dkdv or dq). It depends on
+// nothing else, has no tile (variant.tile keeps its defaults) and is named
+// "dqconvert.DTYPE.dHEAD.LAYOUT". It runs kDqConvertThreads threads per CTA over a grid of
+// (ceil(max_seqlen_q / kDqConvertRowsPerCta), heads_q, batch).
+inline constexpr int kDqConvertRowsPerCta = 32;
+inline constexpr int kDqConvertThreads = 128;
+GeneratedKernel generate_dq_convert(const KernelSpec& spec);
+
 }  // namespace sigattn::gen

@@ -1,17 +1,22 @@
 // The backward pass: the same input validation as the forward, the gradient tensors checked like
-// outputs (non-null, aligned, strides in 16-byte units, no overlap), then two launches on the
-// caller's stream: dK/dV (one CTA per key block and kv head, summing its GQA group) and dQ (one
-// CTA per query block and head). Neither uses atomics, so gradients are deterministic.
+// outputs (non-null, aligned, strides in 16-byte units, no overlap), then the launches on the
+// caller's stream. Deterministic split: dK/dV (one CTA per key block and kv head, summing its GQA
+// group) and dQ (one CTA per query block and head), no atomics. One-pass split: the dK/dV kernel
+// also adds dQ into a zeroed fp32 workspace from the scratch pool, and a conversion kernel writes
+// grad_q from it.
 #include "runtime/backward.hpp"
 
 #include <fmt/format.h>
 
+#include <cstdint>
 #include <utility>
 
+#include "generator/generator.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/forward.hpp"
 #include "runtime/module_cache.hpp"
+#include "runtime/scratch_pool.hpp"
 #include "sigattn/bwd_params.h"
 
 namespace sigattn {
@@ -42,20 +47,32 @@ BwdParams make_bwd_params(const BackwardArgs& args, gen::Layout layout) {
   return params;
 }
 
-void launch_kernel(const gen::KernelSpec& spec, const gen::TileConfig& tile,
-                   const tune::Target& target, BwdParams& params, unsigned row_blocks,
-                   unsigned heads, unsigned batch, CUstream stream) {
+LoadedKernel load_checked(const gen::KernelSpec& spec, const gen::TileConfig& tile,
+                          const tune::Target& target) {
   const gen::Variant variant{spec, tile};
   if (const std::string why = tune::rejection(spec, tile, target); !why.empty()) {
     throw_invalid(fmt::format("tile {} cannot run {} on {}: {}", gen::to_string(tile),
                               gen::to_string(variant), target.arch, why));
   }
-  const LoadedKernel loaded = ModuleCache::instance().load(generate_for_launch(variant));
+  return ModuleCache::instance().load(generate_for_launch(variant));
+}
+
+void launch(const LoadedKernel& kernel, BwdParams& params, unsigned grid_x, unsigned grid_y,
+            unsigned grid_z, CUstream stream) {
   void* kernel_args[] = {&params};
   SIGATTN_CU(cuda::driver().cuLaunchKernel(
-      loaded.function, row_blocks * static_cast<unsigned>(gen::grid_slices(spec)), heads, batch,
-      static_cast<unsigned>(loaded.threads), 1, 1, static_cast<unsigned>(loaded.smem_bytes), stream,
-      kernel_args, nullptr));
+      kernel.function, grid_x, grid_y, grid_z, static_cast<unsigned>(kernel.threads), 1, 1,
+      static_cast<unsigned>(kernel.smem_bytes), stream, kernel_args, nullptr));
+}
+
+bool capturing(CUstream stream) {
+  CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_NONE;
+  SIGATTN_CU(cuda::driver().cuStreamIsCapturing(stream, &capture));
+  return capture != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+
+unsigned blocks(int length, int block) {
+  return static_cast<unsigned>((length + block - 1) / block);
 }
 
 }  // namespace
@@ -92,6 +109,12 @@ BackwardSpecs backward_specs(const BackwardArgs& args) {
   return specs;
 }
 
+BackwardTiles default_backward_tiles(const BackwardSpecs& specs, const tune::Target& target,
+                                     bool deterministic) {
+  return {tune::default_tile(specs.dkdv, target, /*atomic_dq=*/!deterministic).tile,
+          tune::default_tile(specs.dq, target).tile};
+}
+
 void backward_with_tiles(const BackwardArgs& args, CUstream stream, const gen::TileConfig& dkdv,
                          const gen::TileConfig& dq) {
   const BackwardSpecs specs = backward_specs(args);
@@ -110,23 +133,57 @@ void backward_with_tiles(const BackwardArgs& args, CUstream stream, const gen::T
                                                           {"cu_seqlens_k", in.cu_seqlens_k},
                                                           {"score_mod", in.score_mod}};
   for (const auto& [name, pointer] : pointers) check_device_pointer(name, pointer);
+  if (dkdv.atomic_dq && capturing(stream)) {
+    throw_invalid(fmt::format(
+        "tile {} (the one-pass backward, atomic dQ) cannot run on a stream that is capturing a "
+        "CUDA graph: its workspace is ordered with events outside the graph; use a two-kernel "
+        "dkdv tile",
+        gen::to_string(dkdv)));
+  }
   check_lengths_on_device(in, stream);
 
   BwdParams params = make_bwd_params(args, specs.dq.layout);
-  const auto blocks = [](int length, int block) {
-    return static_cast<unsigned>((length + block - 1) / block);
-  };
-  launch_kernel(specs.dkdv, dkdv, target, params, blocks(in.max_seqlen_k, dkdv.block_n),
-                static_cast<unsigned>(in.heads_kv), static_cast<unsigned>(in.batch), stream);
-  launch_kernel(specs.dq, dq, target, params, blocks(in.max_seqlen_q, dq.block_m),
-                static_cast<unsigned>(in.heads_q), static_cast<unsigned>(in.batch), stream);
+  const unsigned heads_q = static_cast<unsigned>(in.heads_q);
+  const unsigned heads_kv = static_cast<unsigned>(in.heads_kv);
+  const unsigned batch = static_cast<unsigned>(in.batch);
+  const unsigned dkdv_blocks =
+      blocks(in.max_seqlen_k, dkdv.block_n) * static_cast<unsigned>(gen::grid_slices(specs.dkdv));
+  const LoadedKernel dkdv_kernel = load_checked(specs.dkdv, dkdv, target);
+  if (!dkdv.atomic_dq) {
+    const LoadedKernel dq_kernel = load_checked(specs.dq, dq, target);
+    launch(dkdv_kernel, params, dkdv_blocks, heads_kv, batch, stream);
+    launch(dq_kernel, params,
+           blocks(in.max_seqlen_q, dq.block_m) * static_cast<unsigned>(gen::grid_slices(specs.dq)),
+           heads_q, batch, stream);
+    return;
+  }
+
+  const LoadedKernel convert = ModuleCache::instance().load(gen::generate_dq_convert(specs.dq));
+  // [batch, max_seqlen_q, heads_q, head_dim] fp32. Packed varlen rows are indexed by token, and
+  // valid prefix sums keep every token below batch * max_seqlen_q, so one size serves all layouts.
+  const std::int64_t row_elements = std::int64_t{in.heads_q} * in.head_dim;
+  const std::int64_t words = std::int64_t{in.batch} * in.max_seqlen_q * row_elements;
+  ScratchPool::Lease workspace =
+      ScratchPool::instance().acquire(static_cast<std::size_t>(words) * sizeof(float), stream);
+  params.dq_accum = reinterpret_cast<float*>(workspace.ptr());
+  params.dq_accum_batch_stride =
+      specs.dq.layout == gen::Layout::varlen ? 0 : in.max_seqlen_q * row_elements;
+  params.dq_accum_seq_stride = row_elements;
+  params.dq_accum_head_stride = in.head_dim;
+  SIGATTN_CU(
+      cuda::driver().cuMemsetD32Async(workspace.ptr(), 0, static_cast<std::size_t>(words), stream));
+  launch(dkdv_kernel, params, dkdv_blocks, heads_kv, batch, stream);
+  launch(convert, params, blocks(in.max_seqlen_q, gen::kDqConvertRowsPerCta), heads_q, batch,
+         stream);
 }
 
 void backward(const BackwardArgs& args, CUstream stream) {
   const BackwardSpecs specs = backward_specs(args);
-  const tune::Target target = current_target();
-  backward_with_tiles(args, stream, tune::default_tile(specs.dkdv, target).tile,
-                      tune::default_tile(specs.dq, target).tile);
+  // Under graph capture the workspace could not be ordered against the graph's replays, so the
+  // deterministic split runs there whatever the call allows.
+  const bool deterministic = args.deterministic || capturing(stream);
+  const BackwardTiles tiles = default_backward_tiles(specs, current_target(), deterministic);
+  backward_with_tiles(args, stream, tiles.dkdv, tiles.dq);
 }
 
 }  // namespace sigattn

@@ -87,6 +87,7 @@ void sigattn_backward_args_init(sigattn_backward_args* args) {
   if (args == nullptr) return;
   std::memset(args, 0, sizeof(*args));
   sigattn_forward_args_init(&args->inputs);
+  args->deterministic = 1;
 }
 
 sigattn_status sigattn_backward(const sigattn_backward_args* args, CUstream stream) {
@@ -99,6 +100,7 @@ sigattn_status sigattn_backward(const sigattn_backward_args* args, CUstream stre
     backward.grad_q = to_tensor(args->grad_q);
     backward.grad_k = to_tensor(args->grad_k);
     backward.grad_v = to_tensor(args->grad_v);
+    backward.deterministic = args->deterministic != 0;
     sigattn::backward(backward, stream);
   });
 }
@@ -106,6 +108,11 @@ sigattn_status sigattn_backward(const sigattn_backward_args* args, CUstream stre
 sigattn_status sigattn_set_database_path(const char* path) {
   last_error.clear();
   return guarded([&] { sigattn::set_database_path(path != nullptr ? path : ""); });
+}
+
+sigattn_status sigattn_set_online_tuning(int enabled) {
+  last_error.clear();
+  return guarded([&] { sigattn::set_online_tuning(enabled != 0); });
 }
 
 const char* sigattn_last_error(void) { return last_error.c_str(); }

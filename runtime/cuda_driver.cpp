@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <exception>
+#include <map>
 #include <mutex>
 #include <string_view>
 #include <type_traits>
@@ -79,14 +80,20 @@ DriverApi resolve_all(void* library) {
   SIGATTN_RESOLVE(cuMemcpyDtoH);
   SIGATTN_RESOLVE(cuMemcpyDtoHAsync);
   SIGATTN_RESOLVE(cuMemsetD8);
+  SIGATTN_RESOLVE(cuMemsetD32Async);
+  SIGATTN_RESOLVE(cuStreamCreate);
+  SIGATTN_RESOLVE(cuStreamDestroy);
+  SIGATTN_RESOLVE(cuStreamWaitEvent);
   SIGATTN_RESOLVE(cuStreamSynchronize);
   SIGATTN_RESOLVE(cuStreamIsCapturing);
   SIGATTN_RESOLVE(cuPointerGetAttribute);
   SIGATTN_RESOLVE(cuEventCreate);
   SIGATTN_RESOLVE(cuEventDestroy);
   SIGATTN_RESOLVE(cuEventRecord);
+  SIGATTN_RESOLVE(cuEventQuery);
   SIGATTN_RESOLVE(cuEventSynchronize);
   SIGATTN_RESOLVE(cuEventElapsedTime);
+  SIGATTN_RESOLVE(cuTensorMapEncodeTiled);
   return api;
 }
 
@@ -193,6 +200,11 @@ CUcontext current_context() {
 }
 
 DeviceInfo device_info(CUdevice device) {
+  // A device's properties do not change while the process runs: ask the driver once each.
+  static std::mutex mutex;
+  static std::map<CUdevice, DeviceInfo> known;
+  std::lock_guard lock(mutex);
+  if (const auto found = known.find(device); found != known.end()) return found->second;
   const DriverApi& api = driver();
   DeviceInfo info;
   info.ordinal = static_cast<int>(device);
@@ -208,6 +220,7 @@ DeviceInfo device_info(CUdevice device) {
   SIGATTN_CU(api.cuDeviceGetAttribute(
       &info.max_smem_optin, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, device));
   SIGATTN_CU(api.cuDeviceTotalMem(&info.total_mem, device));
+  known.emplace(device, info);
   return info;
 }
 

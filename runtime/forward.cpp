@@ -9,6 +9,10 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string_view>
 #include <vector>
@@ -20,6 +24,8 @@
 #include "runtime/module_cache.hpp"
 #include "runtime/persistent_cache.hpp"
 #include "sigattn/fwd_params.h"
+#include "sigattn/fwd_sm90_params.h"
+#include "tuner/online_tuning.hpp"
 #include "tuner/search_space.hpp"
 
 namespace sigattn {
@@ -214,11 +220,18 @@ FwdParams make_params(const ForwardArgs& args, gen::Layout layout) {
 
 // The generator reports a variant it cannot build as std::invalid_argument; to the caller that is
 // a bad tile argument.
+// Generation is a pure function of the variant (the templates are fixed at build time), so each
+// variant is generated and hashed once per process.
 gen::GeneratedKernel generate_for_launch(const gen::Variant& variant) {
+  static std::mutex mutex;
+  static std::map<std::string, gen::GeneratedKernel> generated;
+  const std::string name = gen::to_string(variant);
+  std::lock_guard lock(mutex);
+  if (const auto found = generated.find(name); found != generated.end()) return found->second;
   try {
-    return gen::generate(variant);
+    return generated.emplace(name, gen::generate(variant)).first->second;
   } catch (const std::invalid_argument& error) {
-    throw_invalid(fmt::format("cannot generate {}: {}", gen::to_string(variant), error.what()));
+    throw_invalid(fmt::format("cannot generate {}: {}", name, error.what()));
   }
 }
 
@@ -227,18 +240,85 @@ tune::Target current_target() {
   return tune::target_for_arch(cuda::arch_for(info.cc_major, info.cc_minor));
 }
 
-// The tile of a forward call through the lookup chain of the tuning databases.
+// A TMA tensor map over (head_dim, tokens, heads, batch) needs every stride a nonzero multiple of
+// 16 bytes: a zero stride over more than one head or sequence (one K/V row broadcast to every
+// head, say) has none. Strides of extent-1 dimensions are never used and are replaced.
+bool tma_describable(const TensorRef& t, int heads, int batch, bool varlen) {
+  return (t.head_stride != 0 || heads == 1) && (varlen || t.batch_stride != 0 || batch == 1) &&
+         t.seq_stride != 0;
+}
+
+bool tma_describable(const ForwardArgs& args, bool varlen) {
+  return tma_describable(args.q, args.heads_q, args.batch, varlen) &&
+         tma_describable(args.k, args.heads_kv, args.batch, varlen) &&
+         tma_describable(args.v, args.heads_kv, args.batch, varlen);
+}
+
+// The map of q, k or v for the sm90 kernel: boxes of 64 elements (128 bytes, the swizzle span) by
+// `box_rows` tokens of one head, 128-byte swizzle, zeros outside the tensor. The varlen layout
+// packs every sequence on one token axis of at most batch * max_seqlen tokens (batch extent 1).
+TmaDescriptor encode_tma(std::string_view name, const TensorRef& t, DType dtype, int head_dim,
+                         int max_seqlen, int heads, int batch, bool varlen, int box_rows) {
+  constexpr std::uint64_t kElementBytes = 2;
+  const std::uint64_t tokens = varlen ? std::uint64_t(batch) * max_seqlen : max_seqlen;
+  const auto bytes = [](std::int64_t stride) {
+    return stride != 0 ? static_cast<cuuint64_t>(stride) * kElementBytes : cuuint64_t{16};
+  };
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(head_dim), tokens,
+                              static_cast<cuuint64_t>(heads),
+                              varlen ? cuuint64_t{1} : static_cast<cuuint64_t>(batch)};
+  const cuuint64_t strides[3] = {bytes(t.seq_stride), bytes(t.head_stride),
+                                 varlen ? cuuint64_t{16} : bytes(t.batch_stride)};
+  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(box_rows), 1, 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  CUtensorMap map;
+  const CUresult result = cuda::driver().cuTensorMapEncodeTiled(
+      &map,
+      dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
+      t.data, dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (result != CUDA_SUCCESS) {
+    cuda::check(result, fmt::format("cuTensorMapEncodeTiled({})", name).c_str());
+  }
+  static_assert(sizeof(CUtensorMap) == sizeof(TmaDescriptor));
+  TmaDescriptor descriptor;
+  std::memcpy(&descriptor, &map, sizeof(descriptor));
+  return descriptor;
+}
+
+// The tile of a forward call through the lookup chain of the tuning databases. A call whose
+// strides no TMA map can describe runs the portable family's default instead of an sm90 tile.
 cache::TileChoice choose_forward_tile(const ForwardArgs& args, const gen::KernelSpec& spec,
                                       const tune::Target& target) {
   const cuda::DeviceInfo info = cuda::current_device_info();
   const cache::DeviceKey device{info.name, target.arch, info.sm_count};
-  return PersistentCache::instance().choose_tile(spec, device, args.max_seqlen_q, args.max_seqlen_k,
-                                                 target);
+  cache::TileChoice choice = PersistentCache::instance().choose_tile(
+      spec, device, args.max_seqlen_q, args.max_seqlen_k, target);
+  if (choice.tile.family == gen::Family::sm90 &&
+      !tma_describable(args, spec.layout == gen::Layout::varlen)) {
+    const tune::DefaultChoice portable = tune::default_tile(spec, tune::target_for_arch("sm_90"));
+    choice.tile = portable.tile;
+    choice.served_by = cache::ServedBy::heuristic;
+    choice.reason =
+        fmt::format("a zero stride over several heads or sequences has no TMA map, so not {}: {}",
+                    gen::to_string(choice.tile), portable.reason);
+  }
+  return choice;
 }
 
 Dispatch dispatch_of(const gen::KernelSpec& spec, const cache::TileChoice& choice) {
   return {gen::to_string(gen::Variant{spec, choice.tile}),
           std::string(cache::to_string(choice.served_by)), choice.reason};
+}
+
+// Queues the call's shape for online tuning when that is on and the shape can be described.
+void request_online_tuning(const ForwardArgs& args, const gen::KernelSpec& spec) {
+  tune::OnlineTuner& tuner = tune::OnlineTuner::instance();
+  if (!tuner.enabled()) return;
+  if (const std::optional<tune::Shape> shape = tune::online_shape(args, spec)) {
+    tuner.request(*shape, PersistentCache::instance().database_path());
+  }
 }
 
 // What the last forward() on this thread launched, for last_dispatch().
@@ -265,7 +345,25 @@ void launch(const ForwardArgs& args, const gen::KernelSpec& spec, const tune::Ta
   const gen::GeneratedKernel kernel = generate_for_launch(variant);
   const LoadedKernel loaded = ModuleCache::instance().load(kernel);
   FwdParams params = make_params(args, spec.layout);
+  FwdSm90Params hopper_params{};
   void* kernel_args[] = {&params};
+  if (tile.family == gen::Family::sm90) {
+    const bool varlen = spec.layout == gen::Layout::varlen;
+    if (!tma_describable(args, varlen)) {
+      throw_invalid(
+          fmt::format("tile {} needs TMA maps of q, k and v, and a zero stride over "
+                      "several heads or sequences has none",
+                      gen::to_string(tile)));
+    }
+    hopper_params.base = params;
+    hopper_params.q = encode_tma("q", args.q, args.dtype, args.head_dim, args.max_seqlen_q,
+                                 args.heads_q, args.batch, varlen, tile.block_m);
+    hopper_params.k = encode_tma("k", args.k, args.dtype, args.head_dim, args.max_seqlen_k,
+                                 args.heads_kv, args.batch, varlen, tile.block_n);
+    hopper_params.v = encode_tma("v", args.v, args.dtype, args.head_dim, args.max_seqlen_k,
+                                 args.heads_kv, args.batch, varlen, tile.block_n);
+    kernel_args[0] = &hopper_params;
+  }
   const unsigned row_blocks =
       static_cast<unsigned>((args.max_seqlen_q + tile.block_m - 1) / tile.block_m);
   SIGATTN_CU(cuda::driver().cuLaunchKernel(
@@ -372,6 +470,7 @@ void forward(const ForwardArgs& args, CUstream stream) {
   const gen::KernelSpec spec = forward_spec(args);
   const tune::Target target = current_target();
   const cache::TileChoice choice = choose_forward_tile(args, spec, target);
+  if (choice.served_by == cache::ServedBy::heuristic) request_online_tuning(args, spec);
   launch(args, spec, target, choice.tile, stream);
   last_forward_dispatch = dispatch_of(spec, choice);
 }

@@ -26,13 +26,15 @@ python_env=$build_dir/python-venv
 "$python_env/bin/python" -m unittest discover -s "$repo/python/tests" -v
 
 # The C++ sources: what git tracks or would track (build directories are ignored), or, outside a
-# git checkout, every source file not under a build directory.
+# git checkout, every source file not under a build directory; the generator's golden outputs
+# are kept exactly as generated.
 cd "$repo"
 list_sources() {
   if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-    git ls-files -z --cached --others --exclude-standard -- '*.cpp' '*.hpp' '*.h' '*.cuh' '*.cu'
+    git ls-files -z --cached --others --exclude-standard -- '*.cpp' '*.hpp' '*.h' '*.cuh' '*.cu' \
+      ':!tests/data/golden'
   else
-    find . \( -path './build*' -o -path ./.git \) -prune -o -type f \
+    find . \( -path './build*' -o -path ./.git -o -path ./tests/data/golden \) -prune -o -type f \
       \( -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.cuh' -o -name '*.cu' \) -print0
   fi
 }

@@ -20,6 +20,9 @@ if(CMAKE_SCRIPT_MODE_FILE)
   if(DEFINED EXPECT_STDERR AND NOT err MATCHES "${EXPECT_STDERR}")
     message(FATAL_ERROR "stderr does not match '${EXPECT_STDERR}'\n${transcript}")
   endif()
+  if(DEFINED EXPECT_ABSENT AND EXISTS "${EXPECT_ABSENT}")
+    message(FATAL_ERROR "${EXPECT_ABSENT} exists, but the command must not create it\n${transcript}")
+  endif()
   if(DEFINED EXPECT_JSON)
     string(JSON json_type ERROR_VARIABLE json_error TYPE "${out}")
     if(NOT json_type STREQUAL EXPECT_JSON)
@@ -30,9 +33,11 @@ if(CMAKE_SCRIPT_MODE_FILE)
 endif()
 
 # cli_test(NAME EXIT code ARGS arg... [STDOUT regex] [STDERR regex] [JSON OBJECT|ARRAY]
-#          [ENVIRONMENT var=value] [TIMEOUT seconds])
+#          [ABSENT path] [ENVIRONMENT var=value] [TIMEOUT seconds])
+# ABSENT: a file the command must not have created (e.g. a database after a usage error).
 function(cli_test name)
-  cmake_parse_arguments(PARSE_ARGV 1 CLI "" "EXIT;STDOUT;STDERR;JSON;TIMEOUT" "ARGS;ENVIRONMENT")
+  cmake_parse_arguments(PARSE_ARGV 1 CLI "" "EXIT;STDOUT;STDERR;JSON;TIMEOUT;ABSENT"
+                        "ARGS;ENVIRONMENT")
   list(JOIN CLI_ARGS "|" joined_args)
   set(checks -DPROGRAM=$<TARGET_FILE:sigattn_cli> "-DARGS=${joined_args}"
              -DEXPECT_EXIT=${CLI_EXIT})
@@ -44,6 +49,9 @@ function(cli_test name)
   endif()
   if(DEFINED CLI_JSON)
     list(APPEND checks -DEXPECT_JSON=${CLI_JSON})
+  endif()
+  if(DEFINED CLI_ABSENT)
+    list(APPEND checks -DEXPECT_ABSENT=${CLI_ABSENT})
   endif()
   add_test(NAME cli_${name} COMMAND ${CMAKE_COMMAND} ${checks} -P ${CMAKE_CURRENT_LIST_FILE})
   # Each test has its own database under the build tree unless it names another; the user's
@@ -65,7 +73,7 @@ cli_test(doctor EXIT 0 ARGS doctor STDOUT "^sigattn ${cli_version_regex}.*NVRTC:
 cli_test(doctor_json EXIT 0 ARGS doctor --json JSON OBJECT)
 
 cli_test(gen_default_tile EXIT 0 ARGS gen fwd.bf16.d128.dense.causal.nosmod.fast.anylen
-         STDOUT "fwd_sm80_kernel")
+         STDOUT "fwd_sm90_kernel")
 cli_test(gen_explicit_tile EXIT 0 ARGS gen --arch sm_80 ${cli_spec}/sm80.m64n64w4s2
          STDOUT "fwd_sm80_kernel")
 cli_test(gen_bad_dtype EXIT 2 ARGS gen fwd.bf17.d128.dense.causal.nosmod.fast.anylen
@@ -125,3 +133,34 @@ cli_test(db_import_unknown_field EXIT 2
 cli_test(db_verify_not_a_database EXIT 1
          ARGS --db ${cli_tuning}/not_a_database.db db verify STDOUT "problem: .*1 problem$")
 cli_test(db_export_missing EXIT 2 ARGS --db ${cli_db_dir}/missing.db db export STDERR "no database")
+
+# `sigattn tune`: bad input fails with a message and exit 2 before the database is created. Without
+# a GPU (as in CI) it compiles the candidates for --arch into the binary cache and exits 0 saying
+# so; with one it tunes the shape.
+set(cli_tune_db ${cli_db_dir}/tune_rejected.db)
+cli_test(tune_nothing_to_tune EXIT 2 ARGS tune --db ${cli_tune_db} STDERR "--preset, --shape"
+         ABSENT ${cli_tune_db})
+cli_test(tune_unknown_preset EXIT 2 ARGS tune --preset huge --db ${cli_tune_db}
+         STDERR "unknown preset 'huge' \\(known: quick, paper\\)" ABSENT ${cli_tune_db})
+cli_test(tune_impossible_shape EXIT 2 ARGS tune --shape fwd.bf16.d100.L4096 --db ${cli_tune_db}
+         STDERR "head_dim 100" ABSENT ${cli_tune_db})
+cli_test(tune_bad_shape_field EXIT 2 ARGS tune --shape fwd.bf16.d64.L4096.mask --db ${cli_tune_db}
+         STDERR "unknown field 'mask'" ABSENT ${cli_tune_db})
+cli_test(tune_missing_shape_file EXIT 2 ARGS tune --shapes ${cli_db_dir}/none.json
+         --db ${cli_tune_db} STDERR "cannot read the shape file" ABSENT ${cli_tune_db})
+cli_test(tune_malformed_shape_file EXIT 2
+         ARGS tune --shapes ${CMAKE_CURRENT_SOURCE_DIR}/data/tuning/unknown_field.json
+         --db ${cli_tune_db} STDERR "shape file .*shapes.* array" ABSENT ${cli_tune_db})
+cli_test(tune_unknown_strategy EXIT 2 ARGS tune --shape fwd.bf16.d64.L1024 --strategy fastest
+         --db ${cli_tune_db} STDERR "unknown strategy 'fastest'" ABSENT ${cli_tune_db})
+cli_test(tune_bad_shard EXIT 2 ARGS tune --shape fwd.bf16.d64.L1024 --shard 2/2
+         --db ${cli_tune_db} STDERR "--shard 2/2" ABSENT ${cli_tune_db})
+cli_test(tune_bad_device_list EXIT 2 ARGS tune --shape fwd.bf16.d64.L1024 --devices 0,zero
+         --db ${cli_tune_db} STDERR "'zero' is not a non-negative integer" ABSENT ${cli_tune_db})
+cli_test(tune_device_that_does_not_exist EXIT 2 ARGS tune --shape fwd.bf16.d64.L1024 --devices 7
+         --db ${cli_tune_db} STDERR "--devices 7: (there is no CUDA device|device 7 does not exist)"
+         ABSENT ${cli_tune_db})
+cli_test(tune_without_gpu_compiles EXIT 0
+         ARGS tune --shape fwd.fp16.d64.L1000.b2.h2 --arch sm_80 --db ${cli_db_dir}/tune_compile.db
+         STDOUT "no GPU to tune on .*Compiled [1-9][0-9]* candidate kernels of 1 problems for sm_80|1 problems, 1 with a winner"
+         TIMEOUT 900)

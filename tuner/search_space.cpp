@@ -34,6 +34,7 @@ const Grid& grid_for(gen::Direction direction) {
 constexpr int kAccumulatorBudget = 160;
 
 std::string mma_rows(const KernelSpec& s, const TileConfig& t, const Target&) {
+  if (t.family == gen::Family::sm90) return {};
   const bool keys = s.direction == gen::Direction::dkdv;
   const int split = keys ? t.block_n : t.block_m;
   if (split % (16 * t.warps) == 0) return {};
@@ -78,7 +79,18 @@ int accumulators(const KernelSpec& s, const TileConfig& t) {
     case gen::Direction::dkdv: {  // dK and dV (one head-dim slice of at most 128), S and dP
       const int slices = (s.head_dim + 127) / 128;
       const int slice_width = ((s.head_dim + 15) / 16 + slices - 1) / slices * 16;
-      return t.block_n / (16 * t.warps) * (slice_width + t.block_m);
+      const int key_tiles = t.block_n / (16 * t.warps);
+      const int two_kernel = key_tiles * (slice_width + t.block_m);
+      if (!t.atomic_dq) return two_kernel;
+      // The one-pass split adds this warp's part of the step's dQ tile (block_m x slice, the
+      // query m16 tiles split over warps first, column pairs round-robin over the rest; see
+      // templates/sigattn/bwd_atomic_dq_sm80.cuh).
+      const int q_tiles = t.block_m / 16;
+      int row_warps = t.warps;
+      while (q_tiles % row_warps != 0) row_warps /= 2;
+      const int col_warps = t.warps / row_warps;
+      return two_kernel +
+             q_tiles / row_warps * ((slice_width / 16 + col_warps - 1) / col_warps) * 8;
     }
   }
   return 0;
@@ -86,16 +98,70 @@ int accumulators(const KernelSpec& s, const TileConfig& t) {
 
 // The backward kernels at head dims above 128 keep the slice offsets live: ptxas spilled dkdv
 // d192 m64n128w8 at exactly the forward's budget, so they get a smaller one.
-int accumulator_budget(const KernelSpec& s) {
+// The one-pass dkdv kernel's dQ accumulators are live only once S and dP are packed, so they
+// cost less than their count: ptxas kept dkdv d128 m32n128w8 (176 counted) without spills, and
+// spilled d96 m64n128w8 (184) and d136 m64n128w8 (168, wide).
+int accumulator_budget(const KernelSpec& s, const TileConfig& t) {
   const bool wide_backward = s.direction != gen::Direction::forward && s.head_dim > 128;
-  return wide_backward ? kAccumulatorBudget - 16 : kAccumulatorBudget;
+  return (wide_backward ? kAccumulatorBudget - 16 : kAccumulatorBudget) + (t.atomic_dq ? 16 : 0);
 }
 
 std::string register_budget(const KernelSpec& s, const TileConfig& t, const Target&) {
+  if (t.family == gen::Family::sm90) return {};
   const int count = accumulators(s, t);
-  const int budget = accumulator_budget(s);
+  const int budget = accumulator_budget(s, t);
   if (count <= budget) return {};
   return fmt::format("{} fp32 accumulators per thread exceed the budget of {}", count, budget);
+}
+
+// The sm90 family: a forward kernel only, head dims in wgmma k-steps of 16 and at least one
+// 64-element TMA box (128 bytes, the swizzle span) wide.
+std::string sm90_kernel(const KernelSpec& s, const TileConfig& t, const Target&) {
+  if (t.family != gen::Family::sm90) return {};
+  if (s.direction != gen::Direction::forward) {
+    return fmt::format("family sm90 has no {} kernel", gen::to_string(s.direction));
+  }
+  if (s.head_dim % 16 != 0 || s.head_dim < 64) {
+    return fmt::format("family sm90 needs head_dim a multiple of 16 from 64 to 256, not {}",
+                       s.head_dim);
+  }
+  return {};
+}
+
+// sm90 CTAs: a producer warpgroup plus one consumer warpgroup per 64 query rows (wgmma's M);
+// block_n is the N of the S = Q K^T wgmma and the rows of a TMA box (at most 256 each).
+std::string wgmma_shape(const KernelSpec&, const TileConfig& t, const Target&) {
+  if (t.family != gen::Family::sm90) return {};
+  if (t.block_m != 64 && t.block_m != 128 && t.block_m != 192) {
+    return fmt::format("block_m {} is not 64, 128 or 192 (one to three 64-row warpgroups)",
+                       t.block_m);
+  }
+  if (t.warps != 4 + t.block_m / 16) {
+    return fmt::format("warps {} is not {} (a producer warpgroup plus {} consumer warpgroups)",
+                       t.warps, 4 + t.block_m / 16, t.block_m / 64);
+  }
+  if (t.block_n > 256) return fmt::format("block_n {} exceeds wgmma's N of 256", t.block_n);
+  return {};
+}
+
+// Registers per consumer thread after setmaxnreg (templates/sigattn/fwd_sm90.cuh): 240 for one
+// or two consumer warpgroups, 160 for three. The O (head_dim / 2) and S (block_n / 2) fp32
+// accumulators and the bf16 P fragments (block_n / 4) must leave 64 for addresses and masks:
+// ptxas spilled d=256 m128n64w12 with 176 of 232 (every mask, score_mod, varlen) and not with 240.
+std::string sm90_registers(const KernelSpec& s, const TileConfig& t, const Target&) {
+  if (t.family != gen::Family::sm90) return {};
+  const int consumers = t.block_m / 64;
+  const int available = consumers == 3 ? 160 : 240;
+  if (consumers == 1 && t.block_n > 64) {
+    return fmt::format("one consumer warpgroup with {}-key steps: ptxas spilled m64n128w8 at d=64",
+                       t.block_n);
+  }
+  const int needed = s.head_dim / 2 + t.block_n / 2 + t.block_n / 4;
+  if (needed + 64 <= available) return {};
+  return fmt::format(
+      "{} accumulator and P registers per thread leave less than 64 of the {} a "
+      "consumer warpgroup of {} gets",
+      needed, available, gen::to_string(t));
 }
 
 }  // namespace
@@ -110,15 +176,22 @@ Target target_for_arch(const std::string& arch) {
 
 const std::vector<Constraint>& constraints() {
   static const std::vector<Constraint> all = {
-      {"family_arch", family_arch},     {"work_split", work_split},
-      {"mma_rows", mma_rows},           {"x128_divides", x128_divides},
-      {"shared_memory", shared_memory}, {"register_budget", register_budget},
+      {"family_arch", family_arch},
+      {"work_split", work_split},
+      {"mma_rows", mma_rows},
+      {"x128_divides", x128_divides},
+      {"shared_memory", shared_memory},
+      {"register_budget", register_budget},
+      {"sm90_kernel", sm90_kernel},
+      {"wgmma_shape", wgmma_shape},
+      {"sm90_registers", sm90_registers},
   };
   return all;
 }
 
 std::string rejection(const KernelSpec& spec, const TileConfig& tile, const Target& target) {
-  if (tile.warps != 1 && tile.warps != 2 && tile.warps != 4 && tile.warps != 8) {
+  if (tile.family == gen::Family::sm80 && tile.warps != 1 && tile.warps != 2 && tile.warps != 4 &&
+      tile.warps != 8) {
     return fmt::format("warps {} must be 1, 2, 4 or 8", tile.warps);
   }
   if (tile.block_m <= 0 || tile.block_m % 16 != 0) {
@@ -140,11 +213,27 @@ std::string rejection(const KernelSpec& spec, const TileConfig& tile, const Targ
 std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target) {
   std::vector<TileConfig> out;
   const Grid& grid = grid_for(spec.direction);
-  for (int m : grid.block_m) {
-    for (int n : grid.block_n) {
-      for (int w : grid.warps) {
-        for (int s : grid.stages) {
-          TileConfig tile{m, n, w, s};
+  // dkdv: every two-kernel tile, then every one-pass (atomic dQ) tile.
+  for (bool atomic_dq : {false, true}) {
+    if (atomic_dq && spec.direction != gen::Direction::dkdv) break;
+    for (int m : grid.block_m) {
+      for (int n : grid.block_n) {
+        for (int w : grid.warps) {
+          for (int s : grid.stages) {
+            TileConfig tile{m, n, w, s, gen::Family::sm80, atomic_dq};
+            if (rejection(spec, tile, target).empty()) out.push_back(tile);
+          }
+        }
+      }
+    }
+  }
+  // The Hopper forward family after the portable tiles: 64-row consumer warpgroups (1 to 3) plus
+  // the producer warpgroup, 64 or 128 keys per step.
+  if (spec.direction == gen::Direction::forward && target.arch == "sm_90a") {
+    for (int m : {64, 128, 192}) {
+      for (int n : {64, 128}) {
+        for (int s : {2, 3}) {
+          TileConfig tile{m, n, 4 + m / 16, s, gen::Family::sm90};
           if (rejection(spec, tile, target).empty()) out.push_back(tile);
         }
       }
@@ -153,7 +242,7 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
   return out;
 }
 
-DefaultChoice default_tile(const KernelSpec& spec, const Target& target) {
+DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool atomic_dq) {
   // Preferences, best first, by head dim. Small heads take 128 query rows on 4 warps (two m16
   // tiles per warp), which halves K/V shared-memory reads per query row against one tile per
   // warp. From d=72 on, two m-tiles' O accumulators (head_dim floats) plus S crowd the 255
@@ -186,21 +275,52 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target) {
       {{32, 64, 4, 2}, "dkdv: 64 keys on 4 warps, 32-query steps (less shared memory)"},
       {{16, 64, 4, 2}, "dkdv: 64 keys on 4 warps, 16-query steps (least shared memory)"},
   };
+  // Hopper (sm_90a), forward, head dims the sm90_kernel constraint allows: the wgmma/TMA family.
+  // Two consumer warpgroups share each K/V tile (half the shared-memory traffic per row of one),
+  // 128-key steps while the O, S and P registers fit (d <= 128), else 64-key steps. Three stages
+  // first: a consumer holds two (QK^T of tile j+1 and PV of tile j in flight), so only the third
+  // lets TMA run ahead (measured on an H200, d=128 L=4096: 0.83 ms against 1.09 ms with two).
+  static const std::vector<Preference> hopper = {
+      {{128, 128, 12, 3, gen::Family::sm90},
+       "sm_90a: wgmma/TMA family, 2 consumer warpgroups x 64 rows, 128-key steps, 3 stages"},
+      {{128, 128, 12, 2, gen::Family::sm90},
+       "sm_90a: wgmma/TMA family, 2 consumer warpgroups x 64 rows, 128-key steps, 2 stages "
+       "(less shared memory)"},
+      {{128, 64, 12, 3, gen::Family::sm90},
+       "sm_90a: wgmma/TMA family, 2 consumer warpgroups x 64 rows, 64-key steps, 3 stages"},
+      {{128, 64, 12, 2, gen::Family::sm90},
+       "sm_90a: wgmma/TMA family, 2 consumer warpgroups x 64 rows, 64-key steps (fewer "
+       "registers, less shared memory)"},
+      {{64, 64, 8, 2, gen::Family::sm90},
+       "sm_90a: wgmma/TMA family, 1 consumer warpgroup x 64 rows (240 registers for wide "
+       "heads), 64-key steps"},
+  };
+  if (spec.direction == gen::Direction::forward && target.arch == "sm_90a") {
+    for (const auto& p : hopper) {
+      if (rejection(spec, p.tile, target).empty()) {
+        return {p.tile, fmt::format("heuristic for {} on {}: {}", gen::to_string(spec), target.arch,
+                                    p.why)};
+      }
+    }
+  }
   const auto& preferences = spec.direction == gen::Direction::dq     ? dq
                             : spec.direction == gen::Direction::dkdv ? dkdv
                             : spec.head_dim <= 64                    ? small_heads
                                                                      : large_heads;
   std::string skipped;
   for (const auto& p : preferences) {
-    std::string why = rejection(spec, p.tile, target);
+    TileConfig tile = p.tile;
+    tile.atomic_dq = atomic_dq;
+    std::string why = rejection(spec, tile, target);
     if (why.empty()) {
       std::string reason =
-          fmt::format("heuristic for {} on {}: {}", gen::to_string(spec), target.arch, p.why);
+          fmt::format("heuristic for {} on {}: {}{}", gen::to_string(spec), target.arch, p.why,
+                      atomic_dq ? ", dQ added atomically" : "");
       if (!skipped.empty()) reason += fmt::format(" (skipped: {})", skipped);
-      return {p.tile, reason};
+      return {tile, reason};
     }
     if (!skipped.empty()) skipped += "; ";
-    skipped += fmt::format("{} -> {}", gen::to_string(p.tile), why);
+    skipped += fmt::format("{} -> {}", gen::to_string(tile), why);
   }
   throw std::invalid_argument(
       fmt::format("no tile config fits {} on {}: {}", gen::to_string(spec), target.arch, skipped));

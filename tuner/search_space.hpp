@@ -40,7 +40,11 @@ struct DefaultChoice {
 };
 
 // The heuristic default: one pure function that says why it chooses what it chooses.
-DefaultChoice default_tile(const gen::KernelSpec& spec, const Target& target);
+// atomic_dq = true asks for the one-pass backward split (dkdv specs only; the fast mode of a
+// non-deterministic backward call): the same preferences with dQ added atomically. The default
+// stays the deterministic two-kernel split.
+DefaultChoice default_tile(const gen::KernelSpec& spec, const Target& target,
+                           bool atomic_dq = false);
 
 // The specs `sigattn compile` builds for an arch: each dtype and layout, the common head dims,
 // with and without masks; each with its candidate configs.

@@ -89,16 +89,23 @@ SIGATTN_API sigattn_status sigattn_forward(const sigattn_forward_args* args, CUs
  * the output; grad_q, grad_k and grad_v are written in the layouts of q, k and v. With GQA/MQA
  * grad_k and grad_v are summed over the query heads sharing a key/value head. Padded query rows
  * and padded keys receive zero gradients. bias and score_mod are constants: no gradient flows to
- * them. Deterministic: the same inputs give bit-identical gradients. */
+ * them. */
 typedef struct sigattn_backward_args {
   sigattn_forward_args inputs;
   sigattn_tensor grad_out;
   sigattn_tensor grad_q;
   sigattn_tensor grad_k;
   sigattn_tensor grad_v;
+  /* Non-zero (the default): the same inputs give bit-identical gradients. Zero allows the faster
+   * one-pass split, in which dQ is accumulated in fp32 with atomics: grad_q may then differ in
+   * the last bits between runs. Its workspace (4 * batch * max_seqlen_q * heads_q * head_dim
+   * bytes) is device memory the library keeps per CUDA context and reuses. On a stream that is
+   * capturing a CUDA graph the deterministic split runs either way. */
+  int32_t deterministic;
 } sigattn_backward_args;
 
-/* Fills args->inputs with the forward defaults and every gradient tensor with NULL. */
+/* Fills args->inputs with the forward defaults, every gradient tensor with NULL and
+ * deterministic with 1. */
 SIGATTN_API void sigattn_backward_args_init(sigattn_backward_args* args);
 
 SIGATTN_API sigattn_status sigattn_backward(const sigattn_backward_args* args, CUstream stream);
@@ -106,6 +113,10 @@ SIGATTN_API sigattn_status sigattn_backward(const sigattn_backward_args* args, C
 /* The user database (compiled kernels and tuning results) of this process, replacing
  * $SIGATTN_DB and the default location; NULL or "" restores them. */
 SIGATTN_API sigattn_status sigattn_set_database_path(const char* path);
+
+/* Online tuning on (non-zero) or off (0); see sigattn::set_online_tuning in sigattn.hpp. The
+ * default comes from $SIGATTN_ONLINE_TUNING (1: on). */
+SIGATTN_API sigattn_status sigattn_set_online_tuning(int enabled);
 
 SIGATTN_API const char* sigattn_last_error(void);
 /* The version of the loaded library, e.g. "0.1.0" (SIGATTN_VERSION_STRING when it was built). */

@@ -94,15 +94,27 @@ SIGATTN_API Dispatch last_dispatch();
 // and the default location; an empty path restores them.
 SIGATTN_API void set_database_path(const std::string& path);
 
+// Online tuning (off unless $SIGATTN_ONLINE_TUNING is 1): a forward() whose tile came from the
+// heuristic default queues its shape for a background tuning run (the `sigattn tune` program in a
+// child process, a few candidates, at most five minutes) into the user database; later calls use
+// the winner. Dense and padded calls with equal query and key lengths, no window, no score_mod.
+SIGATTN_API void set_online_tuning(bool enabled);
+
 // Gradients of sigmoid attention. `inputs` holds exactly what was passed to forward();
 // inputs.out is not read (P is recomputed from q and k). grad_out (dO) is laid out like the
 // output; grad_q, grad_k, grad_v like q, k, v. With GQA/MQA grad_k and grad_v are summed over
 // the query heads sharing a key/value head. Padded query rows and padded keys get zero gradients.
-// bias and score_mod are constants: no gradient flows to them. Deterministic: the same inputs
-// give bit-identical gradients.
+// bias and score_mod are constants: no gradient flows to them.
 struct BackwardArgs {
   ForwardArgs inputs;
   TensorRef grad_out, grad_q, grad_k, grad_v;
+  // true: the same inputs give bit-identical gradients (a dK/dV kernel, then a dQ kernel).
+  // false allows the faster one-pass split, in which the dK/dV kernel also adds dQ into an fp32
+  // workspace with atomics: grad_q may then differ in the last bits between runs (grad_k and
+  // grad_v stay bit-identical). The workspace (4 * batch * max_seqlen_q * heads_q * head_dim
+  // bytes) is device memory the library keeps per CUDA context and reuses across calls. On a
+  // stream that is capturing a CUDA graph the deterministic split runs either way.
+  bool deterministic = true;
 };
 
 SIGATTN_API void backward(const BackwardArgs& args, CUstream stream);

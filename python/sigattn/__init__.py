@@ -10,7 +10,7 @@ graphs capture; with older torch it is an autograd.Function for eager use.
 from ._library import SigattnError, library_path, version
 from ._ops import REGISTERED_AS_TORCH_OP
 from .attention import sigmoid_attention, sigmoid_attention_padded, sigmoid_attention_varlen
-from .tuning import find_executable, set_database_path, tune
+from .tuning import find_executable, set_database_path, set_online_tuning, tune
 
 __all__ = [
     "REGISTERED_AS_TORCH_OP",
@@ -18,6 +18,7 @@ __all__ = [
     "find_executable",
     "library_path",
     "set_database_path",
+    "set_online_tuning",
     "sigmoid_attention",
     "sigmoid_attention_padded",
     "sigmoid_attention_varlen",

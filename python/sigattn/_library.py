@@ -91,6 +91,7 @@ class BackwardArgs(ctypes.Structure):
         ("grad_q", Tensor),
         ("grad_k", Tensor),
         ("grad_v", Tensor),
+        ("deterministic", ctypes.c_int32),
     ]
 
 
@@ -105,6 +106,8 @@ def _declare(lib):
     lib.sigattn_backward.restype = ctypes.c_int
     lib.sigattn_set_database_path.argtypes = [ctypes.c_char_p]
     lib.sigattn_set_database_path.restype = ctypes.c_int
+    lib.sigattn_set_online_tuning.argtypes = [ctypes.c_int]
+    lib.sigattn_set_online_tuning.restype = ctypes.c_int
     lib.sigattn_last_error.argtypes = []
     lib.sigattn_last_error.restype = ctypes.c_char_p
     lib.sigattn_version.argtypes = []

@@ -26,6 +26,14 @@ def set_database_path(path):
     _database_path = text or None
 
 
+def set_online_tuning(enabled):
+    """Online tuning on or off (default: on when $SIGATTN_ONLINE_TUNING is 1): a call served by
+    the heuristic tile queues its shape for a background `sigattn tune` run into the database,
+    and later calls of that shape use the winner (see the README's Tuning section)."""
+    _library.check(_library.library().sigattn_set_online_tuning(1 if enabled else 0),
+                   "sigattn_set_online_tuning")
+
+
 def find_executable():
     """The `sigattn` command line: $SIGATTN_EXECUTABLE, else the one installed beside the loaded
     library (the build directory, or <prefix>/bin for <prefix>/lib), else the one on PATH.

@@ -4,9 +4,11 @@
 // dV = P^T dO and dK = scale * dS^T Q, dS = dP * P (1 - P), in registers. Each dK/dV row has one
 // writer and a fixed summation order: the result is deterministic. Head dims above 128 split the
 // dK/dV columns over CTAs (S^T and dP^T are recomputed per slice) to keep the accumulators in
-// registers.
+// registers. With Cfg::kAtomicDq (the one-pass split) each step also adds dS K_block, its share of
+// dQ, into the fp32 workspace with atomics (bwd_atomic_dq_sm80.cuh); dK and dV stay deterministic.
 #pragma once
 
+#include "sigattn/bwd_atomic_dq_sm80.cuh"
 #include "sigattn/bwd_params.h"
 #include "sigattn/epilogue_sm80.cuh"
 #include "sigattn/ptx_sm80.cuh"
@@ -38,8 +40,11 @@ struct BwdDkdvShape {
   static constexpr int kStride = kRowPad + 8;
   static constexpr int kKVElems = kBN * kStride;
   static constexpr int kRowElems = kBM * kStride;
-  // K and V once; Q and dO per stage.
-  static constexpr int kSmemBytes = 2 * (2 * kKVElems + 2 * kStages * kRowElems);
+  static constexpr bool kAtomicDq = Cfg::kAtomicDq;
+  using DqShape = AtomicDqShape<kBM, kBN, kSliceWidth, kWarps>;
+  // K and V once; Q and dO per stage; the one-pass split adds the dS^T tile.
+  static constexpr int kSmemBytes =
+      2 * (2 * kKVElems + 2 * kStages * kRowElems + (kAtomicDq ? DqShape::kDsElems : 0));
 
   static_assert(kD % 8 == 0 && kD >= 8 && kD <= 256,
                 "head_dim must be a multiple of 8 in [8, 256]");
@@ -62,6 +67,7 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   unsigned short* sV = sK + S::kKVElems;
   unsigned short* sQ = sV + S::kKVElems;
   unsigned short* sdO = sQ + S::kStages * S::kRowElems;
+  unsigned short* sdS = sdO + S::kStages * S::kRowElems;  // one-pass split only
 
   const int n_block = blockIdx.x / S::kSlices;
   const int slice = blockIdx.x % S::kSlices;
@@ -190,8 +196,24 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       gemm_rs<kBf16, S::kMTiles, S::kNTiles / 2, S::kDTiles, S::kStride>(acc_dv, frag, sdOt, col0,
                                                                          lane);
       pack_a<kBf16>(frag, acc_dp);
+      if constexpr (S::kAtomicDq) {
+        store_ds_transposed<S::kMTiles, S::kNTiles / 2, S::DqShape::kDsStride>(
+            sdS + warp_row0 * S::DqShape::kDsStride, frag, lane);
+      }
       gemm_rs<kBf16, S::kMTiles, S::kNTiles / 2, S::kDTiles, S::kStride>(acc_dk, frag, sQt, col0,
                                                                          lane);
+      if constexpr (S::kAtomicDq) {
+        __syncthreads();  // every warp's keys of dS^T are in shared memory
+        // The step's query head and rows in the workspace. The next step rewrites sdS only after
+        // the barrier at the top of the loop, when every warp is done reading it.
+        const int head = head_kv * group + step / m_blocks;
+        float* dq = params.dq_accum +
+                    seq.q_offset(params.dq_accum_batch_stride, params.dq_accum_seq_stride, batch) +
+                    head * params.dq_accum_head_stride + m0 * params.dq_accum_seq_stride;
+        add_dq_contribution<kBf16, typename S::DqShape, S::kStride>(
+            sdS, sK, col0, dq, params.dq_accum_seq_stride, seq.len_q - m0,
+            min(S::kSliceWidth, S::kD - col0), warp, lane);
+      }
     }
     cp_async_wait<0>();
     __syncthreads();  // the epilogue stages rows in sQ, which other warps read until here

@@ -1,14 +1,19 @@
 // Argument validation of the backward call: the inputs follow the forward's rules (with dO in
 // the output's place, and named grad_out), each gradient tensor is checked like an output and
-// named in the error, and a valid call maps to the dK/dV and dQ kernel specs. Pointers are fake
-// but aligned: validation never dereferences them.
+// named in the error, a valid call maps to the dK/dV and dQ kernel specs, and the deterministic
+// flag (C++ and C) selects the work split. Pointers are fake but aligned: validation never
+// dereferences them.
 #include <gtest/gtest.h>
 #include <sigattn/sigattn.h>
 
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
 #include <sigattn/sigattn.hpp>
 #include <string>
 
 #include "runtime/backward.hpp"
+#include "tuner/search_space.hpp"
 
 namespace sigattn {
 namespace {
@@ -104,6 +109,81 @@ TEST(BackwardValidation, InputRulesStillApply) {
   BackwardArgs args = valid_args();
   args.inputs.heads_kv = 3;
   expect_rejected(args, "heads_q = 4 is not a multiple of heads_kv = 3");
+}
+
+TEST(BackwardSplit, DeterministicByDefault) {
+  EXPECT_TRUE(BackwardArgs{}.deterministic);
+  EXPECT_TRUE(valid_args().deterministic);
+}
+
+TEST(BackwardSplit, FastModeTakesTheOnePassTileForEveryHeadDimAndArch) {
+  for (const std::string arch : {"sm_80", "sm_86", "sm_89", "sm_90a"}) {
+    const tune::Target target = tune::target_for_arch(arch);
+    // The dq kernel of the deterministic split needs more than the 99 KiB of sm_86/89 above
+    // d = 160.
+    const int max_head_dim = target.max_smem_optin >= 160 * 1024 ? 256 : 160;
+    for (int head_dim = 8; head_dim <= max_head_dim; head_dim += 8) {
+      BackwardArgs args = valid_args();
+      args.inputs.head_dim = head_dim;
+      for (TensorRef* t : {&args.inputs.q, &args.grad_out, &args.grad_q}) {
+        *t = bthd(t->data, kSeqQ, kHeadsQ, head_dim);
+      }
+      for (TensorRef* t : {&args.inputs.k, &args.inputs.v, &args.grad_k, &args.grad_v}) {
+        *t = bthd(t->data, kSeqK, kHeadsKv, head_dim);
+      }
+      const BackwardSpecs specs = backward_specs(args);
+      const BackwardTiles deterministic = default_backward_tiles(specs, target, true);
+      const BackwardTiles fast = default_backward_tiles(specs, target, false);
+      const std::string where = arch + " d" + std::to_string(head_dim);
+      EXPECT_FALSE(deterministic.dkdv.atomic_dq) << where;
+      EXPECT_TRUE(fast.dkdv.atomic_dq) << where;
+      EXPECT_FALSE(fast.dq.atomic_dq) << where;
+      EXPECT_EQ(tune::rejection(specs.dkdv, fast.dkdv, target), "") << where;
+      EXPECT_EQ(tune::rejection(specs.dkdv, deterministic.dkdv, target), "") << where;
+      EXPECT_EQ(tune::rejection(specs.dq, deterministic.dq, target), "") << where;
+    }
+  }
+}
+
+TEST(BackwardSplit, AtomicDqIsADkdvSplitOnly) {
+  const BackwardSpecs specs = backward_specs(valid_args());
+  const tune::Target target = tune::target_for_arch("sm_90a");
+  gen::TileConfig tile = default_backward_tiles(specs, target, true).dq;
+  tile.atomic_dq = true;
+  EXPECT_NE(tune::rejection(specs.dq, tile, target).find("work_split"), std::string::npos);
+  EXPECT_THROW(tune::default_tile(specs.dq, target, /*atomic_dq=*/true), std::invalid_argument);
+  const std::vector<gen::TileConfig> tiles = tune::candidates(specs.dkdv, target);
+  const auto atomic = std::count_if(tiles.begin(), tiles.end(),
+                                    [](const gen::TileConfig& t) { return t.atomic_dq; });
+  EXPECT_GT(atomic, 0);
+  EXPECT_LT(atomic, static_cast<std::ptrdiff_t>(tiles.size()));
+  for (const gen::TileConfig& t : tune::candidates(specs.dq, target)) EXPECT_FALSE(t.atomic_dq);
+}
+
+TEST(BackwardCApi, DeterministicIsTheLastFieldAndDefaultsToOne) {
+  EXPECT_EQ(offsetof(sigattn_backward_args, deterministic),
+            offsetof(sigattn_backward_args, grad_v) + sizeof(sigattn_tensor));
+  sigattn_backward_args args;
+  std::memset(&args, 0x7f, sizeof(args));
+  sigattn_backward_args_init(&args);
+  EXPECT_EQ(args.deterministic, 1);
+}
+
+TEST(BackwardCApi, EitherSplitValidatesTheSameWay) {
+  sigattn_backward_args args;
+  sigattn_backward_args_init(&args);
+  args.inputs.batch = 1;
+  args.inputs.heads_q = 4;
+  args.inputs.heads_kv = 3;
+  std::string messages[2];
+  for (int deterministic : {0, 1}) {
+    args.deterministic = deterministic;
+    EXPECT_EQ(sigattn_backward(&args, nullptr), SIGATTN_INVALID_ARGUMENT);
+    messages[deterministic] = sigattn_last_error();
+  }
+  EXPECT_NE(messages[0].find("heads_q = 4 is not a multiple of heads_kv = 3"), std::string::npos)
+      << messages[0];
+  EXPECT_EQ(messages[0], messages[1]);
 }
 
 TEST(BackwardCApi, NullArgsAndBadInputsReportStatusAndMessage) {

@@ -156,6 +156,65 @@ TEST(Generate, RejectsTilesOutsideTheFamily) {
   EXPECT_THROW(generate({spec, {128, 256, 8, 2}}), std::invalid_argument);
 }
 
+TEST(Generate, Sm90ForwardHasItsKernelThreadsAndSharedMemory) {
+  const GeneratedKernel kernel =
+      generate(variant_of("fwd.bf16.d128.varlen.causal.nosmod.fast.anylen/sm90.m128n128w12s2"));
+  EXPECT_EQ(kernel.name_expression, "sigattn::fwd_sm90_kernel<sigattn_generated::Cfg>");
+  EXPECT_NE(kernel.source.find("#include \"sigattn/fwd_sm90.cuh\""), std::string::npos);
+  EXPECT_EQ(kernel.threads, 384);  // a producer and two consumer warpgroups
+  // Alignment slack, Q (2 column blocks x 128 rows x 128 bytes), 2 stages of K and V, barriers.
+  EXPECT_EQ(kernel.smem_bytes, 1024 + 2 * 128 * 128 + 2 * 2 * 2 * 128 * 128 + 128);
+}
+
+TEST(Generate, RejectsSm90TilesOutsideTheFamily) {
+  KernelSpec spec;
+  EXPECT_THROW(generate({spec, {128, 128, 8, 2, Family::sm90}}), std::invalid_argument);
+  EXPECT_THROW(generate({spec, {96, 128, 10, 2, Family::sm90}}), std::invalid_argument);
+  EXPECT_THROW(generate({spec, {128, 512, 12, 2, Family::sm90}}), std::invalid_argument);
+  EXPECT_NO_THROW(generate({spec, {128, 128, 12, 2, Family::sm90}}));
+  spec.head_dim = 40;
+  EXPECT_THROW(generate({spec, {128, 128, 12, 2, Family::sm90}}), std::invalid_argument);
+  spec.head_dim = 128;
+  spec.direction = Direction::dkdv;
+  EXPECT_THROW(generate({spec, {128, 128, 12, 2, Family::sm90}}), std::invalid_argument);
+}
+
+TEST(Generate, AtomicDqOnlyForDkdvAndWithItsSharedMemory) {
+  const Variant one_pass =
+      variant_of("dkdv.bf16.d128.dense.causal.nosmod.fast.anylen/sm80.m32n128w8s2.atomicdq");
+  Variant two_kernel = one_pass;
+  two_kernel.tile.atomic_dq = false;
+  const GeneratedKernel a = generate(one_pass);
+  const GeneratedKernel b = generate(two_kernel);
+  EXPECT_NE(a.source.find("kAtomicDq = true;"), std::string::npos);
+  EXPECT_NE(b.source.find("kAtomicDq = false;"), std::string::npos);
+  EXPECT_NE(a.content_hash, b.content_hash);
+  // The dS^T tile: 128 keys x (32 + 8) queries of 2 bytes.
+  EXPECT_EQ(a.smem_bytes - b.smem_bytes, 128 * 40 * 2);
+  Variant dq = one_pass;
+  dq.spec.direction = Direction::dq;
+  EXPECT_THROW(generate(dq), std::invalid_argument);
+}
+
+TEST(Generate, DqConversionDependsOnDtypeHeadDimAndLayoutOnly) {
+  KernelSpec spec = parse_spec("dkdv.fp16.d136.varlen.causal+window.smod.accurate.anylen");
+  const GeneratedKernel kernel = generate_dq_convert(spec);
+  EXPECT_EQ(kernel.variant_name, "dqconvert.fp16.d136.varlen");
+  EXPECT_EQ(kernel.name_expression, "sigattn::bwd_dq_convert_kernel<sigattn_generated::Cfg>");
+  EXPECT_EQ(kernel.threads, kDqConvertThreads);
+  EXPECT_EQ(kernel.smem_bytes, 0);
+  EXPECT_NE(kernel.source.find("kRowsPerCta = 32;"), std::string::npos);
+  KernelSpec same = parse_spec("dq.fp16.d136.varlen.nomask.nosmod.fast.anylen");
+  EXPECT_EQ(generate_dq_convert(same).content_hash, kernel.content_hash);
+  for (const char* other : {"dq.bf16.d136.varlen.nomask.nosmod.fast.anylen",
+                            "dq.fp16.d128.varlen.nomask.nosmod.fast.anylen",
+                            "dq.fp16.d136.padded.nomask.nosmod.fast.anylen"}) {
+    EXPECT_NE(generate_dq_convert(parse_spec(other)).content_hash, kernel.content_hash) << other;
+  }
+  spec.direction = Direction::forward;
+  EXPECT_THROW(generate_dq_convert(spec), std::invalid_argument);
+}
+
 TEST(TemplateStore, EmbedsTheKernelHeaders) {
   bool found_kernel = false;
   for (const auto& t : embedded_templates()) {
@@ -182,6 +241,8 @@ TEST(Generate, MatchesGoldenFiles) {
       "fwd.bf16.d128.dense.nomask.nosmod.fast.x128/sm80.m128n64w8s2",
       "fwd.fp16.d64.padded.causal.smod.accurate.anylen/sm80.m128n64w4s3",
       "fwd.bf16.d40.varlen.causal+window.nosmod.fast.anylen/sm80.m64n32w4s2",
+      "fwd.bf16.d128.padded.causal.smod.fast.anylen/sm90.m128n128w12s2",
+      "dkdv.fp16.d96.varlen.causal.smod.accurate.anylen/sm80.m32n128w8s2.atomicdq",
   };
   const bool update = std::getenv("SIGATTN_UPDATE_GOLDENS") != nullptr;
   for (const auto& text : variants) {

@@ -1,7 +1,8 @@
-// Every kernel template (forward, backward dK/dV, backward dQ) compiles with NVRTC to CUBIN for
-// sm_80 and sm_90a across head dims, dtypes, layouts, masks, score_mod and sigmoid modes, and the
-// heuristic default configs compile with no local-memory spills. Runs on the CPU: no GPU is needed
-// to compile.
+// Every kernel template (forward, backward dK/dV in both work splits, backward dQ, the dQ
+// conversion) compiles with NVRTC to CUBIN for sm_80 and sm_90a across head dims, dtypes, layouts,
+// masks, score_mod and sigmoid modes, and the heuristic default configs compile with no
+// local-memory spills; the Hopper (sm90) family's candidates and defaults compile without spills or
+// serialized wgmma. Runs on the CPU: no GPU is needed to compile.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -41,12 +42,17 @@ std::vector<Job> representative_jobs() {
         spec.score_mod = (rotation / 2) % 2 != 0;
         spec.sigmoid = (rotation / 3) % 2 ? gen::SigmoidMode::accurate : gen::SigmoidMode::fast;
         jobs.push_back({{spec, tune::default_tile(spec, target).tile}, arch, true});
-        // The two backward kernels of the same spec.
+        // The two backward kernels of the same spec, and the one-pass dK/dV kernel (atomic dQ).
         for (auto direction : {gen::Direction::dkdv, gen::Direction::dq}) {
           gen::KernelSpec backward = spec;
           backward.direction = direction;
           jobs.push_back({{backward, tune::default_tile(backward, target).tile}, arch, true});
         }
+        gen::KernelSpec one_pass = spec;
+        one_pass.direction = gen::Direction::dkdv;
+        jobs.push_back({{one_pass, tune::default_tile(one_pass, target, /*atomic_dq=*/true).tile},
+                        arch,
+                        true});
       }
       // One non-default config per head dim and arch: the last candidate of the grid.
       gen::KernelSpec spec;
@@ -97,6 +103,86 @@ TEST(KernelCompile, RepresentativeVariantsCompileForSm80AndSm90a) {
   for (const auto& f : failures) ADD_FAILURE() << f;
   for (const auto& s : spills) ADD_FAILURE() << s;
   EXPECT_GT(jobs.size(), 200u);
+}
+
+// The Hopper family on sm_90a: every sm90 candidate of a few specs and the default tile of every
+// default forward spec compile with no spills, no ignored setmaxnreg (C7508) and no serialized
+// wgmma (C7514: the accumulators touched while a wgmma is in flight).
+std::vector<gen::Variant> sm90_variants() {
+  const tune::Target target = tune::target_for_arch("sm_90a");
+  std::vector<gen::Variant> variants;
+  for (const char* text : {"fwd.bf16.d128.dense.nomask.nosmod.fast.x128",
+                           "fwd.fp16.d64.padded.causal.smod.accurate.anylen",
+                           "fwd.bf16.d96.varlen.causal+window.nosmod.fast.anylen",
+                           "fwd.bf16.d256.dense.window.smod.accurate.anylen"}) {
+    const gen::KernelSpec spec = gen::parse_spec(text);
+    for (const gen::TileConfig& tile : tune::candidates(spec, target)) {
+      if (tile.family == gen::Family::sm90) variants.push_back({spec, tile});
+    }
+  }
+  for (const gen::KernelSpec& spec : tune::default_specs()) {
+    if (spec.direction != gen::Direction::forward) continue;
+    const gen::TileConfig tile = tune::default_tile(spec, target).tile;
+    EXPECT_EQ(tile.family, gen::Family::sm90) << gen::to_string(spec);
+    variants.push_back({spec, tile});
+  }
+  return variants;
+}
+
+TEST(KernelCompile, Sm90VariantsCompileWithoutSpillsOrSerializedWgmma) {
+  const std::vector<gen::Variant> variants = sm90_variants();
+  std::atomic<std::size_t> next{0};
+  std::mutex mutex;
+  std::vector<std::string> failures;
+  auto worker = [&] {
+    for (std::size_t i = next++; i < variants.size(); i = next++) {
+      const std::string name = gen::to_string(variants[i]);
+      std::string problem;
+      try {
+        const CompiledKernel compiled = compile(gen::generate(variants[i]), "sm_90a");
+        if (compiled.spills() || compiled.stack_frame_bytes > 0) {
+          problem = std::to_string(compiled.spill_store_bytes) + " bytes spilled";
+        } else if (compiled.log.find("C7514") != std::string::npos ||
+                   compiled.log.find("C7508") != std::string::npos) {
+          problem = "ptxas warning: " + compiled.log;
+        }
+      } catch (const std::exception& e) {
+        problem = e.what();
+      }
+      if (!problem.empty()) {
+        std::lock_guard lock(mutex);
+        failures.push_back(name + ": " + problem);
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < std::max(2u, std::thread::hardware_concurrency()); ++t) {
+    pool.emplace_back(worker);
+  }
+  for (auto& t : pool) t.join();
+  for (const auto& f : failures) ADD_FAILURE() << f;
+  EXPECT_GT(variants.size(), 30u);
+}
+
+TEST(KernelCompile, DqConversionCompilesForEveryDtypeAndLayout) {
+  for (const std::string arch : {"sm_80", "sm_90a"}) {
+    for (auto dtype : {gen::DType::bf16, gen::DType::fp16}) {
+      for (auto layout : {gen::Layout::dense, gen::Layout::padded, gen::Layout::varlen}) {
+        for (int head_dim : {8, 40, 136, 256}) {
+          gen::KernelSpec spec;
+          spec.direction = gen::Direction::dkdv;
+          spec.dtype = dtype;
+          spec.layout = layout;
+          spec.head_dim = head_dim;
+          const gen::GeneratedKernel kernel = gen::generate_dq_convert(spec);
+          const CompiledKernel compiled = compile(kernel, arch);
+          EXPECT_FALSE(compiled.cubin.empty()) << kernel.variant_name << " for " << arch;
+          EXPECT_GT(compiled.registers, 0) << kernel.variant_name << " for " << arch;
+          EXPECT_FALSE(compiled.spills()) << kernel.variant_name << " for " << arch;
+        }
+      }
+    }
+  }
 }
 
 TEST(KernelCompile, OddHeadDimPadsTheLastKStep) {

@@ -70,6 +70,46 @@ TEST(DefaultTile, FitsEveryHeadDimAndSaysWhy) {
   }
 }
 
+TEST(Sm90Family, ForwardOnSm90aOnlyWithNamedConstraints) {
+  const Target hopper = target_for_arch("sm_90a");
+  const gen::TileConfig two_consumers{128, 128, 12, 2, gen::Family::sm90};
+  EXPECT_TRUE(rejection(spec_with(128), two_consumers, hopper).empty());
+  EXPECT_NE(rejection(spec_with(128), two_consumers, target_for_arch("sm_90")).find("family_arch"),
+            std::string::npos);
+  EXPECT_NE(rejection(spec_with(40), two_consumers, hopper).find("sm90_kernel"), std::string::npos);
+  gen::KernelSpec dq = spec_with(128);
+  dq.direction = gen::Direction::dq;
+  EXPECT_NE(rejection(dq, two_consumers, hopper).find("sm90_kernel"), std::string::npos);
+  EXPECT_NE(rejection(spec_with(128), {128, 128, 8, 2, gen::Family::sm90}, hopper).find("wgmma"),
+            std::string::npos);
+  EXPECT_NE(
+      rejection(spec_with(128), {192, 64, 16, 2, gen::Family::sm90}, hopper).find("sm90_registers"),
+      std::string::npos);
+  EXPECT_NE(
+      rejection(spec_with(128), {128, 128, 12, 4, gen::Family::sm90}, hopper).find("shared_memory"),
+      std::string::npos);
+  int hopper_tiles = 0;
+  for (const auto& tile : candidates(spec_with(128), hopper)) {
+    hopper_tiles += tile.family == gen::Family::sm90;
+  }
+  EXPECT_GT(hopper_tiles, 0);
+  for (const auto& tile : candidates(dq, hopper)) EXPECT_EQ(tile.family, gen::Family::sm80);
+  for (const auto& tile : candidates(spec_with(128), target_for_arch("sm_80"))) {
+    EXPECT_EQ(tile.family, gen::Family::sm80);
+  }
+}
+
+TEST(DefaultTile, PrefersTheSm90FamilyOnSm90aWhereItApplies) {
+  const Target hopper = target_for_arch("sm_90a");
+  for (int head_dim : {64, 96, 128, 192, 256}) {
+    const DefaultChoice choice = default_tile(spec_with(head_dim), hopper);
+    EXPECT_EQ(choice.tile.family, gen::Family::sm90) << head_dim;
+    EXPECT_NE(choice.reason.find("wgmma"), std::string::npos) << choice.reason;
+  }
+  EXPECT_EQ(default_tile(spec_with(40), hopper).tile.family, gen::Family::sm80);
+  EXPECT_EQ(default_tile(spec_with(128), target_for_arch("sm_90")).tile.family, gen::Family::sm80);
+}
+
 TEST(DefaultTile, IsAPureFunction) {
   Target target = target_for_arch("sm_90a");
   EXPECT_EQ(default_tile(spec_with(128), target).tile, default_tile(spec_with(128), target).tile);

@@ -1,7 +1,9 @@
 // Forward-pass correctness on the GPU: every dtype, head dim, layout, mask, head grouping, bias,
 // score_mod and sigmoid form against an fp64 CPU reference (small problems) or a plain fp32 GPU
-// kernel (large ones and the fast sigmoid), every tile candidate of two specs, bit-identical
-// repeated launches, and an invalid length rejected before the output is touched.
+// kernel (large ones and the fast sigmoid), on the default tile and, where that is a Hopper (sm90)
+// tile, on the portable family's default too; every tile candidate of three specs; NaN in padding
+// rows; bit-identical repeated launches, and an invalid length rejected before the output is
+// touched.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -216,10 +218,17 @@ std::vector<Problem> sigmoid_cases() {
   return cases;
 }
 
-// Every tile candidate of these two specs runs; one x128 and one anylen.
+// Every tile candidate of these specs runs: x128, anylen, and a packed one whose tiles cross
+// sequence ends (the sm90 family loads those without TMA).
 std::vector<Problem> tile_sweep_cases() {
   return {Case(bf16, 64).bthd(2, 333, 333).heads(4, 2).fast(),
-          Case(bf16, 128).bthd(1, 256, 256).heads(4, 2).causal().fast()};
+          Case(bf16, 128).bthd(1, 256, 256).heads(4, 2).causal().fast(),
+          Case(fp16, 96).varlen({200, 1, 77}, {150, 300, 0}).heads(4, 2).causal().score_mod()};
+}
+
+// Padding rows of q, k and v hold NaN: no output may depend on them.
+Problem nan_padding_problem(DType dtype, int head_dim) {
+  return Case(dtype, head_dim).padded(300, 300, {300, 130, 1}, {257, 300, 64}).heads(4, 2);
 }
 
 // The determinism and invalid-call problems.
@@ -246,11 +255,23 @@ gen::KernelSpec spec_of(const Problem& problem) {
   return forward_spec(placeholder_args(problem, placeholder));
 }
 
+// The tiles a reference problem runs on: the default for the GPU and, where that is an sm90 tile,
+// the portable family's default (what sm_90 without the a-features would get).
+std::vector<gen::TileConfig> family_tiles(const gen::KernelSpec& spec, const tune::Target& target) {
+  std::vector<gen::TileConfig> tiles = {tune::default_tile(spec, target).tile};
+  if (tiles.front().family == gen::Family::sm90) {
+    tiles.push_back(tune::default_tile(spec, tune::target_for_arch("sm_90")).tile);
+  }
+  return tiles;
+}
+
 const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
   std::vector<gen::Variant> variants;
   const auto add_default = [&](const Problem& problem) {
     const gen::KernelSpec spec = spec_of(problem);
-    variants.push_back({spec, tune::default_tile(spec, gpu.target).tile});
+    for (const gen::TileConfig& tile : family_tiles(spec, gpu.target)) {
+      variants.push_back({spec, tile});
+    }
   };
   for (const std::vector<Problem>& table : all_reference_tables()) {
     for (const Problem& problem : table) {
@@ -265,6 +286,14 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
     }
   }
   if (test_selected("GpuForward.RepeatedLaunchIsBitIdentical")) add_default(repeat_problem());
+  if (test_selected("GpuForward.NaNInPaddingRowsDoesNotReachTheOutput")) {
+    for (const Problem& problem : {nan_padding_problem(bf16, 128), nan_padding_problem(fp16, 64)}) {
+      const gen::KernelSpec spec = spec_of(problem);
+      for (const gen::TileConfig& tile : tune::candidates(spec, gpu.target)) {
+        variants.push_back({spec, tile});
+      }
+    }
+  }
   return variants;
 });
 
@@ -306,23 +335,29 @@ TEST_P(ForwardMatchesReference, Output) {
   const HostInputs inputs = make_inputs(problem, seed());
   DeviceInputs device = upload(problem, inputs);
   const gen::KernelSpec spec = forward_spec(device.args);
-  const gen::Variant variant{spec, tune::default_tile(spec, gpu().target).tile};
-  const std::string context =
-      fmt::format("variant {}, problem {}, seed {} (SIGATTN_TEST_SEED={}), reference {}",
-                  gen::to_string(variant), problem.name(), seed(), base_seed(),
-                  use_cpu_reference(problem) ? "cpu fp64" : "gpu fp32");
-  SCOPED_TRACE(context);
-
-  device.out.fill_bytes(0xFF);  // NaN in both dtypes: any element left unwritten fails
-  try {
-    forward(device.args, nullptr);
-    synchronize();
-  } catch (const std::exception& e) {
-    FAIL() << e.what();
+  const std::vector<double> ref = reference_for(problem, inputs, device);
+  const std::vector<gen::TileConfig> tiles = family_tiles(spec, gpu().target);
+  for (std::size_t i = 0; i < tiles.size(); ++i) {
+    const gen::Variant variant{spec, tiles[i]};
+    SCOPED_TRACE(fmt::format("variant {}, problem {}, seed {} (SIGATTN_TEST_SEED={}), reference {}",
+                             gen::to_string(variant), problem.name(), seed(), base_seed(),
+                             use_cpu_reference(problem) ? "cpu fp64" : "gpu fp32"));
+    device.out.fill_bytes(0xFF);  // NaN in both dtypes: any element left unwritten fails
+    try {
+      // The first tile is the default, reached through forward() as a caller would.
+      if (i == 0) {
+        forward(device.args, nullptr);
+      } else {
+        forward_with_tile(device.args, nullptr, tiles[i]);
+      }
+      synchronize();
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << e.what();
+      continue;
+    }
+    const Comparison result = compare_output(problem, download_output(problem, device), ref);
+    EXPECT_TRUE(result.passed) << result.summary;
   }
-  const std::vector<float> out = download_output(problem, device);
-  const Comparison result = compare_output(problem, out, reference_for(problem, inputs, device));
-  EXPECT_TRUE(result.passed) << result.summary;
 }
 
 const auto name_of = [](const testing::TestParamInfo<Problem>& info) { return info.param.name(); };
@@ -400,6 +435,44 @@ TEST_F(GpuForward, RepeatedLaunchIsBitIdentical) {
       << ": " << from_bits(problem.dtype, *differ.first) << " vs "
       << from_bits(problem.dtype, *differ.second) << " (problem " << problem.name() << ", seed "
       << seed() << ")";
+}
+
+TEST_F(GpuForward, NaNInPaddingRowsDoesNotReachTheOutput) {
+  for (const Problem& problem : {nan_padding_problem(bf16, 128), nan_padding_problem(fp16, 64)}) {
+    HostInputs inputs = make_inputs(problem, seed());
+    const std::uint16_t nan_bits = 0xFFFF;  // NaN in both dtypes
+    for (int b = 0; b < problem.batch; ++b) {
+      for (int t = problem.valid_q(b); t < problem.len_q; ++t) {
+        for (int h = 0; h < problem.heads_q; ++h) {
+          std::fill_n(inputs.q.begin() + problem.q_offset(b, t, h), problem.head_dim, nan_bits);
+        }
+      }
+      for (int t = problem.valid_k(b); t < problem.len_k; ++t) {
+        for (int h = 0; h < problem.heads_kv; ++h) {
+          std::fill_n(inputs.k.begin() + problem.kv_offset(b, t, h), problem.head_dim, nan_bits);
+          std::fill_n(inputs.v.begin() + problem.kv_offset(b, t, h), problem.head_dim, nan_bits);
+        }
+      }
+    }
+    DeviceInputs device = upload(problem, inputs);
+    const gen::KernelSpec spec = forward_spec(device.args);
+    // The fp64 CPU reference visits valid rows only.
+    const std::vector<double> ref = cpu_reference(problem, inputs);
+    for (const gen::TileConfig& tile : tune::candidates(spec, gpu().target)) {
+      SCOPED_TRACE(fmt::format("variant {}, problem {}, seed {}",
+                               gen::to_string(gen::Variant{spec, tile}), problem.name(), seed()));
+      device.out.fill_bytes(0xFF);
+      try {
+        forward_with_tile(device.args, nullptr, tile);
+        synchronize();
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << e.what();
+        continue;
+      }
+      const Comparison result = compare_output(problem, download_output(problem, device), ref);
+      EXPECT_TRUE(result.passed) << result.summary;
+    }
+  }
 }
 
 TEST_F(GpuForward, LengthAboveMaxIsRejectedBeforeTheOutputIsTouched) {

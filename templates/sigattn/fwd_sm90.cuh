@@ -1,0 +1,342 @@
+// The Hopper forward kernel (sm_90a): one producer warpgroup loads Q once and K/V tiles into a
+// multi-stage shared-memory ring with TMA (128-byte swizzle, completion on mbarriers); each of
+// block_m / 64 consumer warpgroups owns 64 query rows, computes S = Q K^T with wgmma from shared
+// memory, P = sigma(S) in registers, and O += P V with P as the register A operand. The QK^T of
+// tile j+1 and the PV of tile j are in flight while the sigmoid of tile j+1 runs, and two consumer
+// warpgroups alternate their GEMMs (ping-pong). Sigmoid
+// attention needs no running max, no rescaling and no row sum.
+#pragma once
+
+#include "sigattn/fwd_sm90_params.h"
+#include "sigattn/hopper_sm90.cuh"
+#include "sigattn/ptx_sm80.cuh"
+#include "sigattn/sequence.cuh"
+#include "sigattn/sigmoid.cuh"
+#include "sigattn/wgmma_sm90.cuh"
+
+namespace sigattn {
+
+// Derived sizes for one Cfg (see the generator's traits struct for the parameters).
+template <class Cfg>
+struct FwdSm90Shape {
+  static constexpr int kD = Cfg::kHeadDim;
+  static constexpr int kBM = Cfg::kBlockM;
+  static constexpr int kBN = Cfg::kBlockN;
+  static constexpr int kStages = Cfg::kStages;
+  static constexpr int kConsumers = kBM / 64;  // consumer warpgroups, 64 query rows each
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  // Tiles are stored as column blocks of 64 elements (128-byte rows, the swizzle span).
+  static constexpr int kSlabs = (kD + 63) / 64;
+  static constexpr int kQBytes = kSlabs * kBM * 128;
+  static constexpr int kKVBytes = kSlabs * kBN * 128;  // one K or one V tile
+  // 1024 bytes of slack align the tiles to the 1024-byte swizzle atom; the mbarriers (at most
+  // 9 of 8 bytes) follow the tiles in 128 bytes.
+  static constexpr int kSmemBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + 128;
+  // Registers per thread after setmaxnreg: the producer gives its share to the consumers.
+  static constexpr int kProducerRegisters = 24;
+  static constexpr int kConsumerRegisters = kConsumers == 3 ? 160 : 240;
+
+  static_assert(kD % 16 == 0 && kD >= 64 && kD <= 256,
+                "head_dim must be a multiple of 16 in [64, 256]");
+  static_assert(kBM % 64 == 0 && kConsumers >= 1 && kConsumers <= 3,
+                "block_m must be 64, 128 or 192");
+  static_assert(Cfg::kWarps * 32 == kThreads, "warps must be 4 per consumer warpgroup plus 4");
+  static_assert(kBN % 16 == 0 && kBN >= 16 && kBN <= 256,
+                "block_n must be a multiple of 16 in [16, 256]");
+  static_assert(kStages >= 2 && kStages <= 4, "stages must be 2, 3 or 4");
+  static_assert(kSmemBytes == Cfg::kSmemBytes, "generator and kernel disagree on shared memory");
+  static_assert(128 * (kProducerRegisters + kConsumers * kConsumerRegisters) <= 65536,
+                "register split exceeds the register file");
+  static_assert(!Cfg::kSeqLenX128 || (128 % kBM == 0 && 128 % kBN == 0),
+                "the x128 length specialization needs block_m and block_n to divide 128");
+};
+
+// Rows [0, kRows) of a tile into 128-byte-swizzled shared memory with ordinary loads, rows at and
+// past `valid_rows` as zeros, so memory past a sequence's end is never read. Used for the tiles
+// that cross the end of a padded or packed sequence, where TMA's bounds are the whole tensor's.
+template <int kD, int kRows>
+__device__ __forceinline__ void load_tile_swizzled(unsigned dst, const unsigned short* src,
+                                                   long long row_stride, int valid_rows,
+                                                   int thread) {
+  constexpr int kChunks = kD / 8;  // 16-byte chunks per row
+#pragma unroll 1
+  for (int i = thread; i < kRows * kChunks; i += 128) {
+    const int row = i / kChunks;
+    const int chunk = i % kChunks;
+    uint4 value = make_uint4(0, 0, 0, 0);
+    if (row < valid_rows) {
+      value = *reinterpret_cast<const uint4*>(src + row * row_stride + chunk * 8);
+    }
+    st_shared_v4(dst + (chunk / 8) * kRows * 128 + swizzled_offset(row, chunk % 8), value);
+  }
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
+    fwd_sm90_kernel(const __grid_constant__ FwdSm90Params params) {
+  using S = FwdSm90Shape<Cfg>;
+  constexpr bool kBf16 = Cfg::kBf16;
+  constexpr Layout kLayout = Cfg::kLayout;
+  constexpr bool kChecked = !Cfg::kSeqLenX128;
+  const FwdParams& p = params.base;
+
+  extern __shared__ unsigned char smem_raw[];
+  const unsigned smem_q = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const unsigned smem_k = smem_q + S::kQBytes;  // stage s at smem_k + s * kKVBytes
+  const unsigned smem_v = smem_k + S::kStages * S::kKVBytes;
+  // Stage s at + 8 s: K and V landed.
+  const unsigned bar_full = smem_v + S::kStages * S::kKVBytes;
+  const unsigned bar_empty = bar_full + 8 * S::kStages;  // stage s: consumers are done with it
+  const unsigned bar_q = bar_full + 16 * S::kStages;
+
+  const int m_block = blockIdx.x;
+  const int head = blockIdx.y;
+  const int batch = blockIdx.z;
+  const int head_kv = head / (p.heads_q / p.heads_kv);
+  const int tid = threadIdx.x;
+
+  const SeqInfo seq = sequence_info<kLayout>(p, batch);
+  const int m0 = m_block * S::kBM;
+  if (kLayout == Layout::kVarlen && m0 >= seq.len_q) return;
+
+  const KeyMask<Cfg::kCausal, Cfg::kWindow> mask(p, seq);
+  const int row_hi = min(m0 + S::kBM, seq.len_q) - 1;
+  int key_lo = 0, key_hi = 0;  // keys [key_lo, key_hi) visible to some valid row of the block
+  if (row_hi >= m0) {
+    key_lo = mask.key_begin(m0);
+    key_hi = mask.key_end(row_hi);
+  }
+  const int tile_begin = key_lo / S::kBN;
+  const int tile_end = key_hi > key_lo ? (key_hi + S::kBN - 1) / S::kBN : tile_begin;
+
+  if (tid == 0) {
+    for (int s = 0; s < S::kStages; ++s) {
+      mbarrier_init(bar_full + 8 * s, 1);
+      mbarrier_init(bar_empty + 8 * s, 4 * S::kConsumers);
+    }
+    mbarrier_init(bar_q, 1);
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  const int warpgroup = tid / 128;
+  if (warpgroup == 0) {
+    // Producer. Thread 0 issues every TMA load; the whole warpgroup loads the tiles that cross
+    // the end of a padded or packed sequence.
+    setmaxnreg_decrease<S::kProducerRegisters>();
+    if (tile_end <= tile_begin) return;
+    const bool leader = tid == 0;
+    const bool packed = kLayout == Layout::kVarlen;
+    const int batch_coord = packed ? 0 : batch;
+    if (leader) {
+      prefetch_tma_descriptor(&params.q);
+      prefetch_tma_descriptor(&params.k);
+      prefetch_tma_descriptor(&params.v);
+    }
+    if (kLayout == Layout::kDense || m0 + S::kBM <= seq.len_q) {
+      if (leader) {
+        mbarrier_arrive_expect_tx(bar_q, S::kQBytes);
+        const int row = static_cast<int>(seq.q_token0) + m0;
+#pragma unroll
+        for (int slab = 0; slab < S::kSlabs; ++slab) {
+          tma_load_4d(smem_q + slab * S::kBM * 128, &params.q, bar_q, slab * 64, row, head,
+                      batch_coord);
+        }
+      }
+    } else {
+      const unsigned short* q = static_cast<const unsigned short*>(p.q) + seq.q_start +
+                                head * p.q_head_stride + m0 * p.q_seq_stride;
+      load_tile_swizzled<S::kD, S::kBM>(smem_q, q, p.q_seq_stride, seq.len_q - m0, tid);
+      fence_proxy_async();
+      named_barrier_sync(1, 128);
+      if (leader) mbarrier_arrive(bar_q);
+    }
+    const unsigned short* k =
+        static_cast<const unsigned short*>(p.k) + seq.k_start + head_kv * p.k_head_stride;
+    const unsigned short* v =
+        static_cast<const unsigned short*>(p.v) + seq.k_start + head_kv * p.v_head_stride;
+    for (int tile = tile_begin; tile < tile_end; ++tile) {
+      const int it = tile - tile_begin;
+      const int stage = it % S::kStages;
+      const unsigned free_parity = ((it / S::kStages) & 1) ^ 1;
+      const int n0 = tile * S::kBN;
+      if (kLayout == Layout::kDense || n0 + S::kBN <= seq.len_k) {
+        if (leader) {
+          mbarrier_wait(bar_empty + 8 * stage, free_parity);
+          mbarrier_arrive_expect_tx(bar_full + 8 * stage, 2 * S::kKVBytes);
+          const int row = static_cast<int>(seq.k_token0) + n0;
+#pragma unroll
+          for (int slab = 0; slab < S::kSlabs; ++slab) {
+            tma_load_4d(smem_k + stage * S::kKVBytes + slab * S::kBN * 128, &params.k,
+                        bar_full + 8 * stage, slab * 64, row, head_kv, batch_coord);
+            tma_load_4d(smem_v + stage * S::kKVBytes + slab * S::kBN * 128, &params.v,
+                        bar_full + 8 * stage, slab * 64, row, head_kv, batch_coord);
+          }
+        }
+      } else {
+        // Only the leader tracks the ring's phases (a parity wait cannot tell a phase from the
+        // one two later); the named barrier passes the stage on to the rest of the warpgroup.
+        if (leader) mbarrier_wait(bar_empty + 8 * stage, free_parity);
+        named_barrier_sync(1, 128);
+        load_tile_swizzled<S::kD, S::kBN>(smem_k + stage * S::kKVBytes, k + n0 * p.k_seq_stride,
+                                          p.k_seq_stride, seq.len_k - n0, tid);
+        load_tile_swizzled<S::kD, S::kBN>(smem_v + stage * S::kKVBytes, v + n0 * p.v_seq_stride,
+                                          p.v_seq_stride, seq.len_k - n0, tid);
+        fence_proxy_async();
+        named_barrier_sync(1, 128);
+        if (leader) mbarrier_arrive(bar_full + 8 * stage);
+      }
+    }
+    return;
+  }
+
+  // Consumers: warpgroup c owns rows [m0 + 64 (c - 1), +64); each warp 16 of them, laid out as
+  // the mma.sync m16n8 accumulator fragment repeated over the N/8 column blocks.
+  setmaxnreg_increase<S::kConsumerRegisters>();
+  const int consumer = warpgroup - 1;
+  const int thread = tid - 128 * warpgroup;
+  const int warp = thread / 32;
+  const int lane = thread % 32;
+  const int wg_row0 = m0 + 64 * consumer;           // first row of the warpgroup
+  const int row0 = wg_row0 + 16 * warp + lane / 4;  // this thread's rows: row0 and row0 + 8
+
+  float acc_o[S::kD / 2];
+#pragma unroll
+  for (int i = 0; i < S::kD / 2; ++i) acc_o[i] = 0.0f;
+
+  if (tile_end > tile_begin) {
+    const float bias = p.has_bias ? p.bias : -logf(static_cast<float>(seq.len_k));
+    const Sigmoid<Cfg::kAccurateSigmoid> sigmoid(p.scale);
+    const float shift_bias = sigmoid.shift(bias);
+    const float* score_mod =
+        Cfg::kScoreMod ? p.score_mod + batch * p.score_mod_batch_stride : nullptr;
+    const unsigned q_rows = smem_q + consumer * 64 * 128;
+
+    float acc_s[S::kBN / 2];
+    unsigned pa[S::kBN / 16][4];
+
+    // S = Q K^T for the tile in `stage`, issued and committed, not waited for.
+    auto issue_scores = [&](int stage) {
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < S::kD / 16; ++kk) {
+        const unsigned long long desc_q =
+            smem_descriptor(q_rows + (kk / 4) * S::kBM * 128 + (kk % 4) * 32, 16, 1024);
+        const unsigned long long desc_k = smem_descriptor(
+            smem_k + stage * S::kKVBytes + (kk / 4) * S::kBN * 128 + (kk % 4) * 32, 16, 1024);
+        Wgmma<S::kBN>::template ss<kBf16>(acc_s, desc_q, desc_k, kk > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+    };
+    // O += P V for the tile in `stage`, issued and committed.
+    auto issue_values = [&](int stage) {
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < S::kBN / 16; ++kk) {
+        const unsigned long long desc_v =
+            smem_descriptor(smem_v + stage * S::kKVBytes + kk * 16 * 128, S::kBN * 128, 1024);
+        Wgmma<S::kD>::template rs<kBf16>(acc_o, pa[kk], desc_v, 1);
+      }
+      wgmma_commit();
+    };
+    // acc_s <- sigma(scale * S + bias + score_mod), zero where the masks hide the key.
+    auto scores_to_probs = [&](int tile) {
+      const int n0 = tile * S::kBN;
+      const bool full_tile = !kChecked && !Cfg::kCausal && !Cfg::kWindow
+                                 ? true
+                                 : mask.tile_unmasked(wg_row0, wg_row0 + 63, n0, n0 + S::kBN - 1);
+#pragma unroll
+      for (int nt = 0; nt < S::kBN / 8; ++nt) {
+        const int col = n0 + nt * 8 + 2 * (lane % 4);
+        float shift[2] = {shift_bias, shift_bias};
+        if constexpr (Cfg::kScoreMod) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            if (col + c < seq.len_k) shift[c] = sigmoid.shift(bias + score_mod[col + c]);
+          }
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float prob = sigmoid(acc_s[nt * 4 + e], shift[e % 2]);
+          if (!full_tile && !mask.visible(row0 + (e / 2) * 8, col + e % 2)) prob = 0.0f;
+          acc_s[nt * 4 + e] = prob;
+        }
+      }
+    };
+    auto pack_probs = [&] {
+#pragma unroll
+      for (int kk = 0; kk < S::kBN / 16; ++kk) {
+        pa[kk][0] = pack2<kBf16>(acc_s[8 * kk + 0], acc_s[8 * kk + 1]);
+        pa[kk][1] = pack2<kBf16>(acc_s[8 * kk + 2], acc_s[8 * kk + 3]);
+        pa[kk][2] = pack2<kBf16>(acc_s[8 * kk + 4], acc_s[8 * kk + 5]);
+        pa[kk][3] = pack2<kBf16>(acc_s[8 * kk + 6], acc_s[8 * kk + 7]);
+      }
+    };
+
+    // Two consumer warpgroups take turns issuing their GEMMs (named barriers 2 and 3), so that one
+    // runs its sigmoid while the other's GEMMs hold the tensor cores. Consumer 1 hands consumer 0
+    // the first turn and, to leave both barriers balanced at exit, passes on no turn after its
+    // last.
+    constexpr bool kPingPong = S::kConsumers == 2;
+    const auto wait_turn = [&] {
+      if constexpr (kPingPong) named_barrier_sync(2 + consumer, 256);
+    };
+    const auto pass_turn = [&] {
+      if constexpr (kPingPong) named_barrier_arrive(3 - consumer, 256);
+    };
+    if (consumer == 1) pass_turn();
+
+    mbarrier_wait(bar_q, 0);
+    mbarrier_wait(bar_full, 0);
+    issue_scores(0);
+    wgmma_wait<0>();
+    fence_operands(acc_s);
+    scores_to_probs(tile_begin);
+    pack_probs();
+    // Steady state: QK^T of the next tile and PV of this one in flight while the next tile's
+    // sigmoid runs.
+    for (int tile = tile_begin; tile + 1 < tile_end; ++tile) {
+      const int it = tile - tile_begin;
+      const int stage = it % S::kStages;
+      const int next = (it + 1) % S::kStages;
+      mbarrier_wait(bar_full + 8 * next, ((it + 1) / S::kStages) & 1);
+      wait_turn();
+      issue_scores(next);
+      issue_values(stage);
+      pass_turn();
+      wgmma_wait<1>();
+      fence_operands(acc_s);
+      scores_to_probs(tile + 1);
+      wgmma_wait<0>();
+      fence_operands(acc_o);
+      if (lane == 0) mbarrier_arrive(bar_empty + 8 * stage);
+      pack_probs();
+    }
+    const int last = tile_end - 1 - tile_begin;
+    wait_turn();
+    issue_values(last % S::kStages);
+    if (consumer == 0) pass_turn();
+    wgmma_wait<0>();
+    fence_operands(acc_o);
+  }
+
+  // Epilogue: rows past len_q are zeros in the padded layout and absent in varlen.
+  const int rows_valid = seq.len_q - m0;
+  const int rows_stored = (kLayout == Layout::kVarlen ? seq.len_q : p.max_seqlen_q) - m0;
+  unsigned short* o = static_cast<unsigned short*>(p.o) + seq.o_start + head * p.o_head_stride +
+                      m0 * p.o_seq_stride;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = row0 + 8 * half - m0;
+    if (row >= rows_stored) continue;
+    const bool valid = row < rows_valid;
+    unsigned* out_row = reinterpret_cast<unsigned*>(o + row * p.o_seq_stride + 2 * (lane % 4));
+#pragma unroll
+    for (int nt = 0; nt < S::kD / 8; ++nt) {
+      out_row[nt * 4] =
+          valid ? pack2<kBf16>(acc_o[nt * 4 + 2 * half], acc_o[nt * 4 + 2 * half + 1]) : 0u;
+    }
+  }
+}
+
+}  // namespace sigattn

@@ -1,0 +1,174 @@
+// Tuning shapes: the shape string and its errors, the JSON shape file and its errors, presets,
+// the expansion into tasks (specs and problem keys as the runtime derives them, padded lengths),
+// task round trips through the worker protocol's JSON, and shards.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+
+#include "temp_dir.hpp"
+#include "tuner/shapes.hpp"
+#include "tuner/tuner.hpp"
+
+namespace sigattn::tune {
+namespace {
+
+using sigattn::testing::TempDir;
+
+TEST(TunerShapes, StringRoundTripAndDefaults) {
+  const Shape shape = parse_shape("fwd.bf16.d128.L4096.pad25");
+  EXPECT_EQ(shape.batch, 4);     // 16384 tokens / 4096
+  EXPECT_EQ(shape.heads_q, 16);  // 2048 / 128
+  EXPECT_EQ(shape.heads_kv, 16);
+  EXPECT_EQ(shape.padding_percent, 25);
+  EXPECT_EQ(to_string(shape), "fwd.bf16.d128.L4096.pad25.b4.h16");
+  for (const char* text :
+       {"bwd.fp16.d64.L512.b3.h8x2.causal.accurate", "fwd.bf16.d128.L100.b2.h4"}) {
+    EXPECT_EQ(to_string(parse_shape(text)), text);
+  }
+}
+
+TEST(TunerShapes, StringErrorsNameTheField) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"fwd.bf16.d128", "expected"},
+      {"fwx.bf16.d128.L4096", "pass"},
+      {"fwd.bf17.d128.L4096", "dtype"},
+      {"fwd.bf16.128.L4096", "head dim"},
+      {"fwd.bf16.d100.L4096", "head_dim 100"},
+      {"fwd.bf16.d128.Lx", "length"},
+      {"fwd.bf16.d128.L0", "seqlen 0"},
+      {"fwd.bf16.d128.L4096.pad100", "padding_percent 100"},
+      {"fwd.bf16.d128.L4096.h16x5", "heads_kv 5"},
+      {"fwd.bf16.d128.L4096.b70000", "batch 70000"},
+      {"fwd.bf16.d128.L4096.mask", "unknown field 'mask'"},
+      {"fwd.bf16.d256.L1048576.b64.h64", "bytes"},
+  };
+  for (const auto& [text, needle] : cases) {
+    try {
+      parse_shape(text);
+      ADD_FAILURE() << text << " was accepted";
+    } catch (const std::invalid_argument& error) {
+      EXPECT_NE(std::string(error.what()).find(needle), std::string::npos)
+          << text << ": " << error.what();
+    }
+  }
+}
+
+TEST(TunerShapes, JsonFile) {
+  TempDir dir;
+  const auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream(dir / name) << text;
+    return dir / name;
+  };
+  const std::vector<Shape> shapes = read_shapes_file(
+      write("ok.json",
+            R"({"shapes": [{"pass": "backward", "dtype": "fp16", "head_dim": 64, "seqlen": 2048,
+          "padding_percent": 50, "causal": true},
+         {"pass": "forward", "dtype": "bf16", "head_dim": 128, "seqlen": 1000, "batch": 2,
+          "heads_q": 8, "heads_kv": 2, "sigmoid": "accurate"}]})"));
+  ASSERT_EQ(shapes.size(), 2u);
+  EXPECT_EQ(to_string(shapes[0]), "bwd.fp16.d64.L2048.pad50.b8.h32.causal");
+  EXPECT_EQ(to_string(shapes[1]), "fwd.bf16.d128.L1000.b2.h8x2.accurate");
+
+  const std::pair<const char*, const char*> bad[] = {
+      {"not json", "not valid JSON"},
+      {R"([1, 2])", "\"shapes\" array"},
+      {R"({"shapes": []})", "empty"},
+      {R"({"shapes": [], "extra": 1})", "unknown top-level field 'extra'"},
+      {R"({"shapes": [{"pass": "forward", "dtype": "bf16", "head_dim": 64}]})",
+       "shapes[0]: missing field 'seqlen'"},
+      {R"({"shapes": [{"pass": "forward", "dtype": "bf16", "head_dim": "64", "seqlen": 8}]})",
+       "shapes[0].head_dim: must be an integer"},
+      {R"({"shapes": [{"pass": "sideways", "dtype": "bf16", "head_dim": 64, "seqlen": 8}]})",
+       "shapes[0].pass"},
+      {R"({"shapes": [{"pass": "forward", "dtype": "bf16", "head_dim": 64, "seqlen": 8,
+          "colour": 1}]})",
+       "shapes[0]: unknown field 'colour'"},
+      {R"({"shapes": [{"pass": "forward", "dtype": "bf16", "head_dim": 72, "seqlen": 8,
+          "heads_q": 3, "heads_kv": 2}]})",
+       "shapes[0]: shape"},
+  };
+  for (const auto& [text, needle] : bad) {
+    try {
+      read_shapes_file(write("bad.json", text));
+      ADD_FAILURE() << text << " was accepted";
+    } catch (const std::invalid_argument& error) {
+      EXPECT_NE(std::string(error.what()).find(needle), std::string::npos)
+          << text << ": " << error.what();
+    }
+  }
+  EXPECT_THROW(read_shapes_file(dir / "missing.json"), std::invalid_argument);
+}
+
+TEST(TunerShapes, Presets) {
+  EXPECT_EQ(preset_shapes("quick").size(), 4u);
+  const std::vector<Shape> paper = preset_shapes("paper");
+  EXPECT_EQ(paper.size(), 2u * 2 * 2 * 6 * 3);
+  for (const Shape& shape : paper) {
+    EXPECT_EQ(shape.batch * shape.seqlen, kTokensPerBatch) << to_string(shape);
+    EXPECT_EQ(shape.heads_q * shape.head_dim, kHiddenSize) << to_string(shape);
+    EXPECT_NO_THROW(tasks_for(shape)) << to_string(shape);
+  }
+  try {
+    preset_shapes("huge");
+    ADD_FAILURE() << "unknown preset accepted";
+  } catch (const std::invalid_argument& error) {
+    EXPECT_NE(std::string(error.what()).find("quick, paper"), std::string::npos);
+  }
+}
+
+TEST(TunerShapes, TasksCarryTheRuntimeSpec) {
+  const std::vector<Task> dense = tasks_for(parse_shape("fwd.bf16.d128.L4096"));
+  ASSERT_EQ(dense.size(), 1u);
+  EXPECT_EQ(dense[0].problem.spec, "fwd.bf16.d128.dense.nomask.nosmod.fast.x128");
+  EXPECT_EQ(dense[0].problem.seqlen_q_bucket, 4096);
+  EXPECT_TRUE(dense[0].lengths.empty());
+  EXPECT_DOUBLE_EQ(dense[0].flops(), 4.0 * 16 * 128 * 4.0 * 4096 * 4096);
+
+  const std::vector<Task> padded = tasks_for(parse_shape("bwd.fp16.d64.L3000.pad50.causal"));
+  ASSERT_EQ(padded.size(), 2u);
+  EXPECT_EQ(padded[0].direction, gen::Direction::dkdv);
+  EXPECT_EQ(padded[1].direction, gen::Direction::dq);
+  EXPECT_EQ(padded[0].problem.spec, "dkdv.fp16.d64.padded.causal.nosmod.fast.anylen");
+  EXPECT_EQ(padded[0].problem.seqlen_k_bucket, 4096);
+  ASSERT_EQ(padded[0].lengths.size(), 5u);  // 16384 / 3000
+  for (const int length : padded[0].lengths) {
+    EXPECT_GE(length, 1500);
+    EXPECT_LE(length, 3000);
+  }
+  EXPECT_EQ(padded[0].lengths, tasks_for(parse_shape("bwd.fp16.d64.L3000.pad50.causal"))[1].lengths)
+      << "lengths are drawn from the shape, the same in every process";
+  EXPECT_EQ(padded[1].name(), "bwd.fp16.d64.L3000.pad50.b5.h32.causal dq");
+}
+
+TEST(TunerShapes, TaskJsonRoundTrip) {
+  for (const Task& task : tasks_for(parse_shape("bwd.bf16.d128.L2048.pad25.b3.h4x2"))) {
+    nlohmann::json j = task;
+    const Task back = task_from_json(nlohmann::json::parse(j.dump()));
+    EXPECT_EQ(back.shape, task.shape);
+    EXPECT_EQ(back.direction, task.direction);
+    EXPECT_EQ(back.spec, task.spec);
+    EXPECT_EQ(back.problem, task.problem);
+    EXPECT_EQ(back.lengths, task.lengths);
+  }
+}
+
+TEST(TunerShapes, ShardsCoverEveryTaskOnce) {
+  std::vector<Task> tasks;
+  for (const Shape& shape : preset_shapes("quick")) {
+    for (Task& task : tasks_for(shape)) tasks.push_back(std::move(task));
+  }
+  std::multiset<std::string> seen;
+  for (int i = 0; i < 3; ++i) {
+    for (const Task& task : shard(tasks, i, 3)) seen.insert(task.name());
+  }
+  EXPECT_EQ(seen.size(), tasks.size());
+  for (const Task& task : tasks) EXPECT_EQ(seen.count(task.name()), 1u) << task.name();
+  EXPECT_THROW(shard(tasks, 3, 3), std::invalid_argument);
+  EXPECT_THROW(shard(tasks, 0, 0), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace sigattn::tune

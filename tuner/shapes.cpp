@@ -1,0 +1,458 @@
+// Shapes, presets, the shape string and JSON formats, and the expansion of a shape into tasks.
+// The spec of a task comes from the runtime's own validation (forward_spec, backward_specs) run
+// on placeholder pointers, so a tuned problem key is exactly the key a call of that shape looks up.
+#include "tuner/shapes.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+#include <sigattn/sigattn.hpp>
+#include <stdexcept>
+
+#include "generator/template_store.hpp"
+#include "runtime/backward.hpp"
+#include "runtime/forward.hpp"
+
+namespace sigattn::tune {
+namespace {
+
+// The kernels put heads and batch on grid.y and grid.z.
+constexpr int kMaxGridExtent = 65535;
+constexpr int kMaxSeqLen = 1 << 24;
+
+std::string_view pass_name(Pass pass) { return pass == Pass::forward ? "fwd" : "bwd"; }
+
+int parse_int(std::string_view text, std::string_view field, std::string_view whole) {
+  int value = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || error != std::errc() || end != text.data() + text.size()) {
+    throw std::invalid_argument(
+        fmt::format("shape '{}': {} '{}' is not a decimal integer", whole, field, text));
+  }
+  return value;
+}
+
+std::vector<std::string_view> split(std::string_view text, char separator) {
+  std::vector<std::string_view> parts;
+  std::size_t start = 0;
+  while (true) {
+    const std::size_t end = text.find(separator, start);
+    parts.push_back(text.substr(start, end - start));
+    if (end == std::string_view::npos) return parts;
+    start = end + 1;
+  }
+}
+
+gen::DType parse_dtype(std::string_view text, std::string_view where) {
+  if (text == "bf16") return gen::DType::bf16;
+  if (text == "fp16") return gen::DType::fp16;
+  throw std::invalid_argument(fmt::format("{}: dtype '{}' must be bf16 or fp16", where, text));
+}
+
+// Placeholder device addresses: forward_spec and backward_specs check alignment and null-ness
+// only, on the host.
+void* placeholder(int index) { return reinterpret_cast<void*>(std::uintptr_t{0x10000} * index); }
+
+ForwardArgs placeholder_args(const Shape& shape) {
+  ForwardArgs args;
+  args.dtype = shape.dtype == gen::DType::bf16 ? DType::bf16 : DType::fp16;
+  args.batch = shape.batch;
+  args.heads_q = shape.heads_q;
+  args.heads_kv = shape.heads_kv;
+  args.head_dim = shape.head_dim;
+  args.max_seqlen_q = shape.seqlen;
+  args.max_seqlen_k = shape.seqlen;
+  args.q = bthd(placeholder(1), shape.seqlen, shape.heads_q, shape.head_dim);
+  args.k = bthd(placeholder(2), shape.seqlen, shape.heads_kv, shape.head_dim);
+  args.v = bthd(placeholder(3), shape.seqlen, shape.heads_kv, shape.head_dim);
+  args.out = bthd(placeholder(4), shape.seqlen, shape.heads_q, shape.head_dim);
+  if (shape.padding_percent > 0) {
+    args.seq_lens_q = static_cast<const std::int32_t*>(placeholder(5));
+    args.seq_lens_k = static_cast<const std::int32_t*>(placeholder(6));
+  }
+  args.causal = shape.causal;
+  args.sigmoid =
+      shape.sigmoid == gen::SigmoidMode::fast ? SigmoidMode::fast : SigmoidMode::accurate;
+  return args;
+}
+
+gen::KernelSpec spec_for(const Shape& shape, gen::Direction direction) {
+  try {
+    const ForwardArgs args = placeholder_args(shape);
+    if (direction == gen::Direction::forward) return forward_spec(args);
+    BackwardArgs backward_args;
+    backward_args.inputs = args;
+    backward_args.grad_out = args.out;
+    backward_args.grad_q = bthd(placeholder(7), shape.seqlen, shape.heads_q, shape.head_dim);
+    backward_args.grad_k = bthd(placeholder(8), shape.seqlen, shape.heads_kv, shape.head_dim);
+    backward_args.grad_v = bthd(placeholder(9), shape.seqlen, shape.heads_kv, shape.head_dim);
+    const BackwardSpecs specs = backward_specs(backward_args);
+    return direction == gen::Direction::dkdv ? specs.dkdv : specs.dq;
+  } catch (const Error& error) {
+    throw std::invalid_argument(fmt::format("shape {}: {}", to_string(shape), error.what()));
+  }
+}
+
+std::vector<int> draw_lengths(const Shape& shape) {
+  if (shape.padding_percent == 0) return {};
+  const std::string seed_text = gen::hash_hex(to_string(shape)).substr(0, 16);
+  std::mt19937_64 engine(std::stoull(seed_text, nullptr, 16));
+  const int shortest = std::max(
+      1, static_cast<int>(std::ceil(shape.seqlen * (100 - shape.padding_percent) / 100.0)));
+  std::uniform_int_distribution<int> length(shortest, shape.seqlen);
+  std::vector<int> lengths(shape.batch);
+  for (int& l : lengths) l = length(engine);
+  return lengths;
+}
+
+const std::set<std::string>& shape_fields() {
+  static const std::set<std::string> fields = {
+      "pass",  "dtype",   "head_dim", "seqlen", "padding_percent",
+      "batch", "heads_q", "heads_kv", "causal", "sigmoid"};
+  return fields;
+}
+
+}  // namespace
+
+Shape resolved(Shape shape) {
+  if (shape.batch == 0 && shape.seqlen > 0)
+    shape.batch = std::max(1, kTokensPerBatch / shape.seqlen);
+  if (shape.heads_q == 0 && shape.head_dim > 0) {
+    shape.heads_q = std::max(1, kHiddenSize / shape.head_dim);
+  }
+  if (shape.heads_kv == 0) shape.heads_kv = shape.heads_q;
+  return shape;
+}
+
+std::int64_t tensor_bytes(const Shape& shape) {
+  const std::int64_t q_elements =
+      std::int64_t{shape.batch} * shape.seqlen * shape.heads_q * shape.head_dim;
+  const std::int64_t kv_elements =
+      std::int64_t{shape.batch} * shape.seqlen * shape.heads_kv * shape.head_dim;
+  // Forward: q, k, v, out. Backward: those, dO, dQ, dK, dV.
+  const std::int64_t elements = shape.pass == Pass::forward ? 2 * q_elements + 2 * kv_elements
+                                                            : 4 * q_elements + 4 * kv_elements;
+  return elements * 2;
+}
+
+void validate(const Shape& shape) {
+  const std::string name = to_string(shape);
+  const auto fail = [&](const std::string& why) {
+    throw std::invalid_argument(fmt::format("shape {}: {}", name, why));
+  };
+  if (!gen::head_dim_supported(shape.head_dim)) {
+    fail(fmt::format("head_dim {} must be a multiple of 8 from 8 to 256", shape.head_dim));
+  }
+  if (shape.seqlen < 1 || shape.seqlen > kMaxSeqLen) {
+    fail(fmt::format("seqlen {} must be in [1, {}]", shape.seqlen, kMaxSeqLen));
+  }
+  if (shape.padding_percent < 0 || shape.padding_percent > 99) {
+    fail(fmt::format("padding_percent {} must be in [0, 99]", shape.padding_percent));
+  }
+  if (shape.batch < 1 || shape.batch > kMaxGridExtent) {
+    fail(fmt::format("batch {} must be in [1, {}]", shape.batch, kMaxGridExtent));
+  }
+  if (shape.heads_q < 1 || shape.heads_q > kMaxGridExtent) {
+    fail(fmt::format("heads_q {} must be in [1, {}]", shape.heads_q, kMaxGridExtent));
+  }
+  if (shape.heads_kv < 1 || shape.heads_q % shape.heads_kv != 0) {
+    fail(fmt::format("heads_q {} must be a positive multiple of heads_kv {}", shape.heads_q,
+                     shape.heads_kv));
+  }
+  if (tensor_bytes(shape) > kMaxShapeBytes) {
+    fail(fmt::format("its tensors take {} bytes, more than the {} a tuning shape may use",
+                     tensor_bytes(shape), kMaxShapeBytes));
+  }
+  spec_for(shape, shape.pass == Pass::forward ? gen::Direction::forward : gen::Direction::dkdv);
+}
+
+std::string to_string(const Shape& shape) {
+  std::string text = fmt::format("{}.{}.d{}.L{}", pass_name(shape.pass),
+                                 gen::to_string(shape.dtype), shape.head_dim, shape.seqlen);
+  if (shape.padding_percent != 0) text += fmt::format(".pad{}", shape.padding_percent);
+  if (shape.batch != 0) text += fmt::format(".b{}", shape.batch);
+  if (shape.heads_q != 0) {
+    text += shape.heads_kv == 0 || shape.heads_kv == shape.heads_q
+                ? fmt::format(".h{}", shape.heads_q)
+                : fmt::format(".h{}x{}", shape.heads_q, shape.heads_kv);
+  }
+  if (shape.causal) text += ".causal";
+  if (shape.sigmoid == gen::SigmoidMode::accurate) text += ".accurate";
+  return text;
+}
+
+Shape parse_shape(std::string_view text) {
+  const std::vector<std::string_view> parts = split(text, '.');
+  if (parts.size() < 4) {
+    throw std::invalid_argument(fmt::format(
+        "shape '{}': expected PASS.DTYPE.dHEAD.LSEQ[.padP][.bBATCH][.hHEADS[xKV]][.causal]"
+        "[.accurate], e.g. fwd.bf16.d128.L4096.pad25",
+        text));
+  }
+  Shape shape;
+  if (parts[0] == "fwd") {
+    shape.pass = Pass::forward;
+  } else if (parts[0] == "bwd") {
+    shape.pass = Pass::backward;
+  } else {
+    throw std::invalid_argument(
+        fmt::format("shape '{}': pass '{}' must be fwd or bwd", text, parts[0]));
+  }
+  shape.dtype = parse_dtype(parts[1], fmt::format("shape '{}'", text));
+  if (!parts[2].starts_with("d")) {
+    throw std::invalid_argument(
+        fmt::format("shape '{}': head dim '{}' must read dHEAD, e.g. d128", text, parts[2]));
+  }
+  shape.head_dim = parse_int(parts[2].substr(1), "head dim", text);
+  if (!parts[3].starts_with("L")) {
+    throw std::invalid_argument(
+        fmt::format("shape '{}': length '{}' must read LSEQ, e.g. L4096", text, parts[3]));
+  }
+  shape.seqlen = parse_int(parts[3].substr(1), "length", text);
+  for (std::size_t i = 4; i < parts.size(); ++i) {
+    const std::string_view part = parts[i];
+    if (part == "causal") {
+      shape.causal = true;
+    } else if (part == "accurate") {
+      shape.sigmoid = gen::SigmoidMode::accurate;
+    } else if (part.starts_with("pad")) {
+      shape.padding_percent = parse_int(part.substr(3), "padding", text);
+    } else if (part.starts_with("b")) {
+      shape.batch = parse_int(part.substr(1), "batch", text);
+    } else if (part.starts_with("h")) {
+      const std::vector<std::string_view> heads = split(part.substr(1), 'x');
+      if (heads.size() > 2) {
+        throw std::invalid_argument(
+            fmt::format("shape '{}': heads '{}' must read hHEADS or hHEADSxKV", text, part));
+      }
+      shape.heads_q = parse_int(heads[0], "heads", text);
+      if (heads.size() == 2) shape.heads_kv = parse_int(heads[1], "kv heads", text);
+    } else {
+      throw std::invalid_argument(fmt::format(
+          "shape '{}': unknown field '{}' (expected padP, bBATCH, hHEADS[xKV], causal or "
+          "accurate)",
+          text, part));
+    }
+  }
+  shape = resolved(shape);
+  validate(shape);
+  return shape;
+}
+
+std::vector<Shape> parse_shapes_json(const nlohmann::json& document) {
+  if (!document.is_object() || !document.contains("shapes") || !document["shapes"].is_array()) {
+    throw std::invalid_argument("a shape file must be a JSON object with a \"shapes\" array");
+  }
+  for (const auto& [key, value] : document.items()) {
+    if (key != "shapes") {
+      throw std::invalid_argument(
+          fmt::format("unknown top-level field '{}' (expected shapes)", key));
+    }
+  }
+  std::vector<Shape> shapes;
+  const nlohmann::json& list = document["shapes"];
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    const nlohmann::json& entry = list[i];
+    const std::string where = fmt::format("shapes[{}]", i);
+    if (!entry.is_object()) throw std::invalid_argument(where + ": must be an object");
+    for (const auto& [key, value] : entry.items()) {
+      if (!shape_fields().contains(key)) {
+        throw std::invalid_argument(fmt::format("{}: unknown field '{}'", where, key));
+      }
+    }
+    const auto require = [&](const char* field) -> const nlohmann::json& {
+      if (!entry.contains(field)) {
+        throw std::invalid_argument(fmt::format("{}: missing field '{}'", where, field));
+      }
+      return entry[field];
+    };
+    const auto text_field = [&](const char* field) {
+      const nlohmann::json& value = require(field);
+      if (!value.is_string()) {
+        throw std::invalid_argument(fmt::format("{}.{}: must be a string", where, field));
+      }
+      return value.get<std::string>();
+    };
+    const auto int_field = [&](const char* field, int fallback) {
+      if (!entry.contains(field) && fallback >= 0) return fallback;
+      const nlohmann::json& value = require(field);
+      if (!value.is_number_integer()) {
+        throw std::invalid_argument(fmt::format("{}.{}: must be an integer", where, field));
+      }
+      const std::int64_t number = value.get<std::int64_t>();
+      if (number < 0 || number > kMaxSeqLen) {
+        throw std::invalid_argument(fmt::format("{}.{}: {} is out of range", where, field, number));
+      }
+      return static_cast<int>(number);
+    };
+    Shape shape;
+    const std::string pass = text_field("pass");
+    if (pass != "forward" && pass != "backward") {
+      throw std::invalid_argument(
+          fmt::format("{}.pass: '{}' must be forward or backward", where, pass));
+    }
+    shape.pass = pass == "forward" ? Pass::forward : Pass::backward;
+    shape.dtype = parse_dtype(text_field("dtype"), where + ".dtype");
+    shape.head_dim = int_field("head_dim", -1);
+    shape.seqlen = int_field("seqlen", -1);
+    shape.padding_percent = int_field("padding_percent", 0);
+    shape.batch = int_field("batch", 0);
+    shape.heads_q = int_field("heads_q", 0);
+    shape.heads_kv = int_field("heads_kv", 0);
+    if (entry.contains("causal")) {
+      if (!entry["causal"].is_boolean()) {
+        throw std::invalid_argument(where + ".causal: must be true or false");
+      }
+      shape.causal = entry["causal"].get<bool>();
+    }
+    if (entry.contains("sigmoid")) {
+      const std::string sigmoid = text_field("sigmoid");
+      if (sigmoid != "fast" && sigmoid != "accurate") {
+        throw std::invalid_argument(
+            fmt::format("{}.sigmoid: '{}' must be fast or accurate", where, sigmoid));
+      }
+      shape.sigmoid = sigmoid == "fast" ? gen::SigmoidMode::fast : gen::SigmoidMode::accurate;
+    }
+    shape = resolved(shape);
+    try {
+      validate(shape);
+    } catch (const std::invalid_argument& error) {
+      throw std::invalid_argument(fmt::format("{}: {}", where, error.what()));
+    }
+    shapes.push_back(shape);
+  }
+  if (shapes.empty()) throw std::invalid_argument("the \"shapes\" array is empty");
+  return shapes;
+}
+
+std::vector<Shape> read_shapes_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) throw std::invalid_argument(fmt::format("cannot read the shape file {}", path.string()));
+  nlohmann::json document;
+  try {
+    document = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::parse_error& error) {
+    throw std::invalid_argument(
+        fmt::format("shape file {} is not valid JSON: {}", path.string(), error.what()));
+  }
+  try {
+    return parse_shapes_json(document);
+  } catch (const std::invalid_argument& error) {
+    throw std::invalid_argument(fmt::format("shape file {}: {}", path.string(), error.what()));
+  }
+}
+
+void to_json(nlohmann::json& j, const Shape& shape) {
+  j = {{"pass", shape.pass == Pass::forward ? "forward" : "backward"},
+       {"dtype", gen::to_string(shape.dtype)},
+       {"head_dim", shape.head_dim},
+       {"seqlen", shape.seqlen},
+       {"padding_percent", shape.padding_percent},
+       {"batch", shape.batch},
+       {"heads_q", shape.heads_q},
+       {"heads_kv", shape.heads_kv},
+       {"causal", shape.causal},
+       {"sigmoid", shape.sigmoid == gen::SigmoidMode::fast ? "fast" : "accurate"}};
+}
+
+const std::vector<std::string>& preset_names() {
+  static const std::vector<std::string> names = {"quick", "paper"};
+  return names;
+}
+
+std::vector<Shape> preset_shapes(std::string_view name) {
+  std::vector<Shape> shapes;
+  const auto add = [&](Pass pass, gen::DType dtype, int head_dim, int seqlen, int padding) {
+    Shape shape;
+    shape.pass = pass;
+    shape.dtype = dtype;
+    shape.head_dim = head_dim;
+    shape.seqlen = seqlen;
+    shape.padding_percent = padding;
+    shapes.push_back(resolved(shape));
+  };
+  if (name == "quick") {
+    add(Pass::forward, gen::DType::bf16, 128, 4096, 0);
+    add(Pass::forward, gen::DType::bf16, 64, 1024, 0);
+    add(Pass::forward, gen::DType::bf16, 128, 2048, 25);
+    add(Pass::backward, gen::DType::bf16, 128, 4096, 0);
+    return shapes;
+  }
+  if (name == "paper") {
+    for (const Pass pass : {Pass::forward, Pass::backward}) {
+      for (const gen::DType dtype : {gen::DType::bf16, gen::DType::fp16}) {
+        for (const int head_dim : {64, 128}) {
+          for (const int seqlen : {512, 1024, 2048, 4096, 8192, 16384}) {
+            for (const int padding : {0, 25, 50}) add(pass, dtype, head_dim, seqlen, padding);
+          }
+        }
+      }
+    }
+    return shapes;
+  }
+  throw std::invalid_argument(
+      fmt::format("unknown preset '{}' (known: {})", name, fmt::join(preset_names(), ", ")));
+}
+
+std::string Task::name() const {
+  if (direction == gen::Direction::forward) return to_string(shape);
+  return fmt::format("{} {}", to_string(shape), gen::to_string(direction));
+}
+
+double Task::flops() const {
+  double pairs = 0.0;
+  if (lengths.empty()) {
+    pairs = double(shape.batch) * shape.seqlen * shape.seqlen;
+  } else {
+    for (const int length : lengths) pairs += double(length) * length;
+  }
+  double forward = 4.0 * shape.heads_q * shape.head_dim * pairs;
+  if (shape.causal) forward /= 2.0;
+  return shape.pass == Pass::forward ? forward : 2.5 * forward;
+}
+
+Task make_task(const Shape& shape, gen::Direction direction, std::vector<int> lengths) {
+  Task task;
+  task.shape = shape;
+  task.direction = direction;
+  task.spec = spec_for(shape, direction);
+  task.problem = cache::problem_key(task.spec, shape.seqlen, shape.seqlen);
+  task.lengths = std::move(lengths);
+  return task;
+}
+
+std::vector<Task> tasks_for(const Shape& shape) {
+  validate(shape);
+  const std::vector<int> lengths = draw_lengths(shape);
+  if (shape.pass == Pass::forward) return {make_task(shape, gen::Direction::forward, lengths)};
+  return {make_task(shape, gen::Direction::dkdv, lengths),
+          make_task(shape, gen::Direction::dq, lengths)};
+}
+
+void to_json(nlohmann::json& j, const Task& task) {
+  j = {{"shape", task.shape},
+       {"direction", gen::to_string(task.direction)},
+       {"lengths", task.lengths}};
+}
+
+Task task_from_json(const nlohmann::json& j) {
+  std::vector<Shape> shapes = parse_shapes_json({{"shapes", {j.at("shape")}}});
+  const std::string direction = j.at("direction").get<std::string>();
+  gen::Direction parsed = gen::Direction::forward;
+  if (direction == "dkdv") {
+    parsed = gen::Direction::dkdv;
+  } else if (direction == "dq") {
+    parsed = gen::Direction::dq;
+  } else if (direction != gen::to_string(gen::Direction::forward)) {
+    throw std::invalid_argument(fmt::format("unknown task direction '{}'", direction));
+  }
+  return make_task(shapes.front(), parsed, j.at("lengths").get<std::vector<int>>());
+}
+
+}  // namespace sigattn::tune

@@ -1,0 +1,101 @@
+// What the tuner tunes: a Shape (a forward or backward call as a user makes it: dtype, head dim,
+// length, padding, batch, heads, mask), the presets, the shape string and JSON file formats, and
+// the Tasks a shape expands into (one per kernel: forward, or dkdv and dq), each with the spec and
+// problem key the runtime derives for that call.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <nlohmann/json_fwd.hpp>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "cache/tuning_store.hpp"
+#include "generator/kernel_spec.hpp"
+
+namespace sigattn::tune {
+
+enum class Pass { forward, backward };
+
+// The benchmark protocol's defaults (/work/shared/BENCHMARKS.md): 16384 tokens per batch and a
+// hidden size of 2048, so batch = 16384 / seqlen and heads = 2048 / head_dim.
+inline constexpr int kTokensPerBatch = 16384;
+inline constexpr int kHiddenSize = 2048;
+
+struct Shape {
+  Pass pass = Pass::forward;
+  gen::DType dtype = gen::DType::bf16;
+  int head_dim = 128;
+  int seqlen = 4096;  // max_seqlen_q = max_seqlen_k
+  // Per-sequence valid lengths are drawn uniformly from [seqlen * (1 - p/100), seqlen]; 0 is the
+  // dense layout, anything else the padded layout.
+  int padding_percent = 0;
+  int batch = 0;     // 0: kTokensPerBatch / seqlen (at least 1)
+  int heads_q = 0;   // 0: kHiddenSize / head_dim (at least 1)
+  int heads_kv = 0;  // 0: heads_q
+  bool causal = false;
+  gen::SigmoidMode sigmoid = gen::SigmoidMode::fast;
+
+  bool operator==(const Shape&) const = default;
+};
+
+// The shape with batch and heads filled in from the defaults above.
+Shape resolved(Shape shape);
+
+// Throws std::invalid_argument naming the field when the shape cannot be run: unsupported head
+// dim, non-positive lengths, padding outside [0, 99], heads_q not a multiple of heads_kv, a grid
+// too large for the kernels, or more than kMaxShapeBytes of tensors.
+void validate(const Shape& shape);
+
+// Bytes of one copy of the inputs and outputs a shape's call touches.
+std::int64_t tensor_bytes(const Shape& shape);
+inline constexpr std::int64_t kMaxShapeBytes = std::int64_t{16} << 30;
+
+// "fwd.bf16.d128.L4096.pad25.b4.h16x16.causal.accurate": pass, dtype, head dim and length are
+// required and come first; pad, b (batch), h (heads_q or heads_q x heads_kv), causal and
+// accurate may follow in any order. parse_shape(to_string(s)) == s for a resolved shape.
+std::string to_string(const Shape& shape);
+Shape parse_shape(std::string_view text);
+
+// {"shapes": [{"pass": "forward", "dtype": "bf16", "head_dim": 128, "seqlen": 4096,
+//   "padding_percent": 25, "batch": 4, "heads_q": 16, "heads_kv": 16, "causal": false,
+//   "sigmoid": "fast"}, ...]}: pass, dtype, head_dim and seqlen are required. Unknown fields,
+// wrong types and invalid shapes are errors naming shapes[i].field.
+std::vector<Shape> parse_shapes_json(const nlohmann::json& document);
+std::vector<Shape> read_shapes_file(const std::filesystem::path& path);
+void to_json(nlohmann::json& j, const Shape& shape);
+
+// "quick": a handful of shapes, minutes on one GPU; "paper": the benchmark protocol's grid
+// (d 64/128 x L 512..16384 x padding 0/25/50% x forward/backward x bf16/fp16). Throws
+// std::invalid_argument naming the known presets for any other name.
+std::vector<Shape> preset_shapes(std::string_view name);
+const std::vector<std::string>& preset_names();
+
+// One kernel of one shape: what a tuning run times candidate tiles for.
+struct Task {
+  Shape shape;
+  gen::Direction direction = gen::Direction::forward;
+  gen::KernelSpec spec;       // the spec the runtime derives for this call
+  cache::ProblemKey problem;  // spec string and sequence-length buckets
+  std::vector<int> lengths;   // per-sequence valid lengths (padded layout), else empty
+
+  // The shape string, followed by the kernel for backward tasks ("bwd.bf16.d128.L4096.b4.h16 dq").
+  std::string name() const;
+  // Useful floating-point operations of the call being timed: 4 * heads * d * sum(len_q * len_k)
+  // for the forward (half of it under a causal mask), 2.5 times that for the backward, whose
+  // tasks time the whole backward call.
+  double flops() const;
+};
+
+// The task of one kernel of a shape; `lengths` as drawn for the shape (see tasks_for).
+Task make_task(const Shape& shape, gen::Direction direction, std::vector<int> lengths);
+
+// Forward: one task; backward: dkdv then dq. Padded lengths are drawn from a seed derived from
+// the shape string, so every process draws the same ones.
+std::vector<Task> tasks_for(const Shape& shape);
+
+void to_json(nlohmann::json& j, const Task& task);
+Task task_from_json(const nlohmann::json& j);
+
+}  // namespace sigattn::tune
