@@ -16,6 +16,7 @@
 #include "runtime/errors.hpp"
 #include "runtime/forward.hpp"
 #include "runtime/module_cache.hpp"
+#include "runtime/persistent_cache.hpp"
 #include "runtime/scratch_pool.hpp"
 #include "sigattn/bwd_params.h"
 
@@ -115,6 +116,29 @@ BackwardTiles default_backward_tiles(const BackwardSpecs& specs, const tune::Tar
           tune::default_tile(specs.dq, target).tile};
 }
 
+BackwardTiles chosen_backward_tiles(const BackwardArgs& args, const BackwardSpecs& specs,
+                                    const tune::Target& target, bool deterministic) {
+  const BackwardTiles tiles = default_backward_tiles(specs, target, deterministic);
+  const cuda::DeviceInfo info = cuda::current_device_info();
+  const cache::DeviceKey device{info.name, target.arch, info.sm_count};
+  PersistentCache& persistent = PersistentCache::instance();
+  const ForwardArgs& in = args.inputs;
+  const cache::TileChoice dkdv =
+      persistent.choose_tile(specs.dkdv, device, in.max_seqlen_q, in.max_seqlen_k, target);
+  const cache::TileChoice dq =
+      persistent.choose_tile(specs.dq, device, in.max_seqlen_q, in.max_seqlen_k, target);
+  return combine_backward_tiles(tiles, dkdv, dq, deterministic);
+}
+
+BackwardTiles combine_backward_tiles(BackwardTiles tiles, const cache::TileChoice& dkdv,
+                                     const cache::TileChoice& dq, bool deterministic) {
+  if (dkdv.served_by != cache::ServedBy::heuristic && !(deterministic && dkdv.tile.atomic_dq)) {
+    tiles.dkdv = dkdv.tile;
+  }
+  if (dq.served_by != cache::ServedBy::heuristic) tiles.dq = dq.tile;
+  return tiles;
+}
+
 void backward_with_tiles(const BackwardArgs& args, CUstream stream, const gen::TileConfig& dkdv,
                          const gen::TileConfig& dq) {
   const BackwardSpecs specs = backward_specs(args);
@@ -182,7 +206,7 @@ void backward(const BackwardArgs& args, CUstream stream) {
   // Under graph capture the workspace could not be ordered against the graph's replays, so the
   // deterministic split runs there whatever the call allows.
   const bool deterministic = args.deterministic || capturing(stream);
-  const BackwardTiles tiles = default_backward_tiles(specs, current_target(), deterministic);
+  const BackwardTiles tiles = chosen_backward_tiles(args, specs, current_target(), deterministic);
   backward_with_tiles(args, stream, tiles.dkdv, tiles.dq);
 }
 

@@ -28,10 +28,14 @@ candidates() {
   "${cli}" --db "$1" db export -o "${out}/export.json" >/dev/null
   python3 - "${out}/export.json" "$2" <<'PY'
 import json, sys
+def tile_text(t):
+    # The canonical tile string of an exported tile object, as the tuner prints winners.
+    return (f"{t['family']}.m{t['block_m']}n{t['block_n']}w{t['warps']}s{t['stages']}"
+            + (".atomicdq" if t.get("atomic_dq") else ""))
 data = json.load(open(sys.argv[1]))
 for c in data.get("candidates", []):
     if c["spec"].startswith(sys.argv[2]):
-        print(c["tile"], c["status"], c["measured_at"])
+        print(tile_text(c["tile"]), c["status"], c["measured_at"])
 PY
 }
 
@@ -51,9 +55,13 @@ PY
 "${cli}" --db "${out}/quick.db" db export -o "${out}/quick_export.json" >/dev/null
 python3 - "${out}/quick.json" "${out}/quick_export.json" <<'PY' || fail "winners not verified"
 import json, sys
+def tile_text(t):
+    # The canonical tile string of an exported tile object, as the tuner prints winners.
+    return (f"{t['family']}.m{t['block_m']}n{t['block_n']}w{t['warps']}s{t['stages']}"
+            + (".atomicdq" if t.get("atomic_dq") else ""))
 problems = json.load(open(sys.argv[1]))["problems"]
 rows = json.load(open(sys.argv[2]))["candidates"]
-status = {(r["spec"], r["seqlen_q_bucket"], r["tile"]): r["status"] for r in rows}
+status = {(r["spec"], r["seqlen_q_bucket"], tile_text(r["tile"])): r["status"] for r in rows}
 for p in problems:
     key = (p["spec"], p["seqlen_q_bucket"], p["winner"])
     assert status.get(key) == "ok", f"{key}: {status.get(key)}"
@@ -99,7 +107,7 @@ PY
 echo "== 3. a faulting and a hanging candidate"
 for kind in fault hang; do
   db="${out}/${kind}.db"
-  tile=sm80.m128n64w8s2  # the heuristic default of this shape: it is measured by every strategy
+  tile=sm80.m128n64w8s2  # one of the candidates of this shape, all of which exhaustive measures
   SIGATTN_TUNE_INJECT="${kind}:${tile}" "${cli}" tune --shape fwd.bf16.d128.L2048 \
     --strategy exhaustive --timeout 30 --db "${db}" --json >"${out}/${kind}.json" \
     2>"${out}/${kind}.log" || fail "${kind}: tune exited with $? (see ${out}/${kind}.log)"

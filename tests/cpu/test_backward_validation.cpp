@@ -198,5 +198,30 @@ TEST(BackwardCApi, NullArgsAndBadInputsReportStatusAndMessage) {
       << sigattn_last_error();
 }
 
+TEST(BackwardTiles, TunedTilesServeOnlyTheCallsTheyMayServe) {
+  const BackwardTiles defaults{gen::TileConfig{64, 128, 8, 2}, gen::TileConfig{128, 64, 8, 2}};
+  const gen::TileConfig one_pass{32, 128, 8, 3, gen::Family::sm80, true};
+  const gen::TileConfig two_kernel{32, 64, 4, 2};
+  const gen::TileConfig dq_tuned{64, 64, 4, 2};
+  const cache::TileChoice tuned_one_pass{one_pass, cache::ServedBy::user_db, "tuned"};
+  const cache::TileChoice tuned_two_kernel{two_kernel, cache::ServedBy::shipped_db, "shipped"};
+  const cache::TileChoice tuned_dq{dq_tuned, cache::ServedBy::nearest_bucket, "near"};
+  const cache::TileChoice heuristic{gen::TileConfig{16, 64, 4, 2}, cache::ServedBy::heuristic, ""};
+
+  // A deterministic call never takes a one-pass tile; it keeps the default dkdv tile.
+  BackwardTiles tiles = combine_backward_tiles(defaults, tuned_one_pass, tuned_dq, true);
+  EXPECT_EQ(tiles.dkdv, defaults.dkdv);
+  EXPECT_EQ(tiles.dq, dq_tuned);
+  tiles = combine_backward_tiles(defaults, tuned_one_pass, tuned_dq, false);
+  EXPECT_EQ(tiles.dkdv, one_pass);
+  tiles = combine_backward_tiles(defaults, tuned_two_kernel, heuristic, true);
+  EXPECT_EQ(tiles.dkdv, two_kernel);
+  EXPECT_EQ(tiles.dq, defaults.dq);
+  // Heuristic answers leave the defaults (which carry the fast mode's one-pass choice).
+  tiles = combine_backward_tiles(defaults, heuristic, heuristic, false);
+  EXPECT_EQ(tiles.dkdv, defaults.dkdv);
+  EXPECT_EQ(tiles.dq, defaults.dq);
+}
+
 }  // namespace
 }  // namespace sigattn
