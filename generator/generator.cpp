@@ -164,6 +164,30 @@ std::string content_hash(const GeneratedKernel& kernel) {
   return hash_hex(hashed);
 }
 
+// The program of a variant: where it comes from, the include of its entry template, and the traits
+// struct Cfg, whose dtype, head dim and layout members come first and `members` (whole lines)
+// after.
+std::string generated_source(std::string_view variant_name, std::string_view entry, DType dtype,
+                             int head_dim, Layout layout, std::string_view members) {
+  return fmt::format(
+      "// sigattn generated kernel {variant}\n"
+      "// generator version {gen}, templates {templates}\n"
+      "#include \"sigattn/{entry}.cuh\"\n"
+      "\n"
+      "namespace sigattn_generated {{\n"
+      "struct Cfg {{\n"
+      "  static constexpr bool kBf16 = {bf16};\n"
+      "  static constexpr int kHeadDim = {head_dim};\n"
+      "  static constexpr sigattn::Layout kLayout = {layout};\n"
+      "{members}"
+      "}};\n"
+      "}}  // namespace sigattn_generated\n",
+      fmt::arg("variant", variant_name), fmt::arg("entry", entry),
+      fmt::arg("gen", kGeneratorVersion), fmt::arg("templates", template_hash()),
+      fmt::arg("bf16", dtype == DType::bf16 ? "true" : "false"), fmt::arg("head_dim", head_dim),
+      fmt::arg("layout", layout_enum(layout)), fmt::arg("members", members));
+}
+
 }  // namespace
 
 GeneratedKernel generate(const Variant& variant) {
@@ -182,16 +206,7 @@ GeneratedKernel generate(const Variant& variant) {
                                                                    : "bwd_dkdv_sm80";
   out.name_expression = fmt::format("sigattn::{}_kernel<sigattn_generated::Cfg>", entry);
   out.options = {"-std=c++17", "--fmad=true"};
-  out.source = fmt::format(
-      "// sigattn generated kernel {variant}\n"
-      "// generator version {gen}, templates {templates}\n"
-      "#include \"sigattn/{entry}.cuh\"\n"
-      "\n"
-      "namespace sigattn_generated {{\n"
-      "struct Cfg {{\n"
-      "  static constexpr bool kBf16 = {bf16};\n"
-      "  static constexpr int kHeadDim = {head_dim};\n"
-      "  static constexpr sigattn::Layout kLayout = {layout};\n"
+  const std::string members = fmt::format(
       "  static constexpr bool kCausal = {causal};\n"
       "  static constexpr bool kWindow = {window};\n"
       "  static constexpr bool kScoreMod = {score_mod};\n"
@@ -202,13 +217,7 @@ GeneratedKernel generate(const Variant& variant) {
       "  static constexpr int kWarps = {warps};\n"
       "  static constexpr int kStages = {stages};\n"
       "{work_split}"
-      "  static constexpr int kSmemBytes = {smem};\n"
-      "}};\n"
-      "}}  // namespace sigattn_generated\n",
-      fmt::arg("variant", out.variant_name), fmt::arg("entry", entry),
-      fmt::arg("gen", kGeneratorVersion), fmt::arg("templates", template_hash()),
-      fmt::arg("bf16", spec.dtype == DType::bf16 ? "true" : "false"),
-      fmt::arg("head_dim", spec.head_dim), fmt::arg("layout", layout_enum(spec.layout)),
+      "  static constexpr int kSmemBytes = {smem};\n",
       fmt::arg("causal", spec.causal ? "true" : "false"),
       fmt::arg("window", spec.window ? "true" : "false"),
       fmt::arg("score_mod", spec.score_mod ? "true" : "false"),
@@ -222,6 +231,8 @@ GeneratedKernel generate(const Variant& variant) {
                    ? ""
                    : fmt::format("  static constexpr bool kAtomicDq = {};\n", tile.atomic_dq)),
       fmt::arg("smem", out.smem_bytes));
+  out.source =
+      generated_source(out.variant_name, entry, spec.dtype, spec.head_dim, spec.layout, members);
   out.content_hash = content_hash(out);
   return out;
 }
@@ -249,25 +260,11 @@ GeneratedKernel generate_dq_convert(const KernelSpec& spec) {
   out.smem_bytes = 0;
   out.name_expression = "sigattn::bwd_dq_convert_kernel<sigattn_generated::Cfg>";
   out.options = {"-std=c++17", "--fmad=true"};
-  out.source = fmt::format(
-      "// sigattn generated kernel {variant}\n"
-      "// generator version {gen}, templates {templates}\n"
-      "#include \"sigattn/bwd_dq_convert.cuh\"\n"
-      "\n"
-      "namespace sigattn_generated {{\n"
-      "struct Cfg {{\n"
-      "  static constexpr bool kBf16 = {bf16};\n"
-      "  static constexpr int kHeadDim = {head_dim};\n"
-      "  static constexpr sigattn::Layout kLayout = {layout};\n"
-      "  static constexpr int kRowsPerCta = {rows};\n"
-      "  static constexpr int kThreads = {threads};\n"
-      "}};\n"
-      "}}  // namespace sigattn_generated\n",
-      fmt::arg("variant", out.variant_name), fmt::arg("gen", kGeneratorVersion),
-      fmt::arg("templates", template_hash()),
-      fmt::arg("bf16", key.dtype == DType::bf16 ? "true" : "false"),
-      fmt::arg("head_dim", key.head_dim), fmt::arg("layout", layout_enum(key.layout)),
-      fmt::arg("rows", kDqConvertRowsPerCta), fmt::arg("threads", kDqConvertThreads));
+  out.source = generated_source(
+      out.variant_name, "bwd_dq_convert", key.dtype, key.head_dim, key.layout,
+      fmt::format(
+          "  static constexpr int kRowsPerCta = {};\n  static constexpr int kThreads = {};\n",
+          kDqConvertRowsPerCta, kDqConvertThreads));
   out.content_hash = content_hash(out);
   return out;
 }

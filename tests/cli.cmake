@@ -127,6 +127,8 @@ cli_test(db_show_missing EXIT 0 ARGS --db ${cli_db_dir}/missing.db db show
          STDOUT "does not exist yet")
 cli_test(db_import_valid EXIT 0 ARGS db import ${cli_tuning}/valid.json --db ${cli_db_dir}/import.db
          STDOUT "results kept: [01] .*candidates: 1$")
+cli_test(db_import_shipped_h200 EXIT 0 ARGS db import ${PROJECT_SOURCE_DIR}/data/h200.json
+         --db ${cli_db_dir}/shipped.db STDOUT "results kept: [0-9]+ .*not kept: [0-9]+ .*candidates: [1-9][0-9]*$")
 cli_test(db_import_unknown_field EXIT 2
          ARGS --db ${cli_db_dir}/rejected.db db import ${cli_tuning}/unknown_field.json
          STDERR "results\\[0\\]\\.tile: unknown field 'splits'")

@@ -143,40 +143,30 @@ GpuRunner::~GpuRunner() = default;
 
 cache::DeviceKey GpuRunner::device() { return {info_.name, arch_, info_.sm_count}; }
 
+ShapeTensors GpuRunner::tensors(const InputSet& set) const {
+  ShapeTensors tensors;
+  tensors.q = set.q.get();
+  tensors.k = set.k.get();
+  tensors.v = set.v.get();
+  tensors.out = task_->shape.pass == Pass::forward ? out_.get() : set.dout.get();
+  if (!task_->lengths.empty()) tensors.lengths = static_cast<const std::int32_t*>(lengths_.get());
+  tensors.grad_out = set.dout.get();
+  tensors.grad_q = grad_q_.get();
+  tensors.grad_k = grad_k_.get();
+  tensors.grad_v = grad_v_.get();
+  return tensors;
+}
+
 ForwardArgs GpuRunner::forward_args(const InputSet& set) const {
-  const Shape& s = task_->shape;
-  ForwardArgs args;
-  args.dtype = s.dtype == gen::DType::bf16 ? DType::bf16 : DType::fp16;
-  args.batch = s.batch;
-  args.heads_q = s.heads_q;
-  args.heads_kv = s.heads_kv;
-  args.head_dim = s.head_dim;
-  args.max_seqlen_q = s.seqlen;
-  args.max_seqlen_k = s.seqlen;
-  args.q = bthd(set.q.get(), s.seqlen, s.heads_q, s.head_dim);
-  args.k = bthd(set.k.get(), s.seqlen, s.heads_kv, s.head_dim);
-  args.v = bthd(set.v.get(), s.seqlen, s.heads_kv, s.head_dim);
-  args.out =
-      bthd(s.pass == Pass::forward ? out_.get() : set.dout.get(), s.seqlen, s.heads_q, s.head_dim);
-  if (!task_->lengths.empty()) {
-    args.seq_lens_q = static_cast<const std::int32_t*>(lengths_.get());
-    args.seq_lens_k = static_cast<const std::int32_t*>(lengths_.get());
-  }
-  args.causal = s.causal;
-  args.sigmoid = s.sigmoid == gen::SigmoidMode::fast ? SigmoidMode::fast : SigmoidMode::accurate;
+  ForwardArgs args = tune::forward_args(task_->shape, tensors(set));
   // The lengths were written here and are valid; checking them would synchronize every launch.
   args.trust_lengths = true;
   return args;
 }
 
 BackwardArgs GpuRunner::backward_args(const InputSet& set) const {
-  const Shape& s = task_->shape;
-  BackwardArgs args;
-  args.inputs = forward_args(set);
-  args.grad_out = bthd(set.dout.get(), s.seqlen, s.heads_q, s.head_dim);
-  args.grad_q = bthd(grad_q_.get(), s.seqlen, s.heads_q, s.head_dim);
-  args.grad_k = bthd(grad_k_.get(), s.seqlen, s.heads_kv, s.head_dim);
-  args.grad_v = bthd(grad_v_.get(), s.seqlen, s.heads_kv, s.head_dim);
+  BackwardArgs args = tune::backward_args(task_->shape, tensors(set));
+  args.inputs.trust_lengths = true;
   return args;
 }
 

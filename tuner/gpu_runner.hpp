@@ -59,6 +59,7 @@ class GpuRunner : public CandidateRunner {
   struct InputSet {
     cuda::DeviceBuffer q, k, v, dout;
   };
+  ShapeTensors tensors(const InputSet& set) const;
   ForwardArgs forward_args(const InputSet& set) const;
   BackwardArgs backward_args(const InputSet& set) const;
   // One launch of the call being tuned with `tile` in the tuned kernel's place.

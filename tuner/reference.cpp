@@ -8,19 +8,23 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cmath>
 #include <map>
 #include <mutex>
 #include <stdexcept>
+#include <string_view>
+#include <utility>
 
 #include "generator/template_store.hpp"
 #include "runtime/cuda_driver.hpp"
+#include "runtime/forward.hpp"
 #include "sigattn/fwd_params.h"
 
 namespace sigattn::tune {
 namespace {
 
-constexpr const char* kReferenceSource = R"cuda(
+// What every reference program starts with, after fwd_params.h. kWarpsPerBlock must match
+// kReferenceWarpsPerBlock.
+constexpr const char* kPrelude = R"cuda(
 namespace {
 
 constexpr int kWarpsPerBlock = 4;
@@ -47,7 +51,9 @@ __device__ float sigmoid(float x, int fast) {
 }
 
 }  // namespace
+)cuda";
 
+constexpr const char* kReferenceSource = R"cuda(
 extern "C" __global__ void __launch_bounds__(128) sigattn_reference_forward(
     const sigattn::FwdParams p, int head_dim, int causal, int is_fp16, int fast_sigmoid) {
   const int lane = threadIdx.x % 32;
@@ -203,17 +209,16 @@ extern "C" __global__ void sigattn_hang_probe(volatile int* never_set) {
 }
 )cuda";
 
-constexpr int kWarpsPerBlock = 4;   // the forward reference's kWarpsPerBlock
 constexpr unsigned kThreads = 256;  // of the element-wise kernels
 constexpr unsigned kMaxBlocks = 4096;
 // An address no allocation uses: the fault probe writes there.
 constexpr unsigned long long kUnmappedAddress = 0x8;
 
 // The program starts with the embedded fwd_params.h (its #pragma once is harmless in one file).
-std::string reference_program() {
+std::string reference_program(std::string_view kernels) {
   for (const gen::EmbeddedTemplate& header : gen::embedded_templates()) {
     if (std::string_view(header.name) == "sigattn/fwd_params.h") {
-      return std::string(header.source) + kReferenceSource;
+      return fmt::format("{}{}{}", header.source, kPrelude, kernels);
     }
   }
   throw std::runtime_error("the embedded templates lack sigattn/fwd_params.h");
@@ -231,37 +236,64 @@ void launch(CUfunction function, unsigned blocks, void** args, CUstream stream) 
 
 }  // namespace
 
-std::shared_ptr<const CompiledKernel> reference_binary(const std::string& arch) {
+std::shared_ptr<const CompiledKernel> compile_reference_program(const std::string& name,
+                                                                std::string_view kernels,
+                                                                const std::string& arch) {
   static std::mutex mutex;
-  static std::map<std::string, std::shared_ptr<const CompiledKernel>> compiled;
+  static std::map<std::pair<std::string, std::string>, std::shared_ptr<const CompiledKernel>>
+      compiled;
   std::lock_guard lock(mutex);
-  auto& kernel = compiled[arch];
+  auto& kernel = compiled[{name, arch}];
   if (!kernel) {
-    kernel = std::make_shared<const CompiledKernel>(compile_source(
-        kReferenceForwardKernel, reference_program(), kReferenceForwardKernel, {}, arch));
+    kernel = std::make_shared<const CompiledKernel>(
+        compile_source(name, reference_program(kernels), name, {}, arch));
   }
   return kernel;
 }
 
-ReferenceKernels::ReferenceKernels() {
-  const cuda::DriverApi& api = cuda::driver();
-  const cuda::DeviceInfo info = cuda::current_device_info();
-  const std::shared_ptr<const CompiledKernel> binary =
-      reference_binary(cuda::arch_for(info.cc_major, info.cc_minor));
-  SIGATTN_CU(api.cuModuleLoadData(&module_, binary->cubin.data()));
-  const std::pair<CUfunction*, const char*> functions[] = {
-      {&forward_, kReferenceForwardKernel}, {&fill_normal_, "sigattn_fill_normal"},
-      {&widen_, "sigattn_widen"},           {&flush_, "sigattn_flush"},
-      {&fault_, "sigattn_fault_probe"},     {&hang_, "sigattn_hang_probe"}};
-  for (const auto& [function, name] : functions) {
-    SIGATTN_CU(api.cuModuleGetFunction(function, module_, name));
-  }
+std::shared_ptr<const CompiledKernel> reference_binary(const std::string& arch) {
+  return compile_reference_program(kReferenceForwardKernel, kReferenceSource, arch);
 }
 
-ReferenceKernels::~ReferenceKernels() {
-  // Unloading fails after a lost context; nothing can be done about it then.
-  if (module_ != nullptr) cuda::driver().cuModuleUnload(module_);
+FwdParams reference_params(const ForwardArgs& args) {
+  return make_params(args, args.cu_seqlens_q != nullptr ? gen::Layout::varlen : gen::Layout::dense);
 }
+
+void launch_reference_rows(CUfunction function, int rows, int heads, int batch, void** args,
+                           CUstream stream) {
+  SIGATTN_CU(cuda::driver().cuLaunchKernel(
+      function,
+      static_cast<unsigned>((rows + kReferenceWarpsPerBlock - 1) / kReferenceWarpsPerBlock),
+      static_cast<unsigned>(heads), static_cast<unsigned>(batch), kReferenceWarpsPerBlock * 32, 1,
+      1, 0, stream, args, nullptr));
+}
+
+ReferenceModule::ReferenceModule(const std::string& name, std::string_view kernels) {
+  const cuda::DeviceInfo info = cuda::current_device_info();
+  const std::shared_ptr<const CompiledKernel> binary =
+      compile_reference_program(name, kernels, cuda::arch_for(info.cc_major, info.cc_minor));
+  SIGATTN_CU(cuda::driver().cuModuleLoadData(&module_, binary->cubin.data()));
+}
+
+ReferenceModule::~ReferenceModule() {
+  // Unloading fails after a lost context; nothing can be done about it then.
+  cuda::driver().cuModuleUnload(module_);
+}
+
+CUfunction ReferenceModule::function(const char* name) const {
+  CUfunction function = nullptr;
+  SIGATTN_CU(cuda::driver().cuModuleGetFunction(&function, module_, name));
+  return function;
+}
+
+ReferenceKernels::ReferenceKernels()
+    : module_(kReferenceForwardKernel, kReferenceSource),
+      forward_(module_.function(kReferenceForwardKernel)),
+      fill_normal_(module_.function("sigattn_fill_normal")),
+      widen_(module_.function("sigattn_widen")),
+      flush_(module_.function("sigattn_flush")),
+      fault_(module_.function("sigattn_fault_probe")),
+      hang_(module_.function("sigattn_hang_probe")) {}
 
 void ReferenceKernels::fill_normal(void* data, std::int64_t count, gen::DType dtype,
                                    std::uint64_t seed, CUstream stream) const {
@@ -302,49 +334,14 @@ void ReferenceKernels::forward(const ForwardArgs& args, float* out, CUstream str
     throw std::invalid_argument(
         fmt::format("the reference kernel handles head_dim <= {}", kReferenceMaxHeadDim));
   }
-  FwdParams params{};
-  params.q = args.q.data;
-  params.k = args.k.data;
-  params.v = args.v.data;
+  FwdParams params = reference_params(args);
   params.o = out;
-  params.q_batch_stride = args.q.batch_stride;
-  params.q_seq_stride = args.q.seq_stride;
-  params.q_head_stride = args.q.head_stride;
-  params.k_batch_stride = args.k.batch_stride;
-  params.k_seq_stride = args.k.seq_stride;
-  params.k_head_stride = args.k.head_stride;
-  params.v_batch_stride = args.v.batch_stride;
-  params.v_seq_stride = args.v.seq_stride;
-  params.v_head_stride = args.v.head_stride;
-  params.o_batch_stride = args.out.batch_stride;
-  params.o_seq_stride = args.out.seq_stride;
-  params.o_head_stride = args.out.head_stride;
-  params.seq_lens_q = args.seq_lens_q;
-  params.seq_lens_k = args.seq_lens_k;
-  params.cu_seqlens_q = args.cu_seqlens_q;
-  params.cu_seqlens_k = args.cu_seqlens_k;
-  params.score_mod = args.score_mod;
-  params.score_mod_batch_stride = args.score_mod_batch_stride;
-  params.batch = args.batch;
-  params.heads_q = args.heads_q;
-  params.heads_kv = args.heads_kv;
-  params.max_seqlen_q = args.max_seqlen_q;
-  params.max_seqlen_k = args.max_seqlen_k;
-  params.scale = args.scale.value_or(1.0f / std::sqrt(static_cast<float>(args.head_dim)));
-  params.bias = args.bias.value_or(0.0f);
-  params.has_bias = args.bias.has_value() ? 1 : 0;
-  params.window_left = args.window_left;
-  params.window_right = args.window_right;
   int head_dim = args.head_dim;
   int causal = args.causal ? 1 : 0;
   int is_fp16 = args.dtype == DType::fp16 ? 1 : 0;
   int fast_sigmoid = args.sigmoid == SigmoidMode::fast ? 1 : 0;
   void* kernel_args[] = {&params, &head_dim, &causal, &is_fp16, &fast_sigmoid};
-  const unsigned row_blocks =
-      static_cast<unsigned>((args.max_seqlen_q + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  SIGATTN_CU(cuda::driver().cuLaunchKernel(
-      forward_, row_blocks, static_cast<unsigned>(args.heads_q), static_cast<unsigned>(args.batch),
-      kWarpsPerBlock * 32, 1, 1, 0, stream, kernel_args, nullptr));
+  launch_reference_rows(forward_, args.max_seqlen_q, args.heads_q, args.batch, kernel_args, stream);
 }
 
 }  // namespace sigattn::tune

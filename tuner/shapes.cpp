@@ -59,40 +59,24 @@ gen::DType parse_dtype(std::string_view text, std::string_view where) {
 // only, on the host.
 void* placeholder(int index) { return reinterpret_cast<void*>(std::uintptr_t{0x10000} * index); }
 
-ForwardArgs placeholder_args(const Shape& shape) {
-  ForwardArgs args;
-  args.dtype = shape.dtype == gen::DType::bf16 ? DType::bf16 : DType::fp16;
-  args.batch = shape.batch;
-  args.heads_q = shape.heads_q;
-  args.heads_kv = shape.heads_kv;
-  args.head_dim = shape.head_dim;
-  args.max_seqlen_q = shape.seqlen;
-  args.max_seqlen_k = shape.seqlen;
-  args.q = bthd(placeholder(1), shape.seqlen, shape.heads_q, shape.head_dim);
-  args.k = bthd(placeholder(2), shape.seqlen, shape.heads_kv, shape.head_dim);
-  args.v = bthd(placeholder(3), shape.seqlen, shape.heads_kv, shape.head_dim);
-  args.out = bthd(placeholder(4), shape.seqlen, shape.heads_q, shape.head_dim);
-  if (shape.padding_percent > 0) {
-    args.seq_lens_q = static_cast<const std::int32_t*>(placeholder(5));
-    args.seq_lens_k = static_cast<const std::int32_t*>(placeholder(6));
-  }
-  args.causal = shape.causal;
-  args.sigmoid =
-      shape.sigmoid == gen::SigmoidMode::fast ? SigmoidMode::fast : SigmoidMode::accurate;
-  return args;
+ShapeTensors placeholder_tensors(const Shape& shape) {
+  ShapeTensors tensors;
+  tensors.q = placeholder(1);
+  tensors.k = placeholder(2);
+  tensors.v = placeholder(3);
+  tensors.out = tensors.grad_out = placeholder(4);
+  if (shape.padding_percent > 0) tensors.lengths = static_cast<const std::int32_t*>(placeholder(5));
+  tensors.grad_q = placeholder(6);
+  tensors.grad_k = placeholder(7);
+  tensors.grad_v = placeholder(8);
+  return tensors;
 }
 
 gen::KernelSpec spec_for(const Shape& shape, gen::Direction direction) {
   try {
-    const ForwardArgs args = placeholder_args(shape);
-    if (direction == gen::Direction::forward) return forward_spec(args);
-    BackwardArgs backward_args;
-    backward_args.inputs = args;
-    backward_args.grad_out = args.out;
-    backward_args.grad_q = bthd(placeholder(7), shape.seqlen, shape.heads_q, shape.head_dim);
-    backward_args.grad_k = bthd(placeholder(8), shape.seqlen, shape.heads_kv, shape.head_dim);
-    backward_args.grad_v = bthd(placeholder(9), shape.seqlen, shape.heads_kv, shape.head_dim);
-    const BackwardSpecs specs = backward_specs(backward_args);
+    const ShapeTensors tensors = placeholder_tensors(shape);
+    if (direction == gen::Direction::forward) return forward_spec(forward_args(shape, tensors));
+    const BackwardSpecs specs = backward_specs(backward_args(shape, tensors));
     return direction == gen::Direction::dkdv ? specs.dkdv : specs.dq;
   } catch (const Error& error) {
     throw std::invalid_argument(fmt::format("shape {}: {}", to_string(shape), error.what()));
@@ -415,6 +399,37 @@ double Task::flops() const {
   double forward = 4.0 * shape.heads_q * shape.head_dim * pairs;
   if (shape.causal) forward /= 2.0;
   return shape.pass == Pass::forward ? forward : 2.5 * forward;
+}
+
+ForwardArgs forward_args(const Shape& shape, const ShapeTensors& tensors) {
+  ForwardArgs args;
+  args.dtype = shape.dtype == gen::DType::bf16 ? DType::bf16 : DType::fp16;
+  args.batch = shape.batch;
+  args.heads_q = shape.heads_q;
+  args.heads_kv = shape.heads_kv;
+  args.head_dim = shape.head_dim;
+  args.max_seqlen_q = shape.seqlen;
+  args.max_seqlen_k = shape.seqlen;
+  args.q = bthd(tensors.q, shape.seqlen, shape.heads_q, shape.head_dim);
+  args.k = bthd(tensors.k, shape.seqlen, shape.heads_kv, shape.head_dim);
+  args.v = bthd(tensors.v, shape.seqlen, shape.heads_kv, shape.head_dim);
+  args.out = bthd(tensors.out, shape.seqlen, shape.heads_q, shape.head_dim);
+  args.seq_lens_q = tensors.lengths;
+  args.seq_lens_k = tensors.lengths;
+  args.causal = shape.causal;
+  args.sigmoid =
+      shape.sigmoid == gen::SigmoidMode::fast ? SigmoidMode::fast : SigmoidMode::accurate;
+  return args;
+}
+
+BackwardArgs backward_args(const Shape& shape, const ShapeTensors& tensors) {
+  BackwardArgs args;
+  args.inputs = forward_args(shape, tensors);
+  args.grad_out = bthd(tensors.grad_out, shape.seqlen, shape.heads_q, shape.head_dim);
+  args.grad_q = bthd(tensors.grad_q, shape.seqlen, shape.heads_q, shape.head_dim);
+  args.grad_k = bthd(tensors.grad_k, shape.seqlen, shape.heads_kv, shape.head_dim);
+  args.grad_v = bthd(tensors.grad_v, shape.seqlen, shape.heads_kv, shape.head_dim);
+  return args;
 }
 
 Task make_task(const Shape& shape, gen::Direction direction, std::vector<int> lengths) {

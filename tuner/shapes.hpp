@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <nlohmann/json_fwd.hpp>
+#include <sigattn/sigattn.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -71,6 +72,25 @@ void to_json(nlohmann::json& j, const Shape& shape);
 // std::invalid_argument naming the known presets for any other name.
 std::vector<Shape> preset_shapes(std::string_view name);
 const std::vector<std::string>& preset_names();
+
+// Device addresses of one call of a shape: dense BTHD tensors, and the per-sequence valid lengths
+// read as both seq_lens_q and seq_lens_k (null for a shape without padding).
+struct ShapeTensors {
+  void* q = nullptr;
+  void* k = nullptr;
+  void* v = nullptr;
+  void* out = nullptr;
+  const std::int32_t* lengths = nullptr;
+  void* grad_out = nullptr;
+  void* grad_q = nullptr;
+  void* grad_k = nullptr;
+  void* grad_v = nullptr;
+};
+
+// The forward call of a resolved shape on `tensors`, and the backward call whose inputs are that
+// forward call's.
+ForwardArgs forward_args(const Shape& shape, const ShapeTensors& tensors);
+BackwardArgs backward_args(const Shape& shape, const ShapeTensors& tensors);
 
 // One kernel of one shape: what a tuning run times candidate tiles for.
 struct Task {

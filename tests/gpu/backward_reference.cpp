@@ -1,33 +1,25 @@
 // fp64 CPU and fp32 GPU gradients of sigmoid attention. The GPU program is one kernel in two
 // modes: one warp per dQ row (summing over the keys the row sees) or one warp per dK/dV row
 // (summing over the group's query heads and the queries that see the key); lanes split the head
-// dimension, dot products are reduced with shuffles, and every sum is fp32 in index order.
+// dimension, dot products are reduced with shuffles, and every sum is fp32 in index order. It is
+// built on the prelude of tuner/reference (input decoding, the two sigmoid forms).
 #include "backward_reference.hpp"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
-#include <map>
-#include <memory>
-#include <mutex>
 #include <stdexcept>
-#include <string>
-#include <string_view>
 
-#include "generator/template_store.hpp"
-#include "runtime/compiler.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "sigattn/fwd_params.h"
+#include "tuner/reference.hpp"
 
 namespace sigattn::test {
 namespace {
 
 constexpr const char* kBackwardSource = R"cuda(
 namespace {
-
-constexpr int kWarpsPerBlock = 4;
-constexpr int kMaxDimsPerLane = 8;
 
 // A gradient-side tensor: 16-bit dO or an fp32 gradient, strides in elements.
 struct Tensor {
@@ -39,26 +31,6 @@ struct Sequence {
   int len_q, len_k;
   long long q_token0, k_token0;  // varlen: the sequence's first packed row; else 0
 };
-
-__device__ float input_value(const unsigned short* data, long long index, int is_fp16) {
-  const unsigned short bits = data[index];
-  float value;
-  if (is_fp16) {
-    asm("cvt.f32.f16 %0, %1;" : "=f"(value) : "h"(bits));
-  } else {
-    asm("mov.b32 %0, %1;" : "=f"(value) : "r"(static_cast<unsigned int>(bits) << 16));
-  }
-  return value;
-}
-
-__device__ float sigmoid(float x, int fast) {
-  if (fast) {
-    float t;
-    asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(0.5f * x));
-    return 0.5f * t + 0.5f;
-  }
-  return 1.0f / (1.0f + expf(-x));
-}
 
 __device__ float warp_sum(float x) {
   for (int mask = 16; mask > 0; mask /= 2) x += __shfl_xor_sync(0xffffffffu, x, mask);
@@ -210,8 +182,8 @@ extern "C" __global__ void __launch_bounds__(128) sigattn_reference_backward(
       load_row(d_o + do_at(i, h), head_dim, lane, is_fp16, do_row);
       const float prob = sigmoid(p.scale * dot(q_row, k_row) + bias + mod, fast_sigmoid);
       const float ds = dot(do_row, v_row) * prob * (1.0f - prob);
-    #pragma unroll
-  for (int e = 0; e < kMaxDimsPerLane; ++e) {
+#pragma unroll
+      for (int e = 0; e < kMaxDimsPerLane; ++e) {
         acc_a[e] += ds * q_row[e];
         acc_b[e] += prob * do_row[e];
       }
@@ -223,89 +195,12 @@ extern "C" __global__ void __launch_bounds__(128) sigattn_reference_backward(
 )cuda";
 
 constexpr const char* kKernelName = "sigattn_reference_backward";
-constexpr int kWarpsPerBlock = 4;  // must match the program's kWarpsPerBlock
-constexpr int kMaxHeadDim = 256;   // 32 lanes x kMaxDimsPerLane
 
 // Mirrors the program's Tensor.
 struct Tensor {
   void* data;
   long long batch_stride, seq_stride, head_stride;
 };
-
-// The program reads the library's FwdParams, so it starts with the embedded fwd_params.h.
-std::string backward_program() {
-  for (const gen::EmbeddedTemplate& header : gen::embedded_templates()) {
-    if (std::string_view(header.name) == "sigattn/fwd_params.h") {
-      return std::string(header.source) + kBackwardSource;
-    }
-  }
-  throw std::runtime_error("the embedded templates lack sigattn/fwd_params.h");
-}
-
-std::shared_ptr<const CompiledKernel> backward_binary(const std::string& arch) {
-  static std::mutex mutex;
-  static std::map<std::string, std::shared_ptr<const CompiledKernel>> compiled;
-  std::lock_guard lock(mutex);
-  auto& binary = compiled[arch];
-  if (!binary) {
-    binary = std::make_shared<const CompiledKernel>(
-        compile_source(kKernelName, backward_program(), kKernelName, {}, arch));
-  }
-  return binary;
-}
-
-// The reference module, loaded in the current context for one call.
-class Module {
- public:
-  explicit Module(const std::vector<char>& cubin) {
-    SIGATTN_CU(cuda::driver().cuModuleLoadData(&module_, cubin.data()));
-  }
-  ~Module() { cuda::driver().cuModuleUnload(module_); }
-  Module(const Module&) = delete;
-  Module& operator=(const Module&) = delete;
-
-  CUfunction function(const std::string& name) const {
-    CUfunction function = nullptr;
-    SIGATTN_CU(cuda::driver().cuModuleGetFunction(&function, module_, name.c_str()));
-    return function;
-  }
-
- private:
-  CUmodule module_ = nullptr;
-};
-
-FwdParams input_params(const ForwardArgs& args) {
-  FwdParams params{};
-  params.q = args.q.data;
-  params.k = args.k.data;
-  params.v = args.v.data;
-  params.q_batch_stride = args.q.batch_stride;
-  params.q_seq_stride = args.q.seq_stride;
-  params.q_head_stride = args.q.head_stride;
-  params.k_batch_stride = args.k.batch_stride;
-  params.k_seq_stride = args.k.seq_stride;
-  params.k_head_stride = args.k.head_stride;
-  params.v_batch_stride = args.v.batch_stride;
-  params.v_seq_stride = args.v.seq_stride;
-  params.v_head_stride = args.v.head_stride;
-  params.seq_lens_q = args.seq_lens_q;
-  params.seq_lens_k = args.seq_lens_k;
-  params.cu_seqlens_q = args.cu_seqlens_q;
-  params.cu_seqlens_k = args.cu_seqlens_k;
-  params.score_mod = args.score_mod;
-  params.score_mod_batch_stride = args.score_mod_batch_stride;
-  params.batch = args.batch;
-  params.heads_q = args.heads_q;
-  params.heads_kv = args.heads_kv;
-  params.max_seqlen_q = args.max_seqlen_q;
-  params.max_seqlen_k = args.max_seqlen_k;
-  params.scale = args.scale.value_or(1.0f / std::sqrt(static_cast<float>(args.head_dim)));
-  params.bias = args.bias.value_or(0.0f);
-  params.has_bias = args.bias.has_value() ? 1 : 0;
-  params.window_left = args.window_left;
-  params.window_right = args.window_right;
-  return params;
-}
 
 Tensor tensor(const TensorRef& layout, void* data) {
   return {data, layout.batch_stride, layout.seq_stride, layout.head_stride};
@@ -371,22 +266,19 @@ GradientSet<double> cpu_backward_reference(const Problem& p, const HostInputs& i
 GradientSet<float> gpu_backward_reference(const BackwardArgs& args, std::int64_t q_elements,
                                           std::int64_t kv_elements) {
   const ForwardArgs& in = args.inputs;
-  if (in.head_dim > kMaxHeadDim) {
+  if (in.head_dim > tune::kReferenceMaxHeadDim) {
     throw std::invalid_argument(
-        fmt::format("the backward reference handles head_dim <= {}", kMaxHeadDim));
+        fmt::format("the backward reference handles head_dim <= {}", tune::kReferenceMaxHeadDim));
   }
-  const cuda::DeviceInfo info = cuda::current_device_info();
-  const std::shared_ptr<const CompiledKernel> binary =
-      backward_binary(cuda::arch_for(info.cc_major, info.cc_minor));
-  const Module module(binary->cubin);
-  const CUfunction function = module.function(binary->lowered_name);
+  const tune::ReferenceModule module(kKernelName, kBackwardSource);
+  const CUfunction function = module.function(kKernelName);
 
   // NaN everywhere first: an element the reference should write but does not shows.
   cuda::DeviceBuffer dq(q_elements * sizeof(float)), dk(kv_elements * sizeof(float)),
       dv(kv_elements * sizeof(float));
   for (cuda::DeviceBuffer* buffer : {&dq, &dk, &dv}) buffer->fill_bytes(0xFF);
 
-  FwdParams params = input_params(in);
+  FwdParams params = tune::reference_params(in);
   Tensor dout = tensor(args.grad_out, args.grad_out.data);
   int head_dim = in.head_dim;
   int causal = in.causal ? 1 : 0;
@@ -395,12 +287,9 @@ GradientSet<float> gpu_backward_reference(const BackwardArgs& args, std::int64_t
   const auto launch = [&](Tensor grad_a, Tensor grad_b, int key_rows) {
     void* kernel_args[] = {&params, &dout,    &grad_a,       &grad_b,  &head_dim,
                            &causal, &is_fp16, &fast_sigmoid, &key_rows};
-    const int rows = key_rows ? in.max_seqlen_k : in.max_seqlen_q;
-    const int heads = key_rows ? in.heads_kv : in.heads_q;
-    SIGATTN_CU(cuda::driver().cuLaunchKernel(
-        function, static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock),
-        static_cast<unsigned>(heads), static_cast<unsigned>(in.batch), kWarpsPerBlock * 32, 1, 1, 0,
-        nullptr, kernel_args, nullptr));
+    tune::launch_reference_rows(function, key_rows ? in.max_seqlen_k : in.max_seqlen_q,
+                                key_rows ? in.heads_kv : in.heads_q, in.batch, kernel_args,
+                                nullptr);
   };
   launch(tensor(args.grad_q, dq.get()), tensor(args.grad_q, nullptr), 0);
   launch(tensor(args.grad_k, dk.get()), tensor(args.grad_v, dv.get()), 1);

@@ -1,13 +1,15 @@
 // A forward problem as the GPU tests describe it (dtype, head dim, storage, lengths, masks, bias,
-// score_mod, sigmoid), its name, its random host inputs and their device copies, and the
-// ForwardArgs that describe them to the library.
+// score_mod, sigmoid), the builder of the test tables' rows, its name, its random host inputs and
+// their device copies, and the ForwardArgs that describe them to the library.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <ostream>
 #include <sigattn/sigattn.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "numerics.hpp"
@@ -60,6 +62,76 @@ struct Problem {
   double work() const;
   // Throws std::invalid_argument when the description is inconsistent (a broken test table).
   void validate() const;
+};
+
+// Builds the rows of the test tables:
+// Case(bf16, 64).padded(200, 200, {0, 1, 77}, {5, 200, 0}).heads(8, 2).causal().
+class Case {
+ public:
+  Case(DType dtype, int head_dim) {
+    p_.dtype = dtype;
+    p_.head_dim = head_dim;
+  }
+  Case& bthd(int batch, int len_q, int len_k) { return dense(Storage::bthd, batch, len_q, len_k); }
+  Case& bhtd(int batch, int len_q, int len_k) { return dense(Storage::bhtd, batch, len_q, len_k); }
+  // Stored lengths and per-sequence valid lengths; an empty list leaves that side unset (null).
+  Case& padded(int len_q, int len_k, std::vector<int> lens_q, std::vector<int> lens_k) {
+    p_.storage = Storage::padded;
+    p_.batch = static_cast<int>(std::max(lens_q.size(), lens_k.size()));
+    p_.len_q = len_q;
+    p_.len_k = len_k;
+    p_.lens_q = std::move(lens_q);
+    p_.lens_k = std::move(lens_k);
+    return *this;
+  }
+  Case& varlen(std::vector<int> lens_q, std::vector<int> lens_k) {
+    p_.storage = Storage::varlen;
+    p_.batch = static_cast<int>(lens_q.size());
+    p_.lens_q = std::move(lens_q);
+    p_.lens_k = std::move(lens_k);
+    return *this;
+  }
+  Case& heads(int q, int kv) {
+    p_.heads_q = q;
+    p_.heads_kv = kv;
+    return *this;
+  }
+  Case& causal() {
+    p_.causal = true;
+    return *this;
+  }
+  Case& window(int left, int right) {
+    p_.window_left = left;
+    p_.window_right = right;
+    return *this;
+  }
+  Case& scale(float value) {
+    p_.scale = value;
+    return *this;
+  }
+  Case& bias(float value) {
+    p_.bias = value;
+    return *this;
+  }
+  Case& score_mod() {
+    p_.score_mod = true;
+    return *this;
+  }
+  Case& fast() {
+    p_.sigmoid = SigmoidMode::fast;
+    return *this;
+  }
+  operator Problem() const { return p_; }
+
+ private:
+  Case& dense(Storage storage, int batch, int len_q, int len_k) {
+    p_.storage = storage;
+    p_.batch = batch;
+    p_.len_q = len_q;
+    p_.len_k = len_k;
+    return *this;
+  }
+  Problem p_;
 };
 
 // gtest prints parameters with this, so the test names and --gtest_filter see Problem::name().

@@ -37,76 +37,6 @@ constexpr DType fp16 = DType::fp16;
 // about half a second of fp64 on one core) the fp32 GPU reference takes over from the CPU.
 constexpr double kCpuReferenceWorkLimit = 2e8;
 
-// Table rows: Case(bf16, 64).padded(200, 200, {0, 1, 77}, {5, 200, 0}).heads(8, 2).causal().
-class Case {
- public:
-  Case(DType dtype, int head_dim) {
-    p_.dtype = dtype;
-    p_.head_dim = head_dim;
-    p_.sigmoid = SigmoidMode::accurate;
-  }
-  Case& bthd(int batch, int len_q, int len_k) { return dense(Storage::bthd, batch, len_q, len_k); }
-  Case& bhtd(int batch, int len_q, int len_k) { return dense(Storage::bhtd, batch, len_q, len_k); }
-  // Stored lengths and per-sequence valid lengths; an empty list leaves that side unset (null).
-  Case& padded(int len_q, int len_k, std::vector<int> lens_q, std::vector<int> lens_k) {
-    p_.storage = Storage::padded;
-    p_.batch = static_cast<int>(std::max(lens_q.size(), lens_k.size()));
-    p_.len_q = len_q;
-    p_.len_k = len_k;
-    p_.lens_q = std::move(lens_q);
-    p_.lens_k = std::move(lens_k);
-    return *this;
-  }
-  Case& varlen(std::vector<int> lens_q, std::vector<int> lens_k) {
-    p_.storage = Storage::varlen;
-    p_.batch = static_cast<int>(lens_q.size());
-    p_.lens_q = std::move(lens_q);
-    p_.lens_k = std::move(lens_k);
-    return *this;
-  }
-  Case& heads(int q, int kv) {
-    p_.heads_q = q;
-    p_.heads_kv = kv;
-    return *this;
-  }
-  Case& causal() {
-    p_.causal = true;
-    return *this;
-  }
-  Case& window(int left, int right) {
-    p_.window_left = left;
-    p_.window_right = right;
-    return *this;
-  }
-  Case& scale(float value) {
-    p_.scale = value;
-    return *this;
-  }
-  Case& bias(float value) {
-    p_.bias = value;
-    return *this;
-  }
-  Case& score_mod() {
-    p_.score_mod = true;
-    return *this;
-  }
-  Case& fast() {
-    p_.sigmoid = SigmoidMode::fast;
-    return *this;
-  }
-  operator Problem() const { return p_; }
-
- private:
-  Case& dense(Storage storage, int batch, int len_q, int len_k) {
-    p_.storage = storage;
-    p_.batch = batch;
-    p_.len_q = len_q;
-    p_.len_k = len_k;
-    return *this;
-  }
-  Problem p_;
-};
-
 // Every head dim kind: tiny, not a multiple of 16 (40), one slice (64, 96, 128), two slices
 // (136, 256); whole 128-row tiles (x128) and ragged padded lengths with GQA and causal.
 std::vector<Problem> head_dim_cases() {
@@ -278,6 +208,20 @@ DeviceGradients prepare(const Problem& p, DeviceInputs& device, const std::vecto
   return g;
 }
 
+// One problem's inputs and upstream gradient drawn from a seed, their device copies and the
+// gradient buffers.
+struct PreparedProblem {
+  PreparedProblem(const Problem& p, std::uint64_t seed)
+      : inputs(make_inputs(p, seed)),
+        dout(random_dout(p, seed)),
+        device(upload(p, inputs)),
+        grads(prepare(p, device, dout)) {}
+  HostInputs inputs;
+  std::vector<double> dout;
+  DeviceInputs device;
+  DeviceGradients grads;
+};
+
 void poison(DeviceGradients& g) {
   g.dq.fill_bytes(0xFF);
   g.dk.fill_bytes(0xFF);
@@ -314,10 +258,10 @@ bool use_cpu_reference(const Problem& p) {
   return p.sigmoid == SigmoidMode::accurate && p.work() <= kCpuReferenceWorkLimit;
 }
 
-GradientSet<double> reference_for(const Problem& p, const HostInputs& inputs,
-                                  const std::vector<double>& dout, const BackwardArgs& args) {
-  if (use_cpu_reference(p)) return cpu_backward_reference(p, inputs, dout);
-  const GradientSet<float> gpu = gpu_backward_reference(args, p.q_elements(), p.kv_elements());
+GradientSet<double> reference_for(const Problem& p, const PreparedProblem& prepared) {
+  if (use_cpu_reference(p)) return cpu_backward_reference(p, prepared.inputs, prepared.dout);
+  const GradientSet<float> gpu =
+      gpu_backward_reference(prepared.grads.args, p.q_elements(), p.kv_elements());
   const auto widen = [](const std::vector<float>& v) {
     return std::vector<double>(v.begin(), v.end());
   };
@@ -435,11 +379,9 @@ TEST_P(BackwardMatchesReference, BothSplits) {
   const Problem& p = GetParam();
   p.validate();
   SCOPED_TRACE(context_of(p, seed()));
-  const HostInputs inputs = make_inputs(p, seed());
-  const std::vector<double> dout = random_dout(p, seed());
-  DeviceInputs device = upload(p, inputs);
-  DeviceGradients grads = prepare(p, device, dout);
-  const GradientSet<double> ref = reference_for(p, inputs, dout, grads.args);
+  PreparedProblem prepared(p, seed());
+  DeviceGradients& grads = prepared.grads;
+  const GradientSet<double> ref = reference_for(p, prepared);
 
   const GradientBits deterministic = run_backward(grads, true);
   expect_matches(p, deterministic, ref, "deterministic split");
@@ -483,11 +425,9 @@ TEST_P(EveryOnePassTile, MatchesReference) {
   const Problem& p = GetParam();
   p.validate();
   SCOPED_TRACE(context_of(p, seed()));
-  const HostInputs inputs = make_inputs(p, seed());
-  const std::vector<double> dout = random_dout(p, seed());
-  DeviceInputs device = upload(p, inputs);
-  DeviceGradients grads = prepare(p, device, dout);
-  const GradientSet<double> ref = reference_for(p, inputs, dout, grads.args);
+  PreparedProblem prepared(p, seed());
+  DeviceGradients& grads = prepared.grads;
+  const GradientSet<double> ref = reference_for(p, prepared);
   const BackwardSpecs specs = backward_specs(grads.args);
   const gen::TileConfig dq_tile = default_backward_tiles(specs, gpu().target, true).dq;
   int tried = 0;
@@ -517,21 +457,12 @@ using BackwardConcurrency = GpuTest;
 TEST_F(BackwardConcurrency, TwoStreamsInOnePassMode) {
   const std::vector<Problem> problems = concurrent_cases();
   const std::uint64_t seed = this->seed();
-  std::vector<HostInputs> inputs;
-  std::vector<std::vector<double>> douts;
-  std::vector<DeviceInputs> devices;
-  std::vector<DeviceGradients> grads;
+  std::vector<PreparedProblem> prepared;
+  prepared.reserve(problems.size());
   for (std::size_t i = 0; i < problems.size(); ++i) {
-    inputs.push_back(make_inputs(problems[i], seed + i));
-    douts.push_back(random_dout(problems[i], seed + i));
-  }
-  for (std::size_t i = 0; i < problems.size(); ++i) {
-    devices.push_back(upload(problems[i], inputs[i]));
-  }
-  for (std::size_t i = 0; i < problems.size(); ++i) {
-    grads.push_back(prepare(problems[i], devices[i], douts[i]));
-    grads[i].args.deterministic = false;
-    poison(grads[i]);
+    DeviceGradients& grads = prepared.emplace_back(problems[i], seed + i).grads;
+    grads.args.deterministic = false;
+    poison(grads);
   }
   synchronize();  // the poison is written on the legacy stream, the calls run on others
   const CUcontext context = cuda::current_context();
@@ -543,7 +474,7 @@ TEST_F(BackwardConcurrency, TwoStreamsInOnePassMode) {
         SIGATTN_CU(cuda::driver().cuCtxSetCurrent(context));
         CUstream stream = nullptr;
         SIGATTN_CU(cuda::driver().cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
-        for (int repeat = 0; repeat < 3; ++repeat) backward(grads[i].args, stream);
+        for (int repeat = 0; repeat < 3; ++repeat) backward(prepared[i].grads.args, stream);
         SIGATTN_CU(cuda::driver().cuStreamSynchronize(stream));
         SIGATTN_CU(cuda::driver().cuStreamDestroy(stream));
       } catch (const std::exception& e) {
@@ -556,10 +487,10 @@ TEST_F(BackwardConcurrency, TwoStreamsInOnePassMode) {
     const Problem& p = problems[i];
     SCOPED_TRACE(context_of(p, seed + i));
     ASSERT_EQ(failures[i], "");
-    const GradientSet<double> ref = reference_for(p, inputs[i], douts[i], grads[i].args);
-    expect_matches(
-        p, {download_bits(grads[i].dq), download_bits(grads[i].dk), download_bits(grads[i].dv)},
-        ref, "after three one-pass calls on a stream of its own");
+    const DeviceGradients& grads = prepared[i].grads;
+    expect_matches(p, {download_bits(grads.dq), download_bits(grads.dk), download_bits(grads.dv)},
+                   reference_for(p, prepared[i]),
+                   "after three one-pass calls on a stream of its own");
   }
 }
 
@@ -570,13 +501,10 @@ TEST_P(BackwardReference, GpuFp32AgreesWithCpuFp64) {
   const Problem& p = GetParam();
   p.validate();
   SCOPED_TRACE(context_of(p, seed()));
-  const HostInputs inputs = make_inputs(p, seed());
-  const std::vector<double> dout = random_dout(p, seed());
-  DeviceInputs device = upload(p, inputs);
-  DeviceGradients grads = prepare(p, device, dout);
-  const GradientSet<double> cpu = cpu_backward_reference(p, inputs, dout);
+  const PreparedProblem prepared(p, seed());
+  const GradientSet<double> cpu = cpu_backward_reference(p, prepared.inputs, prepared.dout);
   const GradientSet<float> gpu =
-      gpu_backward_reference(grads.args, p.q_elements(), p.kv_elements());
+      gpu_backward_reference(prepared.grads.args, p.q_elements(), p.kv_elements());
   for (const auto& [name, exact, approx, kv] :
        {std::tuple{"dQ", &cpu.dq, &gpu.dq, false}, std::tuple{"dK", &cpu.dk, &gpu.dk, true},
         std::tuple{"dV", &cpu.dv, &gpu.dv, true}}) {

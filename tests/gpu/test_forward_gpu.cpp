@@ -35,75 +35,6 @@ constexpr DType fp16 = DType::fp16;
 // reference takes over from the CPU.
 constexpr double kCpuReferenceWorkLimit = 6e8;
 
-// Table rows: Case(bf16, 64).padded(200, 200, {0, 1, 77}, {5, 200, 0}).heads(8, 2).causal().
-class Case {
- public:
-  Case(DType dtype, int head_dim) {
-    p_.dtype = dtype;
-    p_.head_dim = head_dim;
-  }
-  Case& bthd(int batch, int len_q, int len_k) { return dense(Storage::bthd, batch, len_q, len_k); }
-  Case& bhtd(int batch, int len_q, int len_k) { return dense(Storage::bhtd, batch, len_q, len_k); }
-  // Stored lengths and per-sequence valid lengths; an empty list leaves that side unset (null).
-  Case& padded(int len_q, int len_k, std::vector<int> lens_q, std::vector<int> lens_k) {
-    p_.storage = Storage::padded;
-    p_.batch = static_cast<int>(std::max(lens_q.size(), lens_k.size()));
-    p_.len_q = len_q;
-    p_.len_k = len_k;
-    p_.lens_q = std::move(lens_q);
-    p_.lens_k = std::move(lens_k);
-    return *this;
-  }
-  Case& varlen(std::vector<int> lens_q, std::vector<int> lens_k) {
-    p_.storage = Storage::varlen;
-    p_.batch = static_cast<int>(lens_q.size());
-    p_.lens_q = std::move(lens_q);
-    p_.lens_k = std::move(lens_k);
-    return *this;
-  }
-  Case& heads(int q, int kv) {
-    p_.heads_q = q;
-    p_.heads_kv = kv;
-    return *this;
-  }
-  Case& causal() {
-    p_.causal = true;
-    return *this;
-  }
-  Case& window(int left, int right) {
-    p_.window_left = left;
-    p_.window_right = right;
-    return *this;
-  }
-  Case& scale(float value) {
-    p_.scale = value;
-    return *this;
-  }
-  Case& bias(float value) {
-    p_.bias = value;
-    return *this;
-  }
-  Case& score_mod() {
-    p_.score_mod = true;
-    return *this;
-  }
-  Case& fast() {
-    p_.sigmoid = SigmoidMode::fast;
-    return *this;
-  }
-  operator Problem() const { return p_; }
-
- private:
-  Case& dense(Storage storage, int batch, int len_q, int len_k) {
-    p_.storage = storage;
-    p_.batch = batch;
-    p_.len_q = len_q;
-    p_.len_k = len_k;
-    return *this;
-  }
-  Problem p_;
-};
-
 std::vector<Problem> head_dim_cases() {
   std::vector<Problem> cases;
   for (DType dtype : {bf16, fp16}) {
@@ -327,6 +258,23 @@ Comparison compare_output(const Problem& problem, const std::vector<float>& out,
   return accumulator.result();
 }
 
+// Poisons the output (NaN in both dtypes: any element left unwritten fails), runs `launch` and
+// compares what it wrote with `ref`.
+template <class Launch>
+void expect_output_matches(const Problem& problem, DeviceInputs& device,
+                           const std::vector<double>& ref, Launch&& launch) {
+  device.out.fill_bytes(0xFF);
+  try {
+    launch();
+    synchronize();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << e.what();
+    return;
+  }
+  const Comparison result = compare_output(problem, download_output(problem, device), ref);
+  EXPECT_TRUE(result.passed) << result.summary;
+}
+
 class ForwardMatchesReference : public GpuTest, public testing::WithParamInterface<Problem> {};
 
 TEST_P(ForwardMatchesReference, Output) {
@@ -342,21 +290,14 @@ TEST_P(ForwardMatchesReference, Output) {
     SCOPED_TRACE(fmt::format("variant {}, problem {}, seed {} (SIGATTN_TEST_SEED={}), reference {}",
                              gen::to_string(variant), problem.name(), seed(), base_seed(),
                              use_cpu_reference(problem) ? "cpu fp64" : "gpu fp32"));
-    device.out.fill_bytes(0xFF);  // NaN in both dtypes: any element left unwritten fails
-    try {
+    expect_output_matches(problem, device, ref, [&] {
       // The first tile is the default, reached through forward() as a caller would.
       if (i == 0) {
         forward(device.args, nullptr);
       } else {
         forward_with_tile(device.args, nullptr, tiles[i]);
       }
-      synchronize();
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << e.what();
-      continue;
-    }
-    const Comparison result = compare_output(problem, download_output(problem, device), ref);
-    EXPECT_TRUE(result.passed) << result.summary;
+    });
   }
 }
 
@@ -392,16 +333,8 @@ TEST_P(EveryTileCandidate, MatchesReference) {
     const gen::Variant variant{spec, tile};
     SCOPED_TRACE(fmt::format("variant {}, seed {} (SIGATTN_TEST_SEED={})", gen::to_string(variant),
                              seed(), base_seed()));
-    device.out.fill_bytes(0xFF);
-    try {
-      forward_with_tile(device.args, nullptr, tile);
-      synchronize();
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << e.what();
-      continue;
-    }
-    const Comparison result = compare_output(problem, download_output(problem, device), ref);
-    EXPECT_TRUE(result.passed) << result.summary;
+    expect_output_matches(problem, device, ref,
+                          [&] { forward_with_tile(device.args, nullptr, tile); });
   }
 }
 
@@ -461,16 +394,8 @@ TEST_F(GpuForward, NaNInPaddingRowsDoesNotReachTheOutput) {
     for (const gen::TileConfig& tile : tune::candidates(spec, gpu().target)) {
       SCOPED_TRACE(fmt::format("variant {}, problem {}, seed {}",
                                gen::to_string(gen::Variant{spec, tile}), problem.name(), seed()));
-      device.out.fill_bytes(0xFF);
-      try {
-        forward_with_tile(device.args, nullptr, tile);
-        synchronize();
-      } catch (const std::exception& e) {
-        ADD_FAILURE() << e.what();
-        continue;
-      }
-      const Comparison result = compare_output(problem, download_output(problem, device), ref);
-      EXPECT_TRUE(result.passed) << result.summary;
+      expect_output_matches(problem, device, ref,
+                            [&] { forward_with_tile(device.args, nullptr, tile); });
     }
   }
 }
