@@ -80,8 +80,10 @@ def _forward_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
                   score_mod: Optional[torch.Tensor], max_seqlen_q: int, max_seqlen_k: int,
                   causal: bool, window_left: int, window_right: int, scale: Optional[float],
-                  bias: Optional[float], accurate_sigmoid: bool,
-                  trust_lengths: bool) -> torch.Tensor:
+                  bias: Optional[float], accurate_sigmoid: bool, trust_lengths: bool,
+                  deterministic: bool) -> torch.Tensor:
+    # `deterministic` only concerns the backward; the forward takes it so that autograd saves it
+    # with the other options.
     lib = _library.library()
     out = _new_like(q)
     with torch.cuda.device(q.device):
@@ -102,8 +104,8 @@ def _backward_impl(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
                    cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
                    score_mod: Optional[torch.Tensor], max_seqlen_q: int, max_seqlen_k: int,
                    causal: bool, window_left: int, window_right: int, scale: Optional[float],
-                   bias: Optional[float], accurate_sigmoid: bool,
-                   trust_lengths: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   bias: Optional[float], accurate_sigmoid: bool, trust_lengths: bool,
+                   deterministic: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     lib = _library.library()
     # Upstream gradients may be broadcast views (stride 0) or otherwise laid out unlike the
     # output; the runtime needs the head dim contiguous and distinct rows.
@@ -121,6 +123,7 @@ def _backward_impl(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
         args.grad_q = _tensor_ref(grad_q, packed)
         args.grad_k = _tensor_ref(grad_k, packed)
         args.grad_v = _tensor_ref(grad_v, packed)
+        args.deterministic = int(deterministic)
         stream = torch.cuda.current_stream(q.device).cuda_stream
         status = lib.sigattn_backward(ctypes.byref(args), ctypes.c_void_p(stream))
     _library.check(status, "sigattn_backward")

@@ -21,7 +21,7 @@ _INT_TYPES = (numbers.Integral,) + ((torch.SymInt,) if hasattr(torch, "SymInt") 
 
 def sigmoid_attention(query, key, value, is_causal=False, scale=None, sigmoid_bias=None,
                       score_mod=None, *, window=None, seq_lens_q=None, seq_lens_k=None,
-                      sigmoid="fast", trust_lengths=False):
+                      sigmoid="fast", trust_lengths=False, deterministic=True):
     """Sigmoid attention on [batch, seq, heads, head_dim] (BTHD) tensors, with autograd.
 
     out[b, i, h] = sum_j sigmoid(scale * <q_i, k_j> + bias_b + score_mod[b, j]) * v_j over the
@@ -48,6 +48,9 @@ def sigmoid_attention(query, key, value, is_causal=False, scale=None, sigmoid_bi
         trust_lengths: skip the runtime's host check of the length tensors (one device-to-host
             copy and stream synchronization per call); out-of-range lengths are then clamped.
             The check is always skipped while a CUDA graph is being captured.
+        deterministic: True (default): the backward gives bit-identical gradients from run to
+            run. False allows its faster one-pass split (dQ accumulated with fp32 atomics; the
+            gradients of q may then differ in the last bits between runs).
 
     Returns:
         [B, Tq, Hq, D] contiguous tensor of the query's dtype.
@@ -59,23 +62,25 @@ def sigmoid_attention(query, key, value, is_causal=False, scale=None, sigmoid_bi
     seq_lens_k = _lengths("seq_lens_k", seq_lens_k, (batch,))
     return _run(query, key, value, seq_lens_q, seq_lens_k, None, None, batch, max_seqlen_q,
                 max_seqlen_k, is_causal, scale, sigmoid_bias, score_mod, window, sigmoid,
-                trust_lengths)
+                trust_lengths, deterministic)
 
 
 def sigmoid_attention_padded(query, key, value, seq_lens_k=None, seq_lens_q=None, is_causal=False,
                              scale=None, sigmoid_bias=None, score_mod=None, *, window=None,
-                             sigmoid="fast", trust_lengths=False):
+                             sigmoid="fast", trust_lengths=False, deterministic=True):
     """TritonSigmoid's padded entry point (same argument order): sigmoid_attention with
     seq_lens_k / seq_lens_q. With seq_lens_q != seq_lens_k the causal diagonal is aligned
     bottom-right, where TritonSigmoid aligns it top-left."""
     return sigmoid_attention(query, key, value, is_causal, scale, sigmoid_bias, score_mod,
                              window=window, seq_lens_q=seq_lens_q, seq_lens_k=seq_lens_k,
-                             sigmoid=sigmoid, trust_lengths=trust_lengths)
+                             sigmoid=sigmoid, trust_lengths=trust_lengths,
+                             deterministic=deterministic)
 
 
 def sigmoid_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
                              is_causal=False, window=None, scale=None, sigmoid_bias=None,
-                             score_mod=None, sigmoid="fast", trust_lengths=False):
+                             score_mod=None, sigmoid="fast", trust_lengths=False,
+                             deterministic=True):
     """Sigmoid attention on packed [total_tokens, heads, head_dim] tensors, with autograd.
 
     Sequence b holds rows cu_seqlens_q[b]:cu_seqlens_q[b + 1] of q (and likewise of k and v with
@@ -99,11 +104,12 @@ def sigmoid_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     return _run(q, k, v, None, None, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q,
                 max_seqlen_k, is_causal, scale, sigmoid_bias, score_mod, window, sigmoid,
-                trust_lengths)
+                trust_lengths, deterministic)
 
 
 def _run(q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q,
-         max_seqlen_k, is_causal, scale, sigmoid_bias, score_mod, window, sigmoid, trust_lengths):
+         max_seqlen_k, is_causal, scale, sigmoid_bias, score_mod, window, sigmoid, trust_lengths,
+         deterministic):
     _check_range("batch", batch, 1, _MAX_GRID_EXTENT)
     _check_range("max_seqlen_q", max_seqlen_q, 1, _MAX_SEQLEN)
     _check_range("max_seqlen_k", max_seqlen_k, 1, _MAX_SEQLEN)
@@ -118,6 +124,8 @@ def _run(q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, batch, max
         sigmoid_bias = float(sigmoid_bias)
         if not math.isfinite(sigmoid_bias):
             raise ValueError(f"sigmoid_bias = {sigmoid_bias} must be finite")
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be True or False, got {deterministic!r}")
     if sigmoid not in _SIGMOID_MODES:
         raise ValueError(f"sigmoid = {sigmoid!r} must be one of {_SIGMOID_MODES}")
     names = ("q", "k", "v") if cu_seqlens_q is not None else ("query", "key", "value")
@@ -126,7 +134,8 @@ def _run(q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, batch, max
                        (q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, score_mod)))
     return _ops.attention(q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, score_mod,
                           max_seqlen_q, max_seqlen_k, bool(is_causal), window_left, window_right,
-                          scale, sigmoid_bias, sigmoid == "accurate", bool(trust_lengths))
+                          scale, sigmoid_bias, sigmoid == "accurate", bool(trust_lengths),
+                          deterministic)
 
 
 def _check_range(name, value, low, high):

@@ -130,6 +130,8 @@ class ValidationTest(unittest.TestCase):
                              sigmoid_bias=float("inf"))
         self.assert_rejected(ValueError, "sigmoid = 'exact' must be one of", q, q, q,
                              sigmoid="exact")
+        self.assert_rejected(TypeError, "deterministic must be True or False", q, q, q,
+                             deterministic=1)
 
     def test_lengths_and_score_mod(self):
         q = bthd()
@@ -172,7 +174,7 @@ class AutogradFunctionTest(unittest.TestCase):
         q, k, v = (torch.randn(2, 8, 2, 8, requires_grad=True) for _ in range(3))
         lens = torch.tensor([3, 8], dtype=torch.int32)
         inputs = (q, k, v, lens, lens, None, None, None, 8, 8, True, 4, -1, 0.5, None, True,
-                  False)
+                  False, False)
         with mock.patch.object(_ops, "_forward_impl", forward), \
                 mock.patch.object(_ops, "_backward_impl", backward):
             out = _ops.attention(*inputs)

@@ -116,7 +116,8 @@ class ReferenceTest(GpuTestCase):
         out.backward(grad_out)
 
         ref_inputs = [x.detach().double().requires_grad_(True) for x in (q, k, v)]
-        ref_options = {key: value for key, value in options.items() if key != "sigmoid"}
+        ref_options = {key: value for key, value in options.items()
+                       if key not in ("sigmoid", "deterministic")}
         ref = reference(*ref_inputs, **ref_options)
         ref.backward(grad_out.double())
 
@@ -157,6 +158,11 @@ class ReferenceTest(GpuTestCase):
         self.run_case(score_mod=score_mod)
         self.run_case(score_mod=score_mod.bfloat16(), sigmoid_bias=-3.0, scale=0.2,
                       sigmoid="accurate")
+
+    def test_one_pass_backward(self):
+        self.run_case(deterministic=False)
+        self.run_case(deterministic=False, padded=True, is_causal=True, heads_q=8, heads_kv=2,
+                      dim=128, dtype=torch.float16)
 
     def test_bhtd_strided_inputs(self):
         self.run_case(layout="bhtd")
@@ -275,7 +281,7 @@ class CompileTest(GpuTestCase):
         lens_q = torch.tensor([100, 128], device="cuda", dtype=torch.int32)
         lens_k = torch.tensor([90, 160], device="cuda", dtype=torch.int32)
         args = (q, k, v, lens_q, lens_k, None, None, None, 128, 160, True, -1, -1, None, None,
-                False, False)
+                False, False, True)
         torch.library.opcheck(torch.ops.sigattn.forward.default, args)
 
     def check_compiled(self, fn, inputs):
