@@ -6,25 +6,19 @@
 #include <fmt/format.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <exception>
-#include <string_view>
 
 #include "cache/json_io.hpp"
 #include "cache/paths.hpp"
 #include "generator/template_store.hpp"
+#include "runtime/environment.hpp"
 #include "runtime/install_paths.hpp"
 #include "runtime/nvrtc.hpp"
 
 namespace sigattn {
 namespace {
 
-bool cache_disabled_by_environment() {
-  const char* value = std::getenv("SIGATTN_CACHE");
-  if (value == nullptr) return false;
-  const std::string_view setting(value);
-  return setting == "off" || setting == "0";
-}
+bool cache_disabled_by_environment() { return environment_switch("SIGATTN_CACHE") == false; }
 
 // The NVRTC version this process would compile with, or empty when NVRTC cannot be loaded.
 std::string available_nvrtc_version() {

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "runtime/environment.hpp"
 #include "runtime/install_paths.hpp"
 #include "runtime/persistent_cache.hpp"
 
@@ -98,8 +99,7 @@ OnlineTuner& OnlineTuner::instance() {
 }
 
 OnlineTuner::OnlineTuner() {
-  const char* variable = std::getenv("SIGATTN_ONLINE_TUNING");
-  enabled_ = variable != nullptr && std::string(variable) == "1";
+  enabled_ = environment_switch("SIGATTN_ONLINE_TUNING").value_or(false);
 }
 
 OnlineTuner::~OnlineTuner() {

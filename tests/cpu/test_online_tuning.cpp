@@ -81,6 +81,24 @@ TEST(OnlineTuning, RunsTheTunerOncePerShapeInAChildProcess) {
                              (dir / "user.db").string() + " --strategy random --budget 8\n");
 }
 
+TEST(OnlineTuning, AProgramThatCannotStartIsAWarning) {
+  TempDir dir;
+  ::setenv("SIGATTN_EXECUTABLE", (dir / "missing" / "sigattn").c_str(), 1);
+  OnlineTuner& tuner = OnlineTuner::instance();
+  tuner.set_enabled(true);
+  Shape shape = *online_shape(dense_call(), spec_of("fwd.bf16.d64.dense.nomask.nosmod.fast.x128"));
+  shape.seqlen = 512;
+  ::testing::internal::CaptureStderr();
+  EXPECT_TRUE(tuner.request(shape, dir / "user.db"));
+  tuner.wait_idle();
+  const std::string printed = ::testing::internal::GetCapturedStderr();
+  tuner.set_enabled(false);
+  ::unsetenv("SIGATTN_EXECUTABLE");
+  EXPECT_NE(printed.find("sigattn: warning: online tuning cannot start"), std::string::npos)
+      << printed;
+  EXPECT_NE(printed.find("missing/sigattn"), std::string::npos) << printed;
+}
+
 TEST(OnlineTuning, ExecutableFollowsTheEnvironment) {
   ::setenv("SIGATTN_EXECUTABLE", "/opt/sigattn/bin/sigattn", 1);
   EXPECT_EQ(tune_executable(), "/opt/sigattn/bin/sigattn");
