@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <system_error>
+#include <thread>
 #include <utility>
 
 namespace sigattn::cache {
@@ -281,9 +283,24 @@ void Database::configure(OpenMode mode) {
     prepare("SELECT count(*) FROM sqlite_schema").run();
     return;
   }
-  // WAL lets readers continue while a tuning run writes.
+  // WAL lets readers continue while a tuning run writes. Switching a new file to WAL needs an
+  // exclusive lock, and SQLite answers "database is locked" at once, without the busy handler,
+  // when several processes open the new file together: retry within the busy timeout.
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(kBusyTimeoutMs);
   Statement journal = prepare("PRAGMA journal_mode = WAL");
-  journal.step();
+  while (true) {
+    try {
+      journal.step();
+      break;
+    } catch (const DatabaseError& error) {
+      const int code = error.result() & 0xff;
+      const bool busy = code == SQLITE_BUSY || code == SQLITE_LOCKED;
+      if (!busy || std::chrono::steady_clock::now() > deadline) throw;
+      journal.reset();
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
   prepare("PRAGMA synchronous = NORMAL").run();
 }
 
