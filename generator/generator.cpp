@@ -25,11 +25,61 @@ std::string_view layout_enum(Layout layout) {
   return "";
 }
 
-// The sm90 family has a forward kernel only: one producer warpgroup plus block_m / 64 consumer
-// warpgroups of 64 query rows (wgmma's M), K/V steps that are a valid wgmma N.
+// The sm90 family has a forward and a dK/dV kernel. Forward: one producer warpgroup plus
+// block_m / 64 consumer warpgroups of 64 query rows (wgmma's M), K/V steps that are a valid wgmma
+// N. dK/dV: a producer plus block_n / 64 consumer warpgroups of 64 keys, 64 or 128 query rows per
+// step, head dims of whole 64-element TMA boxes whose dK, dV, S^T and dP^T fit the registers.
+void check_sm90_dkdv(const Variant& variant) {
+  const KernelSpec& spec = variant.spec;
+  const TileConfig& tile = variant.tile;
+  if (spec.head_dim != 64 && spec.head_dim != 128) {
+    throw std::invalid_argument(fmt::format(
+        "family sm90 has a dkdv kernel for head_dim 64 and 128, not {}", spec.head_dim));
+  }
+  if (tile.block_n != 64 && tile.block_n != 128) {
+    throw std::invalid_argument(
+        fmt::format("sm90 dkdv tile block_n = {} must be 64 or 128 (one or two 64-key warpgroups)",
+                    tile.block_n));
+  }
+  if (tile.warps != 4 + tile.block_n / 16) {
+    throw std::invalid_argument(
+        fmt::format("sm90 dkdv tile warps = {} must be {}: a producer warpgroup plus one "
+                    "consumer warpgroup per 64 keys of block_n = {}",
+                    tile.warps, 4 + tile.block_n / 16, tile.block_n));
+  }
+  if (tile.block_m != 64 && tile.block_m != 128) {
+    throw std::invalid_argument(
+        fmt::format("sm90 dkdv tile block_m = {} must be 64 or 128", tile.block_m));
+  }
+  if (spec.head_dim + tile.block_m > 192) {
+    throw std::invalid_argument(
+        fmt::format("sm90 dkdv tile block_m = {} at head_dim {}: the dK, dV, S^T and dP^T "
+                    "accumulators exceed the registers",
+                    tile.block_m, spec.head_dim));
+  }
+  if (tile.atomic_dq &&
+      (tile.block_m > tile.block_n || spec.head_dim * tile.block_m / tile.block_n % 64 != 0)) {
+    throw std::invalid_argument(
+        fmt::format("sm90 dkdv tile {} at head_dim {}: the one-pass split gives each consumer "
+                    "warpgroup 64 query rows and whole 64-column blocks of dQ",
+                    to_string(tile), spec.head_dim));
+  }
+}
+
 void check_sm90_variant(const Variant& variant) {
   const KernelSpec& spec = variant.spec;
   const TileConfig& tile = variant.tile;
+  if (tile.stages < 2 || tile.stages > 4) {
+    throw std::invalid_argument(fmt::format("tile stages = {} must be 2, 3 or 4", tile.stages));
+  }
+  if (spec.seqlen == SeqLen::x128 && (128 % tile.block_m != 0 || 128 % tile.block_n != 0)) {
+    throw std::invalid_argument(
+        fmt::format("seqlen x128 needs block_m and block_n dividing 128, got {}", to_string(tile)));
+  }
+  if (spec.direction == Direction::dkdv) {
+    check_sm90_dkdv(variant);
+    return;
+  }
   if (spec.direction != Direction::forward) {
     throw std::invalid_argument(
         fmt::format("family sm90 has no {} kernel", to_string(spec.direction)));
@@ -56,13 +106,6 @@ void check_sm90_variant(const Variant& variant) {
   if (tile.block_n < 16 || tile.block_n > 256 || tile.block_n % 16 != 0) {
     throw std::invalid_argument(fmt::format(
         "sm90 tile block_n = {} must be a multiple of 16 from 16 to 256", tile.block_n));
-  }
-  if (tile.stages < 2 || tile.stages > 4) {
-    throw std::invalid_argument(fmt::format("tile stages = {} must be 2, 3 or 4", tile.stages));
-  }
-  if (spec.seqlen == SeqLen::x128 && (128 % tile.block_m != 0 || 128 % tile.block_n != 0)) {
-    throw std::invalid_argument(
-        fmt::format("seqlen x128 needs block_m and block_n dividing 128, got {}", to_string(tile)));
   }
 }
 
@@ -118,9 +161,16 @@ void check_variant(const Variant& variant) {
 
 int smem_bytes(const KernelSpec& spec, const TileConfig& tile) {
   if (tile.family == Family::sm90) {
-    // Mirrors FwdSm90Shape (templates/sigattn/fwd_sm90.cuh): 1024 bytes of alignment slack, Q
-    // and each K/V stage in column blocks of 64 elements with 128-byte rows, 128 for mbarriers.
+    // Mirrors FwdSm90Shape and BwdDkdvSm90Shape (templates/sigattn/*_sm90.cuh): 1024 bytes of
+    // alignment slack, tiles in column blocks of 64 elements with 128-byte rows, 128 bytes for
+    // mbarriers. Forward: Q and each K/V stage. dK/dV: K, V, each Q/dO stage and, in the one-pass
+    // split, two dS^T buffers.
     const int slabs = (spec.head_dim + 63) / 64;
+    if (spec.direction == Direction::dkdv) {
+      const int ds_bytes = tile.atomic_dq ? 2 * 2 * tile.block_n * tile.block_m : 0;
+      return 1024 + slabs * 128 * (2 * tile.block_n + 2 * tile.stages * tile.block_m) + ds_bytes +
+             128;
+    }
     return 1024 + slabs * 128 * (tile.block_m + 2 * tile.stages * tile.block_n) + 128;
   }
   // Mirrors the Shape structs of templates/sigattn/*_sm80.cuh, which static_assert equality.
@@ -200,9 +250,11 @@ GeneratedKernel generate(const Variant& variant) {
   out.variant_name = to_string(variant);
   out.threads = tile.warps * 32;
   out.smem_bytes = smem_bytes(spec, tile);
+  const bool hopper = tile.family == Family::sm90;
   const std::string_view entry = spec.direction == Direction::forward
-                                     ? (tile.family == Family::sm90 ? "fwd_sm90" : "fwd_sm80")
+                                     ? (hopper ? "fwd_sm90" : "fwd_sm80")
                                  : spec.direction == Direction::dq ? "bwd_dq_sm80"
+                                 : hopper                          ? "bwd_dkdv_sm90"
                                                                    : "bwd_dkdv_sm80";
   out.name_expression = fmt::format("sigattn::{}_kernel<sigattn_generated::Cfg>", entry);
   out.options = {"-std=c++17", "--fmad=true"};

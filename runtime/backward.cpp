@@ -3,7 +3,7 @@
 // caller's stream. Deterministic split: dK/dV (one CTA per key block and kv head, summing its GQA
 // group) and dQ (one CTA per query block and head), no atomics. One-pass split: the dK/dV kernel
 // also adds dQ into a zeroed fp32 workspace from the scratch pool, and a conversion kernel writes
-// grad_q from it.
+// grad_q from it. The sm90 dK/dV kernel (sm_90a) streams Q and dO with TMA maps encoded here.
 #include "runtime/backward.hpp"
 
 #include <fmt/format.h>
@@ -19,6 +19,7 @@
 #include "runtime/persistent_cache.hpp"
 #include "runtime/scratch_pool.hpp"
 #include "sigattn/bwd_params.h"
+#include "sigattn/bwd_sm90_params.h"
 
 namespace sigattn {
 namespace {
@@ -58,7 +59,9 @@ LoadedKernel load_checked(const gen::KernelSpec& spec, const gen::TileConfig& ti
   return ModuleCache::instance().load(generate_for_launch(variant));
 }
 
-void launch(const LoadedKernel& kernel, BwdParams& params, unsigned grid_x, unsigned grid_y,
+// Launches with `params` as the kernel's one argument (BwdParams or BwdSm90Params).
+template <class Params>
+void launch(const LoadedKernel& kernel, Params& params, unsigned grid_x, unsigned grid_y,
             unsigned grid_z, CUstream stream) {
   void* kernel_args[] = {&params};
   SIGATTN_CU(cuda::driver().cuLaunchKernel(
@@ -74,6 +77,40 @@ bool capturing(CUstream stream) {
 
 unsigned blocks(int length, int block) {
   return static_cast<unsigned>((length + block - 1) / block);
+}
+
+// Whether TMA maps can describe q and grad_out, which the sm90 dK/dV kernel streams.
+bool tma_describable(const BackwardArgs& args, bool varlen) {
+  const ForwardArgs& in = args.inputs;
+  return tma_describable(in.q, in.heads_q, in.batch, varlen) &&
+         tma_describable(args.grad_out, in.heads_q, in.batch, varlen);
+}
+
+// The dK/dV launch: the sm90 kernel takes TMA maps of q and grad_out beside the parameters.
+void launch_dkdv(const LoadedKernel& kernel, const gen::TileConfig& tile, const BwdParams& params,
+                 const BackwardArgs& args, gen::Layout layout, unsigned grid_x, CUstream stream) {
+  const ForwardArgs& in = args.inputs;
+  const unsigned heads_kv = static_cast<unsigned>(in.heads_kv);
+  const unsigned batch = static_cast<unsigned>(in.batch);
+  if (tile.family != gen::Family::sm90) {
+    BwdParams copy = params;
+    launch(kernel, copy, grid_x, heads_kv, batch, stream);
+    return;
+  }
+  const bool varlen = layout == gen::Layout::varlen;
+  if (!tma_describable(args, varlen)) {
+    throw_invalid(fmt::format(
+        "tile {} needs TMA maps of q and grad_out, and a zero stride over several heads or "
+        "sequences has none",
+        gen::to_string(tile)));
+  }
+  BwdSm90Params hopper{};
+  hopper.base = params;
+  hopper.q = encode_tma("q", in.q, in.dtype, in.head_dim, in.max_seqlen_q, in.heads_q, in.batch,
+                        varlen, tile.block_m);
+  hopper.dout = encode_tma("grad_out", args.grad_out, in.dtype, in.head_dim, in.max_seqlen_q,
+                           in.heads_q, in.batch, varlen, tile.block_m);
+  launch(kernel, hopper, grid_x, heads_kv, batch, stream);
 }
 
 }  // namespace
@@ -127,7 +164,14 @@ BackwardTiles chosen_backward_tiles(const BackwardArgs& args, const BackwardSpec
       persistent.choose_tile(specs.dkdv, device, in.max_seqlen_q, in.max_seqlen_k, target);
   const cache::TileChoice dq =
       persistent.choose_tile(specs.dq, device, in.max_seqlen_q, in.max_seqlen_k, target);
-  return combine_backward_tiles(tiles, dkdv, dq, deterministic);
+  BackwardTiles chosen = combine_backward_tiles(tiles, dkdv, dq, deterministic);
+  if (chosen.dkdv.family == gen::Family::sm90 &&
+      !tma_describable(args, specs.dkdv.layout == gen::Layout::varlen)) {
+    // A zero stride over several heads or sequences has no TMA map: the portable family runs.
+    chosen.dkdv =
+        tune::default_tile(specs.dkdv, tune::target_for_arch("sm_90"), !deterministic).tile;
+  }
+  return chosen;
 }
 
 BackwardTiles combine_backward_tiles(BackwardTiles tiles, const cache::TileChoice& dkdv,
@@ -168,14 +212,13 @@ void backward_with_tiles(const BackwardArgs& args, CUstream stream, const gen::T
 
   BwdParams params = make_bwd_params(args, specs.dq.layout);
   const unsigned heads_q = static_cast<unsigned>(in.heads_q);
-  const unsigned heads_kv = static_cast<unsigned>(in.heads_kv);
   const unsigned batch = static_cast<unsigned>(in.batch);
   const unsigned dkdv_blocks =
       blocks(in.max_seqlen_k, dkdv.block_n) * static_cast<unsigned>(gen::grid_slices(specs.dkdv));
   const LoadedKernel dkdv_kernel = load_checked(specs.dkdv, dkdv, target);
   if (!dkdv.atomic_dq) {
     const LoadedKernel dq_kernel = load_checked(specs.dq, dq, target);
-    launch(dkdv_kernel, params, dkdv_blocks, heads_kv, batch, stream);
+    launch_dkdv(dkdv_kernel, dkdv, params, args, specs.dkdv.layout, dkdv_blocks, stream);
     launch(dq_kernel, params,
            blocks(in.max_seqlen_q, dq.block_m) * static_cast<unsigned>(gen::grid_slices(specs.dq)),
            heads_q, batch, stream);
@@ -196,7 +239,7 @@ void backward_with_tiles(const BackwardArgs& args, CUstream stream, const gen::T
   params.dq_accum_head_stride = in.head_dim;
   SIGATTN_CU(
       cuda::driver().cuMemsetD32Async(workspace.ptr(), 0, static_cast<std::size_t>(words), stream));
-  launch(dkdv_kernel, params, dkdv_blocks, heads_kv, batch, stream);
+  launch_dkdv(dkdv_kernel, dkdv, params, args, specs.dkdv.layout, dkdv_blocks, stream);
   launch(convert, params, blocks(in.max_seqlen_q, gen::kDqConvertRowsPerCta), heads_q, batch,
          stream);
 }

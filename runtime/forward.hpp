@@ -8,6 +8,7 @@
 #include "generator/generator.hpp"
 #include "generator/kernel_spec.hpp"
 #include "sigattn/fwd_params.h"
+#include "sigattn/fwd_sm90_params.h"
 #include "tuner/search_space.hpp"
 
 namespace sigattn {
@@ -33,5 +34,10 @@ void check_lengths_on_device(const ForwardArgs& args, CUstream stream);
 FwdParams make_params(const ForwardArgs& args, gen::Layout layout);
 tune::Target current_target();
 gen::GeneratedKernel generate_for_launch(const gen::Variant& variant);
+// Whether a TMA map can describe the tensor (no zero stride over several heads or sequences),
+// and its map for the sm90 kernels: boxes of 64 elements by `box_rows` tokens of one head.
+bool tma_describable(const TensorRef& t, int heads, int batch, bool varlen);
+TmaDescriptor encode_tma(std::string_view name, const TensorRef& t, DType dtype, int head_dim,
+                         int max_seqlen, int heads, int batch, bool varlen, int box_rows);
 
 }  // namespace sigattn

@@ -114,10 +114,15 @@ std::string register_budget(const KernelSpec& s, const TileConfig& t, const Targ
   return fmt::format("{} fp32 accumulators per thread exceed the budget of {}", count, budget);
 }
 
-// The sm90 family: a forward kernel only, head dims in wgmma k-steps of 16 and at least one
-// 64-element TMA box (128 bytes, the swizzle span) wide.
+// The sm90 family: a forward kernel with head dims in wgmma k-steps of 16 and at least one
+// 64-element TMA box (128 bytes, the swizzle span) wide; a dK/dV kernel for head dims of whole
+// boxes whose dK and dV accumulators fit beside S^T and dP^T (64 and 128).
 std::string sm90_kernel(const KernelSpec& s, const TileConfig& t, const Target&) {
   if (t.family != gen::Family::sm90) return {};
+  if (s.direction == gen::Direction::dkdv) {
+    if (s.head_dim == 64 || s.head_dim == 128) return {};
+    return fmt::format("family sm90 has a dkdv kernel for head_dim 64 and 128, not {}", s.head_dim);
+  }
   if (s.direction != gen::Direction::forward) {
     return fmt::format("family sm90 has no {} kernel", gen::to_string(s.direction));
   }
@@ -128,10 +133,30 @@ std::string sm90_kernel(const KernelSpec& s, const TileConfig& t, const Target&)
   return {};
 }
 
-// sm90 CTAs: a producer warpgroup plus one consumer warpgroup per 64 query rows (wgmma's M);
-// block_n is the N of the S = Q K^T wgmma and the rows of a TMA box (at most 256 each).
-std::string wgmma_shape(const KernelSpec&, const TileConfig& t, const Target&) {
+// sm90 CTAs: a producer warpgroup plus one consumer warpgroup per 64 rows of wgmma's M, query
+// rows in the forward (block_m, up to 3) and keys in dK/dV (block_n, up to 2); the other block
+// is the N of S = Q K^T (forward: at most 256) or of S^T = K Q^T (dK/dV: 64 or 128).
+std::string wgmma_shape(const KernelSpec& s, const TileConfig& t, const Target&) {
   if (t.family != gen::Family::sm90) return {};
+  if (s.direction == gen::Direction::dkdv) {
+    if (t.block_n != 64 && t.block_n != 128) {
+      return fmt::format("block_n {} is not 64 or 128 (one or two 64-key warpgroups)", t.block_n);
+    }
+    if (t.warps != 4 + t.block_n / 16) {
+      return fmt::format("warps {} is not {} (a producer warpgroup plus {} consumer warpgroups)",
+                         t.warps, 4 + t.block_n / 16, t.block_n / 64);
+    }
+    if (t.block_m != 64 && t.block_m != 128) {
+      return fmt::format("block_m {} is not 64 or 128 query rows per step", t.block_m);
+    }
+    if (t.atomic_dq && (t.block_m > t.block_n || s.head_dim * t.block_m / t.block_n % 64 != 0)) {
+      return fmt::format(
+          "the one-pass split needs 64 dQ rows and whole 64-column blocks per warpgroup, "
+          "which block_m {} and block_n {} at head_dim {} do not give",
+          t.block_m, t.block_n, s.head_dim);
+    }
+    return {};
+  }
   if (t.block_m != 64 && t.block_m != 128 && t.block_m != 192) {
     return fmt::format("block_m {} is not 64, 128 or 192 (one to three 64-row warpgroups)",
                        t.block_m);
@@ -144,12 +169,19 @@ std::string wgmma_shape(const KernelSpec&, const TileConfig& t, const Target&) {
   return {};
 }
 
-// Registers per consumer thread after setmaxnreg (templates/sigattn/fwd_sm90.cuh): 240 for one
-// or two consumer warpgroups, 160 for three. The O (head_dim / 2) and S (block_n / 2) fp32
-// accumulators and the bf16 P fragments (block_n / 4) must leave 64 for addresses and masks:
+// Registers per consumer thread after setmaxnreg (templates/sigattn/*_sm90.cuh): 240 for one
+// or two consumer warpgroups, 160 for three. Forward: the O (head_dim / 2) and S (block_n / 2)
+// fp32 accumulators and the bf16 P fragments (block_n / 4) must leave 64 for addresses and masks:
 // ptxas spilled d=256 m128n64w12 with 176 of 232 (every mask, score_mod, varlen) and not with 240.
+// dK/dV: dK and dV (head_dim / 2 each) and S^T and dP^T (block_m / 2 each) at most 192, which
+// leaves 48 for the P^T and dS^T fragments, the dQ part's accumulators and addresses.
 std::string sm90_registers(const KernelSpec& s, const TileConfig& t, const Target&) {
   if (t.family != gen::Family::sm90) return {};
+  if (s.direction == gen::Direction::dkdv) {
+    if (s.head_dim + t.block_m <= 192) return {};
+    return fmt::format("dK, dV, S^T and dP^T take {} registers per thread, above 192",
+                       s.head_dim + t.block_m);
+  }
   const int consumers = t.block_m / 64;
   const int available = consumers == 3 ? 160 : 240;
   if (consumers == 1 && t.block_n > 64) {
@@ -227,14 +259,27 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
       }
     }
   }
-  // The Hopper forward family after the portable tiles: 64-row consumer warpgroups (1 to 3) plus
-  // the producer warpgroup, 64 or 128 keys per step.
+  // The Hopper family after the portable tiles: 64-row consumer warpgroups plus the producer
+  // warpgroup. Forward: 1 to 3 of 64 query rows, 64 or 128 keys per step. dK/dV: 1 or 2 of 64
+  // keys, 64 or 128 query rows per step, both work splits.
   if (spec.direction == gen::Direction::forward && target.arch == "sm_90a") {
     for (int m : {64, 128, 192}) {
       for (int n : {64, 128}) {
         for (int s : {2, 3}) {
           TileConfig tile{m, n, 4 + m / 16, s, gen::Family::sm90};
           if (rejection(spec, tile, target).empty()) out.push_back(tile);
+        }
+      }
+    }
+  }
+  if (spec.direction == gen::Direction::dkdv && target.arch == "sm_90a") {
+    for (bool atomic_dq : {false, true}) {
+      for (int n : {64, 128}) {
+        for (int m : {64, 128}) {
+          for (int s : {2, 3}) {
+            TileConfig tile{m, n, 4 + n / 16, s, gen::Family::sm90, atomic_dq};
+            if (rejection(spec, tile, target).empty()) out.push_back(tile);
+          }
         }
       }
     }
@@ -295,11 +340,32 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
        "sm_90a: wgmma/TMA family, 1 consumer warpgroup x 64 rows (240 registers for wide "
        "heads), 64-key steps"},
   };
+  // Hopper dK/dV at head dims 64 and 128: two consumer warpgroups share each Q/dO tile. 64-query
+  // steps keep S^T and dP^T small beside dK and dV; the one-pass split at d=64 needs 128-query
+  // steps so that each warpgroup's part of dQ is a whole 64-column block.
+  static const std::vector<Preference> hopper_dkdv = {
+      {{64, 128, 12, 2, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dK/dV, 2 consumer warpgroups x 64 keys, 64-query steps"},
+      {{128, 128, 12, 2, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dK/dV, 2 consumer warpgroups x 64 keys, 128-query steps"},
+      {{64, 64, 8, 2, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dK/dV, 1 consumer warpgroup x 64 keys, 64-query steps"},
+  };
   if (spec.direction == gen::Direction::forward && target.arch == "sm_90a") {
     for (const auto& p : hopper) {
       if (rejection(spec, p.tile, target).empty()) {
         return {p.tile, fmt::format("heuristic for {} on {}: {}", gen::to_string(spec), target.arch,
                                     p.why)};
+      }
+    }
+  }
+  if (spec.direction == gen::Direction::dkdv && target.arch == "sm_90a") {
+    for (const auto& p : hopper_dkdv) {
+      TileConfig tile = p.tile;
+      tile.atomic_dq = atomic_dq;
+      if (rejection(spec, tile, target).empty()) {
+        return {tile, fmt::format("heuristic for {} on {}: {}{}", gen::to_string(spec), target.arch,
+                                  p.why, atomic_dq ? ", dQ added atomically" : "")};
       }
     }
   }

@@ -51,26 +51,6 @@ struct FwdSm90Shape {
                 "the x128 length specialization needs block_m and block_n to divide 128");
 };
 
-// Rows [0, kRows) of a tile into 128-byte-swizzled shared memory with ordinary loads, rows at and
-// past `valid_rows` as zeros, so memory past a sequence's end is never read. Used for the tiles
-// that cross the end of a padded or packed sequence, where TMA's bounds are the whole tensor's.
-template <int kD, int kRows>
-__device__ __forceinline__ void load_tile_swizzled(unsigned dst, const unsigned short* src,
-                                                   long long row_stride, int valid_rows,
-                                                   int thread) {
-  constexpr int kChunks = kD / 8;  // 16-byte chunks per row
-#pragma unroll 1
-  for (int i = thread; i < kRows * kChunks; i += 128) {
-    const int row = i / kChunks;
-    const int chunk = i % kChunks;
-    uint4 value = make_uint4(0, 0, 0, 0);
-    if (row < valid_rows) {
-      value = *reinterpret_cast<const uint4*>(src + row * row_stride + chunk * 8);
-    }
-    st_shared_v4(dst + (chunk / 8) * kRows * 128 + swizzled_offset(row, chunk % 8), value);
-  }
-}
-
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
     fwd_sm90_kernel(const __grid_constant__ FwdSm90Params params) {

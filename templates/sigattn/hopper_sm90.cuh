@@ -1,6 +1,7 @@
 // sm_90a primitives of the Hopper kernels: mbarriers, TMA tile loads completing on an mbarrier,
-// the proxy and warpgroup fences around wgmma, named barriers, setmaxnreg, and the shared-memory
-// matrix descriptors of 128-byte-swizzled tiles (rows of 128 bytes, 8-row atoms of 1024 bytes).
+// the proxy and warpgroup fences around wgmma, named barriers, setmaxnreg, the shared-memory
+// matrix descriptors of 128-byte-swizzled tiles (rows of 128 bytes, 8-row atoms of 1024 bytes),
+// and the ordinary-load fill of such a tile.
 #pragma once
 
 #include "sigattn/fwd_sm90_params.h"
@@ -119,6 +120,26 @@ __device__ __forceinline__ void st_shared_v4(unsigned addr, uint4 value) {
   asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(value.x), "r"(value.y),
                "r"(value.z), "r"(value.w)
                : "memory");
+}
+
+// Rows [0, kRows) of a tile into 128-byte-swizzled shared memory with ordinary loads, rows at and
+// past `valid_rows` as zeros, so memory past a sequence's end is never read. Used for the tiles
+// that cross the end of a padded or packed sequence, where TMA's bounds are the whole tensor's.
+template <int kD, int kRows>
+__device__ __forceinline__ void load_tile_swizzled(unsigned dst, const unsigned short* src,
+                                                   long long row_stride, int valid_rows,
+                                                   int thread) {
+  constexpr int kChunks = kD / 8;  // 16-byte chunks per row
+#pragma unroll 1
+  for (int i = thread; i < kRows * kChunks; i += 128) {
+    const int row = i / kChunks;
+    const int chunk = i % kChunks;
+    uint4 value = make_uint4(0, 0, 0, 0);
+    if (row < valid_rows) {
+      value = *reinterpret_cast<const uint4*>(src + row * row_stride + chunk * 8);
+    }
+    st_shared_v4(dst + (chunk / 8) * kRows * 128 + swizzled_offset(row, chunk % 8), value);
+  }
 }
 
 }  // namespace sigattn

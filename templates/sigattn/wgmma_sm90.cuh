@@ -1,6 +1,7 @@
 // wgmma (sm_90a) for the m64nNk16 shapes with fp32 accumulators, N a multiple of 16 up to 256:
-// ss takes A and B from shared memory through descriptors, rs takes A from registers (four
-// 16-bit pairs per thread, the mma.sync A-fragment layout) and B transposed (N-contiguous).
+// ss takes A and B from shared memory through descriptors, each K-contiguous or, when its
+// transpose flag is set, M- or N-contiguous; rs takes A from registers (four 16-bit pairs per
+// thread, the mma.sync A-fragment layout) and B transposed (N-contiguous).
 // The operand lists are spelled out by the macro chains below, one chain link per 8 registers.
 #pragma once
 
@@ -120,11 +121,11 @@ struct Wgmma;
 
 // The accumulators are operands 0 .. N/2-1; O0.. name the operands that follow them. The
 // accumulator constraint list comes last, as the variadic part, since it holds commas.
-#define SIGATTN_WGMMA_SS(N, TYPE, P, O0, O1, O2, ...)                                              \
+#define SIGATTN_WGMMA_SS(N, TYPE, P, O0, O1, O2, O3, O4, ...)                                      \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " O2 ", 0;\nwgmma.mma_async.sync.aligned.m64n" #N \
-               "k16.f32." TYPE "." TYPE " {" P "}, " O0 ", " O1 ", p, 1, 1, 0, 0;\n}\n"            \
+               "k16.f32." TYPE "." TYPE " {" P "}, " O0 ", " O1 ", p, 1, 1, " O3 ", " O4 ";\n}\n"  \
                : __VA_ARGS__                                                                       \
-               : "l"(desc_a), "l"(desc_b), "r"(accumulate))
+               : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(kTransA), "n"(kTransB))
 #define SIGATTN_WGMMA_RS(N, TYPE, P, O0, O1, O2, O3, O4, O5, ...)                                  \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " O5 ", 0;\nwgmma.mma_async.sync.aligned.m64n" #N \
                "k16.f32." TYPE "." TYPE " {" P "}, {" O0 ", " O1 ", " O2 ", " O3 "}, " O4          \
@@ -135,13 +136,13 @@ struct Wgmma;
 #define SIGATTN_DEFINE_WGMMA(N, P, O0, O1, O2, O3, O4, O5, ...)                             \
   template <>                                                                               \
   struct Wgmma<N> {                                                                         \
-    template <bool kBf16>                                                                   \
+    template <bool kBf16, int kTransA = 0, int kTransB = 0>                                 \
     static __device__ __forceinline__ void ss(float (&d)[N / 2], unsigned long long desc_a, \
                                               unsigned long long desc_b, int accumulate) {  \
       if constexpr (kBf16) {                                                                \
-        SIGATTN_WGMMA_SS(N, "bf16", P, O0, O1, O2, __VA_ARGS__);                            \
+        SIGATTN_WGMMA_SS(N, "bf16", P, O0, O1, O2, O3, O4, __VA_ARGS__);                    \
       } else {                                                                              \
-        SIGATTN_WGMMA_SS(N, "f16", P, O0, O1, O2, __VA_ARGS__);                             \
+        SIGATTN_WGMMA_SS(N, "f16", P, O0, O1, O2, O3, O4, __VA_ARGS__);                     \
       }                                                                                     \
     }                                                                                       \
     template <bool kBf16>                                                                   \

@@ -339,6 +339,11 @@ BackwardSpecs specs_of(const Problem& p) {
   return backward_specs(args);
 }
 
+// The dK/dV tiles the sweep runs: every one-pass tile and every Hopper tile (both splits).
+bool swept(const gen::TileConfig& tile) {
+  return tile.atomic_dq || tile.family == gen::Family::sm90;
+}
+
 const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
   std::vector<gen::Variant> variants;
   const auto add_defaults = [&](const Problem& p) {
@@ -359,7 +364,7 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
     add_defaults(p);
     const BackwardSpecs specs = specs_of(p);
     for (const gen::TileConfig& tile : tune::candidates(specs.dkdv, gpu.target)) {
-      if (tile.atomic_dq) variants.push_back({specs.dkdv, tile});
+      if (swept(tile)) variants.push_back({specs.dkdv, tile});
     }
   }
   if (test_selected("BackwardConcurrency.TwoStreamsInOnePassMode")) {
@@ -419,9 +424,9 @@ INSTANTIATE_TEST_SUITE_P(FastSigmoid, BackwardMatchesReference,
 INSTANTIATE_TEST_SUITE_P(Large, BackwardMatchesReference, testing::ValuesIn(large_cases()),
                          name_of);
 
-class EveryOnePassTile : public GpuTest, public testing::WithParamInterface<Problem> {};
+class EveryOnePassOrHopperTile : public GpuTest, public testing::WithParamInterface<Problem> {};
 
-TEST_P(EveryOnePassTile, MatchesReference) {
+TEST_P(EveryOnePassOrHopperTile, MatchesReference) {
   const Problem& p = GetParam();
   p.validate();
   SCOPED_TRACE(context_of(p, seed()));
@@ -432,7 +437,7 @@ TEST_P(EveryOnePassTile, MatchesReference) {
   const gen::TileConfig dq_tile = default_backward_tiles(specs, gpu().target, true).dq;
   int tried = 0;
   for (const gen::TileConfig& tile : tune::candidates(specs.dkdv, gpu().target)) {
-    if (!tile.atomic_dq) continue;
+    if (!swept(tile)) continue;
     ++tried;
     const std::string variant = gen::to_string(gen::Variant{specs.dkdv, tile});
     try {
@@ -447,7 +452,7 @@ TEST_P(EveryOnePassTile, MatchesReference) {
                       << gpu().arch;
 }
 
-INSTANTIATE_TEST_SUITE_P(TwoSpecs, EveryOnePassTile, testing::ValuesIn(tile_sweep_cases()),
+INSTANTIATE_TEST_SUITE_P(TwoSpecs, EveryOnePassOrHopperTile, testing::ValuesIn(tile_sweep_cases()),
                          name_of);
 
 using BackwardConcurrency = GpuTest;

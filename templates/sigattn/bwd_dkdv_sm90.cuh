@@ -1,0 +1,399 @@
+// The Hopper dK/dV kernel of the backward pass (sm_90a). A CTA owns block_n keys of one (batch,
+// kv head): a producer warpgroup loads its K and V once and streams Q and dO tiles of every query
+// head of the GQA group through a multi-stage ring with TMA; each of block_n / 64 consumer
+// warpgroups owns 64 keys and per step computes S^T = K Q^T and dP^T = V dO^T with wgmma from
+// shared memory, P^T = sigma(S^T) and dS^T = dP^T P^T (1 - P^T) in registers, and accumulates
+// dV += P^T dO and dK += dS^T Q with P^T and dS^T as register A operands. With Cfg::kAtomicDq
+// (the one-pass split) the consumers also stage dS^T in shared memory and compute the step's
+// dQ = dS K, each a 64-row, head-dim-wide part, adding it into the fp32 workspace with atomics.
+#pragma once
+
+#include "sigattn/bwd_atomic_dq_sm80.cuh"
+#include "sigattn/bwd_sm90_params.h"
+#include "sigattn/hopper_sm90.cuh"
+#include "sigattn/ptx_sm80.cuh"
+#include "sigattn/sequence.cuh"
+#include "sigattn/sigmoid.cuh"
+#include "sigattn/wgmma_sm90.cuh"
+
+namespace sigattn {
+
+// Derived sizes for one Cfg (see the generator's traits struct for the parameters).
+template <class Cfg>
+struct BwdDkdvSm90Shape {
+  static constexpr int kD = Cfg::kHeadDim;
+  static constexpr int kBM = Cfg::kBlockM;  // query rows per step
+  static constexpr int kBN = Cfg::kBlockN;  // keys per CTA
+  static constexpr int kStages = Cfg::kStages;
+  static constexpr bool kAtomicDq = Cfg::kAtomicDq;
+  static constexpr int kConsumers = kBN / 64;  // consumer warpgroups, 64 keys each
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  // Tiles are stored as column blocks of 64 elements (128-byte rows, the swizzle span).
+  static constexpr int kSlabs = (kD + 63) / 64;
+  static constexpr int kKVBytes = kSlabs * kBN * 128;   // K or V
+  static constexpr int kRowBytes = kSlabs * kBM * 128;  // one Q or one dO tile
+  // One step's dS^T: kBN key rows of kBM queries, in column blocks of 64 queries. Two buffers
+  // alternate, so a step's stores never meet the other warpgroup's reads of the step before.
+  static constexpr int kDsBytes = kBN * kBM * 2;
+  // The step's dQ (kBM x kD) is split over the consumers: 64-row blocks, then head-dim columns.
+  static constexpr int kDqRowBlocks = kBM / 64;
+  static constexpr int kDqColParts = kConsumers >= kDqRowBlocks ? kConsumers / kDqRowBlocks : 1;
+  static constexpr int kDqWidth = kD / kDqColParts;
+  // 1024 bytes of slack align the tiles to the swizzle atom; the mbarriers (at most 9 of 8
+  // bytes) follow the tiles in 128 bytes.
+  static constexpr int kSmemBytes =
+      1024 + 2 * kKVBytes + 2 * kStages * kRowBytes + (kAtomicDq ? 2 * kDsBytes : 0) + 128;
+  // Registers per thread after setmaxnreg: the producer gives its share to the consumers. The
+  // consumers' increase waits until the pool allocated at launch (the per-thread count ptxas
+  // fits to kThreads, in steps of 8) holds it, so the split must fit that pool, not only the file.
+  static constexpr int kProducerRegisters = 24;
+  static constexpr int kConsumerRegisters = 240;
+  static constexpr int kLaunchRegisters =
+      65536 / kThreads / 8 * 8 < 248 ? 65536 / kThreads / 8 * 8 : 248;
+
+  static_assert(kD == 64 || kD == 128, "head_dim must be 64 or 128");
+  static_assert(kBN == 64 || kBN == 128, "block_n must be 64 or 128 (one or two warpgroups)");
+  static_assert(kBM == 64 || kBM == 128, "block_m must be 64 or 128");
+  static_assert(Cfg::kWarps * 32 == kThreads, "warps must be 4 per consumer warpgroup plus 4");
+  static_assert(kStages >= 2 && kStages <= 4, "stages must be 2, 3 or 4");
+  static_assert(kD + kBM <= 192, "dK, dV, S^T and dP^T accumulators exceed the registers");
+  static_assert(!kAtomicDq || (kConsumers % kDqRowBlocks == 0 && kDqWidth % 64 == 0),
+                "the dQ split needs whole 64-row blocks and 64-column blocks per warpgroup");
+  static_assert(kSmemBytes == Cfg::kSmemBytes, "generator and kernel disagree on shared memory");
+  static_assert(kProducerRegisters + kConsumers * kConsumerRegisters <=
+                    (1 + kConsumers) * kLaunchRegisters,
+                "register split exceeds the registers allocated at launch");
+};
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
+    bwd_dkdv_sm90_kernel(const __grid_constant__ BwdSm90Params params) {
+  using S = BwdDkdvSm90Shape<Cfg>;
+  constexpr bool kBf16 = Cfg::kBf16;
+  constexpr Layout kLayout = Cfg::kLayout;
+  const BwdParams& bp = params.base;
+  const FwdParams& p = bp.fwd;
+
+  extern __shared__ unsigned char smem_raw[];
+  const unsigned smem_k = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  const unsigned smem_v = smem_k + S::kKVBytes;
+  const unsigned smem_q = smem_v + S::kKVBytes;  // stage s at smem_q + s * kRowBytes
+  const unsigned smem_do = smem_q + S::kStages * S::kRowBytes;
+  const unsigned smem_ds = smem_do + S::kStages * S::kRowBytes;              // one-pass split only
+  const unsigned bar_full = smem_ds + (S::kAtomicDq ? 2 * S::kDsBytes : 0);  // Q and dO landed
+  const unsigned bar_empty = bar_full + 8 * S::kStages;  // the consumers are done with the stage
+  const unsigned bar_kv = bar_empty + 8 * S::kStages;
+
+  const int n_block = blockIdx.x;
+  const int head_kv = blockIdx.y;
+  const int batch = blockIdx.z;
+  const int group = p.heads_q / p.heads_kv;
+  const int tid = threadIdx.x;
+
+  const SeqInfo seq = sequence_info<kLayout>(p, batch);
+  const int n0 = n_block * S::kBN;
+  if (kLayout == Layout::kVarlen && n0 >= seq.len_k) return;
+
+  const KeyMask<Cfg::kCausal, Cfg::kWindow> mask(p, seq);
+  const int key_hi = min(n0 + S::kBN, seq.len_k) - 1;
+  int q_lo = 0, q_hi = 0;  // query rows [q_lo, q_hi) that see some key of the block
+  if (key_hi >= n0 && seq.len_q > 0) {
+    q_lo = mask.query_begin(n0);
+    q_hi = mask.query_end(key_hi, seq.len_q);
+  }
+  const int m_begin = q_lo / S::kBM;
+  const int m_blocks = q_hi > q_lo ? (q_hi + S::kBM - 1) / S::kBM - m_begin : 0;
+  const int steps = m_blocks * group;
+
+  if (tid == 0) {
+    for (int s = 0; s < S::kStages; ++s) {
+      mbarrier_init(bar_full + 8 * s, 1);
+      mbarrier_init(bar_empty + 8 * s, 4 * S::kConsumers);
+    }
+    mbarrier_init(bar_kv, 1);
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  const int warpgroup = tid / 128;
+  if (warpgroup == 0) {
+    // Producer: the whole warpgroup loads K and V, and the Q and dO tiles that cross the end of a
+    // padded or packed sequence, with ordinary loads; thread 0 issues every TMA load.
+    setmaxnreg_decrease<S::kProducerRegisters>();
+    if (steps == 0) return;
+    const bool leader = tid == 0;
+    const int batch_coord = kLayout == Layout::kVarlen ? 0 : batch;
+    if (leader) {
+      prefetch_tma_descriptor(&params.q);
+      prefetch_tma_descriptor(&params.dout);
+    }
+    const unsigned short* k = static_cast<const unsigned short*>(p.k) + seq.k_start +
+                              head_kv * p.k_head_stride + n0 * p.k_seq_stride;
+    const unsigned short* v = static_cast<const unsigned short*>(p.v) + seq.k_start +
+                              head_kv * p.v_head_stride + n0 * p.v_seq_stride;
+    load_tile_swizzled<S::kD, S::kBN>(smem_k, k, p.k_seq_stride, seq.len_k - n0, tid);
+    load_tile_swizzled<S::kD, S::kBN>(smem_v, v, p.v_seq_stride, seq.len_k - n0, tid);
+    fence_proxy_async();
+    named_barrier_sync(1, 128);
+    if (leader) mbarrier_arrive(bar_kv);
+
+    for (int step = 0; step < steps; ++step) {
+      const int stage = step % S::kStages;
+      const unsigned free_parity = ((step / S::kStages) & 1) ^ 1;
+      // Unsigned: zero-extended into the 64-bit offsets, with no high word to hold.
+      const unsigned head = head_kv * group + step / m_blocks;
+      const unsigned m0 = (m_begin + step % m_blocks) * S::kBM;
+      const unsigned q_tile = smem_q + stage * S::kRowBytes;
+      const unsigned do_tile = smem_do + stage * S::kRowBytes;
+      if (kLayout == Layout::kDense || static_cast<int>(m0) + S::kBM <= seq.len_q) {
+        if (leader) {
+          mbarrier_wait(bar_empty + 8 * stage, free_parity);
+          mbarrier_arrive_expect_tx(bar_full + 8 * stage, 2 * S::kRowBytes);
+          const int row = static_cast<int>(seq.q_token0 + m0);
+#pragma unroll
+          for (int slab = 0; slab < S::kSlabs; ++slab) {
+            tma_load_4d(q_tile + slab * S::kBM * 128, &params.q, bar_full + 8 * stage, slab * 64,
+                        row, head, batch_coord);
+            tma_load_4d(do_tile + slab * S::kBM * 128, &params.dout, bar_full + 8 * stage,
+                        slab * 64, row, head, batch_coord);
+          }
+        }
+      } else {
+        // Only the leader tracks the ring's phases; the named barrier passes the stage on. The
+        // sequence's offsets are read again here, which leaves the producer's few registers to
+        // the loads.
+        if (leader) mbarrier_wait(bar_empty + 8 * stage, free_parity);
+        named_barrier_sync(1, 128);
+        const SeqInfo tail = sequence_info<kLayout>(p, batch);
+        const unsigned short* q = static_cast<const unsigned short*>(p.q) + tail.q_start +
+                                  head * p.q_head_stride + m0 * p.q_seq_stride;
+        load_tile_swizzled<S::kD, S::kBM>(q_tile, q, p.q_seq_stride,
+                                          tail.len_q - static_cast<int>(m0), tid);
+        const unsigned short* dout = static_cast<const unsigned short*>(bp.dout) +
+                                     tail.q_offset(bp.do_batch_stride, bp.do_seq_stride, batch) +
+                                     head * bp.do_head_stride + m0 * bp.do_seq_stride;
+        load_tile_swizzled<S::kD, S::kBM>(do_tile, dout, bp.do_seq_stride,
+                                          tail.len_q - static_cast<int>(m0), tid);
+        fence_proxy_async();
+        named_barrier_sync(1, 128);
+        if (leader) mbarrier_arrive(bar_full + 8 * stage);
+      }
+    }
+    return;
+  }
+
+  // Consumers: warpgroup c owns keys [n0 + 64 c, +64); each warp 16 of them, laid out as the
+  // mma.sync m16n8 accumulator fragment repeated over the N/8 column blocks.
+  setmaxnreg_increase<S::kConsumerRegisters>();
+  const int consumer = warpgroup - 1;
+  const int thread = tid - 128 * warpgroup;
+  const int warp = thread / 32;
+  const int lane = thread % 32;
+  const int wg_key0 = 64 * consumer;                // first key of the warpgroup, from n0
+  const int key0 = wg_key0 + 16 * warp + lane / 4;  // this thread's keys: key0 and key0 + 8
+
+  float acc_dk[S::kD / 2];
+  float acc_dv[S::kD / 2];
+#pragma unroll
+  for (int i = 0; i < S::kD / 2; ++i) acc_dk[i] = acc_dv[i] = 0.0f;
+
+  if (steps > 0) {
+    const float bias = p.has_bias ? p.bias : -logf(static_cast<float>(seq.len_k));
+    const Sigmoid<Cfg::kAccurateSigmoid> sigmoid(p.scale);
+    float shift[2];  // bias + score_mod of the thread's two keys, in the sigmoid's form
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int key = n0 + key0 + 8 * h;
+      float mod = 0.0f;
+      if constexpr (Cfg::kScoreMod) {
+        if (key < seq.len_k) mod = p.score_mod[batch * p.score_mod_batch_stride + key];
+      }
+      shift[h] = sigmoid.shift(bias + mod);
+    }
+    const unsigned k_rows = smem_k + wg_key0 * 128;
+    const unsigned v_rows = smem_v + wg_key0 * 128;
+    const int dq_row_block = consumer / S::kDqColParts;
+    const int dq_col0 = consumer % S::kDqColParts * S::kDqWidth;
+
+    mbarrier_wait(bar_kv, 0);
+    for (int step = 0; step < steps; ++step) {
+      const int stage = step % S::kStages;
+      const int head = head_kv * group + step / m_blocks;
+      const int m0 = (m_begin + step % m_blocks) * S::kBM;
+      const unsigned q_tile = smem_q + stage * S::kRowBytes;
+      const unsigned do_tile = smem_do + stage * S::kRowBytes;
+      mbarrier_wait(bar_full + 8 * stage, (step / S::kStages) & 1);
+
+      // S^T = K Q^T and dP^T = V dO^T: keys x queries, both operands K-major. The fast sigmoid
+      // of S^T runs while dP^T is on the tensor cores; the accurate one's temporaries do not fit
+      // beside the dP^T accumulators, so there dP^T is issued after it.
+      float acc_s[S::kBM / 2];
+      float acc_dp[S::kBM / 2];
+      constexpr bool kOverlapSigmoid = !Cfg::kAccurateSigmoid;
+      const auto issue_dp = [&] {
+#pragma unroll
+        for (int kk = 0; kk < S::kD / 16; ++kk) {
+          Wgmma<S::kBM>::template ss<kBf16>(
+              acc_dp, smem_descriptor(v_rows + (kk / 4) * S::kBN * 128 + (kk % 4) * 32, 16, 1024),
+              smem_descriptor(do_tile + (kk / 4) * S::kBM * 128 + (kk % 4) * 32, 16, 1024),
+              kk > 0 ? 1 : 0);
+        }
+        wgmma_commit();
+      };
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < S::kD / 16; ++kk) {
+        Wgmma<S::kBM>::template ss<kBf16>(
+            acc_s, smem_descriptor(k_rows + (kk / 4) * S::kBN * 128 + (kk % 4) * 32, 16, 1024),
+            smem_descriptor(q_tile + (kk / 4) * S::kBM * 128 + (kk % 4) * 32, 16, 1024),
+            kk > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+      if constexpr (kOverlapSigmoid) issue_dp();
+      wgmma_wait<kOverlapSigmoid ? 1 : 0>();
+      fence_operands(acc_s);
+
+      // P^T = sigma(scale S^T + bias + score_mod), zero where the masks hide the pair or the
+      // query row is past len_q; then dS^T = dP^T P^T (1 - P^T).
+      const bool full_tile =
+          m0 + S::kBM <= seq.len_q &&
+          mask.tile_unmasked(m0, m0 + S::kBM - 1, n0 + wg_key0, n0 + wg_key0 + 63);
+#pragma unroll
+      for (int nt = 0; nt < S::kBM / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float prob = sigmoid(acc_s[nt * 4 + e], shift[e / 2]);
+          if (!full_tile) {
+            const int query = m0 + nt * 8 + 2 * (lane % 4) + e % 2;
+            if (query >= seq.len_q || !mask.visible(query, n0 + key0 + 8 * (e / 2))) prob = 0.0f;
+          }
+          acc_s[nt * 4 + e] = prob;
+        }
+      }
+      if constexpr (!kOverlapSigmoid) {
+        wgmma_fence();
+        issue_dp();
+      }
+      wgmma_wait<0>();
+      fence_operands(acc_dp);
+#pragma unroll
+      for (int i = 0; i < S::kBM / 2; ++i) acc_dp[i] *= acc_s[i] * (1.0f - acc_s[i]);
+      unsigned pa[S::kBM / 16][4];
+      unsigned dsa[S::kBM / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < S::kBM / 16; ++kk) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          pa[kk][j] = pack2<kBf16>(acc_s[8 * kk + 2 * j], acc_s[8 * kk + 2 * j + 1]);
+          dsa[kk][j] = pack2<kBf16>(acc_dp[8 * kk + 2 * j], acc_dp[8 * kk + 2 * j + 1]);
+        }
+      }
+
+      // dV += P^T dO and dK += dS^T Q: queries are the K dimension, dO and Q N-contiguous.
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < S::kBM / 16; ++kk) {
+        Wgmma<S::kD>::template rs<kBf16>(
+            acc_dv, pa[kk], smem_descriptor(do_tile + kk * 16 * 128, S::kBM * 128, 1024), 1);
+      }
+#pragma unroll
+      for (int kk = 0; kk < S::kBM / 16; ++kk) {
+        Wgmma<S::kD>::template rs<kBf16>(
+            acc_dk, dsa[kk], smem_descriptor(q_tile + kk * 16 * 128, S::kBM * 128, 1024), 1);
+      }
+      wgmma_commit();
+
+      if constexpr (S::kAtomicDq) {
+        // dS^T into shared memory, 128-byte swizzled: key rows, 64-query column blocks. Fragment
+        // dsa[kk][j] holds queries (2 kk + j / 2) * 8 + 2 (lane % 4) + {0, 1} of key key0 +
+        // 8 (j % 2).
+        const unsigned ds = smem_ds + (step & 1) * S::kDsBytes;
+#pragma unroll
+        for (int kk = 0; kk < S::kBM / 16; ++kk) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int nt = 2 * kk + j / 2;
+            const int key = key0 + 8 * (j % 2);
+            const unsigned address =
+                ds + (nt / 8) * S::kBN * 128 + swizzled_offset(key, nt % 8) + 4 * (lane % 4);
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(dsa[kk][j]) : "memory");
+          }
+        }
+        fence_proxy_async();
+        named_barrier_sync(2, 128 * S::kConsumers);  // every warpgroup's keys of dS^T stored
+        // dV and dK are done with the stage's Q and dO and with the P^T and dS^T fragments, whose
+        // registers the dQ accumulators take over.
+        wgmma_wait<0>();
+        fence_operands(acc_dv);
+        fence_operands(acc_dk);
+        if (lane == 0) mbarrier_arrive(bar_empty + 8 * stage);
+
+        // This warpgroup's part of dQ = dS K: 64 queries (A = dS, M-contiguous in dS^T) by
+        // kDqWidth head-dim columns (B = K, N-contiguous), summed over the CTA's keys.
+        float acc_dq[S::kDqWidth / 2];
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < S::kBN / 16; ++kk) {
+          Wgmma<S::kDqWidth>::template ss<kBf16, 1, 1>(
+              acc_dq,
+              smem_descriptor(ds + dq_row_block * S::kBN * 128 + kk * 16 * 128, S::kBN * 128, 1024),
+              smem_descriptor(smem_k + (dq_col0 / 64) * S::kBN * 128 + kk * 16 * 128, S::kBN * 128,
+                              1024),
+              kk > 0 ? 1 : 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_operands(acc_dq);
+
+        const int dq_row0 = m0 + 64 * dq_row_block;
+        float* dq = bp.dq_accum +
+                    seq.q_offset(bp.dq_accum_batch_stride, bp.dq_accum_seq_stride, batch) +
+                    head * bp.dq_accum_head_stride + dq_row0 * bp.dq_accum_seq_stride + dq_col0;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = 16 * warp + lane / 4 + 8 * h;
+          if (dq_row0 + row >= seq.len_q) continue;
+#pragma unroll
+          for (int nt = 0; nt < S::kDqWidth / 8; ++nt) {
+            red_add_f32x2(dq + row * bp.dq_accum_seq_stride + nt * 8 + 2 * (lane % 4),
+                          acc_dq[nt * 4 + 2 * h], acc_dq[nt * 4 + 2 * h + 1]);
+          }
+        }
+      } else {
+        wgmma_wait<0>();
+        fence_operands(acc_dv);
+        fence_operands(acc_dk);
+        if (lane == 0) mbarrier_arrive(bar_empty + 8 * stage);
+      }
+    }
+  }
+
+  // Epilogue: dK = scale dS^T Q; key rows past len_k are zeros in the padded layout and absent
+  // in varlen.
+  const int rows_valid = seq.len_k - n0;
+  const int rows_stored = (kLayout == Layout::kVarlen ? seq.len_k : p.max_seqlen_k) - n0;
+  unsigned short* dk = static_cast<unsigned short*>(bp.dk) +
+                       seq.k_offset(bp.dk_batch_stride, bp.dk_seq_stride, batch) +
+                       head_kv * bp.dk_head_stride + n0 * bp.dk_seq_stride;
+  unsigned short* dv = static_cast<unsigned short*>(bp.dv) +
+                       seq.k_offset(bp.dv_batch_stride, bp.dv_seq_stride, batch) +
+                       head_kv * bp.dv_head_stride + n0 * bp.dv_seq_stride;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = key0 + 8 * h;
+    if (row >= rows_stored) continue;
+    const bool valid = row < rows_valid;
+    unsigned* dk_row = reinterpret_cast<unsigned*>(dk + row * bp.dk_seq_stride + 2 * (lane % 4));
+    unsigned* dv_row = reinterpret_cast<unsigned*>(dv + row * bp.dv_seq_stride + 2 * (lane % 4));
+#pragma unroll
+    for (int nt = 0; nt < S::kD / 8; ++nt) {
+      dk_row[nt * 4] = valid ? pack2<kBf16>(acc_dk[nt * 4 + 2 * h] * p.scale,
+                                            acc_dk[nt * 4 + 2 * h + 1] * p.scale)
+                             : 0u;
+      dv_row[nt * 4] =
+          valid ? pack2<kBf16>(acc_dv[nt * 4 + 2 * h], acc_dv[nt * 4 + 2 * h + 1]) : 0u;
+    }
+  }
+}
+
+}  // namespace sigattn
