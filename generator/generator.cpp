@@ -27,8 +27,9 @@ std::string_view layout_enum(Layout layout) {
 
 // The sm90 family has a forward and a dK/dV kernel. Forward: one producer warpgroup plus
 // block_m / 64 consumer warpgroups of 64 query rows (wgmma's M), K/V steps that are a valid wgmma
-// N. dK/dV: a producer plus block_n / 64 consumer warpgroups of 64 keys, 64 or 128 query rows per
-// step, head dims of whole 64-element TMA boxes whose dK, dV, S^T and dP^T fit the registers.
+// N. dK/dV: a producer plus two consumer warpgroups of 64 keys (block_n = 128), 64 or 128 query
+// rows per step, head dims of whole 64-element TMA boxes whose dK, dV, S^T and dP^T fit the
+// registers.
 void check_sm90_dkdv(const Variant& variant) {
   const KernelSpec& spec = variant.spec;
   const TileConfig& tile = variant.tile;
@@ -36,9 +37,9 @@ void check_sm90_dkdv(const Variant& variant) {
     throw std::invalid_argument(fmt::format(
         "family sm90 has a dkdv kernel for head_dim 64 and 128, not {}", spec.head_dim));
   }
-  if (tile.block_n != 64 && tile.block_n != 128) {
+  if (tile.block_n != 128) {
     throw std::invalid_argument(
-        fmt::format("sm90 dkdv tile block_n = {} must be 64 or 128 (one or two 64-key warpgroups)",
+        fmt::format("sm90 dkdv tile block_n = {} must be 128 (two 64-key warpgroups taking turns)",
                     tile.block_n));
   }
   if (tile.warps != 4 + tile.block_n / 16) {

@@ -134,13 +134,13 @@ std::string sm90_kernel(const KernelSpec& s, const TileConfig& t, const Target&)
 }
 
 // sm90 CTAs: a producer warpgroup plus one consumer warpgroup per 64 rows of wgmma's M, query
-// rows in the forward (block_m, up to 3) and keys in dK/dV (block_n, up to 2); the other block
-// is the N of S = Q K^T (forward: at most 256) or of S^T = K Q^T (dK/dV: 64 or 128).
+// rows in the forward (block_m, up to 3) and keys in dK/dV (block_n, two); the other block is
+// the N of S = Q K^T (forward: at most 256) or of S^T = K Q^T (dK/dV: 64 or 128).
 std::string wgmma_shape(const KernelSpec& s, const TileConfig& t, const Target&) {
   if (t.family != gen::Family::sm90) return {};
   if (s.direction == gen::Direction::dkdv) {
-    if (t.block_n != 64 && t.block_n != 128) {
-      return fmt::format("block_n {} is not 64 or 128 (one or two 64-key warpgroups)", t.block_n);
+    if (t.block_n != 128) {
+      return fmt::format("block_n {} is not 128 (two 64-key warpgroups taking turns)", t.block_n);
     }
     if (t.warps != 4 + t.block_n / 16) {
       return fmt::format("warps {} is not {} (a producer warpgroup plus {} consumer warpgroups)",
@@ -260,8 +260,8 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
     }
   }
   // The Hopper family after the portable tiles: 64-row consumer warpgroups plus the producer
-  // warpgroup. Forward: 1 to 3 of 64 query rows, 64 or 128 keys per step. dK/dV: 1 or 2 of 64
-  // keys, 64 or 128 query rows per step, both work splits.
+  // warpgroup. Forward: 1 to 3 of 64 query rows, 64 or 128 keys per step. dK/dV: 2 of 64 keys,
+  // 64 or 128 query rows per step, both work splits.
   if (spec.direction == gen::Direction::forward && target.arch == "sm_90a") {
     for (int m : {64, 128, 192}) {
       for (int n : {64, 128}) {
@@ -274,12 +274,10 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
   }
   if (spec.direction == gen::Direction::dkdv && target.arch == "sm_90a") {
     for (bool atomic_dq : {false, true}) {
-      for (int n : {64, 128}) {
-        for (int m : {64, 128}) {
-          for (int s : {2, 3}) {
-            TileConfig tile{m, n, 4 + n / 16, s, gen::Family::sm90, atomic_dq};
-            if (rejection(spec, tile, target).empty()) out.push_back(tile);
-          }
+      for (int m : {64, 128}) {
+        for (int s : {2, 3}) {
+          TileConfig tile{m, 128, 12, s, gen::Family::sm90, atomic_dq};
+          if (rejection(spec, tile, target).empty()) out.push_back(tile);
         }
       }
     }
@@ -340,16 +338,15 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
        "sm_90a: wgmma/TMA family, 1 consumer warpgroup x 64 rows (240 registers for wide "
        "heads), 64-key steps"},
   };
-  // Hopper dK/dV at head dims 64 and 128: two consumer warpgroups share each Q/dO tile. 64-query
-  // steps keep S^T and dP^T small beside dK and dV; the one-pass split at d=64 needs 128-query
-  // steps so that each warpgroup's part of dQ is a whole 64-column block.
+  // Hopper dK/dV at head dims 64 and 128: two consumer warpgroups share each Q/dO tile. 128-query
+  // steps where dK, dV, S^T and dP^T fit the registers (d=64): the S^T and dP^T wgmmas then read
+  // each K/V operand once per 128 queries, and the one-pass split needs them there for whole
+  // 64-column dQ parts. 64-query steps otherwise (d=128).
   static const std::vector<Preference> hopper_dkdv = {
-      {{64, 128, 12, 2, gen::Family::sm90},
-       "sm_90a: wgmma/TMA dK/dV, 2 consumer warpgroups x 64 keys, 64-query steps"},
       {{128, 128, 12, 2, gen::Family::sm90},
        "sm_90a: wgmma/TMA dK/dV, 2 consumer warpgroups x 64 keys, 128-query steps"},
-      {{64, 64, 8, 2, gen::Family::sm90},
-       "sm_90a: wgmma/TMA dK/dV, 1 consumer warpgroup x 64 keys, 64-query steps"},
+      {{64, 128, 12, 2, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dK/dV, 2 consumer warpgroups x 64 keys, 64-query steps"},
   };
   if (spec.direction == gen::Direction::forward && target.arch == "sm_90a") {
     for (const auto& p : hopper) {

@@ -83,15 +83,8 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   if (kLayout == Layout::kVarlen && n0 >= seq.len_k) return;
 
   const KeyMask<Cfg::kCausal, Cfg::kWindow> mask(p, seq);
-  const int key_hi = min(n0 + S::kBN, seq.len_k) - 1;
-  int q_lo = 0, q_hi = 0;  // query rows [q_lo, q_hi) that see some key of the block
-  if (key_hi >= n0 && seq.len_q > 0) {
-    q_lo = mask.query_begin(n0);
-    q_hi = mask.query_end(key_hi, seq.len_q);
-  }
-  const int m_begin = q_lo / S::kBM;
-  const int m_blocks = q_hi > q_lo ? (q_hi + S::kBM - 1) / S::kBM - m_begin : 0;
-  const int steps = m_blocks * group;
+  const QuerySteps qs = query_steps<S::kBM, S::kBN>(mask, seq, n0, group);
+  const int steps = qs.steps;
 
   zero_pad_columns<S::kD, S::kRowPad, S::kStride>(sK, 2 * S::kBN + 2 * S::kStages * S::kBM, tid,
                                                   S::kThreads);
@@ -116,8 +109,8 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
                                                            tid);
     cp_async_commit();
     auto load_qdo = [&](int step, int slot) {
-      int head = head_kv * group + step / m_blocks;
-      int m0 = (m_begin + step % m_blocks) * S::kBM;
+      int head = qs.head(head_kv, group, step);
+      int m0 = qs.row0(step, S::kBM);
       const unsigned short* q = static_cast<const unsigned short*>(p.q) + q_base +
                                 head * p.q_head_stride + m0 * p.q_seq_stride;
       const unsigned short* dout = static_cast<const unsigned short*>(params.dout) + do_base +
@@ -159,7 +152,7 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       cp_async_commit();
       const unsigned short* sQt = sQ + (step % S::kStages) * S::kRowElems;
       const unsigned short* sdOt = sdO + (step % S::kStages) * S::kRowElems;
-      const int m0 = (m_begin + step % m_blocks) * S::kBM;
+      const int m0 = qs.row0(step, S::kBM);
 
       float acc_s[S::kMTiles][S::kNTiles][4];
       float acc_dp[S::kMTiles][S::kNTiles][4];
@@ -206,7 +199,7 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
         __syncthreads();  // every warp's keys of dS^T are in shared memory
         // The step's query head and rows in the workspace. The next step rewrites sdS only after
         // the barrier at the top of the loop, when every warp is done reading it.
-        const int head = head_kv * group + step / m_blocks;
+        const int head = qs.head(head_kv, group, step);
         float* dq = params.dq_accum +
                     seq.q_offset(params.dq_accum_batch_stride, params.dq_accum_seq_stride, batch) +
                     head * params.dq_accum_head_stride + m0 * params.dq_accum_seq_stride;

@@ -1,11 +1,12 @@
 // The Hopper dK/dV kernel of the backward pass (sm_90a). A CTA owns block_n keys of one (batch,
 // kv head): a producer warpgroup loads its K and V once and streams Q and dO tiles of every query
-// head of the GQA group through a multi-stage ring with TMA; each of block_n / 64 consumer
+// head of the GQA group through a multi-stage ring with TMA; each of the two consumer
 // warpgroups owns 64 keys and per step computes S^T = K Q^T and dP^T = V dO^T with wgmma from
 // shared memory, P^T = sigma(S^T) and dS^T = dP^T P^T (1 - P^T) in registers, and accumulates
-// dV += P^T dO and dK += dS^T Q with P^T and dS^T as register A operands. With Cfg::kAtomicDq
-// (the one-pass split) the consumers also stage dS^T in shared memory and compute the step's
-// dQ = dS K, each a 64-row, head-dim-wide part, adding it into the fp32 workspace with atomics.
+// dV += P^T dO and dK += dS^T Q. Two consumer warpgroups take turns on the tensor cores. With
+// Cfg::kAtomicDq (the one-pass split) the consumers also stage dS^T in shared memory and compute
+// the step's dQ = dS K in a turn of its own, each a 64-row part, adding it into the fp32
+// workspace with atomics.
 #pragma once
 
 #include "sigattn/bwd_atomic_dq_sm80.cuh"
@@ -39,7 +40,7 @@ struct BwdDkdvSm90Shape {
   static constexpr int kDqRowBlocks = kBM / 64;
   static constexpr int kDqColParts = kConsumers >= kDqRowBlocks ? kConsumers / kDqRowBlocks : 1;
   static constexpr int kDqWidth = kD / kDqColParts;
-  // 1024 bytes of slack align the tiles to the swizzle atom; the mbarriers (at most 9 of 8
+  // 1024 bytes of slack align the tiles to the swizzle atom; the mbarriers (at most 13 of 8
   // bytes) follow the tiles in 128 bytes.
   static constexpr int kSmemBytes =
       1024 + 2 * kKVBytes + 2 * kStages * kRowBytes + (kAtomicDq ? 2 * kDsBytes : 0) + 128;
@@ -52,7 +53,7 @@ struct BwdDkdvSm90Shape {
       65536 / kThreads / 8 * 8 < 248 ? 65536 / kThreads / 8 * 8 : 248;
 
   static_assert(kD == 64 || kD == 128, "head_dim must be 64 or 128");
-  static_assert(kBN == 64 || kBN == 128, "block_n must be 64 or 128 (one or two warpgroups)");
+  static_assert(kBN == 128, "block_n must be 128 (two warpgroups taking turns)");
   static_assert(kBM == 64 || kBM == 128, "block_m must be 64 or 128");
   static_assert(Cfg::kWarps * 32 == kThreads, "warps must be 4 per consumer warpgroup plus 4");
   static_assert(kStages >= 2 && kStages <= 4, "stages must be 2, 3 or 4");
@@ -83,6 +84,8 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   const unsigned bar_full = smem_ds + (S::kAtomicDq ? 2 * S::kDsBytes : 0);  // Q and dO landed
   const unsigned bar_empty = bar_full + 8 * S::kStages;  // the consumers are done with the stage
   const unsigned bar_kv = bar_empty + 8 * S::kStages;
+  const unsigned bar_ds_full = bar_kv + 8;         // buffer b: every consumer stored its dS^T keys
+  const unsigned bar_ds_empty = bar_ds_full + 16;  // buffer b: every consumer's dQ read it
 
   const int n_block = blockIdx.x;
   const int head_kv = blockIdx.y;
@@ -90,20 +93,8 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   const int group = p.heads_q / p.heads_kv;
   const int tid = threadIdx.x;
 
-  const SeqInfo seq = sequence_info<kLayout>(p, batch);
   const int n0 = n_block * S::kBN;
-  if (kLayout == Layout::kVarlen && n0 >= seq.len_k) return;
-
-  const KeyMask<Cfg::kCausal, Cfg::kWindow> mask(p, seq);
-  const int key_hi = min(n0 + S::kBN, seq.len_k) - 1;
-  int q_lo = 0, q_hi = 0;  // query rows [q_lo, q_hi) that see some key of the block
-  if (key_hi >= n0 && seq.len_q > 0) {
-    q_lo = mask.query_begin(n0);
-    q_hi = mask.query_end(key_hi, seq.len_q);
-  }
-  const int m_begin = q_lo / S::kBM;
-  const int m_blocks = q_hi > q_lo ? (q_hi + S::kBM - 1) / S::kBM - m_begin : 0;
-  const int steps = m_blocks * group;
+  if (kLayout == Layout::kVarlen && n0 >= sequence_info<kLayout>(p, batch).len_k) return;
 
   if (tid == 0) {
     for (int s = 0; s < S::kStages; ++s) {
@@ -111,6 +102,10 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       mbarrier_init(bar_empty + 8 * s, 4 * S::kConsumers);
     }
     mbarrier_init(bar_kv, 1);
+    for (int b = 0; b < 2; ++b) {
+      mbarrier_init(bar_ds_full + 8 * b, 128 * S::kConsumers);
+      mbarrier_init(bar_ds_empty + 8 * b, 128 * S::kConsumers);
+    }
     fence_barrier_init();
   }
   __syncthreads();
@@ -119,7 +114,13 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   if (warpgroup == 0) {
     // Producer: the whole warpgroup loads K and V, and the Q and dO tiles that cross the end of a
     // padded or packed sequence, with ordinary loads; thread 0 issues every TMA load.
+    // The sequence and its query tiles are read again in each role, after the register split,
+    // so that nothing of the common prologue has to live in the producer's few registers.
     setmaxnreg_decrease<S::kProducerRegisters>();
+    const SeqInfo seq = sequence_info<kLayout>(p, batch);
+    const KeyMask<Cfg::kCausal, Cfg::kWindow> mask(p, seq);
+    const QuerySteps qs = query_steps<S::kBM, S::kBN>(mask, seq, n0, group);
+    const int steps = qs.steps;
     if (steps == 0) return;
     const bool leader = tid == 0;
     const int batch_coord = kLayout == Layout::kVarlen ? 0 : batch;
@@ -141,8 +142,8 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       const int stage = step % S::kStages;
       const unsigned free_parity = ((step / S::kStages) & 1) ^ 1;
       // Unsigned: zero-extended into the 64-bit offsets, with no high word to hold.
-      const unsigned head = head_kv * group + step / m_blocks;
-      const unsigned m0 = (m_begin + step % m_blocks) * S::kBM;
+      const unsigned head = qs.head(head_kv, group, step);
+      const unsigned m0 = qs.row0(step, S::kBM);
       const unsigned q_tile = smem_q + stage * S::kRowBytes;
       const unsigned do_tile = smem_do + stage * S::kRowBytes;
       if (kLayout == Layout::kDense || static_cast<int>(m0) + S::kBM <= seq.len_q) {
@@ -185,6 +186,10 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   // Consumers: warpgroup c owns keys [n0 + 64 c, +64); each warp 16 of them, laid out as the
   // mma.sync m16n8 accumulator fragment repeated over the N/8 column blocks.
   setmaxnreg_increase<S::kConsumerRegisters>();
+  const SeqInfo seq = sequence_info<kLayout>(p, batch);
+  const KeyMask<Cfg::kCausal, Cfg::kWindow> mask(p, seq);
+  const QuerySteps qs = query_steps<S::kBM, S::kBN>(mask, seq, n0, group);
+  const int steps = qs.steps;
   const int consumer = warpgroup - 1;
   const int thread = tid - 128 * warpgroup;
   const int warp = thread / 32;
@@ -212,34 +217,77 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
     }
     const unsigned k_rows = smem_k + wg_key0 * 128;
     const unsigned v_rows = smem_v + wg_key0 * 128;
+
+    // Two consumer warpgroups take turns issuing GEMMs (named barriers 2 and 3): a step's S^T
+    // and dP^T in one turn, its dV and dK in the next, its dQ in a third, so that one
+    // warpgroup's sigmoid runs while the other's GEMMs hold the tensor cores. Consumer 1 hands
+    // consumer 0 the first turn and, to leave both barriers balanced at exit, passes on no turn
+    // after its last.
+    const int turns = (S::kAtomicDq ? 3 : 2) * steps;
+    int turn = 0;
+    const auto wait_turn = [&] { named_barrier_sync(2 + consumer, 256); };
+    const auto pass_turn = [&] {
+      ++turn;
+      if (consumer == 0 || turn < turns) named_barrier_arrive(3 - consumer, 256);
+    };
+    if (consumer == 1) named_barrier_arrive(2, 256);
+
+    // The one-pass split computes a step's dQ = dS K in a turn of its own, once every warpgroup
+    // has stored its keys of the step's dS^T: this warpgroup's part is 64 query rows (A = dS,
+    // M-contiguous in dS^T) by kDqWidth head-dim columns (B = K, N-contiguous).
     const int dq_row_block = consumer / S::kDqColParts;
     const int dq_col0 = consumer % S::kDqColParts * S::kDqWidth;
+    // The accumulators are declared where each dQ is computed: as wgmma operands they would
+    // otherwise stay live (read-modify-write) through the whole loop.
+    using DqAccumulators = float[S::kDqWidth / 2];
+    const auto issue_dq = [&](DqAccumulators& acc_dq, int step) {
+      const unsigned ds = smem_ds + (step & 1) * S::kDsBytes;
+      mbarrier_wait(bar_ds_full + 8 * (step & 1), (step >> 1) & 1);
+#pragma unroll
+      for (int kk = 0; kk < S::kBN / 16; ++kk) {
+        Wgmma<S::kDqWidth>::template ss<kBf16, 1, 1>(
+            acc_dq,
+            smem_descriptor(ds + dq_row_block * S::kBN * 128 + kk * 16 * 128, S::kBN * 128, 1024),
+            smem_descriptor(smem_k + (dq_col0 / 64) * S::kBN * 128 + kk * 16 * 128, S::kBN * 128,
+                            1024),
+            kk > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+    };
+    // Once the dQ GEMM of `step` is done: its dS^T buffer is free, and the sums go into the
+    // workspace. (Staging them in shared memory for bulk reductions measured slower: shared
+    // memory bandwidth is what this kernel's GEMMs share.)
+    const auto add_dq = [&](const DqAccumulators& acc_dq, int step) {
+      mbarrier_arrive(bar_ds_empty + 8 * (step & 1));
+      const int head = qs.head(head_kv, group, step);
+      const int dq_row0 = qs.row0(step, S::kBM) + 64 * dq_row_block;
+      float* dq = bp.dq_accum +
+                  seq.q_offset(bp.dq_accum_batch_stride, bp.dq_accum_seq_stride, batch) +
+                  head * bp.dq_accum_head_stride + dq_row0 * bp.dq_accum_seq_stride + dq_col0;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = 16 * warp + lane / 4 + 8 * h;
+        if (dq_row0 + row >= seq.len_q) continue;
+#pragma unroll
+        for (int nt = 0; nt < S::kDqWidth / 8; ++nt) {
+          red_add_f32x2(dq + row * bp.dq_accum_seq_stride + nt * 8 + 2 * (lane % 4),
+                        acc_dq[nt * 4 + 2 * h], acc_dq[nt * 4 + 2 * h + 1]);
+        }
+      }
+    };
 
     mbarrier_wait(bar_kv, 0);
     for (int step = 0; step < steps; ++step) {
       const int stage = step % S::kStages;
-      const int head = head_kv * group + step / m_blocks;
-      const int m0 = (m_begin + step % m_blocks) * S::kBM;
+      const int m0 = qs.row0(step, S::kBM);
       const unsigned q_tile = smem_q + stage * S::kRowBytes;
       const unsigned do_tile = smem_do + stage * S::kRowBytes;
       mbarrier_wait(bar_full + 8 * stage, (step / S::kStages) & 1);
 
-      // S^T = K Q^T and dP^T = V dO^T: keys x queries, both operands K-major. The fast sigmoid
-      // of S^T runs while dP^T is on the tensor cores; the accurate one's temporaries do not fit
-      // beside the dP^T accumulators, so there dP^T is issued after it.
+      // Score turn: S^T = K Q^T and dP^T = V dO^T, keys x queries, both operands K-major.
       float acc_s[S::kBM / 2];
       float acc_dp[S::kBM / 2];
-      constexpr bool kOverlapSigmoid = !Cfg::kAccurateSigmoid;
-      const auto issue_dp = [&] {
-#pragma unroll
-        for (int kk = 0; kk < S::kD / 16; ++kk) {
-          Wgmma<S::kBM>::template ss<kBf16>(
-              acc_dp, smem_descriptor(v_rows + (kk / 4) * S::kBN * 128 + (kk % 4) * 32, 16, 1024),
-              smem_descriptor(do_tile + (kk / 4) * S::kBM * 128 + (kk % 4) * 32, 16, 1024),
-              kk > 0 ? 1 : 0);
-        }
-        wgmma_commit();
-      };
+      wait_turn();
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < S::kD / 16; ++kk) {
@@ -249,12 +297,21 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
             kk > 0 ? 1 : 0);
       }
       wgmma_commit();
-      if constexpr (kOverlapSigmoid) issue_dp();
-      wgmma_wait<kOverlapSigmoid ? 1 : 0>();
-      fence_operands(acc_s);
+#pragma unroll
+      for (int kk = 0; kk < S::kD / 16; ++kk) {
+        Wgmma<S::kBM>::template ss<kBf16>(
+            acc_dp, smem_descriptor(v_rows + (kk / 4) * S::kBN * 128 + (kk % 4) * 32, 16, 1024),
+            smem_descriptor(do_tile + (kk / 4) * S::kBM * 128 + (kk % 4) * 32, 16, 1024),
+            kk > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+      pass_turn();
 
       // P^T = sigma(scale S^T + bias + score_mod), zero where the masks hide the pair or the
-      // query row is past len_q; then dS^T = dP^T P^T (1 - P^T).
+      // query row is past len_q, while dP^T is still on the tensor cores; then
+      // dS^T = dP^T P^T (1 - P^T).
+      wgmma_wait<1>();
+      fence_operands(acc_s);
       const bool full_tile =
           m0 + S::kBM <= seq.len_q &&
           mask.tile_unmasked(m0, m0 + S::kBM - 1, n0 + wg_key0, n0 + wg_key0 + 63);
@@ -270,10 +327,6 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
           acc_s[nt * 4 + e] = prob;
         }
       }
-      if constexpr (!kOverlapSigmoid) {
-        wgmma_fence();
-        issue_dp();
-      }
       wgmma_wait<0>();
       fence_operands(acc_dp);
 #pragma unroll
@@ -288,8 +341,30 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
           dsa[kk][j] = pack2<kBf16>(acc_dp[8 * kk + 2 * j], acc_dp[8 * kk + 2 * j + 1]);
         }
       }
+      const unsigned ds = smem_ds + (step & 1) * S::kDsBytes;
+      if constexpr (S::kAtomicDq) {
+        // dS^T into shared memory, 128-byte swizzled: key rows, 64-query column blocks, once both
+        // warpgroups' dQ of the step before last is done with the buffer. Fragment dsa[kk][j]
+        // holds queries (2 kk + j / 2) * 8 + 2 (lane % 4) + {0, 1} of key key0 + 8 (j % 2).
+        if (step >= 2) mbarrier_wait(bar_ds_empty + 8 * (step & 1), ((step >> 1) - 1) & 1);
+#pragma unroll
+        for (int kk = 0; kk < S::kBM / 16; ++kk) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int nt = 2 * kk + j / 2;
+            const unsigned address = ds + (nt / 8) * S::kBN * 128 +
+                                     swizzled_offset(key0 + 8 * (j % 2), nt % 8) + 4 * (lane % 4);
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(dsa[kk][j]) : "memory");
+          }
+        }
+        fence_proxy_async();
+        mbarrier_arrive(bar_ds_full + 8 * (step & 1));
+        named_barrier_sync(4 + consumer, 128);  // the warpgroup's dS^T rows, which its dK reads
+      }
 
-      // dV += P^T dO and dK += dS^T Q: queries are the K dimension, dO and Q N-contiguous.
+      // Gradient turn: dV += P^T dO and dK += dS^T Q, queries the K dimension, dO and Q
+      // N-contiguous; the one-pass split reads dS^T back from shared memory.
+      wait_turn();
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < S::kBM / 16; ++kk) {
@@ -298,72 +373,35 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       }
 #pragma unroll
       for (int kk = 0; kk < S::kBM / 16; ++kk) {
-        Wgmma<S::kD>::template rs<kBf16>(
-            acc_dk, dsa[kk], smem_descriptor(q_tile + kk * 16 * 128, S::kBM * 128, 1024), 1);
+        const unsigned long long desc_q =
+            smem_descriptor(q_tile + kk * 16 * 128, S::kBM * 128, 1024);
+        if constexpr (S::kAtomicDq) {
+          Wgmma<S::kD>::template ss<kBf16, 0, 1>(
+              acc_dk,
+              smem_descriptor(ds + (kk / 4) * S::kBN * 128 + wg_key0 * 128 + (kk % 4) * 32, 16,
+                              1024),
+              desc_q, 1);
+        } else {
+          Wgmma<S::kD>::template rs<kBf16>(acc_dk, dsa[kk], desc_q, 1);
+        }
       }
       wgmma_commit();
+      pass_turn();
+      wgmma_wait<0>();
+      fence_operands(acc_dv);
+      fence_operands(acc_dk);
+      if (lane == 0) mbarrier_arrive(bar_empty + 8 * stage);
 
+      // dQ turn (one-pass split), with the P^T fragments free.
       if constexpr (S::kAtomicDq) {
-        // dS^T into shared memory, 128-byte swizzled: key rows, 64-query column blocks. Fragment
-        // dsa[kk][j] holds queries (2 kk + j / 2) * 8 + 2 (lane % 4) + {0, 1} of key key0 +
-        // 8 (j % 2).
-        const unsigned ds = smem_ds + (step & 1) * S::kDsBytes;
-#pragma unroll
-        for (int kk = 0; kk < S::kBM / 16; ++kk) {
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            const int nt = 2 * kk + j / 2;
-            const int key = key0 + 8 * (j % 2);
-            const unsigned address =
-                ds + (nt / 8) * S::kBN * 128 + swizzled_offset(key, nt % 8) + 4 * (lane % 4);
-            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(dsa[kk][j]) : "memory");
-          }
-        }
-        fence_proxy_async();
-        named_barrier_sync(2, 128 * S::kConsumers);  // every warpgroup's keys of dS^T stored
-        // dV and dK are done with the stage's Q and dO and with the P^T and dS^T fragments, whose
-        // registers the dQ accumulators take over.
-        wgmma_wait<0>();
-        fence_operands(acc_dv);
-        fence_operands(acc_dk);
-        if (lane == 0) mbarrier_arrive(bar_empty + 8 * stage);
-
-        // This warpgroup's part of dQ = dS K: 64 queries (A = dS, M-contiguous in dS^T) by
-        // kDqWidth head-dim columns (B = K, N-contiguous), summed over the CTA's keys.
         float acc_dq[S::kDqWidth / 2];
+        wait_turn();
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < S::kBN / 16; ++kk) {
-          Wgmma<S::kDqWidth>::template ss<kBf16, 1, 1>(
-              acc_dq,
-              smem_descriptor(ds + dq_row_block * S::kBN * 128 + kk * 16 * 128, S::kBN * 128, 1024),
-              smem_descriptor(smem_k + (dq_col0 / 64) * S::kBN * 128 + kk * 16 * 128, S::kBN * 128,
-                              1024),
-              kk > 0 ? 1 : 0);
-        }
-        wgmma_commit();
+        issue_dq(acc_dq, step);
+        pass_turn();
         wgmma_wait<0>();
         fence_operands(acc_dq);
-
-        const int dq_row0 = m0 + 64 * dq_row_block;
-        float* dq = bp.dq_accum +
-                    seq.q_offset(bp.dq_accum_batch_stride, bp.dq_accum_seq_stride, batch) +
-                    head * bp.dq_accum_head_stride + dq_row0 * bp.dq_accum_seq_stride + dq_col0;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int row = 16 * warp + lane / 4 + 8 * h;
-          if (dq_row0 + row >= seq.len_q) continue;
-#pragma unroll
-          for (int nt = 0; nt < S::kDqWidth / 8; ++nt) {
-            red_add_f32x2(dq + row * bp.dq_accum_seq_stride + nt * 8 + 2 * (lane % 4),
-                          acc_dq[nt * 4 + 2 * h], acc_dq[nt * 4 + 2 * h + 1]);
-          }
-        }
-      } else {
-        wgmma_wait<0>();
-        fence_operands(acc_dv);
-        fence_operands(acc_dk);
-        if (lane == 0) mbarrier_arrive(bar_empty + 8 * stage);
+        add_dq(acc_dq, step);
       }
     }
   }

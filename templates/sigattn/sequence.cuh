@@ -1,5 +1,6 @@
 // Per-sequence geometry of one CTA: where sequence b starts in each tensor, its valid query and
-// key lengths in each layout, and the range of keys the masks leave to a block of query rows.
+// key lengths in each layout, the range of keys the masks leave to a block of query rows, and
+// the query tiles that see a block of keys.
 #pragma once
 
 #include "sigattn/fwd_params.h"
@@ -118,5 +119,36 @@ struct KeyMask {
     return true;
   }
 };
+
+// The query tiles a dK/dV CTA visits for its keys [n0, n0 + block_n): for each query head of the
+// GQA group, the block_m-row tiles from m_begin on that hold a row seeing one of the keys.
+struct QuerySteps {
+  int m_begin;   // first query tile
+  int m_blocks;  // query tiles per head
+  int steps;     // m_blocks * group
+
+  __device__ __forceinline__ int head(int head_kv, int group, int step) const {
+    return head_kv * group + step / m_blocks;
+  }
+  __device__ __forceinline__ int row0(int step, int block_m) const {
+    return (m_begin + step % m_blocks) * block_m;
+  }
+};
+
+template <int kBlockM, int kBlockN, class Mask>
+__device__ __forceinline__ QuerySteps query_steps(const Mask& mask, const SeqInfo& seq, int n0,
+                                                  int group) {
+  const int key_hi = min(n0 + kBlockN, seq.len_k) - 1;
+  int q_lo = 0, q_hi = 0;  // query rows [q_lo, q_hi) that see some key of the block
+  if (key_hi >= n0 && seq.len_q > 0) {
+    q_lo = mask.query_begin(n0);
+    q_hi = mask.query_end(key_hi, seq.len_q);
+  }
+  QuerySteps out;
+  out.m_begin = q_lo / kBlockM;
+  out.m_blocks = q_hi > q_lo ? (q_hi + kBlockM - 1) / kBlockM - out.m_begin : 0;
+  out.steps = out.m_blocks * group;
+  return out;
+}
 
 }  // namespace sigattn

@@ -105,26 +105,33 @@ TEST(KernelCompile, RepresentativeVariantsCompileForSm80AndSm90a) {
   EXPECT_GT(jobs.size(), 200u);
 }
 
-// The Hopper family on sm_90a: every sm90 candidate of a few specs and the default tile of every
-// default forward spec compile with no spills, no ignored setmaxnreg (C7508) and no serialized
-// wgmma (C7514: the accumulators touched while a wgmma is in flight).
+// The Hopper family on sm_90a: every sm90 candidate of a few forward and dK/dV specs and the
+// default tiles of every default forward and dK/dV spec (both backward splits) compile with no
+// spills, no ignored setmaxnreg (C7508) and no serialized wgmma (C7514: the accumulators touched
+// while a wgmma is in flight).
 std::vector<gen::Variant> sm90_variants() {
   const tune::Target target = tune::target_for_arch("sm_90a");
   std::vector<gen::Variant> variants;
   for (const char* text : {"fwd.bf16.d128.dense.nomask.nosmod.fast.x128",
                            "fwd.fp16.d64.padded.causal.smod.accurate.anylen",
                            "fwd.bf16.d96.varlen.causal+window.nosmod.fast.anylen",
-                           "fwd.bf16.d256.dense.window.smod.accurate.anylen"}) {
+                           "fwd.bf16.d256.dense.window.smod.accurate.anylen",
+                           "dkdv.bf16.d128.dense.nomask.nosmod.fast.x128",
+                           "dkdv.fp16.d64.padded.causal.smod.accurate.anylen",
+                           "dkdv.bf16.d64.varlen.causal+window.nosmod.fast.anylen"}) {
     const gen::KernelSpec spec = gen::parse_spec(text);
     for (const gen::TileConfig& tile : tune::candidates(spec, target)) {
       if (tile.family == gen::Family::sm90) variants.push_back({spec, tile});
     }
   }
   for (const gen::KernelSpec& spec : tune::default_specs()) {
-    if (spec.direction != gen::Direction::forward) continue;
-    const gen::TileConfig tile = tune::default_tile(spec, target).tile;
-    EXPECT_EQ(tile.family, gen::Family::sm90) << gen::to_string(spec);
-    variants.push_back({spec, tile});
+    if (spec.direction == gen::Direction::dq) continue;
+    for (bool atomic_dq : {false, true}) {
+      if (atomic_dq && spec.direction != gen::Direction::dkdv) continue;
+      const gen::TileConfig tile = tune::default_tile(spec, target, atomic_dq).tile;
+      EXPECT_EQ(tile.family, gen::Family::sm90) << gen::to_string(spec);
+      variants.push_back({spec, tile});
+    }
   }
   return variants;
 }
