@@ -1,21 +1,21 @@
-"""Forward benchmark of sigattn against its peers, in one process on one GPU, on the same inputs.
+"""Forward and backward benchmark of sigattn against its peers, in one process on one GPU, on the same inputs.
 
 Peers: TritonSigmoid (PyPI `triton-sigmoid`: dense and padded kernels) and torch SDPA with the
 cuDNN and flash backends (softmax, speed-of-light references). Protocol of ../shared
 BENCHMARKS.md: 16,384 tokens per batch, hidden 2,048 (B = 16384 / L, H = 2048 / d), BTHD,
 random-normal inputs, padding p draws each length uniformly from [L(1-p), L]; FLOPs 4·B·H·L²·d
 (padded: 4·H·d·Σ len²); the median of triton.testing.do_bench (L2 flushed between reps).
-Prints a table with ratios, writes CSV and a PNG plot.
+Prints a table with ratios, writes CSV (after every shape) and a PNG plot (report.py).
 """
 
 import argparse
-import csv
 import sys
 
 import torch
 import triton.testing
 
 import sigattn_ctypes
+from report import format_row, plot, print_table, write_csv
 
 TOKENS = 16384
 HIDDEN = 2048
@@ -133,11 +133,11 @@ def main():
                             print(f"{name} unavailable for d={d} L={L}: {e}", file=sys.stderr)
                     rows.append(row)
                     print(format_row(row), flush=True)
+                    write_csv(rows, args.csv)  # a run cut short keeps what it measured
                     del q, k, v, out
                     torch.cuda.empty_cache()
 
     print_table(rows)
-    write_csv(rows, args.csv)
     plot(rows, args.png, args.dtype)
 
 
@@ -167,88 +167,6 @@ def time_backward(lib, row, q, k, v, lens, causal, flops_bwd, tsig):
     ref = theirs()
     row["dq_err_vs_triton"] = rel_l2(dq, ref[0], lens)
     row["triton_bwd"] = flops_bwd / time_ms(theirs) / 1e9
-
-
-def format_row(r):
-    parts = [f"d={r['d']:<3} L={r['L']:<5} pad={r['pad']:<2} causal={r['causal']}",
-             f"sigattn {r['sigattn']:6.1f}"]
-    for peer in ("triton", "cudnn", "flash"):
-        if peer in r:
-            parts.append(f"{peer} {r[peer]:6.1f} ({r['sigattn'] / r[peer]:.2f}x)")
-    if "err_vs_triton" in r:
-        parts.append(f"relL2 vs triton {r['err_vs_triton']:.1e}")
-    if "sigattn_bwd" in r:
-        parts.append(f"bwd sigattn {r['sigattn_bwd']:6.1f} (fast {r['sigattn_bwd_fast']:6.1f})")
-    if "triton_bwd" in r:
-        parts.append(f"bwd triton {r['triton_bwd']:6.1f} ({r['sigattn_bwd'] / r['triton_bwd']:.2f}x)"
-                     f" dQ relL2 {r['dq_err_vs_triton']:.1e}")
-    return " | ".join(parts)
-
-
-def print_table(rows):
-    print("\nTFLOPS (forward; padded rows count valid FLOPs; ratio = sigattn / peer)")
-    print("| d | L | pad | causal | sigattn | TritonSigmoid | ratio | cuDNN | ratio | flash | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        cells = [str(r["d"]), str(r["L"]), str(r["pad"]), str(r["causal"]), f"{r['sigattn']:.0f}"]
-        for peer in ("triton", "cudnn", "flash"):
-            if peer in r:
-                cells += [f"{r[peer]:.0f}", f"{r['sigattn'] / r[peer]:.2f}"]
-            else:
-                cells += ["", ""]
-        print("| " + " | ".join(cells) + " |")
-    backward = [r for r in rows if "sigattn_bwd" in r]
-    if not backward:
-        return
-    print("\nTFLOPS (backward call, 2.5 x forward FLOPs; deterministic and fast modes)")
-    print("| d | L | pad | causal | deterministic | fast | TritonSigmoid | ratio (fast) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in backward:
-        cells = [str(r["d"]), str(r["L"]), str(r["pad"]), str(r["causal"]),
-                 f"{r['sigattn_bwd']:.0f}", f"{r['sigattn_bwd_fast']:.0f}"]
-        if "triton_bwd" in r:
-            cells += [f"{r['triton_bwd']:.0f}", f"{r['sigattn_bwd_fast'] / r['triton_bwd']:.2f}"]
-        else:
-            cells += ["", ""]
-        print("| " + " | ".join(cells) + " |")
-
-
-def write_csv(rows, path):
-    keys = ["d", "L", "pad", "causal", "B", "H", "sigattn", "triton", "cudnn", "flash",
-            "err_vs_triton", "sigattn_bwd", "sigattn_bwd_fast", "triton_bwd", "dq_err_vs_triton"]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in keys})
-
-
-def plot(rows, path, dtype):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ds = sorted({r["d"] for r in rows})
-    pads = sorted({r["pad"] for r in rows})
-    fig, axes = plt.subplots(len(ds), len(pads), figsize=(5 * len(pads), 4 * len(ds)),
-                             squeeze=False)
-    for i, d in enumerate(ds):
-        for j, pad in enumerate(pads):
-            ax = axes[i][j]
-            sel = [r for r in rows if r["d"] == d and r["pad"] == pad and r["causal"] == 0]
-            for peer, label in (("sigattn", "sigattn"), ("triton", "TritonSigmoid"),
-                                ("cudnn", "SDPA cuDNN (softmax)"), ("flash", "SDPA flash")):
-                pts = [(r["L"], r[peer]) for r in sel if peer in r]
-                if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-            ax.set_xscale("log", base=2)
-            ax.set_title(f"forward {dtype}, d={d}, padding {pad}%")
-            ax.set_xlabel("sequence length L")
-            ax.set_ylabel("TFLOPS")
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
