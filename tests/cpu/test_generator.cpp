@@ -179,6 +179,41 @@ TEST(Generate, RejectsSm90TilesOutsideTheFamily) {
   EXPECT_THROW(generate({spec, {128, 128, 12, 2, Family::sm90}}), std::invalid_argument);
 }
 
+TEST(Generate, Sm90DkdvHasItsKernelThreadsAndSharedMemory) {
+  const GeneratedKernel one_pass = generate(
+      variant_of("dkdv.bf16.d128.padded.causal.nosmod.fast.anylen/sm90.m64n128w12s2.atomicdq"));
+  EXPECT_EQ(one_pass.name_expression, "sigattn::bwd_dkdv_sm90_kernel<sigattn_generated::Cfg>");
+  EXPECT_NE(one_pass.source.find("#include \"sigattn/bwd_dkdv_sm90.cuh\""), std::string::npos);
+  EXPECT_NE(one_pass.source.find("kAtomicDq = true"), std::string::npos);
+  EXPECT_EQ(one_pass.threads, 384);  // a producer and two consumer warpgroups
+  // Alignment slack, K and V (2 column blocks x 128 rows x 128 bytes each), 2 stages of Q and dO
+  // (2 x 64 rows), two dS^T buffers (128 keys x 64 queries x 2 bytes), barriers.
+  const int tiles = 1024 + 2 * 2 * 128 * 128 + 2 * 2 * 2 * 64 * 128;
+  EXPECT_EQ(one_pass.smem_bytes, tiles + 2 * 128 * 64 * 2 + 128);
+  const GeneratedKernel two_kernel =
+      generate(variant_of("dkdv.bf16.d128.padded.causal.nosmod.fast.anylen/sm90.m64n128w12s2"));
+  EXPECT_EQ(two_kernel.smem_bytes, tiles + 128);
+}
+
+TEST(Generate, RejectsSm90DkdvTilesOutsideTheKernel) {
+  KernelSpec spec;
+  spec.direction = Direction::dkdv;
+  EXPECT_NO_THROW(generate({spec, {64, 128, 12, 2, Family::sm90}}));
+  // One consumer warpgroup, a warp count that does not match, 128-query steps at d=128.
+  EXPECT_THROW(generate({spec, {64, 64, 8, 2, Family::sm90}}), std::invalid_argument);
+  EXPECT_THROW(generate({spec, {64, 128, 8, 2, Family::sm90}}), std::invalid_argument);
+  EXPECT_THROW(generate({spec, {128, 128, 12, 2, Family::sm90}}), std::invalid_argument);
+  spec.head_dim = 96;
+  EXPECT_THROW(generate({spec, {64, 128, 12, 2, Family::sm90}}), std::invalid_argument);
+  // d=64: the one-pass split needs 128-query steps for whole 64-column dQ parts.
+  spec.head_dim = 64;
+  EXPECT_NO_THROW(generate({spec, {64, 128, 12, 2, Family::sm90}}));
+  EXPECT_THROW(generate({spec, {64, 128, 12, 2, Family::sm90, true}}), std::invalid_argument);
+  EXPECT_NO_THROW(generate({spec, {128, 128, 12, 2, Family::sm90, true}}));
+  spec.direction = Direction::dq;
+  EXPECT_THROW(generate({spec, {128, 128, 12, 2, Family::sm90}}), std::invalid_argument);
+}
+
 TEST(Generate, AtomicDqOnlyForDkdvAndWithItsSharedMemory) {
   const Variant one_pass =
       variant_of("dkdv.bf16.d128.dense.causal.nosmod.fast.anylen/sm80.m32n128w8s2.atomicdq");

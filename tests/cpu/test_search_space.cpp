@@ -99,6 +99,43 @@ TEST(Sm90Family, ForwardOnSm90aOnlyWithNamedConstraints) {
   }
 }
 
+TEST(Sm90Family, DkdvAtHeadDims64And128WithNamedConstraints) {
+  const Target hopper = target_for_arch("sm_90a");
+  gen::KernelSpec dkdv = spec_with(128);
+  dkdv.direction = gen::Direction::dkdv;
+  const gen::TileConfig steps64{64, 128, 12, 2, gen::Family::sm90};
+  EXPECT_TRUE(rejection(dkdv, steps64, hopper).empty());
+  EXPECT_NE(rejection(dkdv, {64, 64, 8, 2, gen::Family::sm90}, hopper).find("wgmma_shape"),
+            std::string::npos);
+  EXPECT_NE(rejection(dkdv, {128, 128, 12, 2, gen::Family::sm90}, hopper).find("sm90_registers"),
+            std::string::npos);
+  EXPECT_NE(rejection(dkdv, steps64, target_for_arch("sm_90")).find("family_arch"),
+            std::string::npos);
+  int one_pass = 0, two_kernel = 0;
+  for (const auto& tile : candidates(dkdv, hopper)) {
+    if (tile.family != gen::Family::sm90) continue;
+    (tile.atomic_dq ? one_pass : two_kernel) += 1;
+  }
+  EXPECT_GT(one_pass, 0);
+  EXPECT_GT(two_kernel, 0);
+  EXPECT_EQ(default_tile(dkdv, hopper, /*atomic_dq=*/true).tile,
+            (gen::TileConfig{64, 128, 12, 2, gen::Family::sm90, true}));
+
+  gen::KernelSpec narrow = dkdv;
+  narrow.head_dim = 64;
+  gen::TileConfig steps64_one_pass = steps64;
+  steps64_one_pass.atomic_dq = true;
+  EXPECT_NE(rejection(narrow, steps64_one_pass, hopper).find("wgmma_shape"), std::string::npos);
+  EXPECT_EQ(default_tile(narrow, hopper, /*atomic_dq=*/true).tile,
+            (gen::TileConfig{128, 128, 12, 2, gen::Family::sm90, true}));
+
+  gen::KernelSpec other = dkdv;
+  other.head_dim = 96;
+  EXPECT_NE(rejection(other, steps64, hopper).find("sm90_kernel"), std::string::npos);
+  for (const auto& tile : candidates(other, hopper)) EXPECT_EQ(tile.family, gen::Family::sm80);
+  EXPECT_EQ(default_tile(other, hopper).tile.family, gen::Family::sm80);
+}
+
 TEST(DefaultTile, PrefersTheSm90FamilyOnSm90aWhereItApplies) {
   const Target hopper = target_for_arch("sm_90a");
   for (int head_dim : {64, 96, 128, 192, 256}) {
