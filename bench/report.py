@@ -66,12 +66,28 @@ def write_csv(rows, path):
 
 
 def read_csv(path):
-    """Rows as bench.py measured them: empty cells are absent keys."""
+    """Rows as bench.py measured them: empty cells are absent keys. A file bench.py did not write
+    raises ValueError naming the file, the row and the column."""
     rows = []
     with open(path, newline="") as f:
-        for record in csv.DictReader(f):
-            rows.append({k: (int(v) if k in INT_KEYS else float(v))
-                         for k, v in record.items() if v != ""})
+        reader = csv.DictReader(f)
+        missing = [k for k in ("d", "L", "pad", "causal", "sigattn")
+                   if k not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: not a bench.py CSV, no column {', '.join(missing)}")
+        for line, record in enumerate(reader, start=2):
+            row = {}
+            for key, value in record.items():
+                if key not in CSV_KEYS:
+                    raise ValueError(f"{path}:{line}: unknown column {key!r}")
+                if value in ("", None):
+                    continue
+                try:
+                    row[key] = int(value) if key in INT_KEYS else float(value)
+                except ValueError:
+                    raise ValueError(f"{path}:{line}: column {key!r} holds {value!r}, not a "
+                                     f"{'whole number' if key in INT_KEYS else 'number'}") from None
+            rows.append(row)
     return rows
 
 
@@ -118,7 +134,10 @@ def main():
     parser.add_argument("--png", required=True, help="the plot")
     parser.add_argument("--dtype", default="bf16")
     args = parser.parse_args()
-    rows = [row for path in args.inputs for row in read_csv(path)]
+    try:
+        rows = [row for path in args.inputs for row in read_csv(path)]
+    except (OSError, ValueError) as e:
+        parser.exit(2, f"report.py: {e}\n")
     rows.sort(key=lambda r: (r["pad"], r["d"], r["L"], r["causal"]))
     print_table(rows)
     write_csv(rows, args.csv)

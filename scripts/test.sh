@@ -2,7 +2,7 @@
 # The test command: installs the dependencies, configures build/ (or $BUILD_DIR) afresh with
 # Ninja, builds, runs the CPU tests and the GPU tests (which skip themselves where there is
 # no GPU), installs the Python package (python/) into a virtual environment and runs its tests,
-# and checks that the C++ sources are clang-formatted.
+# runs the benchmark report's tests, and checks that the C++ sources are clang-formatted.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,6 +24,9 @@ python_env=$build_dir/python-venv
 /usr/bin/python3 -m venv --clear --system-site-packages "$python_env"
 "$python_env/bin/python" -m pip install --quiet "$repo/python"
 "$python_env/bin/python" -m unittest discover -s "$repo/python/tests" -v
+
+# The benchmark's report module (CSV reading and its errors; no GPU, no torch needed).
+(cd "$repo/bench" && /usr/bin/python3 -m unittest test_report -v)
 
 # The C++ sources: what git tracks or would track (build directories are ignored), or, outside a
 # git checkout, every source file not under a build directory; the generator's golden outputs
