@@ -25,11 +25,41 @@ std::string_view layout_enum(Layout layout) {
   return "";
 }
 
-// The sm90 family has a forward and a dK/dV kernel. Forward: one producer warpgroup plus
+// The sm90 family has a forward, a dK/dV and a dQ kernel. Forward: one producer warpgroup plus
 // block_m / 64 consumer warpgroups of 64 query rows (wgmma's M), K/V steps that are a valid wgmma
 // N. dK/dV: a producer plus two consumer warpgroups of 64 keys (block_n = 128), 64 or 128 query
 // rows per step, head dims of whole 64-element TMA boxes whose dK, dV, S^T and dP^T fit the
-// registers.
+// registers. dQ: like the forward with one or two consumer warpgroups, at head dims 64 and 128,
+// with K/V steps whose S, dP and dS fragments fit beside dQ.
+void check_sm90_dq(const Variant& variant) {
+  const KernelSpec& spec = variant.spec;
+  const TileConfig& tile = variant.tile;
+  if (spec.head_dim != 64 && spec.head_dim != 128) {
+    throw std::invalid_argument(
+        fmt::format("family sm90 has a dq kernel for head_dim 64 and 128, not {}", spec.head_dim));
+  }
+  if (tile.atomic_dq) {
+    throw std::invalid_argument("the atomic dQ work split has no dq kernel in family sm90");
+  }
+  if (tile.block_m != 64 && tile.block_m != 128) {
+    throw std::invalid_argument(
+        fmt::format("sm90 dq tile block_m = {} must be 64 or 128", tile.block_m));
+  }
+  if (tile.warps != 4 + tile.block_m / 16) {
+    throw std::invalid_argument(
+        fmt::format("sm90 dq tile warps = {} must be {}: a producer warpgroup plus one consumer "
+                    "warpgroup per 64 rows of block_m = {}",
+                    tile.warps, 4 + tile.block_m / 16, tile.block_m));
+  }
+  if (tile.block_n < 16 || tile.block_n % 16 != 0 ||
+      spec.head_dim / 2 + tile.block_n + tile.block_n / 4 + 64 > 232) {
+    throw std::invalid_argument(
+        fmt::format("sm90 dq tile block_n = {} at head_dim {}: a multiple of 16 whose S, dP and "
+                    "dS registers fit beside dQ's",
+                    tile.block_n, spec.head_dim));
+  }
+}
+
 void check_sm90_dkdv(const Variant& variant) {
   const KernelSpec& spec = variant.spec;
   const TileConfig& tile = variant.tile;
@@ -79,6 +109,10 @@ void check_sm90_variant(const Variant& variant) {
   }
   if (spec.direction == Direction::dkdv) {
     check_sm90_dkdv(variant);
+    return;
+  }
+  if (spec.direction == Direction::dq) {
+    check_sm90_dq(variant);
     return;
   }
   if (spec.direction != Direction::forward) {
@@ -162,17 +196,18 @@ void check_variant(const Variant& variant) {
 
 int smem_bytes(const KernelSpec& spec, const TileConfig& tile) {
   if (tile.family == Family::sm90) {
-    // Mirrors FwdSm90Shape and BwdDkdvSm90Shape (templates/sigattn/*_sm90.cuh): 1024 bytes of
-    // alignment slack, tiles in column blocks of 64 elements with 128-byte rows, 128 bytes for
-    // mbarriers. Forward: Q and each K/V stage. dK/dV: K, V, each Q/dO stage and, in the one-pass
-    // split, two dS^T buffers.
+    // Mirrors FwdSm90Shape, BwdDqSm90Shape and BwdDkdvSm90Shape (templates/sigattn/*_sm90.cuh):
+    // 1024 bytes of alignment slack, tiles in column blocks of 64 elements with 128-byte rows, 128
+    // bytes for mbarriers. Forward: Q and each K/V stage. dQ: Q, dO and each K/V stage. dK/dV: K,
+    // V, each Q/dO stage and, in the one-pass split, two dS^T buffers.
     const int slabs = (spec.head_dim + 63) / 64;
     if (spec.direction == Direction::dkdv) {
       const int ds_bytes = tile.atomic_dq ? 2 * 2 * tile.block_n * tile.block_m : 0;
       return 1024 + slabs * 128 * (2 * tile.block_n + 2 * tile.stages * tile.block_m) + ds_bytes +
              128;
     }
-    return 1024 + slabs * 128 * (tile.block_m + 2 * tile.stages * tile.block_n) + 128;
+    const int row_tiles = spec.direction == Direction::dq ? 2 : 1;
+    return 1024 + slabs * 128 * (row_tiles * tile.block_m + 2 * tile.stages * tile.block_n) + 128;
   }
   // Mirrors the Shape structs of templates/sigattn/*_sm80.cuh, which static_assert equality.
   const int padded_dim = (spec.head_dim + 15) / 16 * 16;
@@ -252,11 +287,11 @@ GeneratedKernel generate(const Variant& variant) {
   out.threads = tile.warps * 32;
   out.smem_bytes = smem_bytes(spec, tile);
   const bool hopper = tile.family == Family::sm90;
-  const std::string_view entry = spec.direction == Direction::forward
-                                     ? (hopper ? "fwd_sm90" : "fwd_sm80")
-                                 : spec.direction == Direction::dq ? "bwd_dq_sm80"
-                                 : hopper                          ? "bwd_dkdv_sm90"
-                                                                   : "bwd_dkdv_sm80";
+  const std::string_view entry =
+      spec.direction == Direction::forward ? (hopper ? "fwd_sm90" : "fwd_sm80")
+      : spec.direction == Direction::dq    ? (hopper ? "bwd_dq_sm90" : "bwd_dq_sm80")
+      : hopper                             ? "bwd_dkdv_sm90"
+                                           : "bwd_dkdv_sm80";
   out.name_expression = fmt::format("sigattn::{}_kernel<sigattn_generated::Cfg>", entry);
   out.options = {"-std=c++17", "--fmad=true"};
   const std::string members = fmt::format(

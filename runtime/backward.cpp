@@ -86,6 +86,46 @@ bool tma_describable(const BackwardArgs& args, bool varlen) {
          tma_describable(args.grad_out, in.heads_q, in.batch, varlen);
 }
 
+// Whether TMA maps can describe q, grad_out, k and v, which the sm90 dQ kernel streams.
+bool dq_tma_describable(const BackwardArgs& args, bool varlen) {
+  const ForwardArgs& in = args.inputs;
+  return tma_describable(args, varlen) && tma_describable(in.k, in.heads_kv, in.batch, varlen) &&
+         tma_describable(in.v, in.heads_kv, in.batch, varlen);
+}
+
+// The dQ launch of the two-kernel split: the sm90 kernel is persistent and takes TMA maps of q,
+// grad_out, k and v beside the parameters.
+void launch_dq(const LoadedKernel& kernel, const gen::TileConfig& tile, const BwdParams& params,
+               const BackwardArgs& args, const gen::KernelSpec& spec, CUstream stream) {
+  const ForwardArgs& in = args.inputs;
+  const unsigned row_blocks = blocks(in.max_seqlen_q, tile.block_m);
+  if (tile.family != gen::Family::sm90) {
+    BwdParams copy = params;
+    launch(kernel, copy, row_blocks * static_cast<unsigned>(gen::grid_slices(spec)),
+           static_cast<unsigned>(in.heads_q), static_cast<unsigned>(in.batch), stream);
+    return;
+  }
+  const bool varlen = spec.layout == gen::Layout::varlen;
+  if (!dq_tma_describable(args, varlen)) {
+    throw_invalid(fmt::format(
+        "tile {} needs TMA maps of q, grad_out, k and v, and a zero stride over several heads or "
+        "sequences has none",
+        gen::to_string(tile)));
+  }
+  BwdDqSm90Params hopper{};
+  hopper.base = params;
+  hopper.q = encode_tma("q", in.q, in.dtype, in.head_dim, in.max_seqlen_q, in.heads_q, in.batch,
+                        varlen, tile.block_m);
+  hopper.dout = encode_tma("grad_out", args.grad_out, in.dtype, in.head_dim, in.max_seqlen_q,
+                           in.heads_q, in.batch, varlen, tile.block_m);
+  hopper.k = encode_tma("k", in.k, in.dtype, in.head_dim, in.max_seqlen_k, in.heads_kv, in.batch,
+                        varlen, tile.block_n);
+  hopper.v = encode_tma("v", in.v, in.dtype, in.head_dim, in.max_seqlen_k, in.heads_kv, in.batch,
+                        varlen, tile.block_n);
+  launch(kernel, hopper, persistent_grid(kernel, tile, row_blocks, in.heads_q, in.batch), 1, 1,
+         stream);
+}
+
 // The dK/dV launch: the sm90 kernel takes TMA maps of q and grad_out beside the parameters.
 void launch_dkdv(const LoadedKernel& kernel, const gen::TileConfig& tile, const BwdParams& params,
                  const BackwardArgs& args, gen::Layout layout, unsigned grid_x, CUstream stream) {
@@ -171,6 +211,10 @@ BackwardTiles chosen_backward_tiles(const BackwardArgs& args, const BackwardSpec
     chosen.dkdv =
         tune::default_tile(specs.dkdv, tune::target_for_arch("sm_90"), !deterministic).tile;
   }
+  if (chosen.dq.family == gen::Family::sm90 &&
+      !dq_tma_describable(args, specs.dq.layout == gen::Layout::varlen)) {
+    chosen.dq = tune::default_tile(specs.dq, tune::target_for_arch("sm_90")).tile;
+  }
   return chosen;
 }
 
@@ -219,9 +263,7 @@ void backward_with_tiles(const BackwardArgs& args, CUstream stream, const gen::T
   if (!dkdv.atomic_dq) {
     const LoadedKernel dq_kernel = load_checked(specs.dq, dq, target);
     launch_dkdv(dkdv_kernel, dkdv, params, args, specs.dkdv.layout, dkdv_blocks, stream);
-    launch(dq_kernel, params,
-           blocks(in.max_seqlen_q, dq.block_m) * static_cast<unsigned>(gen::grid_slices(specs.dq)),
-           heads_q, batch, stream);
+    launch_dq(dq_kernel, dq, params, args, specs.dq, stream);
     return;
   }
 

@@ -73,6 +73,7 @@ DriverApi resolve_all(void* library) {
   SIGATTN_RESOLVE(cuModuleGetFunction);
   SIGATTN_RESOLVE(cuFuncSetAttribute);
   SIGATTN_RESOLVE(cuFuncGetAttribute);
+  SIGATTN_RESOLVE(cuOccupancyMaxActiveBlocksPerMultiprocessor);
   SIGATTN_RESOLVE(cuLaunchKernel);
   SIGATTN_RESOLVE(cuMemAlloc);
   SIGATTN_RESOLVE(cuMemFree);

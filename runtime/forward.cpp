@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -364,12 +365,30 @@ void launch(const ForwardArgs& args, const gen::KernelSpec& spec, const tune::Ta
                                  args.heads_kv, args.batch, varlen, tile.block_n);
     kernel_args[0] = &hopper_params;
   }
-  const unsigned row_blocks =
-      static_cast<unsigned>((args.max_seqlen_q + tile.block_m - 1) / tile.block_m);
+  const long long row_blocks = (args.max_seqlen_q + tile.block_m - 1) / tile.block_m;
+  unsigned grid[3] = {static_cast<unsigned>(row_blocks), static_cast<unsigned>(args.heads_q),
+                      static_cast<unsigned>(args.batch)};
+  if (tile.family == gen::Family::sm90) {
+    grid[0] = persistent_grid(loaded, tile, row_blocks, args.heads_q, args.batch);
+    grid[1] = grid[2] = 1;
+  }
   SIGATTN_CU(cuda::driver().cuLaunchKernel(
-      loaded.function, row_blocks, static_cast<unsigned>(args.heads_q),
-      static_cast<unsigned>(args.batch), static_cast<unsigned>(loaded.threads), 1, 1,
+      loaded.function, grid[0], grid[1], grid[2], static_cast<unsigned>(loaded.threads), 1, 1,
       static_cast<unsigned>(loaded.smem_bytes), stream, kernel_args, nullptr));
+}
+
+unsigned persistent_grid(const LoadedKernel& kernel, const gen::TileConfig& tile, long long blocks,
+                         int heads, int batch) {
+  const long long work_tiles = blocks * heads * batch;
+  if (work_tiles > std::numeric_limits<int>::max()) {
+    throw_unsupported(fmt::format(
+        "tile {} numbers its work tiles with int, and {} blocks x {} heads x {} sequences are {} "
+        "of them",
+        gen::to_string(tile), blocks, heads, batch, work_tiles));
+  }
+  const long long resident =
+      static_cast<long long>(kernel.blocks_per_sm) * cuda::current_device_info().sm_count;
+  return static_cast<unsigned>(std::max(1LL, std::min(work_tiles, resident)));
 }
 
 gen::KernelSpec forward_spec(const ForwardArgs& args) {

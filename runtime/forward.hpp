@@ -7,6 +7,7 @@
 
 #include "generator/generator.hpp"
 #include "generator/kernel_spec.hpp"
+#include "runtime/module_cache.hpp"
 #include "sigattn/fwd_params.h"
 #include "sigattn/fwd_sm90_params.h"
 #include "tuner/search_space.hpp"
@@ -39,5 +40,9 @@ gen::GeneratedKernel generate_for_launch(const gen::Variant& variant);
 bool tma_describable(const TensorRef& t, int heads, int batch, bool varlen);
 TmaDescriptor encode_tma(std::string_view name, const TensorRef& t, DType dtype, int head_dim,
                          int max_seqlen, int heads, int batch, bool varlen, int box_rows);
+// The grid of a persistent sm90 kernel over blocks x heads x batch work tiles: as many CTAs as
+// fit on the GPU at once, at most one per tile. Throws when the tiles outnumber an int.
+unsigned persistent_grid(const LoadedKernel& kernel, const gen::TileConfig& tile, long long blocks,
+                         int heads, int batch);
 
 }  // namespace sigattn

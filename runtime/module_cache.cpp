@@ -119,6 +119,8 @@ LoadedKernel ModuleCache::load(const gen::GeneratedKernel& kernel) {
   }
   loaded.threads = kernel.threads;
   loaded.smem_bytes = kernel.smem_bytes;
+  SIGATTN_CU(api.cuOccupancyMaxActiveBlocksPerMultiprocessor(&loaded.blocks_per_sm, loaded.function,
+                                                             kernel.threads, kernel.smem_bytes));
   loaded.variant_name = kernel.variant_name;
   loaded_.emplace(key, loaded);
   return loaded;

@@ -22,6 +22,7 @@ struct LoadedKernel {
   CUfunction function = nullptr;
   int threads = 0;
   int smem_bytes = 0;
+  int blocks_per_sm = 0;  // CTAs that fit on one SM at once: the grid of a persistent kernel
   std::string variant_name;
 };
 

@@ -115,13 +115,14 @@ std::string register_budget(const KernelSpec& s, const TileConfig& t, const Targ
 }
 
 // The sm90 family: a forward kernel with head dims in wgmma k-steps of 16 and at least one
-// 64-element TMA box (128 bytes, the swizzle span) wide; a dK/dV kernel for head dims of whole
-// boxes whose dK and dV accumulators fit beside S^T and dP^T (64 and 128).
+// 64-element TMA box (128 bytes, the swizzle span) wide; dK/dV and dQ kernels for head dims of
+// whole boxes whose gradient accumulators fit beside the score tiles (64 and 128).
 std::string sm90_kernel(const KernelSpec& s, const TileConfig& t, const Target&) {
   if (t.family != gen::Family::sm90) return {};
-  if (s.direction == gen::Direction::dkdv) {
+  if (s.direction == gen::Direction::dkdv || s.direction == gen::Direction::dq) {
     if (s.head_dim == 64 || s.head_dim == 128) return {};
-    return fmt::format("family sm90 has a dkdv kernel for head_dim 64 and 128, not {}", s.head_dim);
+    return fmt::format("family sm90 has a {} kernel for head_dim 64 and 128, not {}",
+                       gen::to_string(s.direction), s.head_dim);
   }
   if (s.direction != gen::Direction::forward) {
     return fmt::format("family sm90 has no {} kernel", gen::to_string(s.direction));
@@ -157,6 +158,9 @@ std::string wgmma_shape(const KernelSpec& s, const TileConfig& t, const Target&)
     }
     return {};
   }
+  if (s.direction == gen::Direction::dq && t.block_m != 64 && t.block_m != 128) {
+    return fmt::format("block_m {} is not 64 or 128 (one or two 64-row dQ warpgroups)", t.block_m);
+  }
   if (t.block_m != 64 && t.block_m != 128 && t.block_m != 192) {
     return fmt::format("block_m {} is not 64, 128 or 192 (one to three 64-row warpgroups)",
                        t.block_m);
@@ -169,12 +173,14 @@ std::string wgmma_shape(const KernelSpec& s, const TileConfig& t, const Target&)
   return {};
 }
 
-// Registers per consumer thread after setmaxnreg (templates/sigattn/*_sm90.cuh): 240 for one
-// or two consumer warpgroups, 160 for three. Forward: the O (head_dim / 2) and S (block_n / 2)
+// Registers per consumer thread after setmaxnreg (templates/sigattn/*_sm90.cuh): forward, 232 for
+// one or two consumer warpgroups and 152 for three up to head_dim 128, 240 and 160 above (the
+// producer keeps 40 or 24); dK/dV, 240; dQ, 232. Forward: the O (head_dim / 2) and S (block_n / 2)
 // fp32 accumulators and the bf16 P fragments (block_n / 4) must leave 64 for addresses and masks:
 // ptxas spilled d=256 m128n64w12 with 176 of 232 (every mask, score_mod, varlen) and not with 240.
 // dK/dV: dK and dV (head_dim / 2 each) and S^T and dP^T (block_m / 2 each) at most 192, which
-// leaves 48 for the P^T and dS^T fragments, the dQ part's accumulators and addresses.
+// leaves 48 for the P^T and dS^T fragments, the dQ part's accumulators and addresses. dQ: dQ
+// (head_dim / 2), S and dP (block_n / 2 each) and the dS fragments (block_n / 4) must leave 64.
 std::string sm90_registers(const KernelSpec& s, const TileConfig& t, const Target&) {
   if (t.family != gen::Family::sm90) return {};
   if (s.direction == gen::Direction::dkdv) {
@@ -182,8 +188,17 @@ std::string sm90_registers(const KernelSpec& s, const TileConfig& t, const Targe
     return fmt::format("dK, dV, S^T and dP^T take {} registers per thread, above 192",
                        s.head_dim + t.block_m);
   }
+  if (s.direction == gen::Direction::dq) {
+    const int needed = s.head_dim / 2 + t.block_n + t.block_n / 4;
+    if (needed + 64 <= 232) return {};
+    return fmt::format(
+        "dQ, S, dP and the dS fragments take {} registers per thread, leaving less than 64 of "
+        "232",
+        needed);
+  }
   const int consumers = t.block_m / 64;
-  const int available = consumers == 3 ? 160 : 240;
+  const bool wide = s.head_dim > 128;
+  const int available = consumers == 3 ? (wide ? 160 : 152) : (wide ? 240 : 232);
   if (consumers == 1 && t.block_n > 64) {
     return fmt::format("one consumer warpgroup with {}-key steps: ptxas spilled m64n128w8 at d=64",
                        t.block_n);
@@ -272,6 +287,14 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
       }
     }
   }
+  if (spec.direction == gen::Direction::dq && target.arch == "sm_90a") {
+    for (int m : {64, 128}) {
+      for (int s : {2, 3}) {
+        TileConfig tile{m, 64, 4 + m / 16, s, gen::Family::sm90};
+        if (rejection(spec, tile, target).empty()) out.push_back(tile);
+      }
+    }
+  }
   if (spec.direction == gen::Direction::dkdv && target.arch == "sm_90a") {
     for (bool atomic_dq : {false, true}) {
       for (int m : {64, 128}) {
@@ -348,11 +371,30 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
       {{64, 128, 12, 2, gen::Family::sm90},
        "sm_90a: wgmma/TMA dK/dV, 2 consumer warpgroups x 64 keys, 64-query steps"},
   };
+  // Hopper dQ at head dims 64 and 128: two consumer warpgroups share each K/V tile, 64-key steps
+  // (S, dP and the dS fragments beside dQ fit 232 registers up to block_n 64 at d=128), three
+  // stages so that TMA runs ahead of the two a consumer holds.
+  static const std::vector<Preference> hopper_dq = {
+      {{128, 64, 12, 3, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dQ, 2 consumer warpgroups x 64 rows, 64-key steps, 3 stages"},
+      {{128, 64, 12, 2, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dQ, 2 consumer warpgroups x 64 rows, 64-key steps, 2 stages"},
+  };
   if (spec.direction == gen::Direction::forward && target.arch == "sm_90a") {
     for (const auto& p : hopper) {
       if (rejection(spec, p.tile, target).empty()) {
         return {p.tile, fmt::format("heuristic for {} on {}: {}", gen::to_string(spec), target.arch,
                                     p.why)};
+      }
+    }
+  }
+  if (spec.direction == gen::Direction::dq && target.arch == "sm_90a") {
+    for (const auto& p : hopper_dq) {
+      TileConfig tile = p.tile;
+      tile.atomic_dq = atomic_dq;  // rejected: the atomic dQ split is a dK/dV one
+      if (rejection(spec, tile, target).empty()) {
+        return {tile, fmt::format("heuristic for {} on {}: {}", gen::to_string(spec), target.arch,
+                                  p.why)};
       }
     }
   }

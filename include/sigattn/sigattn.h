@@ -96,7 +96,7 @@ typedef struct sigattn_backward_args {
   sigattn_tensor grad_q;
   sigattn_tensor grad_k;
   sigattn_tensor grad_v;
-  /* Non-zero (the default): the same inputs give bit-identical gradients. Zero allows the faster
+  /* Non-zero (the default): the same inputs give bit-identical gradients. Zero allows the
    * one-pass split, in which dQ is accumulated in fp32 with atomics: grad_q may then differ in
    * the last bits between runs. Its workspace (4 * batch * max_seqlen_q * heads_q * head_dim
    * bytes) is device memory the library keeps per CUDA context and reuses. On a stream that is

@@ -109,7 +109,7 @@ struct BackwardArgs {
   ForwardArgs inputs;
   TensorRef grad_out, grad_q, grad_k, grad_v;
   // true: the same inputs give bit-identical gradients (a dK/dV kernel, then a dQ kernel).
-  // false allows the faster one-pass split, in which the dK/dV kernel also adds dQ into an fp32
+  // false allows the one-pass split, in which the dK/dV kernel also adds dQ into an fp32
   // workspace with atomics: grad_q may then differ in the last bits between runs (grad_k and
   // grad_v stay bit-identical). The workspace (4 * batch * max_seqlen_q * heads_q * head_dim
   // bytes) is device memory the library keeps per CUDA context and reuses across calls. On a

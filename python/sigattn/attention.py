@@ -49,7 +49,7 @@ def sigmoid_attention(query, key, value, is_causal=False, scale=None, sigmoid_bi
             copy and stream synchronization per call); out-of-range lengths are then clamped.
             The check is always skipped while a CUDA graph is being captured.
         deterministic: True (default): the backward gives bit-identical gradients from run to
-            run. False allows its faster one-pass split (dQ accumulated with fp32 atomics; the
+            run. False allows its one-pass split (dQ accumulated with fp32 atomics; the
             gradients of q may then differ in the last bits between runs).
 
     Returns:

@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   const int warpgroup = tid / 128;
   if (warpgroup == 0) {
     // Producer: the whole warpgroup loads K and V, and the Q and dO tiles that cross the end of a
-    // padded or packed sequence, with ordinary loads; thread 0 issues every TMA load.
+    // padded or packed sequence, with cp.async; thread 0 issues every TMA load.
     // The sequence and its query tiles are read again in each role, after the register split,
     // so that nothing of the common prologue has to live in the producer's few registers.
     setmaxnreg_decrease<S::kProducerRegisters>();

@@ -1,6 +1,7 @@
-// Launch parameters of the sm90 dK/dV kernel: the backward parameters plus TMA tensor maps of Q
-// and dO, encoded on the host over (head_dim, tokens, heads, batch) with 128-byte swizzle and
-// boxes of block_m rows. Shared by the host runtime and the generated programs.
+// Launch parameters of the sm90 backward kernels: the backward parameters plus TMA tensor maps,
+// encoded on the host over (head_dim, tokens, heads, batch) with 128-byte swizzle: Q and dO in
+// boxes of block_m rows for both kernels, and K and V in boxes of block_n rows for dQ. Shared by
+// the host runtime and the generated programs.
 #pragma once
 
 #include "sigattn/bwd_params.h"
@@ -12,6 +13,14 @@ struct BwdSm90Params {
   BwdParams base;
   TmaDescriptor q;
   TmaDescriptor dout;
+};
+
+struct BwdDqSm90Params {
+  BwdParams base;
+  TmaDescriptor q;
+  TmaDescriptor dout;
+  TmaDescriptor k;
+  TmaDescriptor v;
 };
 
 }  // namespace sigattn

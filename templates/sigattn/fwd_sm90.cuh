@@ -1,10 +1,11 @@
-// The Hopper forward kernel (sm_90a): one producer warpgroup loads Q once and K/V tiles into a
-// multi-stage shared-memory ring with TMA (128-byte swizzle, completion on mbarriers); each of
-// block_m / 64 consumer warpgroups owns 64 query rows, computes S = Q K^T with wgmma from shared
-// memory, P = sigma(S) in registers, and O += P V with P as the register A operand. The QK^T of
-// tile j+1 and the PV of tile j are in flight while the sigmoid of tile j+1 runs, and two consumer
-// warpgroups alternate their GEMMs (ping-pong). Sigmoid
-// attention needs no running max, no rescaling and no row sum.
+// The Hopper forward kernel (sm_90a), persistent: each CTA walks work tiles (query row block,
+// head, batch). One producer warpgroup loads each tile's Q and its K/V tiles into a multi-stage
+// shared-memory ring with TMA (128-byte swizzle, completion on mbarriers), running ahead into the
+// next work tile while the consumers finish this one; each of block_m / 64 consumer warpgroups
+// owns 64 query rows, computes S = Q K^T with wgmma from shared memory, P = sigma(S) in
+// registers, and O += P V with P as the register A operand. The QK^T of tile j+1 and the PV of
+// tile j are in flight while the sigmoid of tile j+1 runs, and two consumer warpgroups alternate
+// their GEMMs (ping-pong). Sigmoid attention needs no running max, no rescaling and no row sum.
 #pragma once
 
 #include "sigattn/fwd_sm90_params.h"
@@ -12,6 +13,7 @@
 #include "sigattn/ptx_sm80.cuh"
 #include "sigattn/sequence.cuh"
 #include "sigattn/sigmoid.cuh"
+#include "sigattn/tile_scheduler.cuh"
 #include "sigattn/wgmma_sm90.cuh"
 
 namespace sigattn {
@@ -30,11 +32,14 @@ struct FwdSm90Shape {
   static constexpr int kQBytes = kSlabs * kBM * 128;
   static constexpr int kKVBytes = kSlabs * kBN * 128;  // one K or one V tile
   // 1024 bytes of slack align the tiles to the 1024-byte swizzle atom; the mbarriers (at most
-  // 9 of 8 bytes) follow the tiles in 128 bytes.
+  // 10 of 8 bytes) follow the tiles in 128 bytes.
   static constexpr int kSmemBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + 128;
-  // Registers per thread after setmaxnreg: the producer gives its share to the consumers.
-  static constexpr int kProducerRegisters = 24;
-  static constexpr int kConsumerRegisters = kConsumers == 3 ? 160 : 240;
+  // Registers per thread after setmaxnreg: the producer gives its share to the consumers. Up to
+  // head_dim 128 it keeps 40, which the persistent loop and the cp.async loads of tail tiles need
+  // to run without spills; above, the consumers' accumulators need every register it can spare.
+  static constexpr int kProducerRegisters = kD > 128 ? 24 : 40;
+  static constexpr int kConsumerRegisters =
+      kConsumers == 3 ? (kD > 128 ? 160 : 152) : (kD > 128 ? 240 : 232);
 
   static_assert(kD % 16 == 0 && kD >= 64 && kD <= 256,
                 "head_dim must be a multiple of 16 in [64, 256]");
@@ -58,6 +63,7 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   constexpr bool kBf16 = Cfg::kBf16;
   constexpr Layout kLayout = Cfg::kLayout;
   constexpr bool kChecked = !Cfg::kSeqLenX128;
+  using Mask = KeyMask<Cfg::kCausal, Cfg::kWindow>;
   const FwdParams& p = params.base;
 
   extern __shared__ unsigned char smem_raw[];
@@ -67,27 +73,39 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   // Stage s at + 8 s: K and V landed.
   const unsigned bar_full = smem_v + S::kStages * S::kKVBytes;
   const unsigned bar_empty = bar_full + 8 * S::kStages;  // stage s: consumers are done with it
-  const unsigned bar_q = bar_full + 16 * S::kStages;
+  const unsigned bar_q = bar_full + 16 * S::kStages;     // Q landed
+  const unsigned bar_q_empty = bar_q + 8;                // the consumers are done with Q
 
-  const int m_block = blockIdx.x;
-  const int head = blockIdx.y;
-  const int batch = blockIdx.z;
-  const int head_kv = head / (p.heads_q / p.heads_kv);
   const int tid = threadIdx.x;
+  // Sizes of the schedule, derived from the parameters where used rather than kept in registers
+  // through the loops (the producer has few).
+  const auto row_blocks = [&] { return (p.max_seqlen_q + S::kBM - 1) / S::kBM; };
+  const auto work_tiles = [&] { return row_blocks() * p.heads_q * p.batch; };
 
-  const SeqInfo seq = sequence_info<kLayout>(p, batch);
-  const int m0 = m_block * S::kBM;
-  if (kLayout == Layout::kVarlen && m0 >= seq.len_q) return;
-
-  const KeyMask<Cfg::kCausal, Cfg::kWindow> mask(p, seq);
-  const int row_hi = min(m0 + S::kBM, seq.len_q) - 1;
-  int key_lo = 0, key_hi = 0;  // keys [key_lo, key_hi) visible to some valid row of the block
-  if (row_hi >= m0) {
-    key_lo = mask.key_begin(m0);
-    key_hi = mask.key_end(row_hi);
-  }
-  const int tile_begin = key_lo / S::kBN;
-  const int tile_end = key_hi > key_lo ? (key_hi + S::kBN - 1) / S::kBN : tile_begin;
+  // The rows of work tile `index` and the K/V tiles [tile_begin, tile_end) holding the keys some
+  // valid row of them sees. Producer and consumers derive the same ranges.
+  struct Work {
+    SeqInfo seq;
+    int m0, head, batch, tile_begin, tile_end;
+  };
+  const auto describe = [&](int index) {
+    const WorkTile tile = work_tile<Cfg::kCausal>(index, row_blocks(), p.heads_q);
+    Work w;
+    w.seq = sequence_info<kLayout>(p, tile.batch);
+    w.m0 = tile.block * S::kBM;
+    w.head = tile.head;
+    w.batch = tile.batch;
+    const Mask mask(p, w.seq);
+    const int row_hi = min(w.m0 + S::kBM, w.seq.len_q) - 1;
+    int key_lo = 0, key_hi = 0;  // keys [key_lo, key_hi) visible to some valid row of the block
+    if (row_hi >= w.m0) {
+      key_lo = mask.key_begin(w.m0);
+      key_hi = mask.key_end(row_hi);
+    }
+    w.tile_begin = key_lo / S::kBN;
+    w.tile_end = key_hi > key_lo ? (key_hi + S::kBN - 1) / S::kBN : w.tile_begin;
+    return w;
+  };
 
   if (tid == 0) {
     for (int s = 0; s < S::kStages; ++s) {
@@ -95,6 +113,7 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       mbarrier_init(bar_empty + 8 * s, 4 * S::kConsumers);
     }
     mbarrier_init(bar_q, 1);
+    mbarrier_init(bar_q_empty, 4 * S::kConsumers);
     fence_barrier_init();
   }
   __syncthreads();
@@ -102,221 +121,261 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   const int warpgroup = tid / 128;
   if (warpgroup == 0) {
     // Producer. Thread 0 issues every TMA load; the whole warpgroup loads the tiles that cross
-    // the end of a padded or packed sequence.
+    // the end of a padded or packed sequence. Only the leader tracks the barriers' phases (a
+    // parity wait cannot tell a phase from the one two later); named barrier 1 passes a free
+    // buffer on to the rest of the warpgroup. The ring position runs on across work tiles, so
+    // the next tile's Q and K/V load while the consumers finish this one.
     setmaxnreg_decrease<S::kProducerRegisters>();
-    if (tile_end <= tile_begin) return;
     const bool leader = tid == 0;
     const bool packed = kLayout == Layout::kVarlen;
-    const int batch_coord = packed ? 0 : batch;
     if (leader) {
       prefetch_tma_descriptor(&params.q);
       prefetch_tma_descriptor(&params.k);
       prefetch_tma_descriptor(&params.v);
     }
-    if (kLayout == Layout::kDense || m0 + S::kBM <= seq.len_q) {
-      if (leader) {
-        mbarrier_arrive_expect_tx(bar_q, S::kQBytes);
-        const int row = static_cast<int>(seq.q_token0) + m0;
-#pragma unroll
-        for (int slab = 0; slab < S::kSlabs; ++slab) {
-          tma_load_4d(smem_q + slab * S::kBM * 128, &params.q, bar_q, slab * 64, row, head,
-                      batch_coord);
-        }
-      }
-    } else {
-      const unsigned short* q = static_cast<const unsigned short*>(p.q) + seq.q_start +
-                                head * p.q_head_stride + m0 * p.q_seq_stride;
-      load_tile_swizzled<S::kD, S::kBM>(smem_q, q, p.q_seq_stride, seq.len_q - m0, tid);
-      fence_proxy_async();
-      named_barrier_sync(1, 128);
-      if (leader) mbarrier_arrive(bar_q);
-    }
-    const unsigned short* k =
-        static_cast<const unsigned short*>(p.k) + seq.k_start + head_kv * p.k_head_stride;
-    const unsigned short* v =
-        static_cast<const unsigned short*>(p.v) + seq.k_start + head_kv * p.v_head_stride;
-    for (int tile = tile_begin; tile < tile_end; ++tile) {
-      const int it = tile - tile_begin;
-      const int stage = it % S::kStages;
-      const unsigned free_parity = ((it / S::kStages) & 1) ^ 1;
-      const int n0 = tile * S::kBN;
-      if (kLayout == Layout::kDense || n0 + S::kBN <= seq.len_k) {
+    unsigned q_free_parity = 1;  // the consumers released the previous Q (none at first)
+    RingPosition<S::kStages> ring;
+    // Each work tile's Q, then its K/V tiles; each part derives the tile's geometry itself, so
+    // that no more than the loop's position stays in registers between them.
+    const auto load_q = [&](int index) {
+      const Work w = describe(index);
+      if (w.tile_end <= w.tile_begin) return false;
+      const int batch_coord = packed ? 0 : w.batch;
+      if (kLayout == Layout::kDense || w.m0 + S::kBM <= w.seq.len_q) {
         if (leader) {
-          mbarrier_wait(bar_empty + 8 * stage, free_parity);
-          mbarrier_arrive_expect_tx(bar_full + 8 * stage, 2 * S::kKVBytes);
-          const int row = static_cast<int>(seq.k_token0) + n0;
+          mbarrier_wait(bar_q_empty, q_free_parity);
+          mbarrier_arrive_expect_tx(bar_q, S::kQBytes);
+          const int row = static_cast<int>(w.seq.q_token0) + w.m0;
 #pragma unroll
           for (int slab = 0; slab < S::kSlabs; ++slab) {
-            tma_load_4d(smem_k + stage * S::kKVBytes + slab * S::kBN * 128, &params.k,
-                        bar_full + 8 * stage, slab * 64, row, head_kv, batch_coord);
-            tma_load_4d(smem_v + stage * S::kKVBytes + slab * S::kBN * 128, &params.v,
-                        bar_full + 8 * stage, slab * 64, row, head_kv, batch_coord);
+            tma_load_4d(smem_q + slab * S::kBM * 128, &params.q, bar_q, slab * 64, row, w.head,
+                        batch_coord);
           }
         }
       } else {
-        // Only the leader tracks the ring's phases (a parity wait cannot tell a phase from the
-        // one two later); the named barrier passes the stage on to the rest of the warpgroup.
-        if (leader) mbarrier_wait(bar_empty + 8 * stage, free_parity);
+        if (leader) mbarrier_wait(bar_q_empty, q_free_parity);
         named_barrier_sync(1, 128);
-        load_tile_swizzled<S::kD, S::kBN>(smem_k + stage * S::kKVBytes, k + n0 * p.k_seq_stride,
-                                          p.k_seq_stride, seq.len_k - n0, tid);
-        load_tile_swizzled<S::kD, S::kBN>(smem_v + stage * S::kKVBytes, v + n0 * p.v_seq_stride,
-                                          p.v_seq_stride, seq.len_k - n0, tid);
+        const unsigned short* q = static_cast<const unsigned short*>(p.q) + w.seq.q_start +
+                                  w.head * p.q_head_stride + w.m0 * p.q_seq_stride;
+        load_tile_swizzled<S::kD, S::kBM>(smem_q, q, p.q_seq_stride, w.seq.len_q - w.m0, tid);
         fence_proxy_async();
         named_barrier_sync(1, 128);
-        if (leader) mbarrier_arrive(bar_full + 8 * stage);
+        if (leader) mbarrier_arrive(bar_q);
       }
+      q_free_parity ^= 1;
+      return true;
+    };
+    const auto load_kv = [&](int index) {
+      const Work w = describe(index);
+      const int batch_coord = packed ? 0 : w.batch;
+      const int head_kv = w.head / (p.heads_q / p.heads_kv);
+      // Whole K/V tiles by TMA, then at most one that crosses the sequence's end (the last).
+      const int whole_end = kLayout == Layout::kDense
+                                ? w.tile_end
+                                : max(w.tile_begin, min(w.tile_end, w.seq.len_k / S::kBN));
+      if (leader) {
+        const int row0 = static_cast<int>(w.seq.k_token0);
+        for (int tile = w.tile_begin; tile < whole_end; ++tile, ring.advance()) {
+          mbarrier_wait(bar_empty + 8 * ring.stage, ring.phase ^ 1);
+          mbarrier_arrive_expect_tx(bar_full + 8 * ring.stage, 2 * S::kKVBytes);
+#pragma unroll
+          for (int slab = 0; slab < S::kSlabs; ++slab) {
+            const unsigned offset = ring.stage * S::kKVBytes + slab * S::kBN * 128;
+            tma_load_4d(smem_k + offset, &params.k, bar_full + 8 * ring.stage, slab * 64,
+                        row0 + tile * S::kBN, head_kv, batch_coord);
+            tma_load_4d(smem_v + offset, &params.v, bar_full + 8 * ring.stage, slab * 64,
+                        row0 + tile * S::kBN, head_kv, batch_coord);
+          }
+        }
+      } else {
+        ring.advance(whole_end - w.tile_begin);
+      }
+      if (whole_end < w.tile_end) {
+        const int n0 = whole_end * S::kBN;
+        if (leader) mbarrier_wait(bar_empty + 8 * ring.stage, ring.phase ^ 1);
+        named_barrier_sync(1, 128);
+        const unsigned short* k = static_cast<const unsigned short*>(p.k) + w.seq.k_start +
+                                  head_kv * p.k_head_stride + n0 * p.k_seq_stride;
+        const unsigned short* v = static_cast<const unsigned short*>(p.v) + w.seq.k_start +
+                                  head_kv * p.v_head_stride + n0 * p.v_seq_stride;
+        load_tile_swizzled<S::kD, S::kBN>(smem_k + ring.stage * S::kKVBytes, k, p.k_seq_stride,
+                                          w.seq.len_k - n0, tid);
+        load_tile_swizzled<S::kD, S::kBN>(smem_v + ring.stage * S::kKVBytes, v, p.v_seq_stride,
+                                          w.seq.len_k - n0, tid);
+        fence_proxy_async();
+        named_barrier_sync(1, 128);
+        if (leader) mbarrier_arrive(bar_full + 8 * ring.stage);
+        ring.advance();
+      }
+    };
+    for (int index = blockIdx.x; index < work_tiles(); index += gridDim.x) {
+      if (load_q(index)) load_kv(index);
     }
     return;
   }
 
-  // Consumers: warpgroup c owns rows [m0 + 64 (c - 1), +64); each warp 16 of them, laid out as
-  // the mma.sync m16n8 accumulator fragment repeated over the N/8 column blocks.
+  // Consumers: warpgroup c owns rows [m0 + 64 (c - 1), +64) of each work tile; each warp 16 of
+  // them, laid out as the mma.sync m16n8 accumulator fragment repeated over the N/8 column blocks.
   setmaxnreg_increase<S::kConsumerRegisters>();
   const int consumer = warpgroup - 1;
   const int thread = tid - 128 * warpgroup;
   const int warp = thread / 32;
   const int lane = thread % 32;
-  const int wg_row0 = m0 + 64 * consumer;           // first row of the warpgroup
-  const int row0 = wg_row0 + 16 * warp + lane / 4;  // this thread's rows: row0 and row0 + 8
+  const Sigmoid<Cfg::kAccurateSigmoid> sigmoid(p.scale);
+  const unsigned q_rows = smem_q + consumer * 64 * 128;
 
   float acc_o[S::kD / 2];
+  float acc_s[S::kBN / 2];
+  unsigned pa[S::kBN / 16][4];
+
+  // S = Q K^T for the tile in `stage`, issued and committed, not waited for.
+  auto issue_scores = [&](int stage) {
+    wgmma_fence();
 #pragma unroll
-  for (int i = 0; i < S::kD / 2; ++i) acc_o[i] = 0.0f;
-
-  if (tile_end > tile_begin) {
-    const float bias = p.has_bias ? p.bias : -logf(static_cast<float>(seq.len_k));
-    const Sigmoid<Cfg::kAccurateSigmoid> sigmoid(p.scale);
-    const float shift_bias = sigmoid.shift(bias);
-    const float* score_mod =
-        Cfg::kScoreMod ? p.score_mod + batch * p.score_mod_batch_stride : nullptr;
-    const unsigned q_rows = smem_q + consumer * 64 * 128;
-
-    float acc_s[S::kBN / 2];
-    unsigned pa[S::kBN / 16][4];
-
-    // S = Q K^T for the tile in `stage`, issued and committed, not waited for.
-    auto issue_scores = [&](int stage) {
-      wgmma_fence();
+    for (int kk = 0; kk < S::kD / 16; ++kk) {
+      const unsigned long long desc_q =
+          smem_descriptor(q_rows + (kk / 4) * S::kBM * 128 + (kk % 4) * 32, 16, 1024);
+      const unsigned long long desc_k = smem_descriptor(
+          smem_k + stage * S::kKVBytes + (kk / 4) * S::kBN * 128 + (kk % 4) * 32, 16, 1024);
+      Wgmma<S::kBN>::template ss<kBf16>(acc_s, desc_q, desc_k, kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+  };
+  // O += P V for the tile in `stage`, issued and committed.
+  auto issue_values = [&](int stage) {
+    wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < S::kD / 16; ++kk) {
-        const unsigned long long desc_q =
-            smem_descriptor(q_rows + (kk / 4) * S::kBM * 128 + (kk % 4) * 32, 16, 1024);
-        const unsigned long long desc_k = smem_descriptor(
-            smem_k + stage * S::kKVBytes + (kk / 4) * S::kBN * 128 + (kk % 4) * 32, 16, 1024);
-        Wgmma<S::kBN>::template ss<kBf16>(acc_s, desc_q, desc_k, kk > 0 ? 1 : 0);
+    for (int kk = 0; kk < S::kBN / 16; ++kk) {
+      const unsigned long long desc_v =
+          smem_descriptor(smem_v + stage * S::kKVBytes + kk * 16 * 128, S::kBN * 128, 1024);
+      Wgmma<S::kD>::template rs<kBf16>(acc_o, pa[kk], desc_v, 1);
+    }
+    wgmma_commit();
+  };
+  auto pack_probs = [&] {
+#pragma unroll
+    for (int kk = 0; kk < S::kBN / 16; ++kk) {
+      pa[kk][0] = pack2<kBf16>(acc_s[8 * kk + 0], acc_s[8 * kk + 1]);
+      pa[kk][1] = pack2<kBf16>(acc_s[8 * kk + 2], acc_s[8 * kk + 3]);
+      pa[kk][2] = pack2<kBf16>(acc_s[8 * kk + 4], acc_s[8 * kk + 5]);
+      pa[kk][3] = pack2<kBf16>(acc_s[8 * kk + 6], acc_s[8 * kk + 7]);
+    }
+  };
+
+  // Two consumer warpgroups take turns issuing their GEMMs (named barriers 2 and 3), so that one
+  // runs its sigmoid while the other's GEMMs hold the tensor cores. Consumer 1 hands consumer 0
+  // the first turn; after the last work tile consumer 0 takes back the turn consumer 1 passed
+  // last, which leaves both barriers balanced at exit.
+  constexpr bool kPingPong = S::kConsumers == 2;
+  const auto wait_turn = [&] {
+    if constexpr (kPingPong) named_barrier_sync(2 + consumer, 256);
+  };
+  const auto pass_turn = [&] {
+    if constexpr (kPingPong) named_barrier_arrive(3 - consumer, 256);
+  };
+  if (consumer == 1) pass_turn();
+
+  // Epilogue of a work tile: rows past len_q are zeros in the padded layout and absent in
+  // varlen. The tile's geometry is derived again here rather than kept in registers through the
+  // main loop.
+  const auto store_output = [&](int index) {
+    const Work w = describe(index);
+    const SeqInfo& seq = w.seq;
+    const int row0 = w.m0 + 64 * consumer + 16 * warp + lane / 4;
+    const int rows_valid = seq.len_q - w.m0;
+    const int rows_stored = (kLayout == Layout::kVarlen ? seq.len_q : p.max_seqlen_q) - w.m0;
+    unsigned short* o = static_cast<unsigned short*>(p.o) + seq.o_start + w.head * p.o_head_stride +
+                        w.m0 * p.o_seq_stride;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = row0 + 8 * half - w.m0;
+      if (row >= rows_stored) continue;
+      const bool valid = row < rows_valid;
+      unsigned* out_row = reinterpret_cast<unsigned*>(o + row * p.o_seq_stride + 2 * (lane % 4));
+#pragma unroll
+      for (int nt = 0; nt < S::kD / 8; ++nt) {
+        out_row[nt * 4] =
+            valid ? pack2<kBf16>(acc_o[nt * 4 + 2 * half], acc_o[nt * 4 + 2 * half + 1]) : 0u;
       }
-      wgmma_commit();
-    };
-    // O += P V for the tile in `stage`, issued and committed.
-    auto issue_values = [&](int stage) {
-      wgmma_fence();
+    }
+  };
+
+  unsigned q_parity = 0;  // phase of the next Q
+  RingPosition<S::kStages> ring;
+  for (int index = blockIdx.x; index < work_tiles(); index += gridDim.x) {
 #pragma unroll
-      for (int kk = 0; kk < S::kBN / 16; ++kk) {
-        const unsigned long long desc_v =
-            smem_descriptor(smem_v + stage * S::kKVBytes + kk * 16 * 128, S::kBN * 128, 1024);
-        Wgmma<S::kD>::template rs<kBf16>(acc_o, pa[kk], desc_v, 1);
-      }
-      wgmma_commit();
-    };
-    // acc_s <- sigma(scale * S + bias + score_mod), zero where the masks hide the key.
-    auto scores_to_probs = [&](int tile) {
-      const int n0 = tile * S::kBN;
-      const bool full_tile = !kChecked && !Cfg::kCausal && !Cfg::kWindow
-                                 ? true
-                                 : mask.tile_unmasked(wg_row0, wg_row0 + 63, n0, n0 + S::kBN - 1);
+    for (int i = 0; i < S::kD / 2; ++i) acc_o[i] = 0.0f;
+    const Work w = describe(index);
+    if (w.tile_end > w.tile_begin) {
+      const SeqInfo& seq = w.seq;
+      const int wg_row0 = w.m0 + 64 * consumer;         // first row of the warpgroup
+      const int row0 = wg_row0 + 16 * warp + lane / 4;  // this thread's rows: row0 and row0 + 8
+      const Mask mask(p, seq);
+      const float bias = p.has_bias ? p.bias : -logf(static_cast<float>(seq.len_k));
+      const float shift_bias = sigmoid.shift(bias);
+      const float* score_mod =
+          Cfg::kScoreMod ? p.score_mod + w.batch * p.score_mod_batch_stride : nullptr;
+      // acc_s <- sigma(scale * S + bias + score_mod), zero where the masks hide the key.
+      auto scores_to_probs = [&](int tile) {
+        const int n0 = tile * S::kBN;
+        const bool full_tile = !kChecked && !Cfg::kCausal && !Cfg::kWindow
+                                   ? true
+                                   : mask.tile_unmasked(wg_row0, wg_row0 + 63, n0, n0 + S::kBN - 1);
 #pragma unroll
-      for (int nt = 0; nt < S::kBN / 8; ++nt) {
-        const int col = n0 + nt * 8 + 2 * (lane % 4);
-        float shift[2] = {shift_bias, shift_bias};
-        if constexpr (Cfg::kScoreMod) {
+        for (int nt = 0; nt < S::kBN / 8; ++nt) {
+          const int col = n0 + nt * 8 + 2 * (lane % 4);
+          float shift[2];
+          sigmoid.template column_shifts<Cfg::kScoreMod>(shift, shift_bias, bias, score_mod, col,
+                                                         seq.len_k);
 #pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            if (col + c < seq.len_k) shift[c] = sigmoid.shift(bias + score_mod[col + c]);
+          for (int e = 0; e < 4; ++e) {
+            float prob = sigmoid(acc_s[nt * 4 + e], shift[e % 2]);
+            if (!full_tile && !mask.visible(row0 + (e / 2) * 8, col + e % 2)) prob = 0.0f;
+            acc_s[nt * 4 + e] = prob;
           }
         }
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float prob = sigmoid(acc_s[nt * 4 + e], shift[e % 2]);
-          if (!full_tile && !mask.visible(row0 + (e / 2) * 8, col + e % 2)) prob = 0.0f;
-          acc_s[nt * 4 + e] = prob;
-        }
-      }
-    };
-    auto pack_probs = [&] {
-#pragma unroll
-      for (int kk = 0; kk < S::kBN / 16; ++kk) {
-        pa[kk][0] = pack2<kBf16>(acc_s[8 * kk + 0], acc_s[8 * kk + 1]);
-        pa[kk][1] = pack2<kBf16>(acc_s[8 * kk + 2], acc_s[8 * kk + 3]);
-        pa[kk][2] = pack2<kBf16>(acc_s[8 * kk + 4], acc_s[8 * kk + 5]);
-        pa[kk][3] = pack2<kBf16>(acc_s[8 * kk + 6], acc_s[8 * kk + 7]);
-      }
-    };
+      };
 
-    // Two consumer warpgroups take turns issuing their GEMMs (named barriers 2 and 3), so that one
-    // runs its sigmoid while the other's GEMMs hold the tensor cores. Consumer 1 hands consumer 0
-    // the first turn and, to leave both barriers balanced at exit, passes on no turn after its
-    // last.
-    constexpr bool kPingPong = S::kConsumers == 2;
-    const auto wait_turn = [&] {
-      if constexpr (kPingPong) named_barrier_sync(2 + consumer, 256);
-    };
-    const auto pass_turn = [&] {
-      if constexpr (kPingPong) named_barrier_arrive(3 - consumer, 256);
-    };
-    if (consumer == 1) pass_turn();
-
-    mbarrier_wait(bar_q, 0);
-    mbarrier_wait(bar_full, 0);
-    issue_scores(0);
-    wgmma_wait<0>();
-    fence_operands(acc_s);
-    scores_to_probs(tile_begin);
-    pack_probs();
-    // Steady state: QK^T of the next tile and PV of this one in flight while the next tile's
-    // sigmoid runs.
-    for (int tile = tile_begin; tile + 1 < tile_end; ++tile) {
-      const int it = tile - tile_begin;
-      const int stage = it % S::kStages;
-      const int next = (it + 1) % S::kStages;
-      mbarrier_wait(bar_full + 8 * next, ((it + 1) / S::kStages) & 1);
-      wait_turn();
-      issue_scores(next);
-      issue_values(stage);
-      pass_turn();
-      wgmma_wait<1>();
+      mbarrier_wait(bar_q, q_parity);
+      q_parity ^= 1;
+      mbarrier_wait(bar_full + 8 * ring.stage, ring.phase);
+      issue_scores(ring.stage);
+      wgmma_wait<0>();
       fence_operands(acc_s);
-      scores_to_probs(tile + 1);
+      scores_to_probs(w.tile_begin);
+      pack_probs();
+      // Steady state: QK^T of the next tile and PV of this one in flight while the next tile's
+      // sigmoid runs.
+      for (int tile = w.tile_begin; tile + 1 < w.tile_end; ++tile) {
+        const int stage = ring.stage;
+        ring.advance();
+        mbarrier_wait(bar_full + 8 * ring.stage, ring.phase);
+        wait_turn();
+        issue_scores(ring.stage);
+        issue_values(stage);
+        pass_turn();
+        wgmma_wait<1>();
+        fence_operands(acc_s);
+        scores_to_probs(tile + 1);
+        wgmma_wait<0>();
+        fence_operands(acc_o);
+        if (lane == 0) mbarrier_arrive(bar_empty + 8 * stage);
+        pack_probs();
+      }
+      // Every QK^T of the work tile has completed: the producer may load the next Q.
+      if (lane == 0) mbarrier_arrive(bar_q_empty);
+      wait_turn();
+      issue_values(ring.stage);
+      pass_turn();
       wgmma_wait<0>();
       fence_operands(acc_o);
-      if (lane == 0) mbarrier_arrive(bar_empty + 8 * stage);
-      pack_probs();
+      if (lane == 0) mbarrier_arrive(bar_empty + 8 * ring.stage);
+      ring.advance();
     }
-    const int last = tile_end - 1 - tile_begin;
-    wait_turn();
-    issue_values(last % S::kStages);
-    if (consumer == 0) pass_turn();
-    wgmma_wait<0>();
-    fence_operands(acc_o);
-  }
 
-  // Epilogue: rows past len_q are zeros in the padded layout and absent in varlen.
-  const int rows_valid = seq.len_q - m0;
-  const int rows_stored = (kLayout == Layout::kVarlen ? seq.len_q : p.max_seqlen_q) - m0;
-  unsigned short* o = static_cast<unsigned short*>(p.o) + seq.o_start + head * p.o_head_stride +
-                      m0 * p.o_seq_stride;
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = row0 + 8 * half - m0;
-    if (row >= rows_stored) continue;
-    const bool valid = row < rows_valid;
-    unsigned* out_row = reinterpret_cast<unsigned*>(o + row * p.o_seq_stride + 2 * (lane % 4));
-#pragma unroll
-    for (int nt = 0; nt < S::kD / 8; ++nt) {
-      out_row[nt * 4] =
-          valid ? pack2<kBf16>(acc_o[nt * 4 + 2 * half], acc_o[nt * 4 + 2 * half + 1]) : 0u;
-    }
+    store_output(index);
   }
+  if (consumer == 0) wait_turn();
 }
 
 }  // namespace sigattn

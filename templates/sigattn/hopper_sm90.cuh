@@ -1,10 +1,11 @@
 // sm_90a primitives of the Hopper kernels: mbarriers, TMA tile loads completing on an mbarrier,
 // the proxy and warpgroup fences around wgmma, named barriers, setmaxnreg, the shared-memory
 // matrix descriptors of 128-byte-swizzled tiles (rows of 128 bytes, 8-row atoms of 1024 bytes),
-// and the ordinary-load fill of such a tile.
+// and the cp.async fill of such a tile.
 #pragma once
 
 #include "sigattn/fwd_sm90_params.h"
+#include "sigattn/ptx_sm80.cuh"
 
 namespace sigattn {
 
@@ -25,6 +26,27 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(unsigned bar, unsigned
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
                : "memory");
 }
+
+// A position in a ring of kStages buffers, each guarded by a full and an empty mbarrier: the stage
+// and the parity of its current phase, counted without a division per step.
+template <int kStages>
+struct RingPosition {
+  int stage = 0;
+  unsigned phase = 0;
+
+  __device__ __forceinline__ void advance() {
+    if (++stage == kStages) {
+      stage = 0;
+      phase ^= 1;
+    }
+  }
+
+  __device__ __forceinline__ void advance(int steps) {
+    const int position = stage + steps;
+    stage = position % kStages;
+    phase ^= (position / kStages) & 1;
+  }
+};
 
 // Blocks until the phase of the given parity has completed.
 __device__ __forceinline__ void mbarrier_wait(unsigned bar, unsigned parity) {
@@ -55,7 +77,8 @@ __device__ __forceinline__ void prefetch_tma_descriptor(const TmaDescriptor* map
                : "memory");
 }
 
-// Orders this thread's ordinary shared-memory stores before later async-proxy reads (wgmma).
+// Orders this thread's generic-proxy shared-memory writes (stores, cp.async) before later
+// async-proxy reads (wgmma).
 __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
@@ -116,15 +139,11 @@ __device__ __forceinline__ unsigned swizzled_offset(int row, int chunk) {
   return static_cast<unsigned>(row * 128 + ((chunk ^ (row & 7)) << 4));
 }
 
-__device__ __forceinline__ void st_shared_v4(unsigned addr, uint4 value) {
-  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(value.x), "r"(value.y),
-               "r"(value.z), "r"(value.w)
-               : "memory");
-}
-
-// Rows [0, kRows) of a tile into 128-byte-swizzled shared memory with ordinary loads, rows at and
-// past `valid_rows` as zeros, so memory past a sequence's end is never read. Used for the tiles
-// that cross the end of a padded or packed sequence, where TMA's bounds are the whole tensor's.
+// Rows [0, kRows) of a tile into 128-byte-swizzled shared memory with cp.async (no registers hold
+// the data, so every copy of a thread is in flight at once), rows at and past `valid_rows` as
+// zeros, so memory past a sequence's end is never read. Used for the tiles that cross the end of
+// a padded or packed sequence, where TMA's bounds are the whole tensor's. Returns when this
+// thread's copies have landed; the caller fences them for wgmma and synchronizes the warpgroup.
 template <int kD, int kRows>
 __device__ __forceinline__ void load_tile_swizzled(unsigned dst, const unsigned short* src,
                                                    long long row_stride, int valid_rows,
@@ -134,12 +153,12 @@ __device__ __forceinline__ void load_tile_swizzled(unsigned dst, const unsigned 
   for (int i = thread; i < kRows * kChunks; i += 128) {
     const int row = i / kChunks;
     const int chunk = i % kChunks;
-    uint4 value = make_uint4(0, 0, 0, 0);
-    if (row < valid_rows) {
-      value = *reinterpret_cast<const uint4*>(src + row * row_stride + chunk * 8);
-    }
-    st_shared_v4(dst + (chunk / 8) * kRows * 128 + swizzled_offset(row, chunk % 8), value);
+    const bool valid = row < valid_rows;
+    cp_async_16(dst + (chunk / 8) * kRows * 128 + swizzled_offset(row, chunk % 8),
+                valid ? src + row * row_stride + chunk * 8 : src, valid ? 16 : 0);
   }
+  cp_async_commit();
+  cp_async_wait<0>();
 }
 
 }  // namespace sigattn

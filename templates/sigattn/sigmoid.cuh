@@ -23,6 +23,20 @@ struct Sigmoid {
     return kAccurate ? bias_plus_mod : 0.5f * bias_plus_mod;
   }
 
+  // The shifts of keys col and col + 1: shift(bias + score_mod[key]) below len_k, else
+  // shift_bias = shift(bias) (the masks zero keys past len_k).
+  template <bool kScoreMod>
+  __device__ __forceinline__ void column_shifts(float (&out)[2], float shift_bias, float bias,
+                                                const float* score_mod, int col, int len_k) const {
+    out[0] = out[1] = shift_bias;
+    if constexpr (kScoreMod) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        if (col + c < len_k) out[c] = shift(bias + score_mod[col + c]);
+      }
+    }
+  }
+
   __device__ __forceinline__ float operator()(float s, float shift_value) const {
     if constexpr (kAccurate) {
       float x = fmaf(s, scale, shift_value);

@@ -195,6 +195,32 @@ TEST(Generate, Sm90DkdvHasItsKernelThreadsAndSharedMemory) {
   EXPECT_EQ(two_kernel.smem_bytes, tiles + 128);
 }
 
+TEST(Generate, Sm90DqHasItsKernelThreadsAndSharedMemory) {
+  const GeneratedKernel kernel =
+      generate(variant_of("dq.bf16.d128.padded.causal.smod.fast.anylen/sm90.m128n64w12s3"));
+  EXPECT_EQ(kernel.name_expression, "sigattn::bwd_dq_sm90_kernel<sigattn_generated::Cfg>");
+  EXPECT_NE(kernel.source.find("#include \"sigattn/bwd_dq_sm90.cuh\""), std::string::npos);
+  EXPECT_EQ(kernel.threads, 384);  // a producer and two consumer warpgroups
+  // Alignment slack, Q and dO (2 column blocks x 128 rows x 128 bytes each), 3 stages of K and V
+  // (2 x 64 rows), barriers.
+  EXPECT_EQ(kernel.smem_bytes, 1024 + 2 * 2 * 128 * 128 + 3 * 2 * 2 * 64 * 128 + 128);
+}
+
+TEST(Generate, RejectsSm90DqTilesOutsideTheKernel) {
+  KernelSpec spec;
+  spec.direction = Direction::dq;
+  EXPECT_NO_THROW(generate({spec, {128, 64, 12, 3, Family::sm90}}));
+  EXPECT_NO_THROW(generate({spec, {64, 64, 8, 2, Family::sm90}}));
+  // Three consumer warpgroups, a warp count that does not match, S and dP of 128 keys beside dQ,
+  // the one-pass split, a head dim that is not 64 or 128.
+  EXPECT_THROW(generate({spec, {192, 64, 16, 2, Family::sm90}}), std::invalid_argument);
+  EXPECT_THROW(generate({spec, {128, 64, 8, 2, Family::sm90}}), std::invalid_argument);
+  EXPECT_THROW(generate({spec, {128, 128, 12, 2, Family::sm90}}), std::invalid_argument);
+  EXPECT_THROW(generate({spec, {128, 64, 12, 2, Family::sm90, true}}), std::invalid_argument);
+  spec.head_dim = 96;
+  EXPECT_THROW(generate({spec, {128, 64, 12, 2, Family::sm90}}), std::invalid_argument);
+}
+
 TEST(Generate, RejectsSm90DkdvTilesOutsideTheKernel) {
   KernelSpec spec;
   spec.direction = Direction::dkdv;

@@ -77,9 +77,6 @@ TEST(Sm90Family, ForwardOnSm90aOnlyWithNamedConstraints) {
   EXPECT_NE(rejection(spec_with(128), two_consumers, target_for_arch("sm_90")).find("family_arch"),
             std::string::npos);
   EXPECT_NE(rejection(spec_with(40), two_consumers, hopper).find("sm90_kernel"), std::string::npos);
-  gen::KernelSpec dq = spec_with(128);
-  dq.direction = gen::Direction::dq;
-  EXPECT_NE(rejection(dq, two_consumers, hopper).find("sm90_kernel"), std::string::npos);
   EXPECT_NE(rejection(spec_with(128), {128, 128, 8, 2, gen::Family::sm90}, hopper).find("wgmma"),
             std::string::npos);
   EXPECT_NE(
@@ -93,7 +90,6 @@ TEST(Sm90Family, ForwardOnSm90aOnlyWithNamedConstraints) {
     hopper_tiles += tile.family == gen::Family::sm90;
   }
   EXPECT_GT(hopper_tiles, 0);
-  for (const auto& tile : candidates(dq, hopper)) EXPECT_EQ(tile.family, gen::Family::sm80);
   for (const auto& tile : candidates(spec_with(128), target_for_arch("sm_80"))) {
     EXPECT_EQ(tile.family, gen::Family::sm80);
   }
@@ -132,6 +128,30 @@ TEST(Sm90Family, DkdvAtHeadDims64And128WithNamedConstraints) {
   gen::KernelSpec other = dkdv;
   other.head_dim = 96;
   EXPECT_NE(rejection(other, steps64, hopper).find("sm90_kernel"), std::string::npos);
+  for (const auto& tile : candidates(other, hopper)) EXPECT_EQ(tile.family, gen::Family::sm80);
+  EXPECT_EQ(default_tile(other, hopper).tile.family, gen::Family::sm80);
+}
+
+TEST(Sm90Family, DqAtHeadDims64And128WithNamedConstraints) {
+  const Target hopper = target_for_arch("sm_90a");
+  gen::KernelSpec dq = spec_with(128);
+  dq.direction = gen::Direction::dq;
+  const gen::TileConfig two_consumers{128, 64, 12, 3, gen::Family::sm90};
+  EXPECT_TRUE(rejection(dq, two_consumers, hopper).empty());
+  EXPECT_EQ(default_tile(dq, hopper).tile, two_consumers);
+  EXPECT_NE(rejection(dq, {128, 128, 12, 2, gen::Family::sm90}, hopper).find("sm90_registers"),
+            std::string::npos);
+  EXPECT_NE(rejection(dq, {192, 64, 16, 2, gen::Family::sm90}, hopper).find("wgmma_shape"),
+            std::string::npos);
+  EXPECT_NE(rejection(dq, two_consumers, target_for_arch("sm_90")).find("family_arch"),
+            std::string::npos);
+  int hopper_tiles = 0;
+  for (const auto& tile : candidates(dq, hopper)) hopper_tiles += tile.family == gen::Family::sm90;
+  EXPECT_EQ(hopper_tiles, 4);  // block_m 64 or 128, 2 or 3 stages, 64-key steps
+
+  gen::KernelSpec other = dq;
+  other.head_dim = 96;
+  EXPECT_NE(rejection(other, two_consumers, hopper).find("sm90_kernel"), std::string::npos);
   for (const auto& tile : candidates(other, hopper)) EXPECT_EQ(tile.family, gen::Family::sm80);
   EXPECT_EQ(default_tile(other, hopper).tile.family, gen::Family::sm80);
 }

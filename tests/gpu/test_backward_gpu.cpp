@@ -3,8 +3,9 @@
 // fast sigmoid) for every dtype, head dim, layout, mask, head grouping, bias, scale and
 // score_mod; zero gradients on padding; the deterministic split bit-identical from run to run;
 // the one-pass split (atomic dQ) within tolerance of the deterministic one; every one-pass tile
-// candidate of two specs; one-pass calls on two streams at once; and the GPU reference itself
-// against the CPU one.
+// candidate of two specs; every Hopper dQ tile and the portable default on problems with many
+// work tiles per CTA; one-pass calls on two streams at once; and the GPU reference itself against
+// the CPU one.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -144,6 +145,18 @@ std::vector<Problem> large_cases() {
 std::vector<Problem> tile_sweep_cases() {
   return {Case(bf16, 64).bthd(2, 333, 333).heads(4, 2).fast(),
           Case(fp16, 128).padded(300, 300, {300, 150}, {299, 300}).heads(4, 2).causal()};
+}
+
+// Every Hopper dQ tile and the portable family's default dQ tile run these, in the deterministic
+// split: many more row blocks than CTAs, so that each CTA of the persistent sm90 kernel walks
+// several work tiles, with empty sequences, tiles that cross sequence ends, padding rows, GQA,
+// score_mod and masks.
+std::vector<Problem> dq_sweep_cases() {
+  const std::vector<int> queries = {600, 0, 1, 129, 511, 600, 300, 64, 65, 200, 600, 17};
+  const std::vector<int> keys(queries.rbegin(), queries.rend());
+  return {Case(bf16, 64).padded(600, 600, queries, keys).heads(8, 2).score_mod().fast(),
+          Case(fp16, 128).varlen(queries, keys).heads(4, 4).causal().fast(),
+          Case(bf16, 128).bthd(8, 700, 700).heads(8, 8).window(200, 50).fast()};
 }
 
 // The one-pass calls that run on two streams at once.
@@ -344,6 +357,16 @@ bool swept(const gen::TileConfig& tile) {
   return tile.atomic_dq || tile.family == gen::Family::sm90;
 }
 
+// The dQ tiles the sweep runs: every Hopper candidate and the portable family's default.
+std::vector<gen::TileConfig> dq_swept_tiles(const gen::KernelSpec& dq, const tune::Target& target) {
+  std::vector<gen::TileConfig> tiles = {
+      tune::default_tile(dq, tune::target_for_arch("sm_90")).tile};
+  for (const gen::TileConfig& tile : tune::candidates(dq, target)) {
+    if (tile.family == gen::Family::sm90) tiles.push_back(tile);
+  }
+  return tiles;
+}
+
 const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
   std::vector<gen::Variant> variants;
   const auto add_defaults = [&](const Problem& p) {
@@ -365,6 +388,14 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
     const BackwardSpecs specs = specs_of(p);
     for (const gen::TileConfig& tile : tune::candidates(specs.dkdv, gpu.target)) {
       if (swept(tile)) variants.push_back({specs.dkdv, tile});
+    }
+  }
+  for (const Problem& p : dq_sweep_cases()) {
+    if (!param_selected(p.name())) continue;
+    add_defaults(p);
+    const BackwardSpecs specs = specs_of(p);
+    for (const gen::TileConfig& tile : dq_swept_tiles(specs.dq, gpu.target)) {
+      variants.push_back({specs.dq, tile});
     }
   }
   if (test_selected("BackwardConcurrency.TwoStreamsInOnePassMode")) {
@@ -453,6 +484,34 @@ TEST_P(EveryOnePassOrHopperTile, MatchesReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(TwoSpecs, EveryOnePassOrHopperTile, testing::ValuesIn(tile_sweep_cases()),
+                         name_of);
+
+class EveryHopperDqTile : public GpuTest, public testing::WithParamInterface<Problem> {};
+
+TEST_P(EveryHopperDqTile, MatchesReference) {
+  const Problem& p = GetParam();
+  p.validate();
+  SCOPED_TRACE(context_of(p, seed()));
+  PreparedProblem prepared(p, seed());
+  DeviceGradients& grads = prepared.grads;
+  const GradientSet<double> ref = reference_for(p, prepared);
+  const BackwardSpecs specs = backward_specs(grads.args);
+  const gen::TileConfig dkdv_tile = default_backward_tiles(specs, gpu().target, true).dkdv;
+  const std::vector<gen::TileConfig> tiles = dq_swept_tiles(specs.dq, gpu().target);
+  for (const gen::TileConfig& tile : tiles) {
+    const std::string variant = gen::to_string(gen::Variant{specs.dq, tile});
+    try {
+      const GradientBits out =
+          run(grads, [&] { backward_with_tiles(grads.args, nullptr, dkdv_tile, tile); });
+      expect_matches(p, out, ref, variant);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << variant << ": " << e.what();
+    }
+  }
+  if (tiles.size() == 1) GTEST_SKIP() << gpu().arch << " has no sm90 dq tile";
+}
+
+INSTANTIATE_TEST_SUITE_P(PersistentSchedule, EveryHopperDqTile, testing::ValuesIn(dq_sweep_cases()),
                          name_of);
 
 using BackwardConcurrency = GpuTest;

@@ -1,9 +1,9 @@
 // Forward-pass correctness on the GPU: every dtype, head dim, layout, mask, head grouping, bias,
 // score_mod and sigmoid form against an fp64 CPU reference (small problems) or a plain fp32 GPU
 // kernel (large ones and the fast sigmoid), on the default tile and, where that is a Hopper (sm90)
-// tile, on the portable family's default too; every tile candidate of three specs; NaN in padding
-// rows; bit-identical repeated launches, and an invalid length rejected before the output is
-// touched.
+// tile, on the portable family's default too; every tile candidate of three specs; problems with
+// many work tiles per CTA of the persistent sm90 kernel, on every sm90 tile; NaN in padding rows;
+// bit-identical repeated launches, and an invalid length rejected before the output is touched.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -149,6 +149,21 @@ std::vector<Problem> sigmoid_cases() {
   return cases;
 }
 
+// Many more work tiles than CTAs, so that each CTA of the persistent sm90 kernel walks several
+// of them: empty sequences, tiles that cross a sequence end, padding rows, GQA, score_mod and
+// the causal longest-first order.
+std::vector<Problem> schedule_cases() {
+  const std::vector<int> queries = {600, 0, 1, 129, 511, 600, 300, 64, 65, 200, 600, 17};
+  const std::vector<int> keys(queries.rbegin(), queries.rend());
+  return {Case(bf16, 64).padded(600, 600, queries, keys).heads(8, 2).fast(),
+          Case(fp16, 128).varlen(queries, keys).heads(4, 4).causal().score_mod(),
+          Case(bf16, 128).bthd(16, 512, 512).heads(8, 8).fast(),
+          Case(bf16, 64).bthd(4, 1000, 1000).heads(16, 4).causal().fast()};
+}
+
+// Every sm90 candidate walks the first schedule problem's work tiles.
+Problem schedule_sweep_problem() { return schedule_cases().front(); }
+
 // Every tile candidate of these specs runs: x128, anylen, and a packed one whose tiles cross
 // sequence ends (the sm90 family loads those without TMA).
 std::vector<Problem> tile_sweep_cases() {
@@ -175,8 +190,8 @@ Problem repeat_problem() {
 Problem invalid_length_problem() { return Case(bf16, 64).padded(64, 64, {64, 64}, {64, 64}); }
 
 std::vector<std::vector<Problem>> all_reference_tables() {
-  return {head_dim_cases(),           layout_cases(), mask_cases(),   grouped_head_cases(),
-          bias_and_score_mod_cases(), length_cases(), sigmoid_cases()};
+  return {head_dim_cases(),           layout_cases(), mask_cases(),    grouped_head_cases(),
+          bias_and_score_mod_cases(), length_cases(), sigmoid_cases(), schedule_cases()};
 }
 
 // The spec the library chooses for a problem. forward_spec checks the arguments on the host only,
@@ -214,6 +229,12 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
     const gen::KernelSpec spec = spec_of(problem);
     for (const gen::TileConfig& tile : tune::candidates(spec, gpu.target)) {
       variants.push_back({spec, tile});
+    }
+  }
+  if (test_selected("GpuForward.EverySm90TileWalksSeveralWorkTiles")) {
+    const gen::KernelSpec spec = spec_of(schedule_sweep_problem());
+    for (const gen::TileConfig& tile : tune::candidates(spec, gpu.target)) {
+      if (tile.family == gen::Family::sm90) variants.push_back({spec, tile});
     }
   }
   if (test_selected("GpuForward.RepeatedLaunchIsBitIdentical")) add_default(repeat_problem());
@@ -316,6 +337,8 @@ INSTANTIATE_TEST_SUITE_P(Lengths, ForwardMatchesReference, testing::ValuesIn(len
                          name_of);
 INSTANTIATE_TEST_SUITE_P(SigmoidForms, ForwardMatchesReference, testing::ValuesIn(sigmoid_cases()),
                          name_of);
+INSTANTIATE_TEST_SUITE_P(PersistentSchedule, ForwardMatchesReference,
+                         testing::ValuesIn(schedule_cases()), name_of);
 
 class EveryTileCandidate : public GpuTest, public testing::WithParamInterface<Problem> {};
 
@@ -342,6 +365,25 @@ INSTANTIATE_TEST_SUITE_P(TwoSpecs, EveryTileCandidate, testing::ValuesIn(tile_sw
                          name_of);
 
 using GpuForward = GpuTest;
+
+TEST_F(GpuForward, EverySm90TileWalksSeveralWorkTiles) {
+  const Problem problem = schedule_sweep_problem();
+  const HostInputs inputs = make_inputs(problem, seed());
+  DeviceInputs device = upload(problem, inputs);
+  const gen::KernelSpec spec = forward_spec(device.args);
+  const std::vector<double> ref = reference_for(problem, inputs, device);
+  int sm90_tiles = 0;
+  for (const gen::TileConfig& tile : tune::candidates(spec, gpu().target)) {
+    if (tile.family != gen::Family::sm90) continue;
+    ++sm90_tiles;
+    SCOPED_TRACE(fmt::format("variant {}, problem {}, seed {} (SIGATTN_TEST_SEED={})",
+                             gen::to_string(gen::Variant{spec, tile}), problem.name(), seed(),
+                             base_seed()));
+    expect_output_matches(problem, device, ref,
+                          [&] { forward_with_tile(device.args, nullptr, tile); });
+  }
+  if (sm90_tiles == 0) GTEST_SKIP() << gpu().arch << " has no sm90 tile";
+}
 
 TEST_F(GpuForward, RepeatedLaunchIsBitIdentical) {
   const Problem problem = repeat_problem();
