@@ -11,9 +11,9 @@
 #include "sigattn/bwd_sm90_params.h"
 #include "sigattn/hopper_sm90.cuh"
 #include "sigattn/ptx_sm80.cuh"
+#include "sigattn/row_blocks_sm90.cuh"
 #include "sigattn/sequence.cuh"
 #include "sigattn/sigmoid.cuh"
-#include "sigattn/tile_scheduler.cuh"
 #include "sigattn/wgmma_sm90.cuh"
 
 namespace sigattn {
@@ -60,8 +60,6 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   using S = BwdDqSm90Shape<Cfg>;
   constexpr bool kBf16 = Cfg::kBf16;
   constexpr Layout kLayout = Cfg::kLayout;
-  constexpr bool kChecked = !Cfg::kSeqLenX128;
-  using Mask = KeyMask<Cfg::kCausal, Cfg::kWindow>;
   const BwdParams& bp = params.base;
   const FwdParams& p = bp.fwd;
 
@@ -75,38 +73,9 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   const unsigned bar_empty = bar_full + 8 * S::kStages;  // stage s: consumers are done with it
   const unsigned bar_q = bar_full + 16 * S::kStages;     // Q and dO landed
   const unsigned bar_q_empty = bar_q + 8;                // the consumers are done with Q and dO
+  const KvRing kv{smem_k, smem_v, bar_full, bar_empty};
 
   const int tid = threadIdx.x;
-  // Sizes of the schedule, derived from the parameters where used rather than kept in registers
-  // through the loops (the producer has few).
-  const auto row_blocks = [&] { return (p.max_seqlen_q + S::kBM - 1) / S::kBM; };
-  const auto work_tiles = [&] { return row_blocks() * p.heads_q * p.batch; };
-
-  // The rows of work tile `index` and the K/V tiles [tile_begin, tile_end) holding the keys some
-  // valid row of them sees. Producer and consumers derive the same ranges.
-  struct Work {
-    SeqInfo seq;
-    int m0, head, batch, tile_begin, tile_end;
-  };
-  const auto describe = [&](int index) {
-    const WorkTile tile = work_tile<Cfg::kCausal>(index, row_blocks(), p.heads_q);
-    Work w;
-    w.seq = sequence_info<kLayout>(p, tile.batch);
-    w.m0 = tile.block * S::kBM;
-    w.head = tile.head;
-    w.batch = tile.batch;
-    const Mask mask(p, w.seq);
-    const int row_hi = min(w.m0 + S::kBM, w.seq.len_q) - 1;
-    int key_lo = 0, key_hi = 0;  // keys [key_lo, key_hi) visible to some valid row of the block
-    if (row_hi >= w.m0) {
-      key_lo = mask.key_begin(w.m0);
-      key_hi = mask.key_end(row_hi);
-    }
-    w.tile_begin = key_lo / S::kBN;
-    w.tile_end = key_hi > key_lo ? (key_hi + S::kBN - 1) / S::kBN : w.tile_begin;
-    return w;
-  };
-
   if (tid == 0) {
     for (int s = 0; s < S::kStages; ++s) {
       mbarrier_init(bar_full + 8 * s, 1);
@@ -120,33 +89,30 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
 
   const int warpgroup = tid / 128;
   if (warpgroup == 0) {
-    // Producer. Thread 0 issues every TMA load; the whole warpgroup loads the tiles that cross
-    // the end of a padded or packed sequence. Only the leader tracks the barriers' phases (a
-    // parity wait cannot tell a phase from the one two later); named barrier 1 passes a free
-    // buffer on to the rest of the warpgroup. The ring position runs on across work tiles, so
-    // the next tile's Q, dO and K/V load while the consumers finish this one.
+    // Producer, as in the forward: thread 0 issues every TMA load, the whole warpgroup loads the
+    // tiles that cross the end of a padded or packed sequence, and the ring runs on across work
+    // tiles.
     setmaxnreg_decrease<S::kProducerRegisters>();
     const bool leader = tid == 0;
-    const bool packed = kLayout == Layout::kVarlen;
     if (leader) {
       prefetch_tma_descriptor(&params.q);
       prefetch_tma_descriptor(&params.dout);
       prefetch_tma_descriptor(&params.k);
       prefetch_tma_descriptor(&params.v);
     }
-    unsigned q_free_parity = 1;  // the consumers released the previous Q (none at first)
+    unsigned q_free_parity = 1;  // the consumers released the previous Q and dO (none at first)
     RingPosition<S::kStages> ring;
-    // Each work tile's Q and dO, then its K/V tiles; each part derives the tile's geometry itself,
-    // so that no more than the loop's position stays in registers between them.
-    const auto load_q = [&](int index) {
-      const Work w = describe(index);
+    // Each work tile's Q and dO, then its K/V tiles; each part derives the tile's geometry
+    // itself, so that no more than the loop's position stays in registers between them.
+    const auto load_q_do = [&](int index) {
+      const RowBlockWork w = describe_row_block<Cfg>(p, index);
       if (w.tile_end <= w.tile_begin) return false;
-      const int batch_coord = packed ? 0 : w.batch;
       if (kLayout == Layout::kDense || w.m0 + S::kBM <= w.seq.len_q) {
         if (leader) {
           mbarrier_wait(bar_q_empty, q_free_parity);
           mbarrier_arrive_expect_tx(bar_q, 2 * S::kQBytes);
           const int row = static_cast<int>(w.seq.q_token0) + w.m0;
+          const int batch_coord = kLayout == Layout::kVarlen ? 0 : w.batch;
 #pragma unroll
           for (int slab = 0; slab < S::kSlabs; ++slab) {
             tma_load_4d(smem_q + slab * S::kBM * 128, &params.q, bar_q, slab * 64, row, w.head,
@@ -172,51 +138,11 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       q_free_parity ^= 1;
       return true;
     };
-    const auto load_kv = [&](int index) {
-      const Work w = describe(index);
-      const int batch_coord = packed ? 0 : w.batch;
-      const int head_kv = w.head / (p.heads_q / p.heads_kv);
-      // Whole K/V tiles by TMA, then at most one that crosses the sequence's end (the last).
-      const int whole_end = kLayout == Layout::kDense
-                                ? w.tile_end
-                                : max(w.tile_begin, min(w.tile_end, w.seq.len_k / S::kBN));
-      if (leader) {
-        const int row0 = static_cast<int>(w.seq.k_token0);
-        for (int tile = w.tile_begin; tile < whole_end; ++tile, ring.advance()) {
-          mbarrier_wait(bar_empty + 8 * ring.stage, ring.phase ^ 1);
-          mbarrier_arrive_expect_tx(bar_full + 8 * ring.stage, 2 * S::kKVBytes);
-#pragma unroll
-          for (int slab = 0; slab < S::kSlabs; ++slab) {
-            const unsigned offset = ring.stage * S::kKVBytes + slab * S::kBN * 128;
-            tma_load_4d(smem_k + offset, &params.k, bar_full + 8 * ring.stage, slab * 64,
-                        row0 + tile * S::kBN, head_kv, batch_coord);
-            tma_load_4d(smem_v + offset, &params.v, bar_full + 8 * ring.stage, slab * 64,
-                        row0 + tile * S::kBN, head_kv, batch_coord);
-          }
-        }
-      } else {
-        ring.advance(whole_end - w.tile_begin);
+    for (int index = blockIdx.x; index < row_block_work_tiles<S::kBM>(p); index += gridDim.x) {
+      if (load_q_do(index)) {
+        load_kv_tiles<Cfg>(p, &params.k, &params.v, describe_row_block<Cfg>(p, index), kv, ring,
+                           tid);
       }
-      if (whole_end < w.tile_end) {
-        const int n0 = whole_end * S::kBN;
-        if (leader) mbarrier_wait(bar_empty + 8 * ring.stage, ring.phase ^ 1);
-        named_barrier_sync(1, 128);
-        const unsigned short* k = static_cast<const unsigned short*>(p.k) + w.seq.k_start +
-                                  head_kv * p.k_head_stride + n0 * p.k_seq_stride;
-        const unsigned short* v = static_cast<const unsigned short*>(p.v) + w.seq.k_start +
-                                  head_kv * p.v_head_stride + n0 * p.v_seq_stride;
-        load_tile_swizzled<S::kD, S::kBN>(smem_k + ring.stage * S::kKVBytes, k, p.k_seq_stride,
-                                          w.seq.len_k - n0, tid);
-        load_tile_swizzled<S::kD, S::kBN>(smem_v + ring.stage * S::kKVBytes, v, p.v_seq_stride,
-                                          w.seq.len_k - n0, tid);
-        fence_proxy_async();
-        named_barrier_sync(1, 128);
-        if (leader) mbarrier_arrive(bar_full + 8 * ring.stage);
-        ring.advance();
-      }
-    };
-    for (int index = blockIdx.x; index < work_tiles(); index += gridDim.x) {
-      if (load_q(index)) load_kv(index);
     }
     return;
   }
@@ -279,81 +205,30 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
     }
   };
 
-  // Two consumer warpgroups take turns issuing their GEMMs (named barriers 2 and 3), so that one
-  // runs its sigmoid while the other's GEMMs hold the tensor cores. Consumer 1 hands consumer 0
-  // the first turn; after the last work tile consumer 0 takes back the turn consumer 1 passed
-  // last, which leaves both barriers balanced at exit.
-  constexpr bool kPingPong = S::kConsumers == 2;
-  const auto wait_turn = [&] {
-    if constexpr (kPingPong) named_barrier_sync(2 + consumer, 256);
-  };
-  const auto pass_turn = [&] {
-    if constexpr (kPingPong) named_barrier_arrive(3 - consumer, 256);
-  };
-  if (consumer == 1) pass_turn();
-
-  // Epilogue of a work tile: dQ = scale dS K; rows past len_q are zeros in the padded layout and
-  // absent in varlen. The tile's geometry is derived again here rather than kept in registers
-  // through the main loop.
-  const auto store_output = [&](int index) {
-    const Work w = describe(index);
-    const SeqInfo& seq = w.seq;
-    const int row0 = w.m0 + 64 * consumer + 16 * warp + lane / 4;
-    const int rows_valid = seq.len_q - w.m0;
-    const int rows_stored = (kLayout == Layout::kVarlen ? seq.len_q : p.max_seqlen_q) - w.m0;
-    unsigned short* dq = static_cast<unsigned short*>(bp.dq) +
-                         seq.q_offset(bp.dq_batch_stride, bp.dq_seq_stride, w.batch) +
-                         w.head * bp.dq_head_stride + w.m0 * bp.dq_seq_stride;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = row0 + 8 * half - w.m0;
-      if (row >= rows_stored) continue;
-      const bool valid = row < rows_valid;
-      unsigned* out_row = reinterpret_cast<unsigned*>(dq + row * bp.dq_seq_stride + 2 * (lane % 4));
-#pragma unroll
-      for (int nt = 0; nt < S::kD / 8; ++nt) {
-        out_row[nt * 4] = valid ? pack2<kBf16>(acc_dq[nt * 4 + 2 * half] * p.scale,
-                                               acc_dq[nt * 4 + 2 * half + 1] * p.scale)
-                                : 0u;
-      }
-    }
-  };
-
-  unsigned q_parity = 0;  // phase of the next Q
+  // The two consumer warpgroups alternate their GEMMs, so that one computes dS while the other's
+  // GEMMs hold the tensor cores.
+  const Turns<S::kConsumers == 2> turns{consumer};
+  turns.begin();
+  unsigned q_parity = 0;  // phase of the next Q and dO
   RingPosition<S::kStages> ring;
-  for (int index = blockIdx.x; index < work_tiles(); index += gridDim.x) {
+  for (int index = blockIdx.x; index < row_block_work_tiles<S::kBM>(p); index += gridDim.x) {
 #pragma unroll
     for (int i = 0; i < S::kD / 2; ++i) acc_dq[i] = 0.0f;
-    const Work w = describe(index);
+    const RowBlockWork w = describe_row_block<Cfg>(p, index);
     if (w.tile_end > w.tile_begin) {
-      const SeqInfo& seq = w.seq;
       const int wg_row0 = w.m0 + 64 * consumer;         // first row of the warpgroup
       const int row0 = wg_row0 + 16 * warp + lane / 4;  // this thread's rows: row0 and row0 + 8
-      const Mask mask(p, seq);
-      const float bias = p.has_bias ? p.bias : -logf(static_cast<float>(seq.len_k));
+      const KeyMask<Cfg::kCausal, Cfg::kWindow> mask(p, w.seq);
+      const float bias = p.has_bias ? p.bias : -logf(static_cast<float>(w.seq.len_k));
       const float shift_bias = sigmoid.shift(bias);
       const float* score_mod =
           Cfg::kScoreMod ? p.score_mod + w.batch * p.score_mod_batch_stride : nullptr;
       // acc_dp <- dS = dP P (1 - P), P = sigma(scale * S + bias + score_mod), zero where the
       // masks hide the key.
       auto scores_to_ds = [&](int tile) {
-        const int n0 = tile * S::kBN;
-        const bool full_tile = !kChecked && !Cfg::kCausal && !Cfg::kWindow
-                                   ? true
-                                   : mask.tile_unmasked(wg_row0, wg_row0 + 63, n0, n0 + S::kBN - 1);
-#pragma unroll
-        for (int nt = 0; nt < S::kBN / 8; ++nt) {
-          const int col = n0 + nt * 8 + 2 * (lane % 4);
-          float shift[2];
-          sigmoid.template column_shifts<Cfg::kScoreMod>(shift, shift_bias, bias, score_mod, col,
-                                                         seq.len_k);
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            float prob = sigmoid(acc_s[nt * 4 + e], shift[e % 2]);
-            if (!full_tile && !mask.visible(row0 + (e / 2) * 8, col + e % 2)) prob = 0.0f;
-            acc_dp[nt * 4 + e] *= prob * (1.0f - prob);
-          }
-        }
+        for_each_probability<Cfg>(acc_s, sigmoid, mask, shift_bias, bias, score_mod, w.seq.len_k,
+                                  wg_row0, row0, tile * S::kBN, lane,
+                                  [&](int i, float prob) { acc_dp[i] *= prob * (1.0f - prob); });
       };
 
       mbarrier_wait(bar_q, q_parity);
@@ -371,10 +246,10 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
         const int stage = ring.stage;
         ring.advance();
         mbarrier_wait(bar_full + 8 * ring.stage, ring.phase);
-        wait_turn();
+        turns.wait();
         issue_scores(ring.stage);
         issue_dq(stage);
-        pass_turn();
+        turns.pass();
         wgmma_wait<1>();
         fence_operands(acc_s);
         fence_operands(acc_dp);
@@ -386,18 +261,27 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       }
       // Every S and dP of the work tile has completed: the producer may load the next Q and dO.
       if (lane == 0) mbarrier_arrive(bar_q_empty);
-      wait_turn();
+      turns.wait();
       issue_dq(ring.stage);
-      pass_turn();
+      turns.pass();
       wgmma_wait<0>();
       fence_operands(acc_dq);
       if (lane == 0) mbarrier_arrive(bar_empty + 8 * ring.stage);
       ring.advance();
     }
 
-    store_output(index);
+    // Epilogue: dQ = scale dS K; rows past len_q are zeros in the padded layout and absent in
+    // varlen. The tile's geometry is derived again rather than kept in registers through the
+    // main loop.
+    const RowBlockWork e = describe_row_block<Cfg>(p, index);
+    store_fragment_rows<kBf16, S::kD>(
+        static_cast<unsigned short*>(bp.dq) +
+            e.seq.q_offset(bp.dq_batch_stride, bp.dq_seq_stride, e.batch) +
+            e.head * bp.dq_head_stride + e.m0 * bp.dq_seq_stride,
+        bp.dq_seq_stride, acc_dq, p.scale, 64 * consumer + 16 * warp + lane / 4, e.seq.len_q - e.m0,
+        (kLayout == Layout::kVarlen ? e.seq.len_q : p.max_seqlen_q) - e.m0, lane);
   }
-  if (consumer == 0) wait_turn();
+  turns.end();
 }
 
 }  // namespace sigattn

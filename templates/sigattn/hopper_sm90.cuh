@@ -1,7 +1,8 @@
-// sm_90a primitives of the Hopper kernels: mbarriers, TMA tile loads completing on an mbarrier,
-// the proxy and warpgroup fences around wgmma, named barriers, setmaxnreg, the shared-memory
-// matrix descriptors of 128-byte-swizzled tiles (rows of 128 bytes, 8-row atoms of 1024 bytes),
-// and the cp.async fill of such a tile.
+// sm_90a primitives of the Hopper kernels: mbarriers and ring positions, TMA tile loads
+// completing on an mbarrier, the proxy and warpgroup fences around wgmma, named barriers and the
+// consumers' turns built on them, setmaxnreg, the shared-memory matrix descriptors of
+// 128-byte-swizzled tiles (rows of 128 bytes, 8-row atoms of 1024 bytes), and the cp.async fill
+// of such a tile.
 #pragma once
 
 #include "sigattn/fwd_sm90_params.h"
@@ -91,6 +92,29 @@ __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
 __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+
+// Two consumer warpgroups taking turns issuing their GEMMs (named barriers 2 and 3), so that one
+// warpgroup's elementwise work runs while the other's GEMMs hold the tensor cores. Consumer 1
+// hands consumer 0 the first turn (begin); after the last work tile consumer 0 takes back the
+// turn consumer 1 passed last (end), which leaves both barriers balanced at exit. Without
+// kEnabled (one or three consumers) every call does nothing.
+template <bool kEnabled>
+struct Turns {
+  int consumer;
+
+  __device__ __forceinline__ void wait() const {
+    if constexpr (kEnabled) named_barrier_sync(2 + consumer, 256);
+  }
+  __device__ __forceinline__ void pass() const {
+    if constexpr (kEnabled) named_barrier_arrive(3 - consumer, 256);
+  }
+  __device__ __forceinline__ void begin() const {
+    if (consumer == 1) pass();
+  }
+  __device__ __forceinline__ void end() const {
+    if (consumer == 0) wait();
+  }
+};
 
 template <int kRegisters>
 __device__ __forceinline__ void setmaxnreg_increase() {

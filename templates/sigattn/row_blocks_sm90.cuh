@@ -1,0 +1,166 @@
+// What the persistent Hopper kernels that walk query row blocks (the forward and dQ) share: the
+// geometry of a work tile, the producer's K/V stream into the ring, the sigmoid over a consumer
+// warpgroup's score fragment and the store of its rows.
+#pragma once
+
+#include "sigattn/fwd_sm90_params.h"
+#include "sigattn/hopper_sm90.cuh"
+#include "sigattn/ptx_sm80.cuh"
+#include "sigattn/sequence.cuh"
+#include "sigattn/sigmoid.cuh"
+#include "sigattn/tile_scheduler.cuh"
+
+namespace sigattn {
+
+// Work tiles: every (row block, head, batch), derived from the parameters where used rather than
+// kept in registers through the loops (the producer has few).
+template <int kBM>
+__device__ __forceinline__ int row_block_count(const FwdParams& p) {
+  return (p.max_seqlen_q + kBM - 1) / kBM;
+}
+
+template <int kBM>
+__device__ __forceinline__ int row_block_work_tiles(const FwdParams& p) {
+  return row_block_count<kBM>(p) * p.heads_q * p.batch;
+}
+
+// The rows [m0, m0 + block_m) of one head of one sequence and the K/V tiles [tile_begin,
+// tile_end) holding the keys some valid row of them sees. Producer and consumers derive the
+// same ranges.
+struct RowBlockWork {
+  SeqInfo seq;
+  int m0, head, batch, tile_begin, tile_end;
+};
+
+template <class Cfg>
+__device__ __forceinline__ RowBlockWork describe_row_block(const FwdParams& p, int index) {
+  constexpr int kBM = Cfg::kBlockM, kBN = Cfg::kBlockN;
+  const WorkTile tile = work_tile<Cfg::kCausal>(index, row_block_count<kBM>(p), p.heads_q);
+  RowBlockWork w;
+  w.seq = sequence_info<Cfg::kLayout>(p, tile.batch);
+  w.m0 = tile.block * kBM;
+  w.head = tile.head;
+  w.batch = tile.batch;
+  const KeyMask<Cfg::kCausal, Cfg::kWindow> mask(p, w.seq);
+  const int row_hi = min(w.m0 + kBM, w.seq.len_q) - 1;
+  int key_lo = 0, key_hi = 0;  // keys [key_lo, key_hi) visible to some valid row of the block
+  if (row_hi >= w.m0) {
+    key_lo = mask.key_begin(w.m0);
+    key_hi = mask.key_end(row_hi);
+  }
+  w.tile_begin = key_lo / kBN;
+  w.tile_end = key_hi > key_lo ? (key_hi + kBN - 1) / kBN : w.tile_begin;
+  return w;
+}
+
+// The ring of K/V stages in shared memory: stage s holds K at k + s * kKVBytes and V at
+// v + s * kKVBytes; its full barrier (K and V landed) at full + 8 s, its empty barrier (the
+// consumers are done with it) at empty + 8 s.
+struct KvRing {
+  unsigned k, v, full, empty;
+};
+
+// Producer: the K/V tiles of a work tile into the ring, the whole ones by TMA (thread 0), then
+// at most one that crosses the sequence's end (the last) with cp.async by the whole warpgroup.
+// Only thread 0 waits on the empty barriers; named barrier 1 passes a free stage on.
+template <class Cfg, int kStages>
+__device__ __forceinline__ void load_kv_tiles(const FwdParams& p, const TmaDescriptor* k_map,
+                                              const TmaDescriptor* v_map, const RowBlockWork& w,
+                                              const KvRing& kv, RingPosition<kStages>& ring,
+                                              int tid) {
+  constexpr int kD = Cfg::kHeadDim, kBN = Cfg::kBlockN;
+  constexpr int kSlabs = (kD + 63) / 64;
+  constexpr int kKVBytes = kSlabs * kBN * 128;
+  constexpr Layout kLayout = Cfg::kLayout;
+  const int batch_coord = kLayout == Layout::kVarlen ? 0 : w.batch;
+  const int head_kv = w.head / (p.heads_q / p.heads_kv);
+  const int whole_end = kLayout == Layout::kDense
+                            ? w.tile_end
+                            : max(w.tile_begin, min(w.tile_end, w.seq.len_k / kBN));
+  if (tid == 0) {
+    const int row0 = static_cast<int>(w.seq.k_token0);
+    for (int tile = w.tile_begin; tile < whole_end; ++tile, ring.advance()) {
+      mbarrier_wait(kv.empty + 8 * ring.stage, ring.phase ^ 1);
+      mbarrier_arrive_expect_tx(kv.full + 8 * ring.stage, 2 * kKVBytes);
+#pragma unroll
+      for (int slab = 0; slab < kSlabs; ++slab) {
+        const unsigned offset = ring.stage * kKVBytes + slab * kBN * 128;
+        tma_load_4d(kv.k + offset, k_map, kv.full + 8 * ring.stage, slab * 64, row0 + tile * kBN,
+                    head_kv, batch_coord);
+        tma_load_4d(kv.v + offset, v_map, kv.full + 8 * ring.stage, slab * 64, row0 + tile * kBN,
+                    head_kv, batch_coord);
+      }
+    }
+  } else {
+    ring.advance(whole_end - w.tile_begin);
+  }
+  if (whole_end < w.tile_end) {
+    const int n0 = whole_end * kBN;
+    if (tid == 0) mbarrier_wait(kv.empty + 8 * ring.stage, ring.phase ^ 1);
+    named_barrier_sync(1, 128);
+    const unsigned short* k = static_cast<const unsigned short*>(p.k) + w.seq.k_start +
+                              head_kv * p.k_head_stride + n0 * p.k_seq_stride;
+    const unsigned short* v = static_cast<const unsigned short*>(p.v) + w.seq.k_start +
+                              head_kv * p.v_head_stride + n0 * p.v_seq_stride;
+    load_tile_swizzled<kD, kBN>(kv.k + ring.stage * kKVBytes, k, p.k_seq_stride, w.seq.len_k - n0,
+                                tid);
+    load_tile_swizzled<kD, kBN>(kv.v + ring.stage * kKVBytes, v, p.v_seq_stride, w.seq.len_k - n0,
+                                tid);
+    fence_proxy_async();
+    named_barrier_sync(1, 128);
+    if (tid == 0) mbarrier_arrive(kv.full + 8 * ring.stage);
+    ring.advance();
+  }
+}
+
+// The sigmoid over one consumer warpgroup's 64 x block_n score fragment, the keys from n0: for
+// each of the thread's elements i, f(i, P) with P = sigma(scale S + bias + score_mod), or 0 where
+// the masks hide the key. wg_row0 is the warpgroup's first row, row0 the thread's (and row0 + 8).
+template <class Cfg, class Mask, class F>
+__device__ __forceinline__ void for_each_probability(const float (&acc_s)[Cfg::kBlockN / 2],
+                                                     const Sigmoid<Cfg::kAccurateSigmoid>& sigmoid,
+                                                     const Mask& mask, float shift_bias, float bias,
+                                                     const float* score_mod, int len_k, int wg_row0,
+                                                     int row0, int n0, int lane, F&& f) {
+  constexpr int kBN = Cfg::kBlockN;
+  const bool full_tile = Cfg::kSeqLenX128 && !Cfg::kCausal && !Cfg::kWindow
+                             ? true
+                             : mask.tile_unmasked(wg_row0, wg_row0 + 63, n0, n0 + kBN - 1);
+#pragma unroll
+  for (int nt = 0; nt < kBN / 8; ++nt) {
+    const int col = n0 + nt * 8 + 2 * (lane % 4);
+    float shift[2];
+    sigmoid.template column_shifts<Cfg::kScoreMod>(shift, shift_bias, bias, score_mod, col, len_k);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float prob = sigmoid(acc_s[nt * 4 + e], shift[e % 2]);
+      if (!full_tile && !mask.visible(row0 + (e / 2) * 8, col + e % 2)) prob = 0.0f;
+      f(nt * 4 + e, prob);
+    }
+  }
+}
+
+// The thread's rows row and row + 8 (from the block's first) of a 64-row warpgroup's kD-wide
+// fp32 fragment, times scale, as 16-bit values into rows of `block` (the block's first row, rows
+// seq_stride elements apart): zeros from rows_valid on (padding rows), nothing from rows_stored on.
+template <bool kBf16, int kD>
+__device__ __forceinline__ void store_fragment_rows(unsigned short* block, long long seq_stride,
+                                                    const float (&acc)[kD / 2], float scale,
+                                                    int row, int rows_valid, int rows_stored,
+                                                    int lane) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = row + 8 * half;
+    if (r >= rows_stored) continue;
+    const bool valid = r < rows_valid;
+    unsigned* out = reinterpret_cast<unsigned*>(block + r * seq_stride + 2 * (lane % 4));
+#pragma unroll
+    for (int nt = 0; nt < kD / 8; ++nt) {
+      out[nt * 4] =
+          valid ? pack2<kBf16>(acc[nt * 4 + 2 * half] * scale, acc[nt * 4 + 2 * half + 1] * scale)
+                : 0u;
+    }
+  }
+}
+
+}  // namespace sigattn
