@@ -25,6 +25,17 @@ std::string_view layout_enum(Layout layout) {
   return "";
 }
 
+// The sm90 kernels that split query rows (forward, dq): a producer warpgroup plus one consumer
+// warpgroup per 64 rows of block_m.
+void check_row_warpgroups(const TileConfig& tile, std::string_view kernel) {
+  if (tile.warps != 4 + tile.block_m / 16) {
+    throw std::invalid_argument(
+        fmt::format("sm90 {}tile warps = {} must be {}: a producer warpgroup plus one consumer "
+                    "warpgroup per 64 rows of block_m = {}",
+                    kernel, tile.warps, 4 + tile.block_m / 16, tile.block_m));
+  }
+}
+
 // The sm90 family has a forward, a dK/dV and a dQ kernel. Forward: one producer warpgroup plus
 // block_m / 64 consumer warpgroups of 64 query rows (wgmma's M), K/V steps that are a valid wgmma
 // N. dK/dV: a producer plus two consumer warpgroups of 64 keys (block_n = 128), 64 or 128 query
@@ -45,12 +56,7 @@ void check_sm90_dq(const Variant& variant) {
     throw std::invalid_argument(
         fmt::format("sm90 dq tile block_m = {} must be 64 or 128", tile.block_m));
   }
-  if (tile.warps != 4 + tile.block_m / 16) {
-    throw std::invalid_argument(
-        fmt::format("sm90 dq tile warps = {} must be {}: a producer warpgroup plus one consumer "
-                    "warpgroup per 64 rows of block_m = {}",
-                    tile.warps, 4 + tile.block_m / 16, tile.block_m));
-  }
+  check_row_warpgroups(tile, "dq ");
   if (tile.block_n < 16 || tile.block_n % 16 != 0 ||
       spec.head_dim / 2 + tile.block_n + tile.block_n / 4 + 64 > 232) {
     throw std::invalid_argument(
@@ -132,12 +138,7 @@ void check_sm90_variant(const Variant& variant) {
     throw std::invalid_argument(
         fmt::format("sm90 tile block_m = {} must be 64, 128 or 192", tile.block_m));
   }
-  if (tile.warps != 4 + tile.block_m / 16) {
-    throw std::invalid_argument(
-        fmt::format("sm90 tile warps = {} must be {}: a producer warpgroup plus one consumer "
-                    "warpgroup per 64 rows of block_m = {}",
-                    tile.warps, 4 + tile.block_m / 16, tile.block_m));
-  }
+  check_row_warpgroups(tile, "");
   if (tile.block_n < 16 || tile.block_n > 256 || tile.block_n % 16 != 0) {
     throw std::invalid_argument(fmt::format(
         "sm90 tile block_n = {} must be a multiple of 16 from 16 to 256", tile.block_n));

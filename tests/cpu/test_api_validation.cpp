@@ -1,6 +1,7 @@
 // Argument validation of sigattn::forward_spec and of the C ABI: every rule rejects its bad
 // value with the right status and a message naming the argument, and valid calls map to the
-// expected KernelSpec. Pointers are fake but aligned: validation never dereferences them.
+// expected KernelSpec; the persistent grid refuses more work tiles than an int numbers. Pointers
+// are fake but aligned: validation never dereferences them.
 #include <gtest/gtest.h>
 #include <sigattn/sigattn.h>
 
@@ -319,6 +320,22 @@ TEST(CApi, ValidCallWithoutDriverIsNotAvailable) {
   EXPECT_EQ(sigattn_forward(&args, nullptr), SIGATTN_NOT_AVAILABLE);
   EXPECT_NE(std::string(sigattn_last_error()).find("libcuda.so.1"), std::string::npos)
       << sigattn_last_error();
+}
+
+// The persistent sm90 kernels number their work tiles with int: a launch with more tiles than
+// that is refused, naming the counts, before the driver is asked anything.
+TEST(PersistentGrid, MoreWorkTilesThanAnIntHoldsIsUnsupported) {
+  const gen::TileConfig tile{128, 128, 12, 3, gen::Family::sm90};
+  try {
+    persistent_grid(LoadedKernel{}, tile, 1 << 20, 65535, 65535);
+    FAIL() << "no error for 2^20 blocks x 65535 heads x 65535 sequences";
+  } catch (const Error& error) {
+    EXPECT_EQ(error.status(), Status::unsupported);
+    const std::string message = error.what();
+    EXPECT_NE(message.find("sm90.m128n128w12s3"), std::string::npos) << message;
+    EXPECT_NE(message.find("1048576 blocks x 65535 heads x 65535 sequences"), std::string::npos)
+        << message;
+  }
 }
 
 TEST(CApi, Version) {

@@ -455,6 +455,20 @@ INSTANTIATE_TEST_SUITE_P(FastSigmoid, BackwardMatchesReference,
 INSTANTIATE_TEST_SUITE_P(Large, BackwardMatchesReference, testing::ValuesIn(large_cases()),
                          name_of);
 
+// Runs the backward with these dK/dV and dQ tiles and checks it against ref; a throw is a failure
+// that names the variant.
+void expect_tiles_match(const Problem& p, DeviceGradients& grads, const GradientSet<double>& ref,
+                        const gen::TileConfig& dkdv, const gen::TileConfig& dq,
+                        const std::string& variant) {
+  try {
+    const GradientBits out =
+        run(grads, [&] { backward_with_tiles(grads.args, nullptr, dkdv, dq); });
+    expect_matches(p, out, ref, variant);
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << variant << ": " << e.what();
+  }
+}
+
 class EveryOnePassOrHopperTile : public GpuTest, public testing::WithParamInterface<Problem> {};
 
 TEST_P(EveryOnePassOrHopperTile, MatchesReference) {
@@ -470,14 +484,8 @@ TEST_P(EveryOnePassOrHopperTile, MatchesReference) {
   for (const gen::TileConfig& tile : tune::candidates(specs.dkdv, gpu().target)) {
     if (!swept(tile)) continue;
     ++tried;
-    const std::string variant = gen::to_string(gen::Variant{specs.dkdv, tile});
-    try {
-      const GradientBits out =
-          run(grads, [&] { backward_with_tiles(grads.args, nullptr, tile, dq_tile); });
-      expect_matches(p, out, ref, variant);
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << variant << ": " << e.what();
-    }
+    expect_tiles_match(p, grads, ref, tile, dq_tile,
+                       gen::to_string(gen::Variant{specs.dkdv, tile}));
   }
   EXPECT_GT(tried, 1) << "too few one-pass candidates for " << gen::to_string(specs.dkdv) << " on "
                       << gpu().arch;
@@ -499,14 +507,8 @@ TEST_P(EveryHopperDqTile, MatchesReference) {
   const gen::TileConfig dkdv_tile = default_backward_tiles(specs, gpu().target, true).dkdv;
   const std::vector<gen::TileConfig> tiles = dq_swept_tiles(specs.dq, gpu().target);
   for (const gen::TileConfig& tile : tiles) {
-    const std::string variant = gen::to_string(gen::Variant{specs.dq, tile});
-    try {
-      const GradientBits out =
-          run(grads, [&] { backward_with_tiles(grads.args, nullptr, dkdv_tile, tile); });
-      expect_matches(p, out, ref, variant);
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << variant << ": " << e.what();
-    }
+    expect_tiles_match(p, grads, ref, dkdv_tile, tile,
+                       gen::to_string(gen::Variant{specs.dq, tile}));
   }
   if (tiles.size() == 1) GTEST_SKIP() << gpu().arch << " has no sm90 dq tile";
 }
