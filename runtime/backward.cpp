@@ -9,6 +9,8 @@
 #include <fmt/format.h>
 
 #include <cstdint>
+#include <string>
+#include <string_view>
 #include <utility>
 
 #include "generator/generator.hpp"
@@ -49,14 +51,28 @@ BwdParams make_bwd_params(const BackwardArgs& args, gen::Layout layout) {
   return params;
 }
 
-LoadedKernel load_checked(const gen::KernelSpec& spec, const gen::TileConfig& tile,
-                          const tune::Target& target) {
-  const gen::Variant variant{spec, tile};
+// Throws invalid_argument when `tile` cannot run `spec` on `target`: a violated constraint, or an
+// sm90 tile that streams `streamed` through TMA maps while `obstacles` (tma_obstacles) keep the
+// maps from describing them.
+void check_tile(const gen::KernelSpec& spec, const gen::TileConfig& tile,
+                const tune::Target& target, std::string_view streamed,
+                const std::string& obstacles) {
+  const std::string variant = gen::to_string(gen::Variant{spec, tile});
   if (const std::string why = tune::rejection(spec, tile, target); !why.empty()) {
-    throw_invalid(fmt::format("tile {} cannot run {} on {}: {}", gen::to_string(tile),
-                              gen::to_string(variant), target.arch, why));
+    throw_invalid(fmt::format("tile {} cannot run {} on {}: {}", gen::to_string(tile), variant,
+                              target.arch, why));
   }
-  return ModuleCache::instance().load(generate_for_launch(variant));
+  if (tile.family == gen::Family::sm90 && !obstacles.empty()) {
+    throw_invalid(fmt::format(
+        "tile {} of {} streams {} through TMA maps, which cannot describe a zero stride over "
+        "several heads or sequences: {}; a tile of the sm80 family reads such tensors "
+        "(backward() chooses one)",
+        gen::to_string(tile), variant, streamed, obstacles));
+  }
+}
+
+LoadedKernel load(const gen::KernelSpec& spec, const gen::TileConfig& tile) {
+  return ModuleCache::instance().load(generate_for_launch(gen::Variant{spec, tile}));
 }
 
 // Launches with `params` as the kernel's one argument (BwdParams or BwdSm90Params).
@@ -79,18 +95,22 @@ unsigned blocks(int length, int block) {
   return static_cast<unsigned>((length + block - 1) / block);
 }
 
-// Whether TMA maps can describe q and grad_out, which the sm90 dK/dV kernel streams.
-bool tma_describable(const BackwardArgs& args, bool varlen) {
+// What keeps TMA maps of q and grad_out, which the sm90 dK/dV kernel streams, from describing
+// them; empty when nothing does.
+std::string dkdv_tma_obstacles(const BackwardArgs& args, bool varlen) {
   const ForwardArgs& in = args.inputs;
-  return tma_describable(in.q, in.heads_q, in.batch, varlen) &&
-         tma_describable(args.grad_out, in.heads_q, in.batch, varlen);
+  return tma_obstacles({{"q", in.q, in.heads_q}, {"grad_out", args.grad_out, in.heads_q}}, in.batch,
+                       varlen);
 }
 
-// Whether TMA maps can describe q, grad_out, k and v, which the sm90 dQ kernel streams.
-bool dq_tma_describable(const BackwardArgs& args, bool varlen) {
+// The same for q, grad_out, k and v, which the sm90 dQ kernel streams.
+std::string dq_tma_obstacles(const BackwardArgs& args, bool varlen) {
   const ForwardArgs& in = args.inputs;
-  return tma_describable(args, varlen) && tma_describable(in.k, in.heads_kv, in.batch, varlen) &&
-         tma_describable(in.v, in.heads_kv, in.batch, varlen);
+  return tma_obstacles({{"q", in.q, in.heads_q},
+                        {"grad_out", args.grad_out, in.heads_q},
+                        {"k", in.k, in.heads_kv},
+                        {"v", in.v, in.heads_kv}},
+                       in.batch, varlen);
 }
 
 // The dQ launch of the two-kernel split: the sm90 kernel is persistent and takes TMA maps of q,
@@ -106,12 +126,6 @@ void launch_dq(const LoadedKernel& kernel, const gen::TileConfig& tile, const Bw
     return;
   }
   const bool varlen = spec.layout == gen::Layout::varlen;
-  if (!dq_tma_describable(args, varlen)) {
-    throw_invalid(fmt::format(
-        "tile {} needs TMA maps of q, grad_out, k and v, and a zero stride over several heads or "
-        "sequences has none",
-        gen::to_string(tile)));
-  }
   BwdDqSm90Params hopper{};
   hopper.base = params;
   hopper.q = encode_tma("q", in.q, in.dtype, in.head_dim, in.max_seqlen_q, in.heads_q, in.batch,
@@ -138,12 +152,6 @@ void launch_dkdv(const LoadedKernel& kernel, const gen::TileConfig& tile, const 
     return;
   }
   const bool varlen = layout == gen::Layout::varlen;
-  if (!tma_describable(args, varlen)) {
-    throw_invalid(fmt::format(
-        "tile {} needs TMA maps of q and grad_out, and a zero stride over several heads or "
-        "sequences has none",
-        gen::to_string(tile)));
-  }
   BwdSm90Params hopper{};
   hopper.base = params;
   hopper.q = encode_tma("q", in.q, in.dtype, in.head_dim, in.max_seqlen_q, in.heads_q, in.batch,
@@ -189,7 +197,8 @@ BackwardSpecs backward_specs(const BackwardArgs& args) {
 
 BackwardTiles default_backward_tiles(const BackwardSpecs& specs, const tune::Target& target,
                                      bool deterministic) {
-  return {tune::default_tile(specs.dkdv, target, /*atomic_dq=*/!deterministic).tile,
+  const bool one_pass = !deterministic && tune::one_pass_by_default(specs.dkdv, target);
+  return {tune::default_tile(specs.dkdv, target, one_pass).tile,
           tune::default_tile(specs.dq, target).tile};
 }
 
@@ -206,13 +215,13 @@ BackwardTiles chosen_backward_tiles(const BackwardArgs& args, const BackwardSpec
       persistent.choose_tile(specs.dq, device, in.max_seqlen_q, in.max_seqlen_k, target);
   BackwardTiles chosen = combine_backward_tiles(tiles, dkdv, dq, deterministic);
   if (chosen.dkdv.family == gen::Family::sm90 &&
-      !tma_describable(args, specs.dkdv.layout == gen::Layout::varlen)) {
+      !dkdv_tma_obstacles(args, specs.dkdv.layout == gen::Layout::varlen).empty()) {
     // A zero stride over several heads or sequences has no TMA map: the portable family runs.
     chosen.dkdv =
         tune::default_tile(specs.dkdv, tune::target_for_arch("sm_90"), !deterministic).tile;
   }
   if (chosen.dq.family == gen::Family::sm90 &&
-      !dq_tma_describable(args, specs.dq.layout == gen::Layout::varlen)) {
+      !dq_tma_obstacles(args, specs.dq.layout == gen::Layout::varlen).empty()) {
     chosen.dq = tune::default_tile(specs.dq, tune::target_for_arch("sm_90")).tile;
   }
   return chosen;
@@ -232,6 +241,13 @@ void backward_with_tiles(const BackwardArgs& args, CUstream stream, const gen::T
   const BackwardSpecs specs = backward_specs(args);
   const tune::Target target = current_target();
   const ForwardArgs& in = args.inputs;
+  // Every tile is checked before anything is compiled or launched, so a rejected call leaves the
+  // gradients as they were.
+  const bool varlen = specs.dq.layout == gen::Layout::varlen;
+  check_tile(specs.dkdv, dkdv, target, "q and grad_out", dkdv_tma_obstacles(args, varlen));
+  if (!dkdv.atomic_dq) {
+    check_tile(specs.dq, dq, target, "q, grad_out, k and v", dq_tma_obstacles(args, varlen));
+  }
   const std::pair<const char*, const void*> pointers[] = {{"q.data", in.q.data},
                                                           {"k.data", in.k.data},
                                                           {"v.data", in.v.data},
@@ -259,9 +275,9 @@ void backward_with_tiles(const BackwardArgs& args, CUstream stream, const gen::T
   const unsigned batch = static_cast<unsigned>(in.batch);
   const unsigned dkdv_blocks =
       blocks(in.max_seqlen_k, dkdv.block_n) * static_cast<unsigned>(gen::grid_slices(specs.dkdv));
-  const LoadedKernel dkdv_kernel = load_checked(specs.dkdv, dkdv, target);
+  const LoadedKernel dkdv_kernel = load(specs.dkdv, dkdv);
   if (!dkdv.atomic_dq) {
-    const LoadedKernel dq_kernel = load_checked(specs.dq, dq, target);
+    const LoadedKernel dq_kernel = load(specs.dq, dq);
     launch_dkdv(dkdv_kernel, dkdv, params, args, specs.dkdv.layout, dkdv_blocks, stream);
     launch_dq(dq_kernel, dq, params, args, specs.dq, stream);
     return;

@@ -25,8 +25,8 @@ struct BackwardTiles {
   gen::TileConfig dq;  // not launched when dkdv.atomic_dq
 };
 
-// The heuristic defaults, with the one-pass split (atomic dQ) for the dkdv kernel when
-// `deterministic` is false.
+// The heuristic defaults: when `deterministic` is false, the one-pass split (atomic dQ) for the
+// dkdv kernel where tune::one_pass_by_default prefers it.
 BackwardTiles default_backward_tiles(const BackwardSpecs& specs, const tune::Target& target,
                                      bool deterministic);
 

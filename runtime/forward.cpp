@@ -15,6 +15,7 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -244,15 +245,25 @@ tune::Target current_target() {
 // A TMA tensor map over (head_dim, tokens, heads, batch) needs every stride a nonzero multiple of
 // 16 bytes: a zero stride over more than one head or sequence (one K/V row broadcast to every
 // head, say) has none. Strides of extent-1 dimensions are never used and are replaced.
-bool tma_describable(const TensorRef& t, int heads, int batch, bool varlen) {
-  return (t.head_stride != 0 || heads == 1) && (varlen || t.batch_stride != 0 || batch == 1) &&
-         t.seq_stride != 0;
+std::string tma_obstacles(std::initializer_list<TmaTensor> tensors, int batch, bool varlen) {
+  std::vector<std::string> found;
+  for (const TmaTensor& t : tensors) {
+    if (t.tensor.seq_stride == 0) found.push_back(fmt::format("{}.seq_stride = 0", t.name));
+    if (t.tensor.head_stride == 0 && t.heads > 1) {
+      found.push_back(fmt::format("{}.head_stride = 0 over {} heads", t.name, t.heads));
+    }
+    if (!varlen && t.tensor.batch_stride == 0 && batch > 1) {
+      found.push_back(fmt::format("{}.batch_stride = 0 over {} sequences", t.name, batch));
+    }
+  }
+  return fmt::format("{}", fmt::join(found, ", "));
 }
 
-bool tma_describable(const ForwardArgs& args, bool varlen) {
-  return tma_describable(args.q, args.heads_q, args.batch, varlen) &&
-         tma_describable(args.k, args.heads_kv, args.batch, varlen) &&
-         tma_describable(args.v, args.heads_kv, args.batch, varlen);
+// What keeps TMA maps of q, k and v, which the sm90 forward kernel streams, from describing them.
+std::string forward_tma_obstacles(const ForwardArgs& args, bool varlen) {
+  return tma_obstacles(
+      {{"q", args.q, args.heads_q}, {"k", args.k, args.heads_kv}, {"v", args.v, args.heads_kv}},
+      args.batch, varlen);
 }
 
 // The map of q, k or v for the sm90 kernel: boxes of 64 elements (128 bytes, the swizzle span) by
@@ -296,15 +307,14 @@ cache::TileChoice choose_forward_tile(const ForwardArgs& args, const gen::Kernel
   const cache::DeviceKey device{info.name, target.arch, info.sm_count};
   cache::TileChoice choice = PersistentCache::instance().choose_tile(
       spec, device, args.max_seqlen_q, args.max_seqlen_k, target);
-  if (choice.tile.family == gen::Family::sm90 &&
-      !tma_describable(args, spec.layout == gen::Layout::varlen)) {
-    const tune::DefaultChoice portable = tune::default_tile(spec, tune::target_for_arch("sm_90"));
-    choice.tile = portable.tile;
-    choice.served_by = cache::ServedBy::heuristic;
-    choice.reason =
-        fmt::format("a zero stride over several heads or sequences has no TMA map, so not {}: {}",
-                    gen::to_string(choice.tile), portable.reason);
-  }
+  if (choice.tile.family != gen::Family::sm90) return choice;
+  const std::string obstacles = forward_tma_obstacles(args, spec.layout == gen::Layout::varlen);
+  if (obstacles.empty()) return choice;
+  const tune::DefaultChoice portable = tune::default_tile(spec, tune::target_for_arch("sm_90"));
+  choice.reason = fmt::format("TMA maps cannot describe {}, so not {}: {}", obstacles,
+                              gen::to_string(choice.tile), portable.reason);
+  choice.tile = portable.tile;
+  choice.served_by = cache::ServedBy::heuristic;
   return choice;
 }
 
@@ -332,6 +342,16 @@ void launch(const ForwardArgs& args, const gen::KernelSpec& spec, const tune::Ta
     throw_invalid(fmt::format("tile {} cannot run {} on {}: {}", gen::to_string(tile),
                               gen::to_string(variant), target.arch, why));
   }
+  const bool varlen = spec.layout == gen::Layout::varlen;
+  if (tile.family == gen::Family::sm90) {
+    if (const std::string obstacles = forward_tma_obstacles(args, varlen); !obstacles.empty()) {
+      throw_invalid(fmt::format(
+          "tile {} of {} streams q, k and v through TMA maps, which cannot describe a zero stride "
+          "over several heads or sequences: {}; a tile of the sm80 family reads such tensors "
+          "(forward() chooses one)",
+          gen::to_string(tile), gen::to_string(variant), obstacles));
+    }
+  }
   check_device_pointer("q.data", args.q.data);
   check_device_pointer("k.data", args.k.data);
   check_device_pointer("v.data", args.v.data);
@@ -349,13 +369,6 @@ void launch(const ForwardArgs& args, const gen::KernelSpec& spec, const tune::Ta
   FwdSm90Params hopper_params{};
   void* kernel_args[] = {&params};
   if (tile.family == gen::Family::sm90) {
-    const bool varlen = spec.layout == gen::Layout::varlen;
-    if (!tma_describable(args, varlen)) {
-      throw_invalid(
-          fmt::format("tile {} needs TMA maps of q, k and v, and a zero stride over "
-                      "several heads or sequences has none",
-                      gen::to_string(tile)));
-    }
     hopper_params.base = params;
     hopper_params.q = encode_tma("q", args.q, args.dtype, args.head_dim, args.max_seqlen_q,
                                  args.heads_q, args.batch, varlen, tile.block_m);

@@ -2,7 +2,9 @@
 // call needs, the tile config chosen for it, and the launch.
 #pragma once
 
+#include <initializer_list>
 #include <sigattn/sigattn.hpp>
+#include <string>
 #include <string_view>
 
 #include "generator/generator.hpp"
@@ -35,9 +37,17 @@ void check_lengths_on_device(const ForwardArgs& args, CUstream stream);
 FwdParams make_params(const ForwardArgs& args, gen::Layout layout);
 tune::Target current_target();
 gen::GeneratedKernel generate_for_launch(const gen::Variant& variant);
-// Whether a TMA map can describe the tensor (no zero stride over several heads or sequences),
-// and its map for the sm90 kernels: boxes of 64 elements by `box_rows` tokens of one head.
-bool tma_describable(const TensorRef& t, int heads, int batch, bool varlen);
+// A tensor an sm90 kernel streams through a TMA map: its name in messages, its view and its heads.
+struct TmaTensor {
+  std::string_view name;
+  const TensorRef& tensor;
+  int heads;
+};
+// What keeps TMA maps from describing `tensors` (a zero stride over several heads or sequences),
+// as "k.batch_stride = 0 over 3 sequences, v.batch_stride = 0 over 3 sequences"; empty when
+// nothing does.
+std::string tma_obstacles(std::initializer_list<TmaTensor> tensors, int batch, bool varlen);
+// The map of a tensor for the sm90 kernels: boxes of 64 elements by `box_rows` tokens of one head.
 TmaDescriptor encode_tma(std::string_view name, const TensorRef& t, DType dtype, int head_dim,
                          int max_seqlen, int heads, int batch, bool varlen, int box_rows);
 // The grid of a persistent sm90 kernel over blocks x heads x batch work tiles: as many CTAs as

@@ -308,6 +308,14 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
   return out;
 }
 
+bool one_pass_by_default(const KernelSpec& dkdv, const Target& target) {
+  // On sm_90a at d=128 the Hopper dQ kernel makes the two-kernel split the faster one at every
+  // length (H200, bf16: 417-443 TFLOPS against 378-403 for L = 512..16384): the one-pass dK/dV
+  // kernel's dQ turn waits for both warpgroups' dS^T and adds dQ with atomics. At d=64 the two
+  // are level (the one-pass 5 % ahead at L = 4096).
+  return !(target.arch == "sm_90a" && dkdv.head_dim == 128);
+}
+
 DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool atomic_dq) {
   // Preferences, best first, by head dim. Small heads take 128 query rows on 4 warps (two m16
   // tiles per warp), which halves K/V shared-memory reads per query row against one tile per

@@ -46,6 +46,10 @@ struct DefaultChoice {
 DefaultChoice default_tile(const gen::KernelSpec& spec, const Target& target,
                            bool atomic_dq = false);
 
+// Whether a backward call that allows atomics (deterministic = false) defaults to the one-pass
+// split (atomic dQ) for `dkdv` on `target`, rather than to the two-kernel split.
+bool one_pass_by_default(const gen::KernelSpec& dkdv, const Target& target);
+
 // The specs `sigattn compile` builds for an arch: each dtype and layout, the common head dims,
 // with and without masks; each with its candidate configs.
 std::vector<gen::KernelSpec> default_specs();

@@ -179,7 +179,7 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
               if (query >= seq.len_q || !mask.visible(query, key)) prob = 0.0f;
             }
             acc_s[mt][nt][e] = prob;
-            acc_dp[mt][nt][e] *= prob * (1.0f - prob);
+            acc_dp[mt][nt][e] *= sigmoid_slope(prob);
           }
         }
       }

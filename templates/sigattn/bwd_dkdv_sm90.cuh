@@ -66,6 +66,29 @@ struct BwdDkdvSm90Shape {
                 "register split exceeds the registers allocated at launch");
 };
 
+// P^T = sigma(scale S^T + bias + score_mod) in place over a consumer's fragment of S^T (keys
+// `key` and key + 8 by the block_m queries from m0), zero where the masks hide the pair or the
+// query row is past len_q when kMasked. A fragment no mask touches takes the unmasked path: with
+// one path the compiler predicates every element's tests, more issue slots than the sigmoid's.
+template <class Cfg, bool kMasked, class Mask>
+__device__ __forceinline__ void key_probabilities(float (&acc_s)[Cfg::kBlockM / 2],
+                                                  const Sigmoid<Cfg::kAccurateSigmoid>& sigmoid,
+                                                  const float (&shift)[2], const Mask& mask, int m0,
+                                                  int len_q, int key, int lane) {
+#pragma unroll
+  for (int nt = 0; nt < Cfg::kBlockM / 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float prob = sigmoid(acc_s[nt * 4 + e], shift[e / 2]);
+      if constexpr (kMasked) {
+        const int query = m0 + nt * 8 + 2 * (lane % 4) + e % 2;
+        if (query >= len_q || !mask.visible(query, key + 8 * (e / 2))) prob = 0.0f;
+      }
+      acc_s[nt * 4 + e] = prob;
+    }
+  }
+}
+
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
     bwd_dkdv_sm90_kernel(const __grid_constant__ BwdSm90Params params) {
@@ -132,11 +155,11 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
                               head_kv * p.k_head_stride + n0 * p.k_seq_stride;
     const unsigned short* v = static_cast<const unsigned short*>(p.v) + seq.k_start +
                               head_kv * p.v_head_stride + n0 * p.v_seq_stride;
-    load_tile_swizzled<S::kD, S::kBN>(smem_k, k, p.k_seq_stride, seq.len_k - n0, tid);
-    load_tile_swizzled<S::kD, S::kBN>(smem_v, v, p.v_seq_stride, seq.len_k - n0, tid);
-    fence_proxy_async();
-    named_barrier_sync(1, 128);
-    if (leader) mbarrier_arrive(bar_kv);
+    // K and V are in flight while the first Q and dO tiles load; they are published to the
+    // consumers once that first step is issued.
+    copy_tile_swizzled<S::kD, S::kBN>(smem_k, k, p.k_seq_stride, seq.len_k - n0, tid);
+    copy_tile_swizzled<S::kD, S::kBN>(smem_v, v, p.v_seq_stride, seq.len_k - n0, tid);
+    cp_async_commit();
 
     for (int step = 0; step < steps; ++step) {
       const int stage = step % S::kStages;
@@ -178,6 +201,12 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
         fence_proxy_async();
         named_barrier_sync(1, 128);
         if (leader) mbarrier_arrive(bar_full + 8 * stage);
+      }
+      if (step == 0) {
+        cp_async_wait<0>();
+        fence_proxy_async();
+        named_barrier_sync(1, 128);
+        if (leader) mbarrier_arrive(bar_kv);
       }
     }
     return;
@@ -312,25 +341,17 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       // dS^T = dP^T P^T (1 - P^T).
       wgmma_wait<1>();
       fence_operands(acc_s);
-      const bool full_tile =
-          m0 + S::kBM <= seq.len_q &&
-          mask.tile_unmasked(m0, m0 + S::kBM - 1, n0 + wg_key0, n0 + wg_key0 + 63);
-#pragma unroll
-      for (int nt = 0; nt < S::kBM / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float prob = sigmoid(acc_s[nt * 4 + e], shift[e / 2]);
-          if (!full_tile) {
-            const int query = m0 + nt * 8 + 2 * (lane % 4) + e % 2;
-            if (query >= seq.len_q || !mask.visible(query, n0 + key0 + 8 * (e / 2))) prob = 0.0f;
-          }
-          acc_s[nt * 4 + e] = prob;
-        }
+      if ((Cfg::kSeqLenX128 && !Cfg::kCausal && !Cfg::kWindow) ||
+          (m0 + S::kBM <= seq.len_q &&
+           mask.tile_unmasked(m0, m0 + S::kBM - 1, n0 + wg_key0, n0 + wg_key0 + 63))) {
+        key_probabilities<Cfg, false>(acc_s, sigmoid, shift, mask, m0, seq.len_q, n0 + key0, lane);
+      } else {
+        key_probabilities<Cfg, true>(acc_s, sigmoid, shift, mask, m0, seq.len_q, n0 + key0, lane);
       }
       wgmma_wait<0>();
       fence_operands(acc_dp);
 #pragma unroll
-      for (int i = 0; i < S::kBM / 2; ++i) acc_dp[i] *= acc_s[i] * (1.0f - acc_s[i]);
+      for (int i = 0; i < S::kBM / 2; ++i) acc_dp[i] *= sigmoid_slope(acc_s[i]);
       unsigned pa[S::kBM / 16][4];
       unsigned dsa[S::kBM / 16][4];
 #pragma unroll

@@ -170,7 +170,7 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
               int row = m0 + warp_row0 + mt * 16 + lane / 4 + (e / 2) * 8;
               if (!mask.visible(row, col + e % 2)) prob = 0.0f;
             }
-            acc_s[mt][nt][e] = acc_dp[mt][nt][e] * prob * (1.0f - prob);
+            acc_s[mt][nt][e] = acc_dp[mt][nt][e] * sigmoid_slope(prob);
           }
         }
       }

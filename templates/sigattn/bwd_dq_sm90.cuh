@@ -228,7 +228,7 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       auto scores_to_ds = [&](int tile) {
         for_each_probability<Cfg>(acc_s, sigmoid, mask, shift_bias, bias, score_mod, w.seq.len_k,
                                   wg_row0, row0, tile * S::kBN, lane,
-                                  [&](int i, float prob) { acc_dp[i] *= prob * (1.0f - prob); });
+                                  [&](int i, float prob) { acc_dp[i] *= sigmoid_slope(prob); });
       };
 
       mbarrier_wait(bar_q, q_parity);

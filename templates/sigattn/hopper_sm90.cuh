@@ -166,10 +166,11 @@ __device__ __forceinline__ unsigned swizzled_offset(int row, int chunk) {
 // Rows [0, kRows) of a tile into 128-byte-swizzled shared memory with cp.async (no registers hold
 // the data, so every copy of a thread is in flight at once), rows at and past `valid_rows` as
 // zeros, so memory past a sequence's end is never read. Used for the tiles that cross the end of
-// a padded or packed sequence, where TMA's bounds are the whole tensor's. Returns when this
-// thread's copies have landed; the caller fences them for wgmma and synchronizes the warpgroup.
+// a padded or packed sequence, where TMA's bounds are the whole tensor's. Issues this thread's
+// copies and returns: cp_async_commit and cp_async_wait complete them, after which the caller
+// fences them for wgmma and synchronizes the warpgroup.
 template <int kD, int kRows>
-__device__ __forceinline__ void load_tile_swizzled(unsigned dst, const unsigned short* src,
+__device__ __forceinline__ void copy_tile_swizzled(unsigned dst, const unsigned short* src,
                                                    long long row_stride, int valid_rows,
                                                    int thread) {
   constexpr int kChunks = kD / 8;  // 16-byte chunks per row
@@ -181,6 +182,14 @@ __device__ __forceinline__ void load_tile_swizzled(unsigned dst, const unsigned 
     cp_async_16(dst + (chunk / 8) * kRows * 128 + swizzled_offset(row, chunk % 8),
                 valid ? src + row * row_stride + chunk * 8 : src, valid ? 16 : 0);
   }
+}
+
+// copy_tile_swizzled, returning when this thread's copies (and any it issued before) have landed.
+template <int kD, int kRows>
+__device__ __forceinline__ void load_tile_swizzled(unsigned dst, const unsigned short* src,
+                                                   long long row_stride, int valid_rows,
+                                                   int thread) {
+  copy_tile_swizzled<kD, kRows>(dst, src, row_stride, valid_rows, thread);
   cp_async_commit();
   cp_async_wait<0>();
 }

@@ -113,30 +113,47 @@ __device__ __forceinline__ void load_kv_tiles(const FwdParams& p, const TmaDescr
   }
 }
 
-// The sigmoid over one consumer warpgroup's 64 x block_n score fragment, the keys from n0: for
-// each of the thread's elements i, f(i, P) with P = sigma(scale S + bias + score_mod), or 0 where
-// the masks hide the key. wg_row0 is the warpgroup's first row, row0 the thread's (and row0 + 8).
-template <class Cfg, class Mask, class F>
-__device__ __forceinline__ void for_each_probability(const float (&acc_s)[Cfg::kBlockN / 2],
-                                                     const Sigmoid<Cfg::kAccurateSigmoid>& sigmoid,
-                                                     const Mask& mask, float shift_bias, float bias,
-                                                     const float* score_mod, int len_k, int wg_row0,
-                                                     int row0, int n0, int lane, F&& f) {
-  constexpr int kBN = Cfg::kBlockN;
-  const bool full_tile = Cfg::kSeqLenX128 && !Cfg::kCausal && !Cfg::kWindow
-                             ? true
-                             : mask.tile_unmasked(wg_row0, wg_row0 + 63, n0, n0 + kBN - 1);
+// The elements of for_each_probability, with the masks applied (kMasked) or not looked at.
+template <class Cfg, bool kMasked, class Mask, class F>
+__device__ __forceinline__ void apply_probabilities(const float (&acc_s)[Cfg::kBlockN / 2],
+                                                    const Sigmoid<Cfg::kAccurateSigmoid>& sigmoid,
+                                                    const Mask& mask, float shift_bias, float bias,
+                                                    const float* score_mod, int len_k, int row0,
+                                                    int n0, int lane, F& f) {
 #pragma unroll
-  for (int nt = 0; nt < kBN / 8; ++nt) {
+  for (int nt = 0; nt < Cfg::kBlockN / 8; ++nt) {
     const int col = n0 + nt * 8 + 2 * (lane % 4);
     float shift[2];
     sigmoid.template column_shifts<Cfg::kScoreMod>(shift, shift_bias, bias, score_mod, col, len_k);
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       float prob = sigmoid(acc_s[nt * 4 + e], shift[e % 2]);
-      if (!full_tile && !mask.visible(row0 + (e / 2) * 8, col + e % 2)) prob = 0.0f;
+      if (kMasked && !mask.visible(row0 + (e / 2) * 8, col + e % 2)) prob = 0.0f;
       f(nt * 4 + e, prob);
     }
+  }
+}
+
+// The sigmoid over one consumer warpgroup's 64 x block_n score fragment, the keys from n0: for
+// each of the thread's elements i, f(i, P) with P = sigma(scale S + bias + score_mod), or 0 where
+// the masks hide the key. wg_row0 is the warpgroup's first row, row0 the thread's (and row0 + 8).
+// A fragment no mask touches takes a path of its own: with one path the compiler predicates every
+// element's mask test, which costs more issue slots than the sigmoid's two FFMAs.
+template <class Cfg, class Mask, class F>
+__device__ __forceinline__ void for_each_probability(const float (&acc_s)[Cfg::kBlockN / 2],
+                                                     const Sigmoid<Cfg::kAccurateSigmoid>& sigmoid,
+                                                     const Mask& mask, float shift_bias, float bias,
+                                                     const float* score_mod, int len_k, int wg_row0,
+                                                     int row0, int n0, int lane, F&& f) {
+  if (Cfg::kSeqLenX128 && !Cfg::kCausal && !Cfg::kWindow) {
+    apply_probabilities<Cfg, false>(acc_s, sigmoid, mask, shift_bias, bias, score_mod, len_k, row0,
+                                    n0, lane, f);
+  } else if (mask.tile_unmasked(wg_row0, wg_row0 + 63, n0, n0 + Cfg::kBlockN - 1)) {
+    apply_probabilities<Cfg, false>(acc_s, sigmoid, mask, shift_bias, bias, score_mod, len_k, row0,
+                                    n0, lane, f);
+  } else {
+    apply_probabilities<Cfg, true>(acc_s, sigmoid, mask, shift_bias, bias, score_mod, len_k, row0,
+                                   n0, lane, f);
   }
 }
 

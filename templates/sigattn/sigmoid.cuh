@@ -1,6 +1,7 @@
-// The two sigmoid forms. fast: 0.5 * tanh.approx(0.5 x) + 0.5, one special-function op per
-// score, with the 0.5 folded into the caller's scale and bias. accurate: 1 / (1 + e^-x) with
-// full-precision expf and IEEE division.
+// The two sigmoid forms, and the slope the backward multiplies dP by. fast:
+// 0.5 * tanh.approx(0.5 x) + 0.5, one special-function op per score, with the 0.5 folded into
+// the caller's scale and bias. accurate: 1 / (1 + e^-x) with full-precision expf and IEEE
+// division.
 #pragma once
 
 namespace sigattn {
@@ -46,5 +47,8 @@ struct Sigmoid {
     }
   }
 };
+
+// sigma'(x) from p = sigma(x): p (1 - p), as p - p p in one FFMA.
+__device__ __forceinline__ float sigmoid_slope(float p) { return fmaf(-p, p, p); }
 
 }  // namespace sigattn

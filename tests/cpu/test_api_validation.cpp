@@ -1,7 +1,7 @@
-// Argument validation of sigattn::forward_spec and of the C ABI: every rule rejects its bad
-// value with the right status and a message naming the argument, and valid calls map to the
-// expected KernelSpec; the persistent grid refuses more work tiles than an int numbers. Pointers
-// are fake but aligned: validation never dereferences them.
+// Argument validation of sigattn::forward_spec and of the C ABI: every rule rejects its bad value
+// with the right status and a message naming the argument, valid calls map to the expected
+// KernelSpec, the persistent grid refuses more work tiles than an int numbers, and zero strides no
+// TMA map describes are named. Pointers are fake but aligned: validation never dereferences them.
 #include <gtest/gtest.h>
 #include <sigattn/sigattn.h>
 
@@ -336,6 +336,29 @@ TEST(PersistentGrid, MoreWorkTilesThanAnIntHoldsIsUnsupported) {
     EXPECT_NE(message.find("1048576 blocks x 65535 heads x 65535 sequences"), std::string::npos)
         << message;
   }
+}
+
+// What keeps the sm90 kernels' TMA maps from describing a tensor: each zero stride over several
+// heads or sequences, named with its tensor; extent-1 dimensions and varlen batch strides are
+// never stepped over, so their zero strides are not.
+TEST(TmaObstacles, NameEachZeroStrideOverSeveralHeadsOrSequences) {
+  ForwardArgs args = valid_args();
+  const auto obstacles = [&](bool varlen) {
+    return tma_obstacles(
+        {{"q", args.q, args.heads_q}, {"k", args.k, args.heads_kv}, {"v", args.v, args.heads_kv}},
+        args.batch, varlen);
+  };
+  EXPECT_EQ(obstacles(false), "");
+  args.k.batch_stride = 0;
+  args.v.head_stride = 0;
+  EXPECT_EQ(obstacles(false),
+            "k.batch_stride = 0 over 2 sequences, v.head_stride = 0 over 2 heads");
+  EXPECT_EQ(obstacles(true), "v.head_stride = 0 over 2 heads");
+  args.batch = 1;
+  args.heads_kv = 1;
+  EXPECT_EQ(obstacles(false), "");
+  args.q.seq_stride = 0;
+  EXPECT_EQ(obstacles(false), "q.seq_stride = 0");
 }
 
 TEST(CApi, Version) {

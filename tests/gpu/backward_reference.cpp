@@ -239,13 +239,15 @@ GradientSet<double> cpu_backward_reference(const Problem& p, const HostInputs& i
         int last = len_k - 1;
         if (p.causal) last = std::min(last, diagonal);
         if (p.window_right >= 0) last = std::min(last, diagonal + p.window_right);
-        const std::int64_t qi = p.q_offset(b, i, h);
+        // Inputs at their stored offsets (shared where broadcast); dO and the gradients full.
+        const std::int64_t qi = p.q_offset(b, i, h), q_in = p.q_input_offset(b, i, h);
         for (int j = first; j <= last; ++j) {
           const std::int64_t kj = p.kv_offset(b, j, h / group);
+          const std::int64_t kv_in = p.kv_input_offset(b, j, h / group);
           double dot = 0.0, dp = 0.0;
           for (int d = 0; d < dims; ++d) {
-            dot += q[qi + d] * k[kj + d];
-            dp += dout[qi + d] * v[kj + d];
+            dot += q[q_in + d] * k[kv_in + d];
+            dp += dout[qi + d] * v[kv_in + d];
           }
           double x = scale * dot + bias;
           if (p.score_mod) x += in.score_mod[b * p.score_mod_stride() + j];
@@ -253,8 +255,8 @@ GradientSet<double> cpu_backward_reference(const Problem& p, const HostInputs& i
           const double ds = dp * prob * (1.0 - prob);
           for (int d = 0; d < dims; ++d) {
             g.dv[kj + d] += prob * dout[qi + d];
-            g.dq[qi + d] += scale * ds * k[kj + d];
-            g.dk[kj + d] += scale * ds * q[qi + d];
+            g.dq[qi + d] += scale * ds * k[kv_in + d];
+            g.dk[kj + d] += scale * ds * q[q_in + d];
           }
         }
       }

@@ -14,11 +14,12 @@ namespace sigattn::test {
 
 template <class T>
 struct GradientSet {
-  std::vector<T> dq, dk, dv;  // at the element offsets of q (dq) and k/v (dk, dv)
+  std::vector<T> dq, dk, dv;  // at Problem::q_offset (dq) and kv_offset (dk, dv)
 };
 
-// Exact gradients in fp64 for upstream gradient `dout` (at q's offsets), with the exact sigmoid
-// 1 / (1 + e^-x) whatever problem.sigmoid says. Rows of padding are zero.
+// Exact gradients in fp64 for upstream gradient `dout` (at Problem::q_offset) and the inputs as
+// stored (broadcast ones included), with the exact sigmoid 1 / (1 + e^-x) whatever
+// problem.sigmoid says. Rows of padding are zero.
 GradientSet<double> cpu_backward_reference(const Problem& problem, const HostInputs& inputs,
                                            const std::vector<double>& dout);
 

@@ -1,4 +1,5 @@
-// Problem geometry (lengths, strides, offsets, names) and its random inputs on host and device.
+// Problem geometry (lengths, strides of full and broadcast tensors, offsets, names) and its random
+// inputs on host and device.
 #include "problem.hpp"
 
 #include <fmt/format.h>
@@ -64,6 +65,57 @@ TensorRef strided(Storage storage, int rows, int heads, int head_dim) {
   throw std::invalid_argument("unknown storage");
 }
 
+std::string_view broadcast_name(Broadcast broadcast) {
+  switch (broadcast) {
+    case Broadcast::none:
+      return "none";
+    case Broadcast::batch:
+      return "batch";
+    case Broadcast::heads:
+      return "heads";
+  }
+  return "unknown";
+}
+
+// Heads a tensor of `heads` heads stores: one when they are broadcast.
+int stored_heads(int heads, Broadcast broadcast) {
+  return broadcast == Broadcast::heads ? 1 : heads;
+}
+
+// `stored` (the strides of one stored sequence or head along the broadcast dimension) with that
+// dimension's stride set to zero.
+TensorRef broadcast_view(TensorRef stored, Broadcast broadcast) {
+  if (broadcast == Broadcast::batch) stored.batch_stride = 0;
+  if (broadcast == Broadcast::heads) stored.head_stride = 0;
+  return stored;
+}
+
+TensorRef input_layout(Storage storage, int rows, int heads, int head_dim, Broadcast broadcast) {
+  return broadcast_view(strided(storage, rows, stored_heads(heads, broadcast), head_dim),
+                        broadcast);
+}
+
+// Stored elements of a tensor of `heads` heads and `len` rows per sequence (varlen: the packed
+// `lengths`).
+std::int64_t tensor_elements(const Problem& p, int len, const std::vector<int>& lengths, int heads,
+                             Broadcast broadcast) {
+  const int sequences = broadcast == Broadcast::batch ? 1 : p.batch;
+  const std::int64_t rows =
+      p.storage == Storage::varlen ? prefix(lengths, p.batch) : std::int64_t{sequences} * len;
+  return rows * stored_heads(heads, broadcast) * p.head_dim;
+}
+
+// Element offset of (sequence b, row t, head h) in `layout`, a tensor of the q side (q, out, dO,
+// dQ) or the kv side.
+std::int64_t tensor_offset(const Problem& p, const TensorRef& layout, bool q_side, int b, int t,
+                           int h) {
+  if (p.storage == Storage::varlen) {
+    const std::int64_t token = q_side ? p.token_start_q(b) : p.token_start_k(b);
+    return (token + t) * layout.seq_stride + h * layout.head_stride;
+  }
+  return b * layout.batch_stride + t * layout.seq_stride + h * layout.head_stride;
+}
+
 template <class T>
 cuda::DeviceBuffer upload_vector(const std::vector<T>& host) {
   cuda::DeviceBuffer buffer(host.size() * sizeof(T));
@@ -87,6 +139,10 @@ std::string Problem::name() const {
   if (bias) text += "_bias" + name_number(*bias);
   if (score_mod) text += "_smod";
   text += sigmoid == SigmoidMode::fast ? "_fast" : "_accurate";
+  if (q_broadcast != Broadcast::none) text += fmt::format("_qbcast{}", broadcast_name(q_broadcast));
+  if (kv_broadcast != Broadcast::none) {
+    text += fmt::format("_kvbcast{}", broadcast_name(kv_broadcast));
+  }
   return text;
 }
 
@@ -103,38 +159,53 @@ int Problem::max_seqlen_k() const {
 int Problem::valid_q(int b) const { return lens_q.empty() ? len_q : lens_q[b]; }
 int Problem::valid_k(int b) const { return lens_k.empty() ? len_k : lens_k[b]; }
 int Problem::stored_q(int b) const { return storage == Storage::varlen ? lens_q[b] : len_q; }
+int Problem::stored_k(int b) const { return storage == Storage::varlen ? lens_k[b] : len_k; }
 std::int64_t Problem::token_start_q(int b) const { return prefix(lens_q, b); }
 std::int64_t Problem::token_start_k(int b) const { return prefix(lens_k, b); }
 
 TensorRef Problem::q_layout() const { return strided(storage, len_q, heads_q, head_dim); }
 TensorRef Problem::kv_layout() const { return strided(storage, len_k, heads_kv, head_dim); }
 
+TensorRef Problem::q_input_layout() const {
+  return input_layout(storage, len_q, heads_q, head_dim, q_broadcast);
+}
+
+TensorRef Problem::kv_input_layout() const {
+  return input_layout(storage, len_k, heads_kv, head_dim, kv_broadcast);
+}
+
 std::int64_t Problem::q_elements() const {
-  const std::int64_t rows =
-      storage == Storage::varlen ? prefix(lens_q, batch) : std::int64_t{batch} * len_q;
-  return rows * heads_q * head_dim;
+  return tensor_elements(*this, len_q, lens_q, heads_q, Broadcast::none);
 }
 
 std::int64_t Problem::kv_elements() const {
-  const std::int64_t rows =
-      storage == Storage::varlen ? prefix(lens_k, batch) : std::int64_t{batch} * len_k;
-  return rows * heads_kv * head_dim;
+  return tensor_elements(*this, len_k, lens_k, heads_kv, Broadcast::none);
+}
+
+std::int64_t Problem::q_input_elements() const {
+  return tensor_elements(*this, len_q, lens_q, heads_q, q_broadcast);
+}
+
+std::int64_t Problem::kv_input_elements() const {
+  return tensor_elements(*this, len_k, lens_k, heads_kv, kv_broadcast);
 }
 
 std::int64_t Problem::score_mod_stride() const { return max_seqlen_k() + 3; }
 
 std::int64_t Problem::q_offset(int b, int t, int h) const {
-  const TensorRef layout = q_layout();
-  const std::int64_t sequence =
-      storage == Storage::varlen ? token_start_q(b) * layout.seq_stride : b * layout.batch_stride;
-  return sequence + t * layout.seq_stride + h * layout.head_stride;
+  return tensor_offset(*this, q_layout(), true, b, t, h);
 }
 
 std::int64_t Problem::kv_offset(int b, int t, int h) const {
-  const TensorRef layout = kv_layout();
-  const std::int64_t sequence =
-      storage == Storage::varlen ? token_start_k(b) * layout.seq_stride : b * layout.batch_stride;
-  return sequence + t * layout.seq_stride + h * layout.head_stride;
+  return tensor_offset(*this, kv_layout(), false, b, t, h);
+}
+
+std::int64_t Problem::q_input_offset(int b, int t, int h) const {
+  return tensor_offset(*this, q_input_layout(), true, b, t, h);
+}
+
+std::int64_t Problem::kv_input_offset(int b, int t, int h) const {
+  return tensor_offset(*this, kv_input_layout(), false, b, t, h);
 }
 
 float Problem::effective_scale() const {
@@ -152,6 +223,14 @@ void Problem::validate() const {
     throw std::invalid_argument(fmt::format("problem {}: {}", name(), why));
   };
   if (heads_kv < 1 || heads_q % heads_kv != 0) fail("heads_q must be a multiple of heads_kv");
+  const auto check_broadcast = [&](Broadcast broadcast, int heads) {
+    if (broadcast == Broadcast::batch && (storage == Storage::varlen || batch < 2)) {
+      fail("a batch broadcast needs several sequences in bthd, bhtd or padded storage");
+    }
+    if (broadcast == Broadcast::heads && heads < 2) fail("a head broadcast needs several heads");
+  };
+  check_broadcast(q_broadcast, heads_q);
+  check_broadcast(kv_broadcast, heads_kv);
   const auto check_lengths = [&](const std::vector<int>& lengths, int max_length) {
     if (lengths.empty()) return;
     if (static_cast<int>(lengths.size()) != batch) fail("one length per sequence is needed");
@@ -189,9 +268,9 @@ HostInputs make_inputs(const Problem& problem, std::uint64_t seed) {
     return bits;
   };
   HostInputs inputs;
-  inputs.q = tensor(problem.q_elements());
-  inputs.k = tensor(problem.kv_elements());
-  inputs.v = tensor(problem.kv_elements());
+  inputs.q = tensor(problem.q_input_elements());
+  inputs.k = tensor(problem.kv_input_elements());
+  inputs.v = tensor(problem.kv_input_elements());
   if (problem.score_mod) {
     inputs.score_mod.resize(problem.batch * problem.score_mod_stride());
     for (float& value : inputs.score_mod) value = normal(engine);
@@ -216,21 +295,22 @@ ForwardArgs forward_args(const Problem& problem, const DevicePointers& pointers)
   args.head_dim = problem.head_dim;
   args.max_seqlen_q = problem.max_seqlen_q();
   args.max_seqlen_k = problem.max_seqlen_k();
-  const auto tensor = [&](void* data, bool is_q) {
+  const auto tensor = [&](void* data, bool is_q, Broadcast broadcast) {
     const int rows = is_q ? problem.len_q : problem.len_k;
-    const int heads = is_q ? problem.heads_q : problem.heads_kv;
+    const int heads = stored_heads(is_q ? problem.heads_q : problem.heads_kv, broadcast);
     // The dense layouts go through the library's own stride helpers, which the host-side
-    // offsets (Problem::q_offset, kv_offset) then check.
-    if (problem.storage == Storage::bthd) return bthd(data, rows, heads, problem.head_dim);
-    if (problem.storage == Storage::bhtd) return bhtd(data, rows, heads, problem.head_dim);
-    TensorRef ref = is_q ? problem.q_layout() : problem.kv_layout();
+    // offsets (Problem::q_offset, kv_offset and their input forms) then check.
+    TensorRef ref = problem.storage == Storage::bthd ? bthd(data, rows, heads, problem.head_dim)
+                    : problem.storage == Storage::bhtd
+                        ? bhtd(data, rows, heads, problem.head_dim)
+                        : strided(problem.storage, rows, heads, problem.head_dim);
     ref.data = data;
-    return ref;
+    return broadcast_view(ref, broadcast);
   };
-  args.q = tensor(pointers.q, true);
-  args.k = tensor(pointers.k, false);
-  args.v = tensor(pointers.v, false);
-  args.out = tensor(pointers.out, true);
+  args.q = tensor(pointers.q, true, problem.q_broadcast);
+  args.k = tensor(pointers.k, false, problem.kv_broadcast);
+  args.v = tensor(pointers.v, false, problem.kv_broadcast);
+  args.out = tensor(pointers.out, true, Broadcast::none);
   args.seq_lens_q = pointers.seq_lens_q;
   args.seq_lens_k = pointers.seq_lens_k;
   args.cu_seqlens_q = pointers.cu_seqlens_q;

@@ -1,6 +1,7 @@
 // A forward problem as the GPU tests describe it (dtype, head dim, storage, lengths, masks, bias,
-// score_mod, sigmoid), the builder of the test tables' rows, its name, its random host inputs and
-// their device copies, and the ForwardArgs that describe them to the library.
+// score_mod, sigmoid, inputs broadcast through zero strides), the builder of the test tables' rows,
+// its name, its random host inputs and their device copies, and the ForwardArgs that describe them
+// to the library.
 #pragma once
 
 #include <algorithm>
@@ -21,6 +22,11 @@ namespace sigattn::test {
 // len_q/len_k rows with per-sequence valid lengths. varlen: packed [tokens, heads, dim].
 enum class Storage { bthd, bhtd, padded, varlen };
 
+// An input stored once and read through a zero stride. batch: one sequence's rows serve every
+// sequence (batch_stride 0; bthd, bhtd and padded storage). heads: one head serves every head of
+// the tensor (head_stride 0). Outputs, dO and the gradients are never broadcast.
+enum class Broadcast { none, batch, heads };
+
 struct Problem {
   DType dtype = DType::bf16;
   int head_dim = 64;
@@ -39,6 +45,8 @@ struct Problem {
   std::optional<float> bias;
   bool score_mod = false;
   SigmoidMode sigmoid = SigmoidMode::accurate;
+  Broadcast q_broadcast = Broadcast::none;
+  Broadcast kv_broadcast = Broadcast::none;  // k and v alike
 
   // Unique, readable and usable as a gtest name: "bf16_d64_padded_h8x2_q0_1_77_k5_100_causal".
   std::string name() const;
@@ -47,16 +55,27 @@ struct Problem {
   int valid_q(int b) const;  // len_q(b) of the semantics
   int valid_k(int b) const;
   int stored_q(int b) const;  // output rows of sequence b: the stored rows or its packed length
+  int stored_k(int b) const;  // key rows of sequence b likewise
   std::int64_t token_start_q(int b) const;  // varlen: first packed row of sequence b
   std::int64_t token_start_k(int b) const;
-  TensorRef q_layout() const;  // strides of q and out; data is null
+  // Strides of out, dO and dQ (q_layout) and of dK and dV (kv_layout), which are also those of
+  // q, k and v when they are not broadcast; data is null.
+  TensorRef q_layout() const;
   TensorRef kv_layout() const;
-  std::int64_t q_elements() const;
+  // Strides of the inputs q and k/v as stored: zero along a broadcast dimension.
+  TensorRef q_input_layout() const;
+  TensorRef kv_input_layout() const;
+  std::int64_t q_elements() const;  // of q_layout and kv_layout
   std::int64_t kv_elements() const;
+  std::int64_t q_input_elements() const;  // stored elements of q and of k (or v)
+  std::int64_t kv_input_elements() const;
   std::int64_t score_mod_stride() const;  // padded past max_seqlen_k, so the stride matters
-  // Element offset of (sequence b, row t, head h, dim 0) in a tensor of this problem.
+  // Element offset of (sequence b, row t, head h, dim 0) in q_layout / kv_layout, and in the
+  // stored inputs (the same offset for every sequence or head a broadcast input shares).
   std::int64_t q_offset(int b, int t, int h) const;
   std::int64_t kv_offset(int b, int t, int h) const;
+  std::int64_t q_input_offset(int b, int t, int h) const;
+  std::int64_t kv_input_offset(int b, int t, int h) const;
   float effective_scale() const;  // scale, or the default 1/sqrt(head_dim) in fp32
   // Multiply-adds of the score and P.V products over the whole problem.
   double work() const;
@@ -121,6 +140,14 @@ class Case {
     p_.sigmoid = SigmoidMode::fast;
     return *this;
   }
+  Case& broadcast_q(Broadcast broadcast) {
+    p_.q_broadcast = broadcast;
+    return *this;
+  }
+  Case& broadcast_kv(Broadcast broadcast) {
+    p_.kv_broadcast = broadcast;
+    return *this;
+  }
   operator Problem() const { return p_; }
 
  private:
@@ -138,7 +165,7 @@ class Case {
 void PrintTo(const Problem& problem, std::ostream* os);
 
 struct HostInputs {
-  std::vector<std::uint16_t> q, k, v;  // dtype bits
+  std::vector<std::uint16_t> q, k, v;  // dtype bits, as stored (q_input_layout, kv_input_layout)
   std::vector<float> score_mod;        // [batch, score_mod_stride()]
   std::vector<std::int32_t> seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k;
 };

@@ -48,10 +48,10 @@ std::vector<double> cpu_reference(const Problem& problem, const HostInputs& inpu
         if (problem.window_right >= 0) {
           last = std::min<std::int64_t>(last, diagonal + problem.window_right);
         }
-        const double* q_row = &q[problem.q_offset(b, i, h)];
+        const double* q_row = &q[problem.q_input_offset(b, i, h)];
         std::fill(acc.begin(), acc.end(), 0.0);
         for (std::int64_t j = first; j <= last; ++j) {
-          const std::int64_t kv_row = problem.kv_offset(b, static_cast<int>(j), h / group);
+          const std::int64_t kv_row = problem.kv_input_offset(b, static_cast<int>(j), h / group);
           double dot = 0.0;
           for (int d = 0; d < dims; ++d) dot += q_row[d] * k[kv_row + d];
           double x = scale * dot + bias;

@@ -14,8 +14,8 @@
 
 namespace sigattn::test {
 
-// O in fp64 at the output offsets of `problem` (zeros in padding rows), with the exact sigmoid
-// 1 / (1 + e^-x) whatever problem.sigmoid says.
+// O in fp64 at the output offsets of `problem` (zeros in padding rows) from the inputs as stored
+// (broadcast ones included), with the exact sigmoid 1 / (1 + e^-x) whatever problem.sigmoid says.
 std::vector<double> cpu_reference(const Problem& problem, const HostInputs& inputs);
 
 // The reference kernel compiled for `arch`, once per process.

@@ -267,6 +267,19 @@ GradientBits run_backward(DeviceGradients& g, bool deterministic) {
   return run(g, [&] { backward(g.args, nullptr); });
 }
 
+// The one-pass split's heuristic tiles. A call with deterministic = false takes them only where
+// tune::one_pass_by_default says so (elsewhere it takes the deterministic split's), so the tests
+// ask for them by name.
+BackwardTiles one_pass_tiles(const BackwardSpecs& specs, const tune::Target& target) {
+  return {tune::default_tile(specs.dkdv, target, /*atomic_dq=*/true).tile,
+          tune::default_tile(specs.dq, target).tile};
+}
+
+GradientBits run_one_pass(DeviceGradients& g, const BackwardTiles& tiles) {
+  g.args.deterministic = false;
+  return run(g, [&] { backward_with_tiles(g.args, nullptr, tiles.dkdv, tiles.dq); });
+}
+
 bool use_cpu_reference(const Problem& p) {
   return p.sigmoid == SigmoidMode::accurate && p.work() <= kCpuReferenceWorkLimit;
 }
@@ -376,6 +389,7 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
       variants.push_back({specs.dkdv, tiles.dkdv});
       variants.push_back({specs.dq, tiles.dq});
     }
+    variants.push_back({specs.dkdv, one_pass_tiles(specs, gpu.target).dkdv});
   };
   for (const std::vector<Problem>& table : all_reference_tables()) {
     for (const Problem& p : table) {
@@ -426,14 +440,15 @@ TEST_P(BackwardMatchesReference, BothSplits) {
   EXPECT_EQ(repeat.dk, deterministic.dk) << "dK differs between two deterministic runs";
   EXPECT_EQ(repeat.dv, deterministic.dv) << "dV differs between two deterministic runs";
 
-  const GradientBits one_pass = run_backward(grads, false);
+  const BackwardTiles one_pass_split = one_pass_tiles(specs_of(p), gpu().target);
+  const GradientBits one_pass = run_one_pass(grads, one_pass_split);
   expect_matches(p, one_pass, ref, "one-pass split");
   // Against the deterministic result the one-pass one differs by rounding only.
   const GradientSet<double> as_ref{decoded(p, deterministic.dq), decoded(p, deterministic.dk),
                                    decoded(p, deterministic.dv)};
   expect_matches(p, one_pass, as_ref, "one-pass split against the deterministic split");
   // A second one-pass run: only dQ has atomics, so dK and dV repeat bit for bit.
-  const GradientBits one_pass_again = run_backward(grads, false);
+  const GradientBits one_pass_again = run_one_pass(grads, one_pass_split);
   EXPECT_EQ(one_pass_again.dk, one_pass.dk) << "dK differs between two one-pass runs";
   EXPECT_EQ(one_pass_again.dv, one_pass.dv) << "dV differs between two one-pass runs";
   expect_matches(p, one_pass_again, ref, "second one-pass run");
@@ -540,7 +555,10 @@ TEST_F(BackwardConcurrency, TwoStreamsInOnePassMode) {
         SIGATTN_CU(cuda::driver().cuCtxSetCurrent(context));
         CUstream stream = nullptr;
         SIGATTN_CU(cuda::driver().cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
-        for (int repeat = 0; repeat < 3; ++repeat) backward(prepared[i].grads.args, stream);
+        const BackwardTiles tiles = one_pass_tiles(specs_of(problems[i]), gpu().target);
+        for (int repeat = 0; repeat < 3; ++repeat) {
+          backward_with_tiles(prepared[i].grads.args, stream, tiles.dkdv, tiles.dq);
+        }
         SIGATTN_CU(cuda::driver().cuStreamSynchronize(stream));
         SIGATTN_CU(cuda::driver().cuStreamDestroy(stream));
       } catch (const std::exception& e) {
