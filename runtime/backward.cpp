@@ -214,15 +214,16 @@ BackwardTiles chosen_backward_tiles(const BackwardArgs& args, const BackwardSpec
   const cache::TileChoice dq =
       persistent.choose_tile(specs.dq, device, in.max_seqlen_q, in.max_seqlen_k, target);
   BackwardTiles chosen = combine_backward_tiles(tiles, dkdv, dq, deterministic);
-  if (chosen.dkdv.family == gen::Family::sm90 &&
-      !dkdv_tma_obstacles(args, specs.dkdv.layout == gen::Layout::varlen).empty()) {
-    // A zero stride over several heads or sequences has no TMA map: the portable family runs.
-    chosen.dkdv =
-        tune::default_tile(specs.dkdv, tune::target_for_arch("sm_90"), !deterministic).tile;
+  // A zero stride over several heads or sequences has no TMA map: the portable family runs.
+  const bool varlen = specs.dq.layout == gen::Layout::varlen;
+  const auto portable = [&] {
+    return default_backward_tiles(specs, tune::target_for_arch("sm_90"), deterministic);
+  };
+  if (chosen.dkdv.family == gen::Family::sm90 && !dkdv_tma_obstacles(args, varlen).empty()) {
+    chosen.dkdv = portable().dkdv;
   }
-  if (chosen.dq.family == gen::Family::sm90 &&
-      !dq_tma_obstacles(args, specs.dq.layout == gen::Layout::varlen).empty()) {
-    chosen.dq = tune::default_tile(specs.dq, tune::target_for_arch("sm_90")).tile;
+  if (chosen.dq.family == gen::Family::sm90 && !dq_tma_obstacles(args, varlen).empty()) {
+    chosen.dq = portable().dq;
   }
   return chosen;
 }
