@@ -55,10 +55,10 @@ BwdParams make_bwd_params(const BackwardArgs& args, gen::Layout layout) {
 // sm90 tile that streams `streamed` through TMA maps while `obstacles` (tma_obstacles) keep the
 // maps from describing them.
 void check_tile(const gen::KernelSpec& spec, const gen::TileConfig& tile,
-                const tune::Target& target, std::string_view streamed,
+                const policy::Target& target, std::string_view streamed,
                 const std::string& obstacles) {
   const std::string variant = gen::to_string(gen::Variant{spec, tile});
-  if (const std::string why = tune::rejection(spec, tile, target); !why.empty()) {
+  if (const std::string why = policy::rejection(spec, tile, target); !why.empty()) {
     throw_invalid(fmt::format("tile {} cannot run {} on {}: {}", gen::to_string(tile), variant,
                               target.arch, why));
   }
@@ -195,15 +195,15 @@ BackwardSpecs backward_specs(const BackwardArgs& args) {
   return specs;
 }
 
-BackwardTiles default_backward_tiles(const BackwardSpecs& specs, const tune::Target& target,
+BackwardTiles default_backward_tiles(const BackwardSpecs& specs, const policy::Target& target,
                                      bool deterministic) {
-  const bool one_pass = !deterministic && tune::one_pass_by_default(specs.dkdv, target);
-  return {tune::default_tile(specs.dkdv, target, one_pass).tile,
-          tune::default_tile(specs.dq, target).tile};
+  const bool one_pass = !deterministic && policy::one_pass_by_default(specs.dkdv, target);
+  return {policy::default_tile(specs.dkdv, target, one_pass).tile,
+          policy::default_tile(specs.dq, target).tile};
 }
 
 BackwardTiles chosen_backward_tiles(const BackwardArgs& args, const BackwardSpecs& specs,
-                                    const tune::Target& target, bool deterministic) {
+                                    const policy::Target& target, bool deterministic) {
   const BackwardTiles tiles = default_backward_tiles(specs, target, deterministic);
   const cuda::DeviceInfo info = cuda::current_device_info();
   const cache::DeviceKey device{info.name, target.arch, info.sm_count};
@@ -217,7 +217,7 @@ BackwardTiles chosen_backward_tiles(const BackwardArgs& args, const BackwardSpec
   // A zero stride over several heads or sequences has no TMA map: the portable family runs.
   const bool varlen = specs.dq.layout == gen::Layout::varlen;
   const auto portable = [&] {
-    return default_backward_tiles(specs, tune::target_for_arch("sm_90"), deterministic);
+    return default_backward_tiles(specs, policy::target_for_arch("sm_90"), deterministic);
   };
   if (chosen.dkdv.family == gen::Family::sm90 && !dkdv_tma_obstacles(args, varlen).empty()) {
     chosen.dkdv = portable().dkdv;
@@ -240,7 +240,7 @@ BackwardTiles combine_backward_tiles(BackwardTiles tiles, const cache::TileChoic
 void backward_with_tiles(const BackwardArgs& args, CUstream stream, const gen::TileConfig& dkdv,
                          const gen::TileConfig& dq) {
   const BackwardSpecs specs = backward_specs(args);
-  const tune::Target target = current_target();
+  const policy::Target target = current_target();
   const ForwardArgs& in = args.inputs;
   // Every tile is checked before anything is compiled or launched, so a rejected call leaves the
   // gradients as they were.

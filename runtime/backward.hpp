@@ -8,7 +8,7 @@
 
 #include "cache/tuning_store.hpp"
 #include "generator/kernel_spec.hpp"
-#include "tuner/search_space.hpp"
+#include "generator/tile_policy.hpp"
 
 namespace sigattn {
 
@@ -26,15 +26,15 @@ struct BackwardTiles {
 };
 
 // The heuristic defaults: when `deterministic` is false, the one-pass split (atomic dQ) for the
-// dkdv kernel where tune::one_pass_by_default prefers it.
-BackwardTiles default_backward_tiles(const BackwardSpecs& specs, const tune::Target& target,
+// dkdv kernel where policy::one_pass_by_default prefers it.
+BackwardTiles default_backward_tiles(const BackwardSpecs& specs, const policy::Target& target,
                                      bool deterministic);
 
 // The tiles backward() launches: each kernel's tile through the tuning lookup chain (user
 // database, shipped data, nearest bucket), else the defaults above. A tuned one-pass dkdv tile
 // serves only calls that allow it; a deterministic call then keeps the default two-kernel split.
 BackwardTiles chosen_backward_tiles(const BackwardArgs& args, const BackwardSpecs& specs,
-                                    const tune::Target& target, bool deterministic);
+                                    const policy::Target& target, bool deterministic);
 // The rule of chosen_backward_tiles: `defaults` with each looked-up tile that may serve the call.
 BackwardTiles combine_backward_tiles(BackwardTiles defaults, const cache::TileChoice& dkdv,
                                      const cache::TileChoice& dq, bool deterministic);

@@ -21,14 +21,14 @@
 
 #include "cache/tuning_store.hpp"
 #include "generator/generator.hpp"
+#include "generator/tile_policy.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/module_cache.hpp"
+#include "runtime/online_tuning_hook.hpp"
 #include "runtime/persistent_cache.hpp"
 #include "sigattn/fwd_params.h"
 #include "sigattn/fwd_sm90_params.h"
-#include "tuner/online_tuning.hpp"
-#include "tuner/search_space.hpp"
 
 namespace sigattn {
 
@@ -237,9 +237,9 @@ gen::GeneratedKernel generate_for_launch(const gen::Variant& variant) {
   }
 }
 
-tune::Target current_target() {
+policy::Target current_target() {
   const cuda::DeviceInfo info = cuda::current_device_info();
-  return tune::target_for_arch(cuda::arch_for(info.cc_major, info.cc_minor));
+  return policy::target_for_arch(cuda::arch_for(info.cc_major, info.cc_minor));
 }
 
 // A TMA tensor map over (head_dim, tokens, heads, batch) needs every stride a nonzero multiple of
@@ -302,7 +302,7 @@ TmaDescriptor encode_tma(std::string_view name, const TensorRef& t, DType dtype,
 // The tile of a forward call through the lookup chain of the tuning databases. A call whose
 // strides no TMA map can describe runs the portable family's default instead of an sm90 tile.
 cache::TileChoice choose_forward_tile(const ForwardArgs& args, const gen::KernelSpec& spec,
-                                      const tune::Target& target) {
+                                      const policy::Target& target) {
   const cuda::DeviceInfo info = cuda::current_device_info();
   const cache::DeviceKey device{info.name, target.arch, info.sm_count};
   cache::TileChoice choice = PersistentCache::instance().choose_tile(
@@ -310,7 +310,8 @@ cache::TileChoice choose_forward_tile(const ForwardArgs& args, const gen::Kernel
   if (choice.tile.family != gen::Family::sm90) return choice;
   const std::string obstacles = forward_tma_obstacles(args, spec.layout == gen::Layout::varlen);
   if (obstacles.empty()) return choice;
-  const tune::DefaultChoice portable = tune::default_tile(spec, tune::target_for_arch("sm_90"));
+  const policy::DefaultChoice portable =
+      policy::default_tile(spec, policy::target_for_arch("sm_90"));
   choice.reason = fmt::format("TMA maps cannot describe {}, so not {}: {}", obstacles,
                               gen::to_string(choice.tile), portable.reason);
   choice.tile = portable.tile;
@@ -323,22 +324,13 @@ Dispatch dispatch_of(const gen::KernelSpec& spec, const cache::TileChoice& choic
           std::string(cache::to_string(choice.served_by)), choice.reason};
 }
 
-// Queues the call's shape for online tuning when that is on and the shape can be described.
-void request_online_tuning(const ForwardArgs& args, const gen::KernelSpec& spec) {
-  tune::OnlineTuner& tuner = tune::OnlineTuner::instance();
-  if (!tuner.enabled()) return;
-  if (const std::optional<tune::Shape> shape = tune::online_shape(args, spec)) {
-    tuner.request(*shape, PersistentCache::instance().database_path());
-  }
-}
-
 // What the last forward() on this thread launched, for last_dispatch().
 thread_local Dispatch last_forward_dispatch;
 
-void launch(const ForwardArgs& args, const gen::KernelSpec& spec, const tune::Target& target,
+void launch(const ForwardArgs& args, const gen::KernelSpec& spec, const policy::Target& target,
             const gen::TileConfig& tile, CUstream stream) {
   const gen::Variant variant{spec, tile};
-  if (const std::string why = tune::rejection(spec, tile, target); !why.empty()) {
+  if (const std::string why = policy::rejection(spec, tile, target); !why.empty()) {
     throw_invalid(fmt::format("tile {} cannot run {} on {}: {}", gen::to_string(tile),
                               gen::to_string(variant), target.arch, why));
   }
@@ -500,7 +492,7 @@ void forward_with_tile(const ForwardArgs& args, CUstream stream, const gen::Tile
 
 void forward(const ForwardArgs& args, CUstream stream) {
   const gen::KernelSpec spec = forward_spec(args);
-  const tune::Target target = current_target();
+  const policy::Target target = current_target();
   const cache::TileChoice choice = choose_forward_tile(args, spec, target);
   if (choice.served_by == cache::ServedBy::heuristic) request_online_tuning(args, spec);
   launch(args, spec, target, choice.tile, stream);

@@ -9,10 +9,10 @@
 
 #include "generator/generator.hpp"
 #include "generator/kernel_spec.hpp"
+#include "generator/tile_policy.hpp"
 #include "runtime/module_cache.hpp"
 #include "sigattn/fwd_params.h"
 #include "sigattn/fwd_sm90_params.h"
-#include "tuner/search_space.hpp"
 
 namespace sigattn {
 
@@ -35,7 +35,7 @@ void check_output_does_not_overlap(std::string_view name, const TensorRef& out, 
 void check_device_pointer(std::string_view name, const void* pointer);
 void check_lengths_on_device(const ForwardArgs& args, CUstream stream);
 FwdParams make_params(const ForwardArgs& args, gen::Layout layout);
-tune::Target current_target();
+policy::Target current_target();
 gen::GeneratedKernel generate_for_launch(const gen::Variant& variant);
 // A tensor an sm90 kernel streams through a TMA map: its name in messages, its view and its heads.
 struct TmaTensor {
