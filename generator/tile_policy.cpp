@@ -28,10 +28,8 @@ const Grid& grid_for(gen::Direction direction) {
   return direction == gen::Direction::dkdv ? keys_split : rows_split;
 }
 
-// fp32 accumulator registers per thread: O (m-tiles x head_dim / 2) plus S (m-tiles x
-// block_n / 2). Above this ptxas spilled (m128n64w4 at d=128 and m128n128w4 at d=40/64 with
-// 255 registers) since fragments and addresses need the rest.
-constexpr int kAccumulatorBudget = 160;
+// Structural constraints: the tiles each kernel is written for, whatever the architecture. The
+// sm90 register rules are among them, since setmaxnreg fixes what a consumer warpgroup gets.
 
 // The tile grid every kernel needs: warps the sm80 kernels split rows over evenly, whole m16/k16
 // mma tiles, and a pipeline of 2 to 4 stages. The sm90 warp counts are wgmma_shape's.
@@ -81,66 +79,6 @@ std::string x128_divides(const KernelSpec& s, const TileConfig& t) {
   if (s.seqlen != gen::SeqLen::x128 || (128 % t.block_m == 0 && 128 % t.block_n == 0)) return {};
   return fmt::format("x128 lengths need block_m {} and block_n {} to divide 128", t.block_m,
                      t.block_n);
-}
-
-std::string family_arch(const KernelSpec&, const TileConfig& t, const Target& target) {
-  if (t.family != gen::Family::sm90 || target.arch == "sm_90a") return {};
-  return fmt::format("family sm90 (wgmma, TMA) needs sm_90a, not {}", target.arch);
-}
-
-std::string shared_memory(const KernelSpec& s, const TileConfig& t, const Target& target) {
-  int bytes = gen::smem_bytes(s, t);
-  if (bytes <= target.max_smem_optin) return {};
-  return fmt::format("needs {} bytes of shared memory, {} allows {}", bytes, target.arch,
-                     target.max_smem_optin);
-}
-
-// fp32 accumulators per thread of each kernel.
-int accumulators(const KernelSpec& s, const TileConfig& t) {
-  switch (s.direction) {
-    case gen::Direction::forward:  // O and S
-      return t.block_m / (16 * t.warps) * (s.head_dim + t.block_n) / 2;
-    case gen::Direction::dq: {  // dQ (one head-dim slice of at most 128), S and dP
-      const int slices = (s.head_dim + 127) / 128;
-      const int slice_width = ((s.head_dim + 15) / 16 + slices - 1) / slices * 16;
-      return t.block_m / (16 * t.warps) * (slice_width / 2 + t.block_n);
-    }
-    case gen::Direction::dkdv: {  // dK and dV (one head-dim slice of at most 128), S and dP
-      const int slices = (s.head_dim + 127) / 128;
-      const int slice_width = ((s.head_dim + 15) / 16 + slices - 1) / slices * 16;
-      const int key_tiles = t.block_n / (16 * t.warps);
-      const int two_kernel = key_tiles * (slice_width + t.block_m);
-      if (!t.atomic_dq) return two_kernel;
-      // The one-pass split adds this warp's part of the step's dQ tile (block_m x slice, the
-      // query m16 tiles split over warps first, column pairs round-robin over the rest; see
-      // templates/sigattn/bwd_atomic_dq_sm80.cuh).
-      const int q_tiles = t.block_m / 16;
-      int row_warps = t.warps;
-      while (q_tiles % row_warps != 0) row_warps /= 2;
-      const int col_warps = t.warps / row_warps;
-      return two_kernel +
-             q_tiles / row_warps * ((slice_width / 16 + col_warps - 1) / col_warps) * 8;
-    }
-  }
-  return 0;
-}
-
-// The backward kernels at head dims above 128 keep the slice offsets live: ptxas spilled dkdv
-// d192 m64n128w8 at exactly the forward's budget, so they get a smaller one.
-// The one-pass dkdv kernel's dQ accumulators are live only once S and dP are packed, so they
-// cost less than their count: ptxas kept dkdv d128 m32n128w8 (176 counted) without spills, and
-// spilled d96 m64n128w8 (184) and d136 m64n128w8 (168, wide).
-int accumulator_budget(const KernelSpec& s, const TileConfig& t) {
-  const bool wide_backward = s.direction != gen::Direction::forward && s.head_dim > 128;
-  return (wide_backward ? kAccumulatorBudget - 16 : kAccumulatorBudget) + (t.atomic_dq ? 16 : 0);
-}
-
-std::string register_budget(const KernelSpec& s, const TileConfig& t, const Target&) {
-  if (t.family == gen::Family::sm90) return {};
-  const int count = accumulators(s, t);
-  const int budget = accumulator_budget(s, t);
-  if (count <= budget) return {};
-  return fmt::format("{} fp32 accumulators per thread exceed the budget of {}", count, budget);
 }
 
 // The sm90 family: a forward kernel with head dims in wgmma k-steps of 16 and at least one
@@ -238,6 +176,75 @@ std::string sm90_registers(const KernelSpec& s, const TileConfig& t) {
       "{} accumulator and P registers per thread leave less than 64 of the {} a "
       "consumer warpgroup of {} gets",
       needed, available, gen::to_string(t));
+}
+
+// Target constraints: the family's architecture and the target's shared memory; and the sm80
+// accumulator budget, which prunes the search rather than the kernels: beyond it ptxas spills,
+// and the kernel still builds and runs, slower.
+
+std::string family_arch(const KernelSpec&, const TileConfig& t, const Target& target) {
+  if (t.family != gen::Family::sm90 || target.arch == "sm_90a") return {};
+  return fmt::format("family sm90 (wgmma, TMA) needs sm_90a, not {}", target.arch);
+}
+
+std::string shared_memory(const KernelSpec& s, const TileConfig& t, const Target& target) {
+  int bytes = gen::smem_bytes(s, t);
+  if (bytes <= target.max_smem_optin) return {};
+  return fmt::format("needs {} bytes of shared memory, {} allows {}", bytes, target.arch,
+                     target.max_smem_optin);
+}
+
+// fp32 accumulator registers per thread: O (m-tiles x head_dim / 2) plus S (m-tiles x
+// block_n / 2). Above this ptxas spilled (m128n64w4 at d=128 and m128n128w4 at d=40/64 with
+// 255 registers) since fragments and addresses need the rest.
+constexpr int kAccumulatorBudget = 160;
+
+// fp32 accumulators per thread of each kernel.
+int accumulators(const KernelSpec& s, const TileConfig& t) {
+  switch (s.direction) {
+    case gen::Direction::forward:  // O and S
+      return t.block_m / (16 * t.warps) * (s.head_dim + t.block_n) / 2;
+    case gen::Direction::dq: {  // dQ (one head-dim slice of at most 128), S and dP
+      const int slices = (s.head_dim + 127) / 128;
+      const int slice_width = ((s.head_dim + 15) / 16 + slices - 1) / slices * 16;
+      return t.block_m / (16 * t.warps) * (slice_width / 2 + t.block_n);
+    }
+    case gen::Direction::dkdv: {  // dK and dV (one head-dim slice of at most 128), S and dP
+      const int slices = (s.head_dim + 127) / 128;
+      const int slice_width = ((s.head_dim + 15) / 16 + slices - 1) / slices * 16;
+      const int key_tiles = t.block_n / (16 * t.warps);
+      const int two_kernel = key_tiles * (slice_width + t.block_m);
+      if (!t.atomic_dq) return two_kernel;
+      // The one-pass split adds this warp's part of the step's dQ tile (block_m x slice, the
+      // query m16 tiles split over warps first, column pairs round-robin over the rest; see
+      // templates/sigattn/bwd_atomic_dq_sm80.cuh).
+      const int q_tiles = t.block_m / 16;
+      int row_warps = t.warps;
+      while (q_tiles % row_warps != 0) row_warps /= 2;
+      const int col_warps = t.warps / row_warps;
+      return two_kernel +
+             q_tiles / row_warps * ((slice_width / 16 + col_warps - 1) / col_warps) * 8;
+    }
+  }
+  return 0;
+}
+
+// The backward kernels at head dims above 128 keep the slice offsets live: ptxas spilled dkdv
+// d192 m64n128w8 at exactly the forward's budget, so they get a smaller one.
+// The one-pass dkdv kernel's dQ accumulators are live only once S and dP are packed, so they
+// cost less than their count: ptxas kept dkdv d128 m32n128w8 (176 counted) without spills, and
+// spilled d96 m64n128w8 (184) and d136 m64n128w8 (168, wide).
+int accumulator_budget(const KernelSpec& s, const TileConfig& t) {
+  const bool wide_backward = s.direction != gen::Direction::forward && s.head_dim > 128;
+  return (wide_backward ? kAccumulatorBudget - 16 : kAccumulatorBudget) + (t.atomic_dq ? 16 : 0);
+}
+
+std::string register_budget(const KernelSpec& s, const TileConfig& t, const Target&) {
+  if (t.family == gen::Family::sm90) return {};
+  const int count = accumulators(s, t);
+  const int budget = accumulator_budget(s, t);
+  if (count <= budget) return {};
+  return fmt::format("{} fp32 accumulators per thread exceed the budget of {}", count, budget);
 }
 
 }  // namespace
