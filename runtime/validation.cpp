@@ -208,7 +208,8 @@ void check_tensor(std::string_view name, const TensorRef& tensor, bool varlen) {
   }
 }
 
-TokenRows rows_known_on_host(const ForwardArgs& args, bool) {
+TokenRows rows_known_on_host(const ForwardArgs& args, bool varlen) {
+  if (varlen) return {1, 1};
   return {args.max_seqlen_q, args.max_seqlen_k};
 }
 
@@ -276,10 +277,12 @@ TokenRows check_lengths_on_device(const ForwardArgs& args, CUstream stream) {
   check_seq_lens("seq_lens_q", args.seq_lens_q, args.batch, args.max_seqlen_q, stream);
   check_seq_lens("seq_lens_k", args.seq_lens_k, args.batch, args.max_seqlen_k, stream);
   if (args.cu_seqlens_q != nullptr && args.cu_seqlens_k != nullptr) {
-    check_cu_seqlens("cu_seqlens_q", copy_to_host(args.cu_seqlens_q, args.batch + 1, stream),
-                     "max_seqlen_q", args.max_seqlen_q);
-    check_cu_seqlens("cu_seqlens_k", copy_to_host(args.cu_seqlens_k, args.batch + 1, stream),
-                     "max_seqlen_k", args.max_seqlen_k);
+    rows.q =
+        check_cu_seqlens("cu_seqlens_q", copy_to_host(args.cu_seqlens_q, args.batch + 1, stream),
+                         "max_seqlen_q", args.max_seqlen_q);
+    rows.k =
+        check_cu_seqlens("cu_seqlens_k", copy_to_host(args.cu_seqlens_k, args.batch + 1, stream),
+                         "max_seqlen_k", args.max_seqlen_k);
   }
   return rows;
 }

@@ -33,7 +33,8 @@ struct TokenRows {
   std::int64_t k;
 };
 
-// The rows the host knows before the device lengths are read: max_seqlen.
+// The rows the host knows before the device lengths are read. The packed tokens of the varlen
+// layout are counted by cu_seqlens on the device: until then the token axis is left out (one row).
 TokenRows rows_known_on_host(const ForwardArgs& args, bool varlen);
 
 // An output of a call: written by the kernels, so its elements must not share memory.
@@ -63,7 +64,8 @@ bool capturing(CUstream stream);
 
 // Reads the length arrays (seq_lens_*, cu_seqlens_*) on `stream` and checks them against
 // max_seqlen, unless args.trust_lengths is set or the stream is capturing a CUDA graph (the
-// kernels clamp the lengths then). Returns the token rows the outputs span: max_seqlen.
+// kernels clamp the lengths then). Returns the token rows the outputs span: in the varlen layout
+// with the prefix sums read, the packed tokens cu_seqlens[batch]; else max_seqlen.
 TokenRows check_lengths_on_device(const ForwardArgs& args, CUstream stream);
 
 // Checks prefix sums read from the device (batch + 1 values): they start at 0, do not decrease and

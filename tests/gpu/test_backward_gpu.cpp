@@ -628,5 +628,23 @@ TEST_F(BackwardValidation, OverlappingGradientIsRejectedBeforeAnyWrite) {
   }
 }
 
+// Packed keys of one token (cu_seqlens_k = [0, 1, 1]) below max_seqlen_k = 127, with the seq
+// stride 0 a caller may pass for an extent-1 dimension in k, v, grad_k and grad_v: both splits
+// run and match the reference.
+TEST_F(BackwardValidation, OnePackedKeyTokenBelowALongerMaxSeqlen) {
+  const Problem p = Case(bf16, 64).varlen({40, 23}, {1, 0}).heads(4, 2);
+  SCOPED_TRACE(context_of(p, seed()));
+  PreparedProblem prepared(p, seed());
+  DeviceGradients& grads = prepared.grads;
+  const GradientSet<double> ref = cpu_backward_reference(p, prepared.inputs, prepared.dout);
+  ForwardArgs& in = grads.args.inputs;
+  in.max_seqlen_k = 127;
+  for (TensorRef* t : {&in.k, &in.v, &grads.args.grad_k, &grads.args.grad_v}) t->seq_stride = 0;
+  for (bool deterministic : {true, false}) {
+    expect_matches(p, run_backward(grads, deterministic), ref,
+                   deterministic ? "deterministic split" : "one-pass split allowed");
+  }
+}
+
 }  // namespace
 }  // namespace sigattn::test

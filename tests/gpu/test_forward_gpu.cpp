@@ -443,6 +443,39 @@ TEST_F(GpuForward, NaNInPaddingRowsDoesNotReachTheOutput) {
   }
 }
 
+// A packed query tensor of one token (cu_seqlens_q = [0, 1, 1]) below max_seqlen_q = 127, with
+// the seq stride 0 a caller may pass for an extent-1 dimension: forward() runs it once the prefix
+// sums are read. With trust_lengths the token axis is held to max_seqlen_q rows, so the zero
+// stride is refused, naming it, before the output is touched.
+TEST_F(GpuForward, OnePackedQueryTokenBelowALongerMaxSeqlen) {
+  const Problem problem = Case(bf16, 64).varlen({1, 0}, {60, 67}).heads(4, 2);
+  SCOPED_TRACE(fmt::format("problem {}, seed {}", problem.name(), seed()));
+  const HostInputs inputs = make_inputs(problem, seed());
+  DeviceInputs device = upload(problem, inputs);
+  device.args.max_seqlen_q = 127;
+  device.args.q.seq_stride = 0;
+  device.args.out.seq_stride = 0;
+  expect_output_matches(problem, device, cpu_reference(problem, inputs),
+                        [&] { forward(device.args, nullptr); });
+
+  device.args.trust_lengths = true;
+  device.out.fill_bytes(0xFF);
+  try {
+    forward(device.args, nullptr);
+    ADD_FAILURE() << "out.seq_stride = 0 over max_seqlen_q rows was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status(), Status::invalid_argument) << e.what();
+    EXPECT_NE(std::string(e.what()).find("out.seq_stride is 0 over an extent of 127"),
+              std::string::npos)
+        << e.what();
+  }
+  synchronize();
+  std::vector<unsigned char> bytes(device.out.size());
+  device.out.download(bytes.data(), bytes.size());
+  EXPECT_TRUE(std::all_of(bytes.begin(), bytes.end(), [](unsigned char b) { return b == 0xFF; }))
+      << "the output buffer was written by a rejected call";
+}
+
 TEST_F(GpuForward, LengthAboveMaxIsRejectedBeforeTheOutputIsTouched) {
   const Problem problem = invalid_length_problem();
   const HostInputs inputs = make_inputs(problem, seed());
