@@ -30,9 +30,15 @@ def _tensor_ref(tensor, packed):
     """sigattn_tensor of a [B, T, H, D] (or packed [T, H, D]) tensor with a contiguous head dim.
 
     A dimension of extent 1 is never stepped over, so its stride is passed as 0 whatever torch
-    reports for it."""
+    reports for it; but a packed tensor of one token gets the stride of a whole row. The runtime
+    sees its token count only when it reads cu_seqlens, and not at all under trust_lengths or
+    graph capture, where it holds the token axis to max_seqlen rows; TMA maps need the stride
+    too."""
     strides = [s if n > 1 else 0 for n, s in zip(tensor.shape, tensor.stride())]
     if packed:
+        tokens, heads, head_dim = tensor.shape
+        if tokens == 1:
+            strides[0] = max(heads * strides[1], head_dim)
         return _library.Tensor(tensor.data_ptr(), 0, strides[0], strides[1])
     return _library.Tensor(tensor.data_ptr(), strides[0], strides[1], strides[2])
 

@@ -156,6 +156,41 @@ class ValidationTest(unittest.TestCase):
             sigattn.sigmoid_attention_varlen(bthd(), bthd(), bthd(), cu, cu, 25, 25)
 
 
+class PackedTensorTest(unittest.TestCase):
+    """A packed tensor that holds one token while max_seqlen is larger is a legal call."""
+
+    def test_one_token_gets_a_whole_row_stride(self):
+        strides = lambda ref: (ref.batch_stride, ref.seq_stride, ref.head_stride)
+        self.assertEqual(strides(_ops._tensor_ref(torch.empty(1, 4, 64), True)), (0, 256, 64))
+        self.assertEqual(strides(_ops._tensor_ref(torch.empty(1, 1, 64), True)), (0, 64, 0))
+        padded_heads = torch.empty(1, 4, 128)[:, :, :64]
+        self.assertEqual(strides(_ops._tensor_ref(padded_heads, True)), (0, 512, 128))
+        self.assertEqual(strides(_ops._tensor_ref(torch.empty(3, 4, 64), True)), (0, 256, 64))
+        # Dense tensors keep 0 for their extent-1 dimensions.
+        self.assertEqual(strides(_ops._tensor_ref(torch.empty(1, 1, 4, 64), False)), (0, 0, 64))
+
+    def test_the_library_accepts_one_token_below_a_longer_max_seqlen(self):
+        lib = library_or_none()
+        if lib is None:
+            self.skipTest("libsigattn.so not found (set SIGATTN_LIBRARY)")
+        token = torch.randn(1, 4, 64).bfloat16()
+        cu_seqlens = torch.tensor([0, 1, 1], dtype=torch.int32)
+        args = _library.ForwardArgs()
+        lib.sigattn_forward_args_init(ctypes.byref(args))
+        args.batch, args.heads_q, args.heads_kv, args.head_dim = 2, 4, 4, 64
+        args.max_seqlen_q = args.max_seqlen_k = 127
+        args.q = args.k = args.v = args.out = _ops._tensor_ref(token, True)
+        args.cu_seqlens_q = args.cu_seqlens_k = cu_seqlens.data_ptr()
+        for seq_stride in (256, 0):  # the binding's stride, and 0 as any C caller may pass
+            args.out.seq_stride = seq_stride
+            status = lib.sigattn_forward(ctypes.byref(args), None)
+            # Host memory stands in for the tensors: the call fails later, without a GPU or at
+            # the device-pointer check, never at the layout checks.
+            with self.assertRaises(sigattn.SigattnError) as caught:
+                _library.check(status, "sigattn_forward")
+            self.assertNotIn("overlap", str(caught.exception))
+
+
 @unittest.skipIf(sigattn.REGISTERED_AS_TORCH_OP, "the custom op's autograd runs in test_gpu.py")
 class AutogradFunctionTest(unittest.TestCase):
     """torch < 2.4: the autograd.Function hands the backward every saved input and option and
