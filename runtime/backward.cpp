@@ -101,7 +101,8 @@ void backward_with_tiles(const BackwardArgs& args, CUstream stream, const gen::T
   }
   const TokenRows rows = check_lengths_on_device(in, stream);
   const bool varlen = specs.dq.layout == gen::Layout::varlen;
-  // The host check left the packed token axis out; the prefix sums count it now.
+  // The host check left the packed token axis out: it spans the tokens the prefix sums count, or
+  // max_seqlen rows when they were not read.
   if (varlen) check_gradients(args, rows, varlen);
 
   const BwdParams params = backward_params(args, specs.dq.layout);

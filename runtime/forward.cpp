@@ -4,6 +4,7 @@
 #include "runtime/forward.hpp"
 
 #include <cstdint>
+#include <string>
 
 #include "runtime/kernel_launch.hpp"
 #include "runtime/kernel_params.hpp"
@@ -33,7 +34,8 @@ void launch(const ForwardArgs& args, const gen::KernelSpec& spec, const policy::
   check_device_pointers(args, {{"out.data", args.out.data}});
   const TokenRows rows = check_lengths_on_device(args, stream);
   const bool varlen = spec.layout == gen::Layout::varlen;
-  // The host check left the packed token axis out; the prefix sums count it now.
+  // The host check left the packed token axis out: it spans the tokens the prefix sums count, or
+  // max_seqlen rows when they were not read.
   if (varlen) check_output(args, rows, varlen);
 
   const gen::Variant variant{spec, tile};

@@ -40,29 +40,47 @@ struct InterfaceEntry {
 const InterfaceEntry kInterfaces[] = {
     {gen::Direction::forward,
      gen::Family::sm80,
-     {{}, false, GridShape::one_cta_per_tile, without_maps<FwdParams>}},
+     {.tma_maps = {},
+      .rows = TileRows::queries,
+      .grid = GridShape::one_cta_per_tile,
+      .argument = without_maps<FwdParams>}},
     {gen::Direction::forward,
      gen::Family::sm90,
-     {kForwardMaps, false, GridShape::persistent,
-      [](const DirectionParams& params, std::span<const TmaDescriptor> maps) -> KernelArgument {
+     {.tma_maps = kForwardMaps,
+      .rows = TileRows::queries,
+      .grid = GridShape::persistent,
+      .argument = [](const DirectionParams& params,
+                     std::span<const TmaDescriptor> maps) -> KernelArgument {
         return FwdSm90Params{std::get<FwdParams>(params), maps[0], maps[1], maps[2]};
       }}},
     {gen::Direction::dkdv,
      gen::Family::sm80,
-     {{}, true, GridShape::one_cta_per_tile, without_maps<BwdParams>}},
+     {.tma_maps = {},
+      .rows = TileRows::keys,
+      .grid = GridShape::one_cta_per_tile,
+      .argument = without_maps<BwdParams>}},
     {gen::Direction::dkdv,
      gen::Family::sm90,
-     {kDkdvMaps, true, GridShape::one_cta_per_tile,
-      [](const DirectionParams& params, std::span<const TmaDescriptor> maps) -> KernelArgument {
+     {.tma_maps = kDkdvMaps,
+      .rows = TileRows::keys,
+      .grid = GridShape::one_cta_per_tile,
+      .argument = [](const DirectionParams& params,
+                     std::span<const TmaDescriptor> maps) -> KernelArgument {
         return BwdSm90Params{std::get<BwdParams>(params), maps[0], maps[1]};
       }}},
     {gen::Direction::dq,
      gen::Family::sm80,
-     {{}, false, GridShape::one_cta_per_tile, without_maps<BwdParams>}},
+     {.tma_maps = {},
+      .rows = TileRows::queries,
+      .grid = GridShape::one_cta_per_tile,
+      .argument = without_maps<BwdParams>}},
     {gen::Direction::dq,
      gen::Family::sm90,
-     {kDqMaps, false, GridShape::persistent,
-      [](const DirectionParams& params, std::span<const TmaDescriptor> maps) -> KernelArgument {
+     {.tma_maps = kDqMaps,
+      .rows = TileRows::queries,
+      .grid = GridShape::persistent,
+      .argument = [](const DirectionParams& params,
+                     std::span<const TmaDescriptor> maps) -> KernelArgument {
         return BwdDqSm90Params{std::get<BwdParams>(params), maps[0], maps[1], maps[2], maps[3]};
       }}},
 };
@@ -86,9 +104,10 @@ gen::GeneratedKernel generate_for_launch(const gen::Variant& variant) {
 Grid grid_of(const KernelInterface& interface, const LoadedKernel& kernel,
              const gen::Variant& variant, const ForwardArgs& in) {
   const gen::TileConfig& tile = variant.tile;
-  const int rows = interface.key_blocks ? in.max_seqlen_k : in.max_seqlen_q;
-  const int block = interface.key_blocks ? tile.block_n : tile.block_m;
-  const int heads = interface.key_blocks ? in.heads_kv : in.heads_q;
+  const bool keys = interface.rows == TileRows::keys;
+  const int rows = keys ? in.max_seqlen_k : in.max_seqlen_q;
+  const int block = keys ? tile.block_n : tile.block_m;
+  const int heads = keys ? in.heads_kv : in.heads_q;
   const long long blocks = (rows + block - 1) / block;
   if (interface.grid == GridShape::persistent) {
     return {persistent_grid(kernel, tile, blocks, heads, in.batch), 1, 1};

@@ -35,13 +35,15 @@ enum class GridShape {
   persistent,
 };
 
+// What a kernel's work tiles are blocks of, times heads and batch: query rows (block_m rows,
+// heads_q heads) or key rows (block_n rows, heads_kv heads).
+enum class TileRows { queries, keys };
+
 struct KernelInterface {
   // The operands the kernel streams through TMA maps, in the order of its Params struct; none for
   // a kernel that reads every tensor with plain loads (any strides).
   std::span<const Operand> tma_maps;
-  // Its work tiles are blocks of key rows (block_n, heads_kv heads), else of query rows (block_m,
-  // heads_q heads); times the batch.
-  bool key_blocks;
+  TileRows rows;
   GridShape grid;
   // The kernel's argument from the direction's parameters and the maps of tma_maps.
   KernelArgument (*argument)(const DirectionParams& params, std::span<const TmaDescriptor> maps);
