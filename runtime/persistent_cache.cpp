@@ -5,7 +5,6 @@
 
 #include <fmt/format.h>
 
-#include <cstdio>
 #include <exception>
 
 #include "cache/json_io.hpp"
@@ -13,6 +12,7 @@
 #include "generator/template_store.hpp"
 #include "runtime/environment.hpp"
 #include "runtime/install_paths.hpp"
+#include "runtime/log.hpp"
 #include "runtime/nvrtc.hpp"
 
 namespace sigattn {
@@ -60,8 +60,7 @@ void PersistentCache::reset() {
 
 void PersistentCache::warn(const std::string& message) {
   if (warned_.insert(message).second) {
-    fmt::print(stderr, "sigattn: warning: {}\n", message);
-    std::fflush(stderr);
+    logging::warn("{}", message);
   }
 }
 

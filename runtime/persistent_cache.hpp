@@ -1,7 +1,7 @@
 // The process's view of the on-disk cache: the user database (compiled kernels and tuning
 // results) and the shipped tuning data. Opened on first use; any failure to open, read or write
-// it is a warning on stderr (once per message) and the call goes on without it, so the disk cache
-// can only make a call faster, never make it fail. SIGATTN_CACHE=off turns it off.
+// it is a warning (runtime/log, once per message) and the call goes on without it, so the disk
+// cache can only make a call faster, never make it fail. SIGATTN_CACHE=off turns it off.
 #pragma once
 
 #include <filesystem>
