@@ -43,8 +43,9 @@ class PersistentCache {
   void store_binary(const gen::GeneratedKernel& kernel, const CompiledKernel& compiled);
 
   // The tile for one call through the lookup chain (user database, shipped data, nearest
-  // bucket, heuristic default). The answer for a device, spec and pair of length buckets is
-  // kept for the life of the process, so repeated calls never query the database again.
+  // bucket, over fresh rows and then over stale ones; heuristic default). The answer for a device,
+  // spec and pair of length buckets is kept for the life of the process, so repeated calls never
+  // query the database again.
   cache::TileChoice choose_tile(const gen::KernelSpec& spec, const cache::DeviceKey& device,
                                 int max_seqlen_q, int max_seqlen_k, const policy::Target& target);
   // Drops the kept answers of choose_tile (after new tuning results were written).

@@ -113,6 +113,7 @@ cache::TileChoice choose_forward_tile(const ForwardArgs& args, const gen::Kernel
   choice.reason = portable_reason(obstacles, choice.tile, portable.reason);
   choice.tile = portable.tile;
   choice.served_by = cache::ServedBy::heuristic;
+  choice.stale = false;
   return choice;
 }
 
