@@ -2,6 +2,7 @@
 // chain level by level, and JSON import validation.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -223,6 +224,14 @@ TEST(TuningJson, ImportValidation) {
          j["candidates"].push_back(candidate);
        },
        "unknown candidate status 'crashed'"},
+      {"measured_at in words", [](auto& j) { j["results"][0]["measured_at"] = "yesterday"; },
+       "measured_at: 'yesterday' is not a UTC time"},
+      {"measured_at without a zone",
+       [](auto& j) { j["results"][0]["measured_at"] = "2025-06-01T12:00:00"; },
+       "is not a UTC time"},
+      {"measured_at on a day that does not exist",
+       [](auto& j) { j["results"][0]["measured_at"] = "2025-02-30T12:00:00Z"; },
+       "is not a UTC time"},
   };
   for (const Case& c : cases) {
     nlohmann::json document = valid_document();
@@ -231,6 +240,27 @@ TEST(TuningJson, ImportValidation) {
     EXPECT_NE(error.find(c.message), std::string::npos)
         << c.what << ": expected '" << c.message << "' in '" << error << "'";
   }
+}
+
+TEST(TuningJson, FilesWithDuplicateKeysOrThatAreDirectoriesAreRejected) {
+  TempDir dir;
+  std::string text = valid_document().dump();
+  const std::string time_key = "\"time_ms\":";
+  text.insert(text.find(time_key), time_key + "0.001,");
+  std::ofstream(dir / "twice.json") << text;
+  const auto error_of = [](const std::filesystem::path& path) -> std::string {
+    try {
+      read_tuning_file(path);
+    } catch (const Error& error) {
+      EXPECT_EQ(error.status(), Status::invalid_argument);
+      return error.what();
+    }
+    return "accepted";
+  };
+  EXPECT_NE(error_of(dir / "twice.json").find("the key 'time_ms' appears twice"), std::string::npos)
+      << error_of(dir / "twice.json");
+  EXPECT_NE(error_of(dir.path()).find("it is a directory"), std::string::npos)
+      << error_of(dir.path());
 }
 
 TEST(TuningJson, ShippedDirectoryMayBeMissingOrEmpty) {
