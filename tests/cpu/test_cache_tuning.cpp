@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -261,6 +262,33 @@ TEST(TuningJson, FilesWithDuplicateKeysOrThatAreDirectoriesAreRejected) {
       << error_of(dir / "twice.json");
   EXPECT_NE(error_of(dir.path()).find("it is a directory"), std::string::npos)
       << error_of(dir.path());
+}
+
+// data/README.md describes each shipped file with "(N results" and "every candidate tried (M)".
+TEST(TuningJson, ShippedDataReadmeCountsMatchTheFiles) {
+  const std::filesystem::path data = std::filesystem::path(SIGATTN_TEST_DATA_DIR) / "../../data";
+  std::ifstream readme_file(data / "README.md");
+  ASSERT_TRUE(readme_file) << data / "README.md";
+  const std::string readme((std::istreambuf_iterator<char>(readme_file)),
+                           std::istreambuf_iterator<char>());
+  for (const auto& entry : std::filesystem::directory_iterator(data)) {
+    if (entry.path().extension() != ".json") continue;
+    const std::string name = entry.path().filename().string();
+    const std::size_t start = readme.find("`" + name + "`:");
+    ASSERT_NE(start, std::string::npos) << name << " is not described in data/README.md";
+    const std::string text = readme.substr(start, readme.find("\n- ", start) - start);
+    const TuningDocument document = read_tuning_file(entry.path());
+    // The number that follows `before` in the description.
+    const auto count_after = [&](const std::string& before) -> std::size_t {
+      const std::size_t at = text.find(before);
+      EXPECT_NE(at, std::string::npos) << "'" << before << "' is not in: " << text;
+      return at == std::string::npos ? 0 : std::stoul(text.substr(at + before.size()));
+    };
+    const std::size_t results_at = text.rfind('(', text.find(" results"));
+    ASSERT_NE(results_at, std::string::npos) << text;
+    EXPECT_EQ(std::stoul(text.substr(results_at + 1)), document.results.size()) << name;
+    EXPECT_EQ(count_after("every candidate tried ("), document.candidates.size()) << name;
+  }
 }
 
 TEST(TuningJson, ShippedDirectoryMayBeMissingOrEmpty) {
