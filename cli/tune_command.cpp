@@ -179,23 +179,38 @@ json outcome_json(const tune::ProblemOutcome& o) {
             {"failures", o.failures},
             {"spilling", o.spilling},
             {"seconds", o.seconds}};
-  if (o.heuristic_ms) j["heuristic_ms"] = *o.heuristic_ms;
+  if (o.heuristic) {
+    j["heuristic_ms"] = o.heuristic->median_ms;
+    j["heuristic_spread"] = o.heuristic->spread();
+  }
   if (o.winner) {
     j["winner"] = gen::to_string(*o.winner);
     j["best_ms"] = o.best->median_ms;
     j["best_spread"] = o.best->spread();
     j["tflops"] = o.task.flops() / (o.best->median_ms * 1e-3) / 1e12;
-    if (o.heuristic_ms) j["speedup"] = *o.heuristic_ms / o.best->median_ms;
+    // Left out when the gap is within the timings' spread.
+    if (o.heuristic) {
+      if (const std::optional<double> speedup = tune::significant_speedup(*o.heuristic, *o.best)) {
+        j["speedup"] = *speedup;
+      }
+    }
   }
   if (!o.error.empty()) j["error"] = o.error;
   return j;
+}
+
+// The winner's speedup over the heuristic, or "noise" when the gap is within the timings' spread.
+std::string speedup_text(const tune::ProblemOutcome& o) {
+  if (!o.heuristic) return "-";
+  const std::optional<double> speedup = tune::significant_speedup(*o.heuristic, *o.best);
+  return speedup ? fmt::format("{:.3f}x", *speedup) : "noise";
 }
 
 void print_summary(const std::vector<tune::ProblemOutcome>& outcomes) {
   fmt::print("{:<44} {:<5} {:>10} {:>10} {:>8} {:<22} {:>8} {:>6}\n", "problem", "kernel",
              "heur. ms", "best ms", "speedup", "winner", "TFLOPS", "failed");
   for (const tune::ProblemOutcome& o : outcomes) {
-    const std::string heuristic = o.heuristic_ms ? fmt::format("{:.4f}", *o.heuristic_ms) : "-";
+    const std::string heuristic = o.heuristic ? fmt::format("{:.4f}", o.heuristic->median_ms) : "-";
     if (!o.winner) {
       fmt::print("{:<44} {:<5} {:>10} {:>10} {:>8} {}\n", tune::to_string(o.task.shape),
                  gen::to_string(o.task.direction), heuristic, "-", "-", "no winner: " + o.error);
@@ -204,8 +219,8 @@ void print_summary(const std::vector<tune::ProblemOutcome>& outcomes) {
     const double best = o.best->median_ms;
     fmt::print("{:<44} {:<5} {:>10} {:>10.4f} {:>8} {:<22} {:>8.1f} {:>6}\n",
                tune::to_string(o.task.shape), gen::to_string(o.task.direction), heuristic, best,
-               o.heuristic_ms ? fmt::format("{:.3f}x", *o.heuristic_ms / best) : "-",
-               gen::to_string(*o.winner), o.task.flops() / (best * 1e-3) / 1e12, o.failures);
+               speedup_text(o), gen::to_string(*o.winner), o.task.flops() / (best * 1e-3) / 1e12,
+               o.failures);
   }
 }
 
