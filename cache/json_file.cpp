@@ -32,7 +32,8 @@ nlohmann::json parse_strict_json(std::string_view text, const std::string& origi
   };
   try {
     return json::parse(text.begin(), text.end(), check_keys);
-  } catch (const json::parse_error& error) {
+  } catch (const json::exception& error) {
+    // parse_error, and out_of_range for a number too large for a double (1e400).
     throw std::invalid_argument(fmt::format("{} is not valid JSON: {}", origin, error.what()));
   }
 }

@@ -26,6 +26,12 @@ constexpr std::int64_t kMaxSmCount = 4096;
 constexpr std::int64_t kMaxTileValue = 1024;
 constexpr std::size_t kTemplateHashLength = 32;
 
+// A value as JSON text for a message; strings that are not UTF-8 (possible in a document built in
+// memory, not in a parsed file) show replacement characters instead of failing.
+std::string shown(const json& value) {
+  return value.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 // Accumulates the path of the value being read, for messages like
 // "tuned.json: results[3].tile.block_m: ...".
 class Reader {
@@ -71,12 +77,12 @@ class Reader {
 
   std::int64_t integer(std::int64_t low, std::int64_t high) const {
     if (!value_.is_number_integer()) {
-      fail(fmt::format("expected an integer, found {}", value_.dump()));
+      fail(fmt::format("expected an integer, found {}", shown(value_)));
     }
     const bool negative = value_.is_number_integer() && !value_.is_number_unsigned() &&
                           value_.get<std::int64_t>() < 0;
     if (!negative && value_.get<std::uint64_t>() > static_cast<std::uint64_t>(high)) {
-      fail(fmt::format("{} is out of range [{}, {}]", value_.dump(), low, high));
+      fail(fmt::format("{} is out of range [{}, {}]", shown(value_), low, high));
     }
     const std::int64_t number = value_.get<std::int64_t>();
     if (number < low) fail(fmt::format("{} is out of range [{}, {}]", number, low, high));
@@ -105,7 +111,7 @@ class Reader {
   }
 
   double number(double low, bool low_inclusive) const {
-    if (!value_.is_number()) fail(fmt::format("expected a number, found {}", value_.dump()));
+    if (!value_.is_number()) fail(fmt::format("expected a number, found {}", shown(value_)));
     const double number = value_.get<double>();
     if (!std::isfinite(number) || number < low || (!low_inclusive && number == low)) {
       fail(

@@ -243,7 +243,7 @@ TEST(TuningJson, ImportValidation) {
   }
 }
 
-TEST(TuningJson, FilesWithDuplicateKeysOrThatAreDirectoriesAreRejected) {
+TEST(TuningJson, DuplicateKeysHugeNumbersAndDirectoriesAreArgumentErrors) {
   TempDir dir;
   std::string text = valid_document().dump();
   const std::string time_key = "\"time_ms\":";
@@ -262,6 +262,9 @@ TEST(TuningJson, FilesWithDuplicateKeysOrThatAreDirectoriesAreRejected) {
       << error_of(dir / "twice.json");
   EXPECT_NE(error_of(dir.path()).find("it is a directory"), std::string::npos)
       << error_of(dir.path());
+  std::ofstream(dir / "huge.json") << R"({"format": "sigattn-tuning", "format_version": 1e400})";
+  EXPECT_NE(error_of(dir / "huge.json").find("is not valid JSON"), std::string::npos)
+      << error_of(dir / "huge.json");
 }
 
 // data/README.md describes each shipped file with "(N results" and "every candidate tried (M)".
