@@ -72,8 +72,13 @@ std::optional<std::string> after(std::string_view line, std::string_view marker,
   return std::string(rest.substr(0, rest.find_first_of(stops)));
 }
 
-// "N bytes stack frame, N bytes spill stores, N bytes spill loads" as its three numbers.
+// "N bytes stack frame, N bytes spill stores, N bytes spill loads", anywhere in the line, as its
+// three numbers.
 std::optional<std::array<int, 3>> frame_line(std::string_view line) {
+  const std::size_t unit = line.find(" bytes stack frame");
+  if (unit == std::string_view::npos) return std::nullopt;
+  const std::size_t digits = line.find_last_not_of("0123456789", unit - 1);
+  line.remove_prefix(digits == std::string_view::npos ? 0 : digits + 1);
   std::array<int, 3> values{};
   for (std::size_t i = 0; i < values.size(); ++i) {
     static constexpr std::array<std::string_view, 3> kUnits = {

@@ -347,7 +347,7 @@ struct CArgsMutator {
                                            std::numeric_limits<std::int64_t>::max() - 7,
                                            std::numeric_limits<std::int64_t>::min(),
                                            std::int64_t{1} << 40};
-    return m.chance(70) ? kValues[m.below(int(std::size(kValues)))] : 8 * int32();
+    return m.chance(70) ? kValues[m.below(int(std::size(kValues)))] : 8 * std::int64_t{int32()};
   }
   void* pointer() {
     static const std::uintptr_t kValues[] = {0, 0x10000, 0x10008, 0x10002, ~std::uintptr_t{15}};
