@@ -131,7 +131,7 @@ DeviceKey read_device(const Reader& reader) {
   device.name = reader.field("name").string();
   device.arch = reader.field("arch").string();
   try {
-    tune::target_for_arch(device.arch);
+    policy::target_for_arch(device.arch);
   } catch (const std::invalid_argument& error) {
     reader.field("arch").fail(error.what());
   }
@@ -222,7 +222,7 @@ TuningResult read_result(const Reader& entry) {
   result.tile = read_tile(entry.field("tile"));
   // A result is what the runtime launches, so its tile must pass the constraints of its arch.
   const std::string why =
-      tune::rejection(key.spec, result.tile, tune::target_for_arch(key.device.arch));
+      policy::rejection(key.spec, result.tile, policy::target_for_arch(key.device.arch));
   if (!why.empty()) {
     entry.field("tile").fail(fmt::format("tile {} is rejected for {} on {}: {}",
                                          gen::to_string(result.tile), key.problem.spec,

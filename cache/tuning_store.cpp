@@ -246,7 +246,7 @@ std::int64_t TuningStore::prune_other_templates(const std::string& template_hash
 TileChoice choose_tile(const std::vector<TuningResult>& user_rows,
                        const std::vector<TuningResult>& shipped_rows, const DeviceKey& device,
                        const std::string& template_hash, const gen::KernelSpec& spec,
-                       int max_seqlen_q, int max_seqlen_k, const tune::Target& target) {
+                       int max_seqlen_q, int max_seqlen_k, const policy::Target& target) {
   const ProblemKey problem = problem_key(spec, max_seqlen_q, max_seqlen_k);
   std::vector<std::string> skipped;
   const auto usable = [&](const TuningResult& row) {
@@ -254,7 +254,7 @@ TileChoice choose_tile(const std::vector<TuningResult>& user_rows,
         row.problem.spec != problem.spec) {
       return false;
     }
-    if (const std::string why = tune::rejection(spec, row.tile, target); !why.empty()) {
+    if (const std::string why = policy::rejection(spec, row.tile, target); !why.empty()) {
       std::string note = fmt::format("stored tile {} for {} rejected: {}", gen::to_string(row.tile),
                                      row.device.name, why);
       if (std::find(skipped.begin(), skipped.end(), note) == skipped.end()) {
@@ -303,7 +303,7 @@ TileChoice choose_tile(const std::vector<TuningResult>& user_rows,
                 nearest->problem.seqlen_q_bucket, nearest->problem.seqlen_k_bucket,
                 problem.seqlen_q_bucket, problem.seqlen_k_bucket, describe(*nearest)))};
   }
-  const tune::DefaultChoice fallback = tune::default_tile(spec, target);
+  const policy::DefaultChoice fallback = policy::default_tile(spec, target);
   return {fallback.tile, ServedBy::heuristic,
           with_skipped(fmt::format("heuristic default: {}", fallback.reason))};
 }

@@ -12,7 +12,7 @@
 
 #include "cache/database.hpp"
 #include "generator/kernel_spec.hpp"
-#include "tuner/search_space.hpp"
+#include "generator/tile_policy.hpp"
 
 namespace sigattn::cache {
 
@@ -119,6 +119,6 @@ struct TileChoice {
 TileChoice choose_tile(const std::vector<TuningResult>& user_rows,
                        const std::vector<TuningResult>& shipped_rows, const DeviceKey& device,
                        const std::string& template_hash, const gen::KernelSpec& spec,
-                       int max_seqlen_q, int max_seqlen_k, const tune::Target& target);
+                       int max_seqlen_q, int max_seqlen_k, const policy::Target& target);
 
 }  // namespace sigattn::cache

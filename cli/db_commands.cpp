@@ -151,8 +151,8 @@ int verify(const std::string& path) {
     }
     cache::TuningStore tuning(db);
     for (const cache::TuningResult& r : tuning.all_best()) {
-      const std::string why = tune::rejection(gen::parse_spec(r.problem.spec), r.tile,
-                                              tune::target_for_arch(r.device.arch));
+      const std::string why = policy::rejection(gen::parse_spec(r.problem.spec), r.tile,
+                                                policy::target_for_arch(r.device.arch));
       if (!why.empty()) {
         problems.push_back(fmt::format("tuning result {} {} on {}: tile rejected: {}",
                                        r.problem.spec, gen::to_string(r.tile), r.device.name, why));

@@ -26,12 +26,12 @@
 #include "cli/tune_command.hpp"
 #include "generator/generator.hpp"
 #include "generator/kernel_spec.hpp"
+#include "generator/tile_policy.hpp"
 #include "runtime/compiler.hpp"
 #include "runtime/doctor.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/module_cache.hpp"
 #include "runtime/persistent_cache.hpp"
-#include "tuner/search_space.hpp"
 
 namespace {
 
@@ -75,12 +75,12 @@ std::string supported_archs() {
   return list;
 }
 
-sigattn::tune::Target checked_target(const std::string& arch) {
+sigattn::policy::Target checked_target(const std::string& arch) {
   if (!sigattn::arch_supported(arch)) {
     throw UsageError(
         fmt::format("unknown or unsupported arch '{}' (supported: {})", arch, supported_archs()));
   }
-  return sigattn::tune::target_for_arch(arch);
+  return sigattn::policy::target_for_arch(arch);
 }
 
 std::string command_names(const CLI::App& app) {
@@ -109,7 +109,7 @@ int run_doctor(bool json) {
 }
 
 int run_gen(const std::string& text, const std::string& arch) {
-  const sigattn::tune::Target target = checked_target(arch);
+  const sigattn::policy::Target target = checked_target(arch);
   sigattn::gen::ParsedVariant parsed;
   try {
     parsed = sigattn::gen::parse_variant(text);
@@ -121,13 +121,13 @@ int run_gen(const std::string& text, const std::string& arch) {
   std::string tile_origin = "given";
   if (parsed.tile) {
     tile = *parsed.tile;
-    const std::string why = sigattn::tune::rejection(parsed.spec, tile, target);
+    const std::string why = sigattn::policy::rejection(parsed.spec, tile, target);
     if (!why.empty()) {
       throw UsageError(fmt::format("tile '{}' is rejected for {}: {}",
                                    sigattn::gen::to_string(tile), arch, why));
     }
   } else {
-    sigattn::tune::DefaultChoice choice = sigattn::tune::default_tile(parsed.spec, target);
+    sigattn::policy::DefaultChoice choice = sigattn::policy::default_tile(parsed.spec, target);
     tile = choice.tile;
     tile_origin = std::move(choice.reason);
   }
@@ -245,7 +245,7 @@ class OrderedPrinter {
 };
 
 std::vector<CompileJob> compile_jobs(const std::vector<std::string>& spec_texts,
-                                     const sigattn::tune::Target& target) {
+                                     const sigattn::policy::Target& target) {
   std::vector<sigattn::gen::KernelSpec> specs;
   for (const std::string& text : spec_texts) {
     try {
@@ -255,14 +255,14 @@ std::vector<CompileJob> compile_jobs(const std::vector<std::string>& spec_texts,
     }
   }
   const bool explicit_specs = !specs.empty();
-  if (!explicit_specs) specs = sigattn::tune::default_specs();
+  if (!explicit_specs) specs = sigattn::policy::default_specs();
 
   std::vector<CompileJob> jobs;
   for (const sigattn::gen::KernelSpec& spec : specs) {
-    const std::vector<sigattn::gen::TileConfig> tiles = sigattn::tune::candidates(spec, target);
+    const std::vector<sigattn::gen::TileConfig> tiles = sigattn::policy::candidates(spec, target);
     if (tiles.empty()) {
-      const std::string why =
-          sigattn::tune::rejection(spec, sigattn::tune::default_tile(spec, target).tile, target);
+      const std::string why = sigattn::policy::rejection(
+          spec, sigattn::policy::default_tile(spec, target).tile, target);
       const std::string message = fmt::format("no tile config of {} is allowed on {}: {}",
                                               sigattn::gen::to_string(spec), target.arch, why);
       if (explicit_specs) throw UsageError(message);
@@ -278,7 +278,7 @@ std::vector<CompileJob> compile_jobs(const std::vector<std::string>& spec_texts,
 
 int run_compile(const std::string& arch, unsigned jobs_requested,
                 const std::vector<std::string>& spec_texts, bool json) {
-  const sigattn::tune::Target target = checked_target(arch);
+  const sigattn::policy::Target target = checked_target(arch);
   const std::vector<CompileJob> jobs = compile_jobs(spec_texts, target);
   std::vector<CompileOutcome> outcomes(jobs.size());
   OrderedPrinter printer(jobs, outcomes);

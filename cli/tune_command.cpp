@@ -230,11 +230,11 @@ int compile_only(const std::vector<tune::Task>& tasks, const std::string& arch, 
   if (!arch_supported(arch)) {
     throw std::invalid_argument(fmt::format("--arch {} is not a supported architecture", arch));
   }
-  const tune::Target target = tune::target_for_arch(arch);
+  const policy::Target target = policy::target_for_arch(arch);
   std::vector<gen::Variant> variants;
   std::set<std::string> seen;
   for (const tune::Task& task : tasks) {
-    for (const gen::TileConfig& tile : tune::candidates(task.spec, target)) {
+    for (const gen::TileConfig& tile : policy::candidates(task.spec, target)) {
       const gen::Variant variant{task.spec, tile};
       if (seen.insert(gen::to_string(variant)).second) variants.push_back(variant);
     }
@@ -468,7 +468,7 @@ int TuneCommand::run_tune(const std::string& database_path) {
                              std::to_string(jobs_), "--db", database_path},
                             timeout_seconds_}));
     const cache::DeviceKey key = workers.back()->device();
-    slots.push_back({key, tune::target_for_arch(key.arch), workers.back().get()});
+    slots.push_back({key, policy::target_for_arch(key.arch), workers.back().get()});
     fmt::print(stderr, "device {}: {} ({}, {} SMs)\n", device, key.name, key.arch, key.sm_count);
   }
 

@@ -35,6 +35,7 @@ if(SIGATTN_BUILD_STATIC)
   target_link_libraries(sigattn_static PRIVATE fmt::fmt $<BUILD_INTERFACE:${XXHASH_LIBRARY}>
                         $<INSTALL_INTERFACE:xxhash> ${CMAKE_DL_LIBS} Threads::Threads
                         SQLite::SQLite3)
+  target_link_options(sigattn_static INTERFACE ${SIGATTN_LINK_ONLINE_TUNER})
   install(TARGETS sigattn_static EXPORT sigattnStaticTargets
           ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
   install(EXPORT sigattnStaticTargets NAMESPACE sigattn:: DESTINATION ${SIGATTN_INSTALL_CMAKEDIR})

@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "generator/template_store.hpp"
+#include "generator/tile_policy.hpp"
 
 namespace sigattn::gen {
 namespace {
@@ -23,174 +24,6 @@ std::string_view layout_enum(Layout layout) {
       return "sigattn::Layout::kVarlen";
   }
   return "";
-}
-
-// The sm90 kernels that split query rows (forward, dq): a producer warpgroup plus one consumer
-// warpgroup per 64 rows of block_m.
-void check_row_warpgroups(const TileConfig& tile, std::string_view kernel) {
-  if (tile.warps != 4 + tile.block_m / 16) {
-    throw std::invalid_argument(
-        fmt::format("sm90 {}tile warps = {} must be {}: a producer warpgroup plus one consumer "
-                    "warpgroup per 64 rows of block_m = {}",
-                    kernel, tile.warps, 4 + tile.block_m / 16, tile.block_m));
-  }
-}
-
-// The sm90 family has a forward, a dK/dV and a dQ kernel. Forward: one producer warpgroup plus
-// block_m / 64 consumer warpgroups of 64 query rows (wgmma's M), K/V steps that are a valid wgmma
-// N. dK/dV: a producer plus two consumer warpgroups of 64 keys (block_n = 128), 64 or 128 query
-// rows per step, head dims of whole 64-element TMA boxes whose dK, dV, S^T and dP^T fit the
-// registers. dQ: like the forward with one or two consumer warpgroups, at head dims 64 and 128,
-// with K/V steps whose S, dP and dS fragments fit beside dQ.
-void check_sm90_dq(const Variant& variant) {
-  const KernelSpec& spec = variant.spec;
-  const TileConfig& tile = variant.tile;
-  if (spec.head_dim != 64 && spec.head_dim != 128) {
-    throw std::invalid_argument(
-        fmt::format("family sm90 has a dq kernel for head_dim 64 and 128, not {}", spec.head_dim));
-  }
-  if (tile.atomic_dq) {
-    throw std::invalid_argument("the atomic dQ work split has no dq kernel in family sm90");
-  }
-  if (tile.block_m != 64 && tile.block_m != 128) {
-    throw std::invalid_argument(
-        fmt::format("sm90 dq tile block_m = {} must be 64 or 128", tile.block_m));
-  }
-  check_row_warpgroups(tile, "dq ");
-  if (tile.block_n < 16 || tile.block_n % 16 != 0 ||
-      spec.head_dim / 2 + tile.block_n + tile.block_n / 4 + 64 > 232) {
-    throw std::invalid_argument(
-        fmt::format("sm90 dq tile block_n = {} at head_dim {}: a multiple of 16 whose S, dP and "
-                    "dS registers fit beside dQ's",
-                    tile.block_n, spec.head_dim));
-  }
-}
-
-void check_sm90_dkdv(const Variant& variant) {
-  const KernelSpec& spec = variant.spec;
-  const TileConfig& tile = variant.tile;
-  if (spec.head_dim != 64 && spec.head_dim != 128) {
-    throw std::invalid_argument(fmt::format(
-        "family sm90 has a dkdv kernel for head_dim 64 and 128, not {}", spec.head_dim));
-  }
-  if (tile.block_n != 128) {
-    throw std::invalid_argument(
-        fmt::format("sm90 dkdv tile block_n = {} must be 128 (two 64-key warpgroups taking turns)",
-                    tile.block_n));
-  }
-  if (tile.warps != 4 + tile.block_n / 16) {
-    throw std::invalid_argument(
-        fmt::format("sm90 dkdv tile warps = {} must be {}: a producer warpgroup plus one "
-                    "consumer warpgroup per 64 keys of block_n = {}",
-                    tile.warps, 4 + tile.block_n / 16, tile.block_n));
-  }
-  if (tile.block_m != 64 && tile.block_m != 128) {
-    throw std::invalid_argument(
-        fmt::format("sm90 dkdv tile block_m = {} must be 64 or 128", tile.block_m));
-  }
-  if (spec.head_dim + tile.block_m > 192) {
-    throw std::invalid_argument(
-        fmt::format("sm90 dkdv tile block_m = {} at head_dim {}: the dK, dV, S^T and dP^T "
-                    "accumulators exceed the registers",
-                    tile.block_m, spec.head_dim));
-  }
-  if (tile.atomic_dq &&
-      (tile.block_m > tile.block_n || spec.head_dim * tile.block_m / tile.block_n % 64 != 0)) {
-    throw std::invalid_argument(
-        fmt::format("sm90 dkdv tile {} at head_dim {}: the one-pass split gives each consumer "
-                    "warpgroup 64 query rows and whole 64-column blocks of dQ",
-                    to_string(tile), spec.head_dim));
-  }
-}
-
-void check_sm90_variant(const Variant& variant) {
-  const KernelSpec& spec = variant.spec;
-  const TileConfig& tile = variant.tile;
-  if (tile.stages < 2 || tile.stages > 4) {
-    throw std::invalid_argument(fmt::format("tile stages = {} must be 2, 3 or 4", tile.stages));
-  }
-  if (spec.seqlen == SeqLen::x128 && (128 % tile.block_m != 0 || 128 % tile.block_n != 0)) {
-    throw std::invalid_argument(
-        fmt::format("seqlen x128 needs block_m and block_n dividing 128, got {}", to_string(tile)));
-  }
-  if (spec.direction == Direction::dkdv) {
-    check_sm90_dkdv(variant);
-    return;
-  }
-  if (spec.direction == Direction::dq) {
-    check_sm90_dq(variant);
-    return;
-  }
-  if (spec.direction != Direction::forward) {
-    throw std::invalid_argument(
-        fmt::format("family sm90 has no {} kernel", to_string(spec.direction)));
-  }
-  if (spec.head_dim % 16 != 0 || spec.head_dim < 64) {
-    throw std::invalid_argument(
-        fmt::format("family sm90 needs head_dim a multiple of 16 (wgmma k-steps) from 64 (one "
-                    "128-byte TMA box) to 256, got {}",
-                    spec.head_dim));
-  }
-  if (tile.atomic_dq) {
-    throw std::invalid_argument("the atomic dQ work split has no fwd kernel in family sm90");
-  }
-  if (tile.block_m != 64 && tile.block_m != 128 && tile.block_m != 192) {
-    throw std::invalid_argument(
-        fmt::format("sm90 tile block_m = {} must be 64, 128 or 192", tile.block_m));
-  }
-  check_row_warpgroups(tile, "");
-  if (tile.block_n < 16 || tile.block_n > 256 || tile.block_n % 16 != 0) {
-    throw std::invalid_argument(fmt::format(
-        "sm90 tile block_n = {} must be a multiple of 16 from 16 to 256", tile.block_n));
-  }
-}
-
-void check_variant(const Variant& variant) {
-  const KernelSpec& spec = variant.spec;
-  const TileConfig& tile = variant.tile;
-  if (!head_dim_supported(spec.head_dim)) {
-    throw std::invalid_argument(fmt::format(
-        "head_dim {} is not supported: use a multiple of 8 from 8 to 256", spec.head_dim));
-  }
-  if (spec.seqlen == SeqLen::x128 && spec.layout != Layout::dense) {
-    throw std::invalid_argument("seqlen x128 applies to the dense layout only");
-  }
-  if (tile.family == Family::sm90) {
-    check_sm90_variant(variant);
-    return;
-  }
-  if (tile.family != Family::sm80) {
-    throw std::invalid_argument(fmt::format("family {} has no {} kernel", to_string(tile.family),
-                                            to_string(spec.direction)));
-  }
-  if (tile.atomic_dq && spec.direction != Direction::dkdv) {
-    throw std::invalid_argument(
-        fmt::format("the atomic dQ work split has no {} kernel in family {}",
-                    to_string(spec.direction), to_string(tile.family)));
-  }
-  if (tile.warps != 1 && tile.warps != 2 && tile.warps != 4 && tile.warps != 8) {
-    throw std::invalid_argument(fmt::format("tile warps = {} must be 1, 2, 4 or 8", tile.warps));
-  }
-  // The dimension the warps split: query rows (forward, dq) or keys (dkdv).
-  const bool keys_split = spec.direction == Direction::dkdv;
-  const int split = keys_split ? tile.block_n : tile.block_m;
-  const int stepped = keys_split ? tile.block_m : tile.block_n;
-  if (split <= 0 || split % (16 * tile.warps) != 0) {
-    throw std::invalid_argument(
-        fmt::format("tile {} = {} must be a positive multiple of 16 * warps = {}",
-                    keys_split ? "block_n" : "block_m", split, 16 * tile.warps));
-  }
-  if (stepped <= 0 || stepped % 16 != 0) {
-    throw std::invalid_argument(fmt::format("tile {} = {} must be a positive multiple of 16",
-                                            keys_split ? "block_m" : "block_n", stepped));
-  }
-  if (tile.stages < 2 || tile.stages > 4) {
-    throw std::invalid_argument(fmt::format("tile stages = {} must be 2, 3 or 4", tile.stages));
-  }
-  if (spec.seqlen == SeqLen::x128 && (128 % tile.block_m != 0 || 128 % tile.block_n != 0)) {
-    throw std::invalid_argument(
-        fmt::format("seqlen x128 needs block_m and block_n dividing 128, got {}", to_string(tile)));
-  }
 }
 
 }  // namespace
@@ -278,7 +111,10 @@ std::string generated_source(std::string_view variant_name, std::string_view ent
 }  // namespace
 
 GeneratedKernel generate(const Variant& variant) {
-  check_variant(variant);
+  if (const std::string why = policy::structural_rejection(variant.spec, variant.tile);
+      !why.empty()) {
+    throw std::invalid_argument(why);
+  }
   const KernelSpec& spec = variant.spec;
   const TileConfig& tile = variant.tile;
 

@@ -30,7 +30,8 @@ int smem_bytes(const KernelSpec& spec, const TileConfig& tile);
 // CTAs per row block along grid x: the backward kernels split head dims above 128 into slices.
 int grid_slices(const KernelSpec& spec);
 
-// Throws std::invalid_argument when the spec or tile is outside what the family supports.
+// Throws std::invalid_argument naming the structural constraint (generator/tile_policy.hpp) that
+// the spec or tile violates.
 GeneratedKernel generate(const Variant& variant);
 
 // The dQ conversion of the one-pass backward (a dkdv tile with atomic_dq): grad_q = scale * the

@@ -159,7 +159,7 @@ const std::vector<cache::TuningResult>& PersistentCache::shipped_results() {
 
 cache::TileChoice PersistentCache::choose_tile(const gen::KernelSpec& spec,
                                                const cache::DeviceKey& device, int max_seqlen_q,
-                                               int max_seqlen_k, const tune::Target& target) {
+                                               int max_seqlen_k, const policy::Target& target) {
   std::lock_guard lock(mutex_);
   // Only the buckets of the lengths take part in the lookup, so they key the memo exactly.
   const std::string memo_key = fmt::format(

@@ -49,7 +49,7 @@ class PersistentCache {
   // bucket, heuristic default). The answer for a device, spec and pair of length buckets is
   // kept for the life of the process, so repeated calls never query the database again.
   cache::TileChoice choose_tile(const gen::KernelSpec& spec, const cache::DeviceKey& device,
-                                int max_seqlen_q, int max_seqlen_k, const tune::Target& target);
+                                int max_seqlen_q, int max_seqlen_k, const policy::Target& target);
   // Drops the kept answers of choose_tile (after new tuning results were written).
   void forget_tile_choices();
 

@@ -128,7 +128,7 @@ GpuRunner::GpuRunner(int ordinal, std::optional<FaultInjection> injection)
   SIGATTN_CU(api.cuCtxSetCurrent(context_));
   info_ = cuda::device_info(cu_device_);
   arch_ = cuda::arch_for(info_.cc_major, info_.cc_minor);
-  target_ = target_for_arch(arch_);
+  target_ = policy::target_for_arch(arch_);
   kernels_ = std::make_unique<ReferenceKernels>();
   int l2_bytes = 0;
   SIGATTN_CU(api.cuDeviceGetAttribute(&l2_bytes, CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE, cu_device_));
@@ -253,8 +253,9 @@ void GpuRunner::set_task(const Task& task) {
     lengths_ = cuda::DeviceBuffer(lengths.size() * sizeof(std::int32_t));
     lengths_.upload(lengths.data(), lengths.size() * sizeof(std::int32_t));
   }
-  default_dkdv_ = default_tile(with_direction(task.spec, gen::Direction::dkdv), target_).tile;
-  default_dq_ = default_tile(with_direction(task.spec, gen::Direction::dq), target_).tile;
+  default_dkdv_ =
+      policy::default_tile(with_direction(task.spec, gen::Direction::dkdv), target_).tile;
+  default_dq_ = policy::default_tile(with_direction(task.spec, gen::Direction::dq), target_).tile;
 
   if (!backward) {
     kernels_->forward(forward_args(sets_.front()), static_cast<float*>(widen_buffer_.get()),
@@ -314,7 +315,7 @@ Measurement GpuRunner::measure(const gen::TileConfig& tile, const MeasureRequest
   Measurement m;
   phase("compile");
   const std::string name = gen::to_string(tile);
-  if (const std::string why = rejection(task_->spec, tile, target_); !why.empty()) {
+  if (const std::string why = policy::rejection(task_->spec, tile, target_); !why.empty()) {
     m.status = CandidateStatus::compile_error;
     m.message = fmt::format("{} is rejected on {}: {}", name, arch_, why);
     return m;

@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "generator/tile_policy.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "tuner/reference.hpp"
-#include "tuner/search_space.hpp"
 #include "tuner/worker.hpp"
 
 namespace sigattn::tune {
@@ -75,7 +75,7 @@ class GpuRunner : public CandidateRunner {
   CUcontext context_ = nullptr;
   cuda::DeviceInfo info_;
   std::string arch_;
-  Target target_;
+  policy::Target target_;
   std::optional<FaultInjection> injection_;
   std::unique_ptr<ReferenceKernels> kernels_;
   std::optional<Task> task_;

@@ -1,7 +1,7 @@
-// The online tuner's queue and child processes. Each run is `sigattn tune --shape S --db D
-// --strategy random --budget N`, killed when it outlasts the time limit (every candidate it
-// finished is already in the database); its output is discarded, since the application owns
-// stdout and stderr.
+// The online tuner's queue and child processes, and the hook through which forward() reaches
+// them. Each run is `sigattn tune --shape S --db D --strategy random --budget N`, killed when it
+// outlasts the time limit (every candidate it finished is already in the database); its output is
+// discarded, since the application owns stdout and stderr.
 #include "tuner/online_tuning.hpp"
 
 #include <fcntl.h>
@@ -18,6 +18,7 @@
 
 #include "runtime/environment.hpp"
 #include "runtime/install_paths.hpp"
+#include "runtime/online_tuning_hook.hpp"
 #include "runtime/persistent_cache.hpp"
 
 extern char** environ;
@@ -59,6 +60,21 @@ void run_child(const std::vector<std::string>& command, std::chrono::seconds lim
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
 }
+
+// The runtime's hook: queues the call's shape when online tuning is on and the shape can be
+// described.
+void request_for_call(const ForwardArgs& args, const gen::KernelSpec& spec) {
+  OnlineTuner& tuner = OnlineTuner::instance();
+  if (!tuner.enabled()) return;
+  if (const std::optional<Shape> shape = online_shape(args, spec)) {
+    tuner.request(*shape, PersistentCache::instance().database_path());
+  }
+}
+
+// Installs the hook when the program starts.
+const struct HookRegistrar {
+  HookRegistrar() { install_online_tuning_hook(request_for_call); }
+} registrar;
 
 }  // namespace
 
@@ -170,3 +186,7 @@ namespace sigattn {
 void set_online_tuning(bool enabled) { tune::OnlineTuner::instance().set_enabled(enabled); }
 
 }  // namespace sigattn
+
+// Nothing calls this: programs linked with the static library name it (-Wl,--undefined, see
+// CMakeLists.txt) so that the linker keeps this file, and with it the registrar above.
+extern "C" void sigattn_online_tuner_anchor() {}

@@ -16,7 +16,7 @@
 
 #include "generator/template_store.hpp"
 #include "runtime/cuda_driver.hpp"
-#include "runtime/forward.hpp"
+#include "runtime/kernel_params.hpp"
 #include "sigattn/fwd_params.h"
 
 namespace sigattn::tune {
@@ -256,7 +256,8 @@ std::shared_ptr<const CompiledKernel> reference_binary(const std::string& arch) 
 }
 
 FwdParams reference_params(const ForwardArgs& args) {
-  return make_params(args, args.cu_seqlens_q != nullptr ? gen::Layout::varlen : gen::Layout::dense);
+  return forward_params(args,
+                        args.cu_seqlens_q != nullptr ? gen::Layout::varlen : gen::Layout::dense);
 }
 
 void launch_reference_rows(CUfunction function, int rows, int heads, int batch, void** args,

@@ -93,7 +93,7 @@ bool faster(const CandidateRecord& a, const CandidateRecord& b) {
 // Everything one tune_problem call shares between its steps.
 class ProblemRun {
  public:
-  ProblemRun(const Task& task, const cache::DeviceKey& device, const Target& target,
+  ProblemRun(const Task& task, const cache::DeviceKey& device, const policy::Target& target,
              Measurer& measurer, CandidateLog* log, const TuneOptions& options,
              ProgressListener* listener, ProblemOutcome& outcome)
       : task_(task),
@@ -114,7 +114,7 @@ class ProblemRun {
 
   void resume() {
     if (log_ == nullptr || !options_.resume) return;
-    const std::vector<gen::TileConfig> allowed = candidates(task_.spec, target_);
+    const std::vector<gen::TileConfig> allowed = policy::candidates(task_.spec, target_);
     for (const cache::TuningCandidate& row : log_->recorded(device_, task_.problem)) {
       if (std::find(allowed.begin(), allowed.end(), row.tile) == allowed.end()) continue;
       outcome_.records[gen::to_string(row.tile)] = from_store(row);
@@ -232,7 +232,7 @@ class ProblemRun {
 
   const Task& task_;
   const cache::DeviceKey& device_;
-  const Target& target_;
+  const policy::Target& target_;
   Measurer& measurer_;
   CandidateLog* log_;
   const TuneOptions& options_;
@@ -305,7 +305,7 @@ Strategy parse_strategy(std::string_view text) {
 }
 
 double predicted_cost(const Task& task, const gen::TileConfig& tile, int sm_count,
-                      const Target& target) {
+                      const policy::Target& target) {
   const bool keys_split = task.direction == gen::Direction::dkdv;
   const int owned = keys_split ? tile.block_n : tile.block_m;  // rows or keys a CTA owns
   const int step = keys_split ? tile.block_m : tile.block_n;   // the other side, per step
@@ -328,8 +328,8 @@ double predicted_cost(const Task& task, const gen::TileConfig& tile, int sm_coun
 }
 
 std::vector<gen::TileConfig> ranked_candidates(const Task& task, int sm_count,
-                                               const Target& target) {
-  std::vector<gen::TileConfig> tiles = candidates(task.spec, target);
+                                               const policy::Target& target) {
+  std::vector<gen::TileConfig> tiles = policy::candidates(task.spec, target);
   std::stable_sort(tiles.begin(), tiles.end(), [&](const auto& a, const auto& b) {
     return predicted_cost(task, a, sm_count, target) < predicted_cost(task, b, sm_count, target);
   });
@@ -361,9 +361,9 @@ void CandidateLog::record_best(const cache::TuningResult& result) {
   store_.put_best(result);
 }
 
-ProblemOutcome tune_problem(const Task& task, const cache::DeviceKey& device, const Target& target,
-                            Measurer& measurer, CandidateLog* log, const TuneOptions& options,
-                            Clock& clock, ProgressListener* listener) {
+ProblemOutcome tune_problem(const Task& task, const cache::DeviceKey& device,
+                            const policy::Target& target, Measurer& measurer, CandidateLog* log,
+                            const TuneOptions& options, Clock& clock, ProgressListener* listener) {
   const double started = clock.seconds();
   ProblemOutcome outcome;
   outcome.task = task;
@@ -380,7 +380,7 @@ ProblemOutcome tune_problem(const Task& task, const cache::DeviceKey& device, co
 
   std::vector<gen::TileConfig> all = ranked_candidates(task, device.sm_count, target);
   try {
-    outcome.heuristic_tile = default_tile(task.spec, target).tile;
+    outcome.heuristic_tile = policy::default_tile(task.spec, target).tile;
   } catch (const std::invalid_argument& error) {
     outcome.error = error.what();
     return finish();
@@ -483,7 +483,7 @@ std::vector<Task> shard(const std::vector<Task>& tasks, int index, int count) {
 }
 
 std::vector<StrategyComparison> compare_strategies(const Task& task, const cache::DeviceKey& device,
-                                                   const Target& target, Measurer& measurer,
+                                                   const policy::Target& target, Measurer& measurer,
                                                    CandidateLog* log, const TuneOptions& options,
                                                    Clock& clock, ProgressListener* listener) {
   std::vector<StrategyComparison> rows;

@@ -18,8 +18,8 @@
 
 #include "cache/database.hpp"
 #include "cache/tuning_store.hpp"
+#include "generator/tile_policy.hpp"
 #include "tuner/measurer.hpp"
-#include "tuner/search_space.hpp"
 #include "tuner/shapes.hpp"
 
 namespace sigattn::tune {
@@ -46,11 +46,11 @@ struct TuneOptions {
 // over the SMs at the occupancy shared memory and threads allow, and the shared-memory traffic per
 // tensor-core operation that the tile's aspect implies. Only the order matters.
 double predicted_cost(const Task& task, const gen::TileConfig& tile, int sm_count,
-                      const Target& target);
+                      const policy::Target& target);
 
 // The candidates of a task in the order a strategy considers them: the cost model's ranking.
 std::vector<gen::TileConfig> ranked_candidates(const Task& task, int sm_count,
-                                               const Target& target);
+                                               const policy::Target& target);
 
 // Persistence of candidates and results through cache::TuningStore; thread-safe.
 class CandidateLog {
@@ -103,14 +103,14 @@ class ProgressListener {
 };
 
 // Tunes one task on one device. Without a log nothing is read or written (strategy comparisons).
-ProblemOutcome tune_problem(const Task& task, const cache::DeviceKey& device, const Target& target,
-                            Measurer& measurer, CandidateLog* log, const TuneOptions& options,
-                            Clock& clock, ProgressListener* listener);
+ProblemOutcome tune_problem(const Task& task, const cache::DeviceKey& device,
+                            const policy::Target& target, Measurer& measurer, CandidateLog* log,
+                            const TuneOptions& options, Clock& clock, ProgressListener* listener);
 
 // One device of a run: its key, target and measurer.
 struct DeviceSlot {
   cache::DeviceKey device;
-  Target target;
+  policy::Target target;
   Measurer* measurer = nullptr;
 };
 
@@ -139,7 +139,7 @@ struct StrategyComparison {
 // Runs exhaustive (recorded through `log`, resumable), then random and model (not recorded), on
 // the same measurer, and rates each winner by its time in the exhaustive run.
 std::vector<StrategyComparison> compare_strategies(const Task& task, const cache::DeviceKey& device,
-                                                   const Target& target, Measurer& measurer,
+                                                   const policy::Target& target, Measurer& measurer,
                                                    CandidateLog* log, const TuneOptions& options,
                                                    Clock& clock, ProgressListener* listener);
 

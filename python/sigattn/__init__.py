@@ -2,9 +2,10 @@
 generated kernels through its C ABI (ctypes over libsigattn.so), on torch's current device and
 stream. A drop-in for TritonSigmoid: `import sigattn as triton_sigmoid` keeps its calls working.
 
-With torch >= 2.4 the op is the torch.library custom op sigattn::forward (backward:
-sigattn::backward), which torch.compile(fullgraph=True) traces without graph breaks and CUDA
-graphs capture; with older torch it is an autograd.Function for eager use.
+Eager calls reach the C ABI directly (through a torch.autograd.Function when an input requires
+grad). With torch >= 2.4, traced calls are the torch.library custom op sigattn::forward
+(backward: sigattn::backward), which torch.compile(fullgraph=True) traces without graph breaks;
+CUDA graphs capture both. sigattn.integrations.transformers plugs it into Hugging Face models.
 """
 
 from ._library import SigattnError, library_path, version

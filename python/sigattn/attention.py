@@ -15,6 +15,10 @@ _MAX_GRID_EXTENT = 65535  # batch and heads index CUDA grid dimensions
 _MAX_SEQLEN = 1 << 24
 _STRIDE_MULTIPLE = 8  # elements: 16 bytes, one vector load
 _SIGMOID_MODES = ("fast", "accurate")
+# The names of _run's tensors in errors, by layout: q, k, v, then the optional ones.
+_OPTIONAL_NAMES = ("seq_lens_q", "seq_lens_k", "cu_seqlens_q", "cu_seqlens_k", "score_mod")
+_BTHD_NAMES = ("query", "key", "value") + _OPTIONAL_NAMES
+_PACKED_NAMES = ("q", "k", "v") + _OPTIONAL_NAMES
 # Under torch.compile with dynamic shapes an int argument may arrive as a torch.SymInt.
 _INT_TYPES = (numbers.Integral,) + ((torch.SymInt,) if hasattr(torch, "SymInt") else ())
 
@@ -128,10 +132,8 @@ def _run(q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, batch, max
         raise TypeError(f"deterministic must be True or False, got {deterministic!r}")
     if sigmoid not in _SIGMOID_MODES:
         raise ValueError(f"sigmoid = {sigmoid!r} must be one of {_SIGMOID_MODES}")
-    names = ("q", "k", "v") if cu_seqlens_q is not None else ("query", "key", "value")
-    _check_devices(zip(names + ("seq_lens_q", "seq_lens_k", "cu_seqlens_q", "cu_seqlens_k",
-                                "score_mod"),
-                       (q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, score_mod)))
+    _check_devices(_PACKED_NAMES if cu_seqlens_q is not None else _BTHD_NAMES,
+                   (q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, score_mod))
     return _ops.attention(q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, score_mod,
                           max_seqlen_q, max_seqlen_k, bool(is_causal), window_left, window_right,
                           scale, sigmoid_bias, sigmoid == "accurate", bool(trust_lengths),
@@ -144,31 +146,32 @@ def _check_range(name, value, low, high):
 
 
 def _check_tensors(q, k, v, packed):
-    names = ("q", "k", "v") if packed else ("query", "key", "value")
-    layout = "[total_tokens, heads, head_dim]" if packed else "[batch, seq, heads, head_dim]"
+    names = _PACKED_NAMES if packed else _BTHD_NAMES
     rank = 3 if packed else 4
     for name, tensor in zip(names, (q, k, v)):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
         if tensor.dim() != rank:
+            layout = "[total_tokens, heads, head_dim]" if packed else "[batch, seq, heads, head_dim]"
             raise ValueError(f"{name} must be {rank}-D {layout}, got shape {tuple(tensor.shape)}")
         if tensor.dtype not in _SUPPORTED_DTYPES:
             raise TypeError(f"{name} has dtype {tensor.dtype}; sigattn supports torch.bfloat16 "
                             f"and torch.float16 (cast with .to(torch.bfloat16))")
-    qn, kn, vn = names
+    qn, kn, vn = names[:3]
     if not q.dtype == k.dtype == v.dtype:
         raise TypeError(f"{qn}, {kn} and {vn} must have one dtype, got {q.dtype}, {k.dtype}, "
                         f"{v.dtype}")
-    if k.shape != v.shape:
-        raise ValueError(f"{kn} and {vn} must have the same shape, got {tuple(k.shape)} and "
+    q_shape, k_shape = q.shape, k.shape
+    if k_shape != v.shape:
+        raise ValueError(f"{kn} and {vn} must have the same shape, got {tuple(k_shape)} and "
                          f"{tuple(v.shape)}")
-    if not packed and q.shape[0] != k.shape[0]:
-        raise ValueError(f"batch size mismatch: {qn} has {q.shape[0]}, {kn} and {vn} have "
-                         f"{k.shape[0]}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"head dim mismatch: {qn} has {q.shape[-1]}, {kn} and {vn} have "
-                         f"{k.shape[-1]}")
-    heads_q, heads_kv, head_dim = q.shape[-2], k.shape[-2], q.shape[-1]
+    if not packed and q_shape[0] != k_shape[0]:
+        raise ValueError(f"batch size mismatch: {qn} has {q_shape[0]}, {kn} and {vn} have "
+                         f"{k_shape[0]}")
+    heads_q, heads_kv, head_dim = q_shape[-2], k_shape[-2], q_shape[-1]
+    if head_dim != k_shape[-1]:
+        raise ValueError(f"head dim mismatch: {qn} has {head_dim}, {kn} and {vn} have "
+                         f"{k_shape[-1]}")
     _check_range(f"{qn} heads", heads_q, 1, _MAX_GRID_EXTENT)
     if heads_kv < 1 or heads_q % heads_kv != 0:
         raise ValueError(f"{qn} has {heads_q} heads, which is not a multiple of the {heads_kv} "
@@ -176,16 +179,17 @@ def _check_tensors(q, k, v, packed):
     if head_dim % 8 != 0 or not 8 <= head_dim <= 256:
         raise ValueError(f"head_dim = {head_dim} is not supported: it must be a multiple of 8 "
                          f"from 8 to 256")
-    for name, tensor in zip(names, (q, k, v)):
-        _check_strides(name, tensor)
+    _check_strides(qn, q)
+    _check_strides(kn, k)
+    _check_strides(vn, v)
 
 
 def _check_strides(name, tensor):
-    if tensor.stride(-1) != 1:
-        raise ValueError(f"{name} has head-dim stride {tensor.stride(-1)}: the head dimension must "
+    strides = tensor.stride()
+    if strides[-1] != 1:
+        raise ValueError(f"{name} has head-dim stride {strides[-1]}: the head dimension must "
                          f"be contiguous (stride 1); pass {name}.contiguous() (a copy)")
-    for dim in range(tensor.dim() - 1):
-        size, stride = tensor.shape[dim], tensor.stride(dim)
+    for dim, (size, stride) in enumerate(zip(tensor.shape, strides[:-1])):
         if size > 1 and (stride < 0 or stride % _STRIDE_MULTIPLE != 0):
             raise ValueError(f"{name}.stride({dim}) = {stride} must be a non-negative multiple "
                              f"of {_STRIDE_MULTIPLE} elements (16 bytes); pass "
@@ -206,7 +210,9 @@ def _lengths(name, tensor, shape):
     _check_length_tensor(name, tensor)
     if tuple(tensor.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
-    return tensor.to(torch.int32).contiguous()
+    if tensor.dtype != torch.int32:
+        tensor = tensor.to(torch.int32)
+    return tensor if tensor.is_contiguous() else tensor.contiguous()
 
 
 def _score_mod(score_mod, batch, max_seqlen_k):
@@ -217,7 +223,9 @@ def _score_mod(score_mod, batch, max_seqlen_k):
     if tuple(score_mod.shape) != (batch, max_seqlen_k):
         raise ValueError(f"score_mod must have shape ({batch}, {max_seqlen_k}) = (batch, "
                          f"max_seqlen_k), got {tuple(score_mod.shape)}")
-    return score_mod.to(torch.float32).contiguous()
+    if score_mod.dtype != torch.float32:
+        score_mod = score_mod.to(torch.float32)
+    return score_mod if score_mod.is_contiguous() else score_mod.contiguous()
 
 
 def _window(window):
@@ -232,18 +240,17 @@ def _window(window):
     return int(left), int(right)
 
 
-def _check_devices(named_tensors):
-    first_name, device = None, None
-    for name, tensor in named_tensors:
+def _check_devices(names, tensors):
+    """Every tensor given (None: absent) is on one CUDA device, the first one's."""
+    index = tensors[0].get_device()
+    for name, tensor in zip(names, tensors):
         if tensor is None:
             continue
-        if tensor.device.type != "cuda":
+        if not tensor.is_cuda:
             hint = "" if torch.cuda.is_available() else (
                 " (torch.cuda.is_available() is False: this process sees no CUDA GPU)")
             raise ValueError(f"{name} is on {tensor.device}: sigattn runs on CUDA GPUs only, "
                              f"every tensor must be a CUDA tensor{hint}")
-        if first_name is None:
-            first_name, device = name, tensor.device
-        elif tensor.device != device:
-            raise ValueError(f"all tensors must be on one device: {first_name} is on {device}, "
-                             f"{name} on {tensor.device}")
+        if tensor.get_device() != index:
+            raise ValueError(f"all tensors must be on one device: {names[0]} is on "
+                             f"{tensors[0].device}, {name} on {tensor.device}")

@@ -5,6 +5,7 @@ Run: python3 -m unittest discover -s python/tests (with the package installed, o
 PYTHONPATH=python and SIGATTN_LIBRARY=build/libsigattn.so).
 """
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -20,7 +21,7 @@ from unittest import mock
 import torch
 
 import sigattn
-from sigattn import _library, _ops, tuning
+from sigattn import _library, _ops, attention, tuning
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HEADER = os.path.join(REPO, "include", "sigattn", "sigattn.h")
@@ -156,37 +157,191 @@ class ValidationTest(unittest.TestCase):
             sigattn.sigmoid_attention_varlen(bthd(), bthd(), bthd(), cu, cu, 25, 25)
 
 
-@unittest.skipIf(sigattn.REGISTERED_AS_TORCH_OP, "the custom op's autograd runs in test_gpu.py")
-class AutogradFunctionTest(unittest.TestCase):
-    """torch < 2.4: the autograd.Function hands the backward every saved input and option and
-    returns one gradient per input (the kernels replaced by stand-ins)."""
+class PackedTensorTest(unittest.TestCase):
+    """A packed tensor that holds one token while max_seqlen is larger is a legal call."""
 
-    def test_backward_receives_the_forward_inputs(self):
-        seen = {}
+    def test_one_token_gets_a_whole_row_stride(self):
+        strides = lambda ref: (ref.batch_stride, ref.seq_stride, ref.head_stride)
+        self.assertEqual(strides(_ops._tensor_ref(torch.empty(1, 4, 64), True)), (0, 256, 64))
+        self.assertEqual(strides(_ops._tensor_ref(torch.empty(1, 1, 64), True)), (0, 64, 0))
+        padded_heads = torch.empty(1, 4, 128)[:, :, :64]
+        self.assertEqual(strides(_ops._tensor_ref(padded_heads, True)), (0, 512, 128))
+        self.assertEqual(strides(_ops._tensor_ref(torch.empty(3, 4, 64), True)), (0, 256, 64))
+        # Dense tensors keep 0 for their extent-1 dimensions.
+        self.assertEqual(strides(_ops._tensor_ref(torch.empty(1, 1, 4, 64), False)), (0, 0, 64))
 
-        def forward(q, k, v, *rest):
-            return q * 2.0
+    def test_the_library_accepts_one_token_below_a_longer_max_seqlen(self):
+        lib = library_or_none()
+        if lib is None:
+            self.skipTest("libsigattn.so not found (set SIGATTN_LIBRARY)")
+        token = torch.randn(1, 4, 64).bfloat16()
+        cu_seqlens = torch.tensor([0, 1, 1], dtype=torch.int32)
+        args = _library.ForwardArgs()
+        lib.sigattn_forward_args_init(ctypes.byref(args))
+        args.batch, args.heads_q, args.heads_kv, args.head_dim = 2, 4, 4, 64
+        args.max_seqlen_q = args.max_seqlen_k = 127
+        args.q = args.k = args.v = args.out = _ops._tensor_ref(token, True)
+        args.cu_seqlens_q = args.cu_seqlens_k = cu_seqlens.data_ptr()
+        for seq_stride in (256, 0):  # the binding's stride, and 0 as any C caller may pass
+            args.out.seq_stride = seq_stride
+            status = lib.sigattn_forward(ctypes.byref(args), None)
+            # Host memory stands in for the tensors: the call fails later, without a GPU or at
+            # the device-pointer check, never at the layout checks.
+            with self.assertRaises(sigattn.SigattnError) as caught:
+                _library.check(status, "sigattn_forward")
+            self.assertNotIn("overlap", str(caught.exception))
 
-        def backward(grad_out, q, k, v, *rest):
-            seen["inputs"] = (q, k, v) + rest
-            return grad_out * 2.0, torch.ones_like(k), torch.zeros_like(v)
 
-        q, k, v = (torch.randn(2, 8, 2, 8, requires_grad=True) for _ in range(3))
-        lens = torch.tensor([3, 8], dtype=torch.int32)
-        inputs = (q, k, v, lens, lens, None, None, None, 8, 8, True, 4, -1, 0.5, None, True,
-                  False, False)
-        with mock.patch.object(_ops, "_forward_impl", forward), \
-                mock.patch.object(_ops, "_backward_impl", backward):
-            out = _ops.attention(*inputs)
-            out.backward(torch.ones_like(out))
-        self.assertEqual(len(seen["inputs"]), len(inputs))
-        for expected, actual in zip(inputs, seen["inputs"]):
-            if isinstance(expected, torch.Tensor):
-                self.assertTrue(torch.equal(actual, expected))
-            else:
-                self.assertEqual(actual, expected)
-        self.assertTrue(torch.equal(q.grad, torch.full_like(q, 2.0)))
-        self.assertTrue(torch.equal(k.grad, torch.ones_like(k)))
+class StubbedLibrary:
+    """Stands in for libsigattn and the CUDA queries so that the eager paths run on CPU tensors:
+    each C call's argument structure is recorded and the call succeeds without writing."""
+
+    STREAM = 1234
+
+    def __init__(self):
+        self.calls = []
+        forward_args = _library.ForwardArgs(window_left=-1, window_right=-1)
+        backward_args = _library.BackwardArgs(inputs=forward_args, deterministic=1)
+        self.forward_defaults = bytes(forward_args)
+        self.backward_defaults = bytes(backward_args)
+        self.patches = [
+            mock.patch.object(_ops, "_c_abi", self),
+            mock.patch.object(_ops, "_current_device", lambda: -1),
+            mock.patch.object(_ops, "_current_raw_stream", lambda index: self.STREAM),
+            mock.patch.object(_ops, "_is_stream_capturing", lambda: False),
+            mock.patch.object(attention, "_check_devices", lambda names, tensors: None),
+        ]
+
+    def forward(self, args, stream):
+        self.calls.append(("forward", _library.ForwardArgs.from_buffer_copy(args), stream))
+        return 0
+
+    def backward(self, args, stream):
+        self.calls.append(("backward", _library.BackwardArgs.from_buffer_copy(args), stream))
+        return 0
+
+    def __enter__(self):
+        for patch in self.patches:
+            patch.start()
+        return self
+
+    def __exit__(self, *exc):
+        for patch in reversed(self.patches):
+            patch.stop()
+        return False
+
+
+class EagerPathTest(unittest.TestCase):
+    """Eager calls reach the C ABI without torch.library dispatch: directly when no gradient is
+    needed, through the autograd.Function otherwise (the library stubbed)."""
+
+    def test_no_grad_call_is_the_c_call_alone(self):
+        q = torch.randn(2, 4, 16, 64).bfloat16().transpose(1, 2)  # BHTD storage
+        k, v = bthd(heads=2), bthd(heads=2)
+        for requires_grad in (False, True):
+            leaves = [x.detach().requires_grad_(requires_grad) for x in (q, k, v)]
+            with StubbedLibrary() as library, torch.no_grad() if requires_grad else \
+                    contextlib.nullcontext():
+                out = sigattn.sigmoid_attention(*leaves, is_causal=True, window=(4, -1),
+                                                scale=0.5)
+            self.assertIsNone(out.grad_fn)
+            self.assertEqual([call[0] for call in library.calls], ["forward"])
+            _, args, stream = library.calls[0]
+            self.assertEqual(stream, StubbedLibrary.STREAM)
+            self.assertEqual((args.dtype, args.batch, args.heads_q, args.heads_kv, args.head_dim),
+                             (_library.DTYPE_BF16, 2, 4, 2, 64))
+            self.assertEqual((args.q.batch_stride, args.q.seq_stride, args.q.head_stride),
+                             (4 * 16 * 64, 64, 16 * 64))
+            self.assertEqual((args.k.data, args.out.data), (k.data_ptr(), out.data_ptr()))
+            self.assertEqual((args.causal, args.window_left, args.window_right), (1, 4, -1))
+            self.assertEqual((args.has_scale, args.scale, args.has_bias), (1, 0.5, 0))
+            self.assertEqual((args.seq_lens_q, args.trust_lengths), (None, 0))
+
+    def test_extent_one_dimensions_get_stride_zero(self):
+        q = torch.randn(1, 8, 1, 64).bfloat16()
+        with StubbedLibrary() as library:
+            sigattn.sigmoid_attention(q, q, q)
+        args = library.calls[0][1]
+        self.assertEqual((args.q.batch_stride, args.q.seq_stride, args.q.head_stride), (0, 64, 0))
+
+    def test_autograd_path_saves_the_inputs_for_the_backward(self):
+        q, k, v = (bthd(dtype=torch.float16).requires_grad_(True) for _ in range(3))
+        lens = torch.tensor([5, 16])
+        with StubbedLibrary() as library:
+            out = sigattn.sigmoid_attention(q, k, v, seq_lens_k=lens, sigmoid_bias=-2.0,
+                                            sigmoid="accurate", deterministic=False)
+            self.assertIn("_Attention", type(out.grad_fn).__name__)
+            grad_out = torch.randn_like(out)
+            out.backward(grad_out)
+        self.assertEqual([call[0] for call in library.calls], ["forward", "backward"])
+        forward, backward = library.calls[0][1], library.calls[1][1]
+        self.assertEqual(bytes(backward.inputs.q), bytes(forward.q))
+        self.assertEqual((backward.inputs.has_bias, backward.inputs.bias), (1, -2.0))
+        self.assertEqual(backward.inputs.sigmoid, _library.SIGMOID_ACCURATE)
+        self.assertNotEqual(backward.inputs.seq_lens_k, None)
+        self.assertEqual(backward.deterministic, 0)
+        self.assertEqual(backward.grad_out.data, grad_out.data_ptr())
+        for leaf, field in ((q, backward.grad_q), (k, backward.grad_k), (v, backward.grad_v)):
+            self.assertEqual(leaf.grad.shape, leaf.shape)
+            self.assertEqual(field.data, leaf.grad.data_ptr())
+
+    def test_eager_calls_import_no_compiler(self):
+        """torch.library's first call imports torch._dynamo and sympy (seconds); eager calls must
+        not make it."""
+        program = "\n".join([
+            "import sys",
+            f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})",
+            "import torch",
+            "from test_cpu import StubbedLibrary, bthd",
+            "import sigattn",
+            "q = bthd().requires_grad_(True)",
+            "with StubbedLibrary():",
+            "    sigattn.sigmoid_attention(q.detach(), q.detach(), q.detach())",
+            "    sigattn.sigmoid_attention(q, q, q)",
+            "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))",
+        ])
+        result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.strip(), "[]")
+
+
+@unittest.skipUnless(sigattn.REGISTERED_AS_TORCH_OP, "torch < 2.4: no torch.library custom op")
+class TracedPathTest(unittest.TestCase):
+    """Under torch.compile, torch.export and dispatch modes the call is the custom op, so that
+    tracers see sigattn::forward (the library stubbed)."""
+
+    def test_compiling_and_dispatch_modes_take_the_custom_op(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class Recorder(TorchDispatchMode):
+            def __init__(self):
+                super().__init__()
+                self.ops = []
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                self.ops.append(str(func))
+                return func(*args, **(kwargs or {}))
+
+        q = bthd()
+        with StubbedLibrary(), Recorder() as recorder:
+            sigattn.sigmoid_attention(q, q, q)
+        self.assertIn("sigattn.forward.default", recorder.ops)
+        counting = mock.Mock(wraps=_ops.forward_op)
+        with StubbedLibrary() as library, mock.patch.object(_ops, "forward_op", counting), \
+                mock.patch.object(torch.compiler, "is_compiling", lambda: True):
+            sigattn.sigmoid_attention(q, q, q)
+        self.assertEqual(counting.call_count, 1)
+        self.assertEqual(len(library.calls), 1)
+
+    def test_export_traces_the_op_without_graph_breaks(self):
+        class Block(torch.nn.Module):
+            def forward(self, q, k, v):
+                return sigattn.sigmoid_attention(q, k, v, is_causal=True).float().sum()
+
+        with StubbedLibrary():
+            program = torch.export.export(Block(), (bthd(), bthd(), bthd()), strict=True)
+        targets = [str(node.target) for node in program.graph.nodes]
+        self.assertIn("sigattn.forward.default", targets)
 
 
 class LibraryTest(unittest.TestCase):

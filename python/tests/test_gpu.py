@@ -172,9 +172,21 @@ class ReferenceTest(GpuTestCase):
         for options in ({}, {"is_causal": True}, {"window": (20, 5), "sigmoid_bias": -2.0}):
             self.run_varlen(**options)
 
-    def run_varlen(self, heads_q=4, heads_kv=2, dim=64, dtype=torch.bfloat16, **options):
-        lens_q = torch.randint(1, 150, (3,)).tolist()
-        lens_k = torch.randint(1, 150, (3,)).tolist()
+    def test_varlen_one_token_below_a_longer_max_seqlen(self):
+        # cu_seqlens [0, 1, 1] with max_seqlen 127: the packed tensors hold one token.
+        self.run_varlen(lens_q=[1, 0], lens_k=[1, 0], max_seqlen=127)
+        self.run_varlen(lens_q=[0, 1], lens_k=[50, 77], max_seqlen=127, is_causal=True)
+        self.run_varlen(lens_q=[1, 0], lens_k=[1, 0], max_seqlen=127, deterministic=False)
+        # Lengths not read (as under graph capture): the token axis is held to max_seqlen rows.
+        self.run_varlen(lens_q=[1, 0], lens_k=[1, 0], max_seqlen=127, trust_lengths=True)
+
+    def run_varlen(self, heads_q=4, heads_kv=2, dim=64, dtype=torch.bfloat16, lens_q=None,
+                   lens_k=None, max_seqlen=None, deterministic=True, trust_lengths=False,
+                   **options):
+        """Random lengths of three sequences unless given; max_seqlen defaults to the longest.
+        `options` go to the reference too."""
+        lens_q = lens_q or torch.randint(1, 150, (3,)).tolist()
+        lens_k = lens_k or torch.randint(1, 150, (3,)).tolist()
         q = torch.randn(sum(lens_q), heads_q, dim, device="cuda", dtype=dtype, requires_grad=True)
         k = torch.randn(sum(lens_k), heads_kv, dim, device="cuda", dtype=dtype,
                         requires_grad=True)
@@ -184,7 +196,9 @@ class ReferenceTest(GpuTestCase):
             return torch.tensor([0] + lens, device="cuda", dtype=torch.int32).cumsum(0).int()
 
         out = sigattn.sigmoid_attention_varlen(q, k, v, prefix_sums(lens_q), prefix_sums(lens_k),
-                                               max(lens_q), max(lens_k), **options)
+                                               max_seqlen or max(lens_q), max_seqlen or max(lens_k),
+                                               deterministic=deterministic,
+                                               trust_lengths=trust_lengths, **options)
         grad_out = torch.randn_like(out)
         out.backward(grad_out)
 

@@ -16,6 +16,8 @@
 
 #include "runtime/cuda_driver.hpp"
 #include "runtime/forward.hpp"
+#include "runtime/kernel_launch.hpp"
+#include "runtime/kernel_params.hpp"
 
 namespace sigattn {
 namespace {

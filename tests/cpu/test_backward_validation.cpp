@@ -12,8 +12,8 @@
 #include <sigattn/sigattn.hpp>
 #include <string>
 
+#include "generator/tile_policy.hpp"
 #include "runtime/backward.hpp"
-#include "tuner/search_space.hpp"
 
 namespace sigattn {
 namespace {
@@ -118,7 +118,7 @@ TEST(BackwardSplit, DeterministicByDefault) {
 
 TEST(BackwardSplit, FastModeTakesTheFasterSplitForEveryHeadDimAndArch) {
   for (const std::string arch : {"sm_80", "sm_86", "sm_89", "sm_90a"}) {
-    const tune::Target target = tune::target_for_arch(arch);
+    const policy::Target target = policy::target_for_arch(arch);
     // The dq kernel of the deterministic split needs more than the 99 KiB of sm_86/89 above
     // d = 160.
     const int max_head_dim = target.max_smem_optin >= 160 * 1024 ? 256 : 160;
@@ -139,28 +139,28 @@ TEST(BackwardSplit, FastModeTakesTheFasterSplitForEveryHeadDimAndArch) {
       // Only sm_90a at d = 128, where the Hopper dQ kernel outruns the one-pass split, keeps the
       // two-kernel split when atomics are allowed.
       EXPECT_EQ(fast.dkdv.atomic_dq, arch != "sm_90a" || head_dim != 128) << where;
-      EXPECT_EQ(fast.dkdv.atomic_dq, tune::one_pass_by_default(specs.dkdv, target)) << where;
+      EXPECT_EQ(fast.dkdv.atomic_dq, policy::one_pass_by_default(specs.dkdv, target)) << where;
       EXPECT_FALSE(fast.dq.atomic_dq) << where;
-      EXPECT_EQ(tune::rejection(specs.dkdv, fast.dkdv, target), "") << where;
-      EXPECT_EQ(tune::rejection(specs.dkdv, deterministic.dkdv, target), "") << where;
-      EXPECT_EQ(tune::rejection(specs.dq, deterministic.dq, target), "") << where;
+      EXPECT_EQ(policy::rejection(specs.dkdv, fast.dkdv, target), "") << where;
+      EXPECT_EQ(policy::rejection(specs.dkdv, deterministic.dkdv, target), "") << where;
+      EXPECT_EQ(policy::rejection(specs.dq, deterministic.dq, target), "") << where;
     }
   }
 }
 
 TEST(BackwardSplit, AtomicDqIsADkdvSplitOnly) {
   const BackwardSpecs specs = backward_specs(valid_args());
-  const tune::Target target = tune::target_for_arch("sm_90a");
+  const policy::Target target = policy::target_for_arch("sm_90a");
   gen::TileConfig tile = default_backward_tiles(specs, target, true).dq;
   tile.atomic_dq = true;
-  EXPECT_NE(tune::rejection(specs.dq, tile, target).find("work_split"), std::string::npos);
-  EXPECT_THROW(tune::default_tile(specs.dq, target, /*atomic_dq=*/true), std::invalid_argument);
-  const std::vector<gen::TileConfig> tiles = tune::candidates(specs.dkdv, target);
+  EXPECT_NE(policy::rejection(specs.dq, tile, target).find("work_split"), std::string::npos);
+  EXPECT_THROW(policy::default_tile(specs.dq, target, /*atomic_dq=*/true), std::invalid_argument);
+  const std::vector<gen::TileConfig> tiles = policy::candidates(specs.dkdv, target);
   const auto atomic = std::count_if(tiles.begin(), tiles.end(),
                                     [](const gen::TileConfig& t) { return t.atomic_dq; });
   EXPECT_GT(atomic, 0);
   EXPECT_LT(atomic, static_cast<std::ptrdiff_t>(tiles.size()));
-  for (const gen::TileConfig& t : tune::candidates(specs.dq, target)) EXPECT_FALSE(t.atomic_dq);
+  for (const gen::TileConfig& t : policy::candidates(specs.dq, target)) EXPECT_FALSE(t.atomic_dq);
 }
 
 TEST(BackwardCApi, DeterministicIsTheLastFieldAndDefaultsToOne) {

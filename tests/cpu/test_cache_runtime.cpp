@@ -13,11 +13,11 @@
 #include "cache/tuning_store.hpp"
 #include "generator/generator.hpp"
 #include "generator/template_store.hpp"
+#include "generator/tile_policy.hpp"
 #include "runtime/module_cache.hpp"
 #include "runtime/nvrtc.hpp"
 #include "runtime/persistent_cache.hpp"
 #include "temp_dir.hpp"
-#include "tuner/search_space.hpp"
 #include "unprivileged.hpp"
 
 namespace sigattn {
@@ -128,7 +128,7 @@ TEST_F(DiskCache, TileChoiceIsKeptUntilForgotten) {
   // A spec the shipped data does not cover, so that nothing but this test's row can serve it.
   const gen::KernelSpec spec = gen::parse_spec("fwd.fp16.d64.dense.causal.nosmod.fast.x128");
   const cache::DeviceKey device{"NVIDIA H200", "sm_90a", 132};
-  const tune::Target target = tune::target_for_arch("sm_90a");
+  const policy::Target target = policy::target_for_arch("sm_90a");
   auto& persistent = PersistentCache::instance();
   EXPECT_EQ(persistent.choose_tile(spec, device, 4096, 4096, target).served_by,
             cache::ServedBy::heuristic);

@@ -97,7 +97,7 @@ TEST(TuningStore, MergeKeepsTheFasterWithItsProvenance) {
 }
 
 TEST(TileLookup, EachLevelOfTheChain) {
-  const tune::Target target = tune::target_for_arch("sm_90a");
+  const policy::Target target = policy::target_for_arch("sm_90a");
   const std::vector<TuningResult> user = {result(kH200, 4096, kTileA, 1.0)};
   const std::vector<TuningResult> shipped = {result(kH200, 4096, kTileB, 0.5),
                                              result(kH200, 16384, kTileB, 9.0)};
@@ -117,14 +117,14 @@ TEST(TileLookup, EachLevelOfTheChain) {
 
   const DeviceKey a100{"NVIDIA A100-SXM4-80GB", "sm_80", 108};
   choice =
-      choose_tile(user, shipped, a100, kHash, kSpec, 4096, 4096, tune::target_for_arch("sm_80"));
+      choose_tile(user, shipped, a100, kHash, kSpec, 4096, 4096, policy::target_for_arch("sm_80"));
   EXPECT_EQ(choice.served_by, ServedBy::heuristic);
-  EXPECT_EQ(choice.tile, tune::default_tile(kSpec, tune::target_for_arch("sm_80")).tile);
+  EXPECT_EQ(choice.tile, policy::default_tile(kSpec, policy::target_for_arch("sm_80")).tile);
   EXPECT_NE(choice.reason.find("heuristic default"), std::string::npos);
 }
 
 TEST(TileLookup, RowsOfAnotherTemplateHashAreNotUsed) {
-  const tune::Target target = tune::target_for_arch("sm_90a");
+  const policy::Target target = policy::target_for_arch("sm_90a");
   const std::vector<TuningResult> user = {
       result(kH200, 4096, kTileA, 1.0, "ffffffffffffffffffffffffffffffff")};
   const TileChoice choice = choose_tile(user, {}, kH200, kHash, kSpec, 4096, 4096, target);
@@ -132,9 +132,9 @@ TEST(TileLookup, RowsOfAnotherTemplateHashAreNotUsed) {
 }
 
 TEST(TileLookup, ATileTheConstraintsRejectIsNeverChosen) {
-  const tune::Target target = tune::target_for_arch("sm_90a");
+  const policy::Target target = policy::target_for_arch("sm_90a");
   const gen::TileConfig rejected{48, 64, 4, 2};  // 48 rows cannot be split over 4 warps of 16
-  ASSERT_FALSE(tune::rejection(kSpec, rejected, target).empty());
+  ASSERT_FALSE(policy::rejection(kSpec, rejected, target).empty());
   const std::vector<TuningResult> user = {result(kH200, 4096, rejected, 0.1)};
   const std::vector<TuningResult> shipped = {result(kH200, 4096, kTileB, 0.5)};
   const TileChoice choice = choose_tile(user, shipped, kH200, kHash, kSpec, 4096, 4096, target);

@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "generator/generator.hpp"
+#include "generator/tile_policy.hpp"
 #include "runtime/compiler.hpp"
-#include "tuner/search_space.hpp"
 
 namespace sigattn {
 namespace {
@@ -31,7 +31,7 @@ std::vector<Job> representative_jobs() {
   const int head_dims[] = {8, 32, 40, 64, 96, 128, 192, 256};
   int rotation = 0;
   for (const std::string arch : {"sm_80", "sm_90a"}) {
-    tune::Target target = tune::target_for_arch(arch);
+    policy::Target target = policy::target_for_arch(arch);
     for (int head_dim : head_dims) {
       for (int i = 0; i < 4; ++i, ++rotation) {
         gen::KernelSpec spec;
@@ -42,23 +42,23 @@ std::vector<Job> representative_jobs() {
         spec.window = (i & 2) != 0;
         spec.score_mod = (rotation / 2) % 2 != 0;
         spec.sigmoid = (rotation / 3) % 2 ? gen::SigmoidMode::accurate : gen::SigmoidMode::fast;
-        jobs.push_back({{spec, tune::default_tile(spec, target).tile}, arch, true});
+        jobs.push_back({{spec, policy::default_tile(spec, target).tile}, arch, true});
         // The two backward kernels of the same spec, and the one-pass dK/dV kernel (atomic dQ).
         for (auto direction : {gen::Direction::dkdv, gen::Direction::dq}) {
           gen::KernelSpec backward = spec;
           backward.direction = direction;
-          jobs.push_back({{backward, tune::default_tile(backward, target).tile}, arch, true});
+          jobs.push_back({{backward, policy::default_tile(backward, target).tile}, arch, true});
         }
         gen::KernelSpec one_pass = spec;
         one_pass.direction = gen::Direction::dkdv;
-        jobs.push_back({{one_pass, tune::default_tile(one_pass, target, /*atomic_dq=*/true).tile},
+        jobs.push_back({{one_pass, policy::default_tile(one_pass, target, /*atomic_dq=*/true).tile},
                         arch,
                         true});
       }
       // One non-default config per head dim and arch: the last candidate of the grid.
       gen::KernelSpec spec;
       spec.head_dim = head_dim;
-      auto tiles = tune::candidates(spec, target);
+      auto tiles = policy::candidates(spec, target);
       jobs.push_back({{spec, tiles.back()}, arch, false});
     }
   }
@@ -66,7 +66,7 @@ std::vector<Job> representative_jobs() {
   x128.seqlen = gen::SeqLen::x128;
   for (const std::string arch : {"sm_80", "sm_90a"}) {
     jobs.push_back(
-        {{x128, tune::default_tile(x128, tune::target_for_arch(arch)).tile}, arch, true});
+        {{x128, policy::default_tile(x128, policy::target_for_arch(arch)).tile}, arch, true});
   }
   return jobs;
 }
@@ -127,7 +127,7 @@ TEST(KernelCompile, RepresentativeVariantsCompileForSm80AndSm90a) {
 // spills, no ignored setmaxnreg (C7508) and no serialized wgmma (C7514: the accumulators touched
 // while a wgmma is in flight).
 std::vector<gen::Variant> sm90_variants() {
-  const tune::Target target = tune::target_for_arch("sm_90a");
+  const policy::Target target = policy::target_for_arch("sm_90a");
   std::vector<gen::Variant> variants;
   for (const char* text : {"fwd.bf16.d128.dense.nomask.nosmod.fast.x128",
                            "fwd.fp16.d64.padded.causal.smod.accurate.anylen",
@@ -140,14 +140,14 @@ std::vector<gen::Variant> sm90_variants() {
                            "dq.fp16.d64.padded.causal.smod.accurate.anylen",
                            "dq.bf16.d128.varlen.causal+window.smod.fast.anylen"}) {
     const gen::KernelSpec spec = gen::parse_spec(text);
-    for (const gen::TileConfig& tile : tune::candidates(spec, target)) {
+    for (const gen::TileConfig& tile : policy::candidates(spec, target)) {
       if (tile.family == gen::Family::sm90) variants.push_back({spec, tile});
     }
   }
-  for (const gen::KernelSpec& spec : tune::default_specs()) {
+  for (const gen::KernelSpec& spec : policy::default_specs()) {
     for (bool atomic_dq : {false, true}) {
       if (atomic_dq && spec.direction != gen::Direction::dkdv) continue;
-      const gen::TileConfig tile = tune::default_tile(spec, target, atomic_dq).tile;
+      const gen::TileConfig tile = policy::default_tile(spec, target, atomic_dq).tile;
       EXPECT_EQ(tile.family, gen::Family::sm90) << gen::to_string(spec);
       variants.push_back({spec, tile});
     }

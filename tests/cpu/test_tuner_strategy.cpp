@@ -78,10 +78,10 @@ class TunerStrategy : public ::testing::Test {
       : db_(cache::Database::in_memory()),
         log_(db_, kHash),
         task_(tasks_for(parse_shape("fwd.bf16.d64.L1024")).front()),
-        target_(target_for_arch("sm_90a")),
+        target_(policy::target_for_arch("sm_90a")),
         measurer_(clock_) {
-    all_ = candidates(task_.spec, target_);
-    heuristic_ = default_tile(task_.spec, target_).tile;
+    all_ = policy::candidates(task_.spec, target_);
+    heuristic_ = policy::default_tile(task_.spec, target_).tile;
     // Times from 2.0 ms down, in enumeration order, so the last candidate is the fastest.
     for (std::size_t i = 0; i < all_.size(); ++i) {
       measurer_.times[gen::to_string(all_[i])] = 2.0 - 0.05 * double(i);
@@ -101,7 +101,7 @@ class TunerStrategy : public ::testing::Test {
   cache::Database db_;
   CandidateLog log_;
   Task task_;
-  Target target_;
+  policy::Target target_;
   FakeClock clock_;
   FakeMeasurer measurer_;
   std::vector<gen::TileConfig> all_;
@@ -249,11 +249,12 @@ TEST_F(TunerStrategy, ComparisonRatesWinnersAgainstTheExhaustiveBest) {
 
 TEST(TunerCostModel, PrefersFullWavesAndReuse) {
   const Task task = tasks_for(parse_shape("fwd.bf16.d64.L4096")).front();
-  const Target target = target_for_arch("sm_90a");
+  const policy::Target target = policy::target_for_arch("sm_90a");
   // Same occupancy class, larger key steps reuse each query tile more.
   EXPECT_LT(predicted_cost(task, {128, 64, 8, 2}, 132, target),
             predicted_cost(task, {128, 32, 8, 2}, 132, target));
-  EXPECT_EQ(ranked_candidates(task, 132, target).size(), candidates(task.spec, target).size());
+  EXPECT_EQ(ranked_candidates(task, 132, target).size(),
+            policy::candidates(task.spec, target).size());
   EXPECT_EQ(parse_strategy("model"), Strategy::model);
   EXPECT_THROW(parse_strategy("fast"), std::invalid_argument);
 }

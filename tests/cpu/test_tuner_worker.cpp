@@ -39,7 +39,8 @@ TEST(TunerWorker, CrashesHangsAndLostContextsCostOneCandidateEach) {
   EXPECT_EQ(worker.device().name, "Fake GPU");
   const Task task = tasks_for(parse_shape("fwd.bf16.d64.L1024")).front();
   // The fake's misbehaving tiles are sm80 ones; other families would only add ok tiles.
-  std::vector<gen::TileConfig> tiles = candidates(task.spec, target_for_arch("sm_90a"));
+  std::vector<gen::TileConfig> tiles =
+      policy::candidates(task.spec, policy::target_for_arch("sm_90a"));
   std::erase_if(tiles, [](const gen::TileConfig& t) { return t.family != gen::Family::sm80; });
   ASSERT_EQ(tiles.size(), 16u);
   worker.begin_task(task, tiles);

@@ -58,7 +58,7 @@ Probe probe_gpu() {
           gpu.info.name, gpu.arch, gpu.info.cc_major, gpu.info.cc_minor);
       return probe;
     }
-    gpu.target = tune::target_for_arch(gpu.arch);
+    gpu.target = policy::target_for_arch(gpu.arch);
     probe.gpu = gpu;
   } catch (...) {
     probe.failure = std::current_exception();

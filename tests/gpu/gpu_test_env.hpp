@@ -12,15 +12,15 @@
 #include <vector>
 
 #include "generator/kernel_spec.hpp"
+#include "generator/tile_policy.hpp"
 #include "runtime/cuda_driver.hpp"
-#include "tuner/search_space.hpp"
 
 namespace sigattn::test {
 
 struct Gpu {
   cuda::DeviceInfo info;
   std::string arch;  // e.g. "sm_90a"
-  tune::Target target;
+  policy::Target target;
 };
 
 // The device of the current context, found once per process; nullptr with the reason in *why

@@ -21,12 +21,12 @@
 
 #include "backward_reference.hpp"
 #include "generator/kernel_spec.hpp"
+#include "generator/tile_policy.hpp"
 #include "gpu_test_env.hpp"
 #include "numerics.hpp"
 #include "problem.hpp"
 #include "runtime/backward.hpp"
 #include "runtime/cuda_driver.hpp"
-#include "tuner/search_space.hpp"
 
 namespace sigattn::test {
 namespace {
@@ -268,11 +268,11 @@ GradientBits run_backward(DeviceGradients& g, bool deterministic) {
 }
 
 // The one-pass split's heuristic tiles. A call with deterministic = false takes them only where
-// tune::one_pass_by_default says so (elsewhere it takes the deterministic split's), so the tests
+// policy::one_pass_by_default says so (elsewhere it takes the deterministic split's), so the tests
 // ask for them by name.
-BackwardTiles one_pass_tiles(const BackwardSpecs& specs, const tune::Target& target) {
-  return {tune::default_tile(specs.dkdv, target, /*atomic_dq=*/true).tile,
-          tune::default_tile(specs.dq, target).tile};
+BackwardTiles one_pass_tiles(const BackwardSpecs& specs, const policy::Target& target) {
+  return {policy::default_tile(specs.dkdv, target, /*atomic_dq=*/true).tile,
+          policy::default_tile(specs.dq, target).tile};
 }
 
 GradientBits run_one_pass(DeviceGradients& g, const BackwardTiles& tiles) {
@@ -371,10 +371,11 @@ bool swept(const gen::TileConfig& tile) {
 }
 
 // The dQ tiles the sweep runs: every Hopper candidate and the portable family's default.
-std::vector<gen::TileConfig> dq_swept_tiles(const gen::KernelSpec& dq, const tune::Target& target) {
+std::vector<gen::TileConfig> dq_swept_tiles(const gen::KernelSpec& dq,
+                                            const policy::Target& target) {
   std::vector<gen::TileConfig> tiles = {
-      tune::default_tile(dq, tune::target_for_arch("sm_90")).tile};
-  for (const gen::TileConfig& tile : tune::candidates(dq, target)) {
+      policy::default_tile(dq, policy::target_for_arch("sm_90")).tile};
+  for (const gen::TileConfig& tile : policy::candidates(dq, target)) {
     if (tile.family == gen::Family::sm90) tiles.push_back(tile);
   }
   return tiles;
@@ -400,7 +401,7 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
     if (!param_selected(p.name())) continue;
     add_defaults(p);
     const BackwardSpecs specs = specs_of(p);
-    for (const gen::TileConfig& tile : tune::candidates(specs.dkdv, gpu.target)) {
+    for (const gen::TileConfig& tile : policy::candidates(specs.dkdv, gpu.target)) {
       if (swept(tile)) variants.push_back({specs.dkdv, tile});
     }
   }
@@ -496,7 +497,7 @@ TEST_P(EveryOnePassOrHopperTile, MatchesReference) {
   const BackwardSpecs specs = backward_specs(grads.args);
   const gen::TileConfig dq_tile = default_backward_tiles(specs, gpu().target, true).dq;
   int tried = 0;
-  for (const gen::TileConfig& tile : tune::candidates(specs.dkdv, gpu().target)) {
+  for (const gen::TileConfig& tile : policy::candidates(specs.dkdv, gpu().target)) {
     if (!swept(tile)) continue;
     ++tried;
     expect_tiles_match(p, grads, ref, tile, dq_tile,
@@ -624,6 +625,24 @@ TEST_F(BackwardValidation, OverlappingGradientIsRejectedBeforeAnyWrite) {
     }
     synchronize();
     for (auto bits : download_bits(grads.dq)) ASSERT_EQ(bits, 0xFFFF);
+  }
+}
+
+// Packed keys of one token (cu_seqlens_k = [0, 1, 1]) below max_seqlen_k = 127, with the seq
+// stride 0 a caller may pass for an extent-1 dimension in k, v, grad_k and grad_v: both splits
+// run and match the reference.
+TEST_F(BackwardValidation, OnePackedKeyTokenBelowALongerMaxSeqlen) {
+  const Problem p = Case(bf16, 64).varlen({40, 23}, {1, 0}).heads(4, 2);
+  SCOPED_TRACE(context_of(p, seed()));
+  PreparedProblem prepared(p, seed());
+  DeviceGradients& grads = prepared.grads;
+  const GradientSet<double> ref = cpu_backward_reference(p, prepared.inputs, prepared.dout);
+  ForwardArgs& in = grads.args.inputs;
+  in.max_seqlen_k = 127;
+  for (TensorRef* t : {&in.k, &in.v, &grads.args.grad_k, &grads.args.grad_v}) t->seq_stride = 0;
+  for (bool deterministic : {true, false}) {
+    expect_matches(p, run_backward(grads, deterministic), ref,
+                   deterministic ? "deterministic split" : "one-pass split allowed");
   }
 }
 

@@ -18,6 +18,7 @@
 
 #include "backward_reference.hpp"
 #include "generator/kernel_spec.hpp"
+#include "generator/tile_policy.hpp"
 #include "gpu_test_env.hpp"
 #include "numerics.hpp"
 #include "problem.hpp"
@@ -25,7 +26,6 @@
 #include "runtime/backward.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "runtime/forward.hpp"
-#include "tuner/search_space.hpp"
 
 namespace sigattn::test {
 namespace {
@@ -106,18 +106,18 @@ std::vector<std::string> broadcast_strides(const Problem& p, bool with_q, bool w
 
 // The sm90 dK/dV tiles of both splits that the heuristic prefers, where the GPU has them.
 std::vector<gen::TileConfig> hopper_dkdv_tiles(const gen::KernelSpec& dkdv,
-                                               const tune::Target& target) {
+                                               const policy::Target& target) {
   std::vector<gen::TileConfig> tiles;
   for (bool atomic_dq : {false, true}) {
-    const gen::TileConfig tile = tune::default_tile(dkdv, target, atomic_dq).tile;
+    const gen::TileConfig tile = policy::default_tile(dkdv, target, atomic_dq).tile;
     if (tile.family == gen::Family::sm90) tiles.push_back(tile);
   }
   return tiles;
 }
 
 std::optional<gen::TileConfig> first_sm90_candidate(const gen::KernelSpec& spec,
-                                                    const tune::Target& target) {
-  for (const gen::TileConfig& tile : tune::candidates(spec, target)) {
+                                                    const policy::Target& target) {
+  for (const gen::TileConfig& tile : policy::candidates(spec, target)) {
     if (tile.family == gen::Family::sm90) return tile;
   }
   return std::nullopt;
@@ -444,15 +444,16 @@ INSTANTIATE_TEST_SUITE_P(SharedKv, BroadcastKvHopperDkdv, testing::ValuesIn(kv_c
 class BroadcastQHopperDkdv : public BroadcastHopperDkdv {};
 
 TEST_P(BroadcastQHopperDkdv, IsRejectedBeforeAnyGradientIsWritten) {
-  for_each_hopper_tile([&](BackwardProblem& bp, const BackwardSpecs& specs,
-                           const gen::TileConfig& dkdv) {
-    const gen::TileConfig dq = tune::default_tile(specs.dq, tune::target_for_arch("sm_90")).tile;
-    bp.poison();
-    expect_rejected([&] { backward_with_tiles(bp.args, nullptr, dkdv, dq); },
-                    broadcast_strides(GetParam(), true, false));
-    synchronize();
-    EXPECT_TRUE(bp.gradients_untouched()) << "a rejected call wrote gradients";
-  });
+  for_each_hopper_tile(
+      [&](BackwardProblem& bp, const BackwardSpecs& specs, const gen::TileConfig& dkdv) {
+        const gen::TileConfig dq =
+            policy::default_tile(specs.dq, policy::target_for_arch("sm_90")).tile;
+        bp.poison();
+        expect_rejected([&] { backward_with_tiles(bp.args, nullptr, dkdv, dq); },
+                        broadcast_strides(GetParam(), true, false));
+        synchronize();
+        EXPECT_TRUE(bp.gradients_untouched()) << "a rejected call wrote gradients";
+      });
 }
 
 INSTANTIATE_TEST_SUITE_P(SharedQ, BroadcastQHopperDkdv, testing::ValuesIn(q_cases()), name_of);

@@ -17,13 +17,13 @@
 #include <vector>
 
 #include "generator/kernel_spec.hpp"
+#include "generator/tile_policy.hpp"
 #include "gpu_test_env.hpp"
 #include "numerics.hpp"
 #include "problem.hpp"
 #include "reference.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "runtime/forward.hpp"
-#include "tuner/search_space.hpp"
 
 namespace sigattn::test {
 namespace {
@@ -203,10 +203,11 @@ gen::KernelSpec spec_of(const Problem& problem) {
 
 // The tiles a reference problem runs on: the default for the GPU and, where that is an sm90 tile,
 // the portable family's default (what sm_90 without the a-features would get).
-std::vector<gen::TileConfig> family_tiles(const gen::KernelSpec& spec, const tune::Target& target) {
-  std::vector<gen::TileConfig> tiles = {tune::default_tile(spec, target).tile};
+std::vector<gen::TileConfig> family_tiles(const gen::KernelSpec& spec,
+                                          const policy::Target& target) {
+  std::vector<gen::TileConfig> tiles = {policy::default_tile(spec, target).tile};
   if (tiles.front().family == gen::Family::sm90) {
-    tiles.push_back(tune::default_tile(spec, tune::target_for_arch("sm_90")).tile);
+    tiles.push_back(policy::default_tile(spec, policy::target_for_arch("sm_90")).tile);
   }
   return tiles;
 }
@@ -227,13 +228,13 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
   for (const Problem& problem : tile_sweep_cases()) {
     if (!param_selected(problem.name())) continue;
     const gen::KernelSpec spec = spec_of(problem);
-    for (const gen::TileConfig& tile : tune::candidates(spec, gpu.target)) {
+    for (const gen::TileConfig& tile : policy::candidates(spec, gpu.target)) {
       variants.push_back({spec, tile});
     }
   }
   if (test_selected("GpuForward.EverySm90TileWalksSeveralWorkTiles")) {
     const gen::KernelSpec spec = spec_of(schedule_sweep_problem());
-    for (const gen::TileConfig& tile : tune::candidates(spec, gpu.target)) {
+    for (const gen::TileConfig& tile : policy::candidates(spec, gpu.target)) {
       if (tile.family == gen::Family::sm90) variants.push_back({spec, tile});
     }
   }
@@ -241,7 +242,7 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
   if (test_selected("GpuForward.NaNInPaddingRowsDoesNotReachTheOutput")) {
     for (const Problem& problem : {nan_padding_problem(bf16, 128), nan_padding_problem(fp16, 64)}) {
       const gen::KernelSpec spec = spec_of(problem);
-      for (const gen::TileConfig& tile : tune::candidates(spec, gpu.target)) {
+      for (const gen::TileConfig& tile : policy::candidates(spec, gpu.target)) {
         variants.push_back({spec, tile});
       }
     }
@@ -348,7 +349,7 @@ TEST_P(EveryTileCandidate, MatchesReference) {
   const HostInputs inputs = make_inputs(problem, seed());
   DeviceInputs device = upload(problem, inputs);
   const gen::KernelSpec spec = forward_spec(device.args);
-  const std::vector<gen::TileConfig> tiles = tune::candidates(spec, gpu().target);
+  const std::vector<gen::TileConfig> tiles = policy::candidates(spec, gpu().target);
   ASSERT_FALSE(tiles.empty()) << "no tile candidate for " << gen::to_string(spec) << " on "
                               << gpu().arch;
   const std::vector<double> ref = reference_for(problem, inputs, device);
@@ -373,7 +374,7 @@ TEST_F(GpuForward, EverySm90TileWalksSeveralWorkTiles) {
   const gen::KernelSpec spec = forward_spec(device.args);
   const std::vector<double> ref = reference_for(problem, inputs, device);
   int sm90_tiles = 0;
-  for (const gen::TileConfig& tile : tune::candidates(spec, gpu().target)) {
+  for (const gen::TileConfig& tile : policy::candidates(spec, gpu().target)) {
     if (tile.family != gen::Family::sm90) continue;
     ++sm90_tiles;
     SCOPED_TRACE(fmt::format("variant {}, problem {}, seed {} (SIGATTN_TEST_SEED={})",
@@ -433,13 +434,46 @@ TEST_F(GpuForward, NaNInPaddingRowsDoesNotReachTheOutput) {
     const gen::KernelSpec spec = forward_spec(device.args);
     // The fp64 CPU reference visits valid rows only.
     const std::vector<double> ref = cpu_reference(problem, inputs);
-    for (const gen::TileConfig& tile : tune::candidates(spec, gpu().target)) {
+    for (const gen::TileConfig& tile : policy::candidates(spec, gpu().target)) {
       SCOPED_TRACE(fmt::format("variant {}, problem {}, seed {}",
                                gen::to_string(gen::Variant{spec, tile}), problem.name(), seed()));
       expect_output_matches(problem, device, ref,
                             [&] { forward_with_tile(device.args, nullptr, tile); });
     }
   }
+}
+
+// A packed query tensor of one token (cu_seqlens_q = [0, 1, 1]) below max_seqlen_q = 127, with
+// the seq stride 0 a caller may pass for an extent-1 dimension: forward() runs it once the prefix
+// sums are read. With trust_lengths the token axis is held to max_seqlen_q rows, so the zero
+// stride is refused, naming it, before the output is touched.
+TEST_F(GpuForward, OnePackedQueryTokenBelowALongerMaxSeqlen) {
+  const Problem problem = Case(bf16, 64).varlen({1, 0}, {60, 67}).heads(4, 2);
+  SCOPED_TRACE(fmt::format("problem {}, seed {}", problem.name(), seed()));
+  const HostInputs inputs = make_inputs(problem, seed());
+  DeviceInputs device = upload(problem, inputs);
+  device.args.max_seqlen_q = 127;
+  device.args.q.seq_stride = 0;
+  device.args.out.seq_stride = 0;
+  expect_output_matches(problem, device, cpu_reference(problem, inputs),
+                        [&] { forward(device.args, nullptr); });
+
+  device.args.trust_lengths = true;
+  device.out.fill_bytes(0xFF);
+  try {
+    forward(device.args, nullptr);
+    ADD_FAILURE() << "out.seq_stride = 0 over max_seqlen_q rows was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status(), Status::invalid_argument) << e.what();
+    EXPECT_NE(std::string(e.what()).find("out.seq_stride is 0 over an extent of 127"),
+              std::string::npos)
+        << e.what();
+  }
+  synchronize();
+  std::vector<unsigned char> bytes(device.out.size());
+  device.out.download(bytes.data(), bytes.size());
+  EXPECT_TRUE(std::all_of(bytes.begin(), bytes.end(), [](unsigned char b) { return b == 0xFF; }))
+      << "the output buffer was written by a rejected call";
 }
 
 TEST_F(GpuForward, LengthAboveMaxIsRejectedBeforeTheOutputIsTouched) {

@@ -18,7 +18,7 @@ void expect_every_candidate_passes(const char* shape_text, const Gpu& gpu) {
   tune::GpuRunner runner(gpu.info.ordinal, std::nullopt);
   for (const tune::Task& task : tune::tasks_for(tune::parse_shape(shape_text))) {
     runner.set_task(task);
-    for (const gen::TileConfig& tile : tune::candidates(task.spec, gpu.target)) {
+    for (const gen::TileConfig& tile : policy::candidates(task.spec, gpu.target)) {
       const tune::Measurement m = runner.measure(tile, {5, false}, [](std::string_view) {});
       EXPECT_EQ(m.status, cache::CandidateStatus::ok)
           << task.name() << " " << gen::to_string(tile) << ": " << m.message;

@@ -1,6 +1,8 @@
-// The sm80 forward family's search space: each tunable parameter with its values, the named
-// constraints that prune it before anything compiles, and the heuristic default config used when
-// nothing better is known.
+// Tile policy, the one owner of "which (KernelSpec, TileConfig) is legal, and which tile is the
+// default": the named constraints (structural ones, true on every architecture, and those of a
+// target's family, shared memory and register budgets), each family's search space and the
+// heuristic default. The generator, the runtime, the cache and the tuner all ask here; the
+// templates' static_asserts are the backstop.
 #pragma once
 
 #include <string>
@@ -8,7 +10,7 @@
 
 #include "generator/kernel_spec.hpp"
 
-namespace sigattn::tune {
+namespace sigattn::policy {
 
 struct Target {
   std::string arch;        // "sm_80", "sm_86", "sm_89", "sm_90a"
@@ -19,15 +21,28 @@ struct Target {
 // sm_90: 227 KiB).
 Target target_for_arch(const std::string& arch);
 
-struct Constraint {
+// A rule of the kernels themselves, whatever the architecture: what the templates' static_asserts
+// also require. `check` returns empty when satisfied, else why not.
+struct StructuralConstraint {
   const char* name;
-  // Empty when satisfied, else why not.
+  std::string (*check)(const gen::KernelSpec&, const gen::TileConfig&);
+};
+
+// A rule of running on a target: the family's architecture and the target's shared-memory and
+// register budgets. Only asked of tiles that pass the structural constraints.
+struct TargetConstraint {
+  const char* name;
   std::string (*check)(const gen::KernelSpec&, const gen::TileConfig&, const Target&);
 };
 
-const std::vector<Constraint>& constraints();
+const std::vector<StructuralConstraint>& constraints();
+const std::vector<TargetConstraint>& target_constraints();
 
-// The first violated constraint's explanation, or empty when the config is allowed.
+// The first violated structural constraint as "name: why", or empty when the kernel can be built.
+std::string structural_rejection(const gen::KernelSpec& spec, const gen::TileConfig& tile);
+
+// The first violated constraint, structural ones first, as "name: why", or empty when the config
+// is allowed on `target`.
 std::string rejection(const gen::KernelSpec& spec, const gen::TileConfig& tile,
                       const Target& target);
 
@@ -54,4 +69,4 @@ bool one_pass_by_default(const gen::KernelSpec& dkdv, const Target& target);
 // with and without masks; each with its candidate configs.
 std::vector<gen::KernelSpec> default_specs();
 
-}  // namespace sigattn::tune
+}  // namespace sigattn::policy

@@ -1,7 +1,7 @@
-// The sm80 forward family's search space and its constraints. Constraints are named predicates
-// checked before anything compiles; the heuristic default walks a short preference list and
-// reports why it took the config it took.
-#include "tuner/search_space.hpp"
+// The tile policy: each family's search space and its constraints, named predicates checked
+// before anything compiles (the structural ones also by the generator); the heuristic default
+// walks a short preference list and reports why it took the config it took.
+#include "generator/tile_policy.hpp"
 
 #include <fmt/format.h>
 
@@ -10,7 +10,7 @@
 
 #include "generator/generator.hpp"
 
-namespace sigattn::tune {
+namespace sigattn::policy {
 namespace {
 
 using gen::KernelSpec;
@@ -28,12 +28,39 @@ const Grid& grid_for(gen::Direction direction) {
   return direction == gen::Direction::dkdv ? keys_split : rows_split;
 }
 
-// fp32 accumulator registers per thread: O (m-tiles x head_dim / 2) plus S (m-tiles x
-// block_n / 2). Above this ptxas spilled (m128n64w4 at d=128 and m128n128w4 at d=40/64 with
-// 255 registers) since fragments and addresses need the rest.
-constexpr int kAccumulatorBudget = 160;
+// Structural constraints: the tiles each kernel is written for, whatever the architecture. The
+// sm90 register rules are among them, since setmaxnreg fixes what a consumer warpgroup gets.
 
-std::string mma_rows(const KernelSpec& s, const TileConfig& t, const Target&) {
+// The tile grid every kernel needs: warps the sm80 kernels split rows over evenly, whole m16/k16
+// mma tiles, and a pipeline of 2 to 4 stages. The sm90 warp counts are wgmma_shape's.
+std::string tile_shape(const KernelSpec&, const TileConfig& t) {
+  if (t.family == gen::Family::sm80 && t.warps != 1 && t.warps != 2 && t.warps != 4 &&
+      t.warps != 8) {
+    return fmt::format("warps {} must be 1, 2, 4 or 8", t.warps);
+  }
+  if (t.block_m <= 0 || t.block_m % 16 != 0) {
+    return fmt::format("block_m {} must be a positive multiple of 16", t.block_m);
+  }
+  if (t.block_n <= 0 || t.block_n % 16 != 0) {
+    return fmt::format("block_n {} must be a positive multiple of 16", t.block_n);
+  }
+  if (t.stages < 2 || t.stages > 4) return fmt::format("stages {} must be 2, 3 or 4", t.stages);
+  return {};
+}
+
+std::string supported_head_dim(const KernelSpec& s, const TileConfig&) {
+  if (gen::head_dim_supported(s.head_dim)) return {};
+  return fmt::format("head_dim {} is not supported: use a multiple of 8 from 8 to 256", s.head_dim);
+}
+
+// Padded and varlen sequences end inside tiles, so only the dense layout drops the bounds checks.
+std::string x128_layout(const KernelSpec& s, const TileConfig&) {
+  if (s.seqlen != gen::SeqLen::x128 || s.layout == gen::Layout::dense) return {};
+  return fmt::format("x128 lengths apply to the dense layout only, not {}",
+                     gen::to_string(s.layout));
+}
+
+std::string mma_rows(const KernelSpec& s, const TileConfig& t) {
   if (t.family == gen::Family::sm90) return {};
   const bool keys = s.direction == gen::Direction::dkdv;
   const int split = keys ? t.block_n : t.block_m;
@@ -42,21 +69,122 @@ std::string mma_rows(const KernelSpec& s, const TileConfig& t, const Target&) {
                      split, t.warps);
 }
 
-std::string family_arch(const KernelSpec&, const TileConfig& t, const Target& target) {
-  if (t.family != gen::Family::sm90 || target.arch == "sm_90a") return {};
-  return fmt::format("family sm90 (wgmma, TMA) needs sm_90a, not {}", target.arch);
-}
-
-std::string work_split(const KernelSpec& s, const TileConfig& t, const Target&) {
+std::string work_split(const KernelSpec& s, const TileConfig& t) {
   if (!t.atomic_dq || s.direction == gen::Direction::dkdv) return {};
   return fmt::format("the atomic dQ split applies to dkdv kernels, not {}",
                      gen::to_string(s.direction));
 }
 
-std::string x128_divides(const KernelSpec& s, const TileConfig& t, const Target&) {
+std::string x128_divides(const KernelSpec& s, const TileConfig& t) {
   if (s.seqlen != gen::SeqLen::x128 || (128 % t.block_m == 0 && 128 % t.block_n == 0)) return {};
   return fmt::format("x128 lengths need block_m {} and block_n {} to divide 128", t.block_m,
                      t.block_n);
+}
+
+// The sm90 family: a forward kernel with head dims in wgmma k-steps of 16 and at least one
+// 64-element TMA box (128 bytes, the swizzle span) wide; dK/dV and dQ kernels for head dims of
+// whole boxes whose gradient accumulators fit beside the score tiles (64 and 128).
+std::string sm90_kernel(const KernelSpec& s, const TileConfig& t) {
+  if (t.family != gen::Family::sm90) return {};
+  if (s.direction == gen::Direction::dkdv || s.direction == gen::Direction::dq) {
+    if (s.head_dim == 64 || s.head_dim == 128) return {};
+    return fmt::format("family sm90 has a {} kernel for head_dim 64 and 128, not {}",
+                       gen::to_string(s.direction), s.head_dim);
+  }
+  if (s.direction != gen::Direction::forward) {
+    return fmt::format("family sm90 has no {} kernel", gen::to_string(s.direction));
+  }
+  if (s.head_dim % 16 != 0 || s.head_dim < 64) {
+    return fmt::format("family sm90 needs head_dim a multiple of 16 from 64 to 256, not {}",
+                       s.head_dim);
+  }
+  return {};
+}
+
+// sm90 CTAs: a producer warpgroup plus one consumer warpgroup per 64 rows of wgmma's M, query
+// rows in the forward (block_m, up to 3) and keys in dK/dV (block_n, two); the other block is
+// the N of S = Q K^T (forward: at most 256) or of S^T = K Q^T (dK/dV: 64 or 128).
+std::string wgmma_shape(const KernelSpec& s, const TileConfig& t) {
+  if (t.family != gen::Family::sm90) return {};
+  if (s.direction == gen::Direction::dkdv) {
+    if (t.block_n != 128) {
+      return fmt::format("block_n {} is not 128 (two 64-key warpgroups taking turns)", t.block_n);
+    }
+    if (t.warps != 4 + t.block_n / 16) {
+      return fmt::format("warps {} is not {} (a producer warpgroup plus {} consumer warpgroups)",
+                         t.warps, 4 + t.block_n / 16, t.block_n / 64);
+    }
+    if (t.block_m != 64 && t.block_m != 128) {
+      return fmt::format("block_m {} is not 64 or 128 query rows per step", t.block_m);
+    }
+    if (t.atomic_dq && (t.block_m > t.block_n || s.head_dim * t.block_m / t.block_n % 64 != 0)) {
+      return fmt::format(
+          "the one-pass split needs 64 dQ rows and whole 64-column blocks per warpgroup, "
+          "which block_m {} and block_n {} at head_dim {} do not give",
+          t.block_m, t.block_n, s.head_dim);
+    }
+    return {};
+  }
+  if (s.direction == gen::Direction::dq && t.block_m != 64 && t.block_m != 128) {
+    return fmt::format("block_m {} is not 64 or 128 (one or two 64-row dQ warpgroups)", t.block_m);
+  }
+  if (t.block_m != 64 && t.block_m != 128 && t.block_m != 192) {
+    return fmt::format("block_m {} is not 64, 128 or 192 (one to three 64-row warpgroups)",
+                       t.block_m);
+  }
+  if (t.warps != 4 + t.block_m / 16) {
+    return fmt::format("warps {} is not {} (a producer warpgroup plus {} consumer warpgroups)",
+                       t.warps, 4 + t.block_m / 16, t.block_m / 64);
+  }
+  if (t.block_n > 256) return fmt::format("block_n {} exceeds wgmma's N of 256", t.block_n);
+  return {};
+}
+
+// Registers per consumer thread after setmaxnreg (templates/sigattn/*_sm90.cuh): forward, 232 for
+// one or two consumer warpgroups and 152 for three up to head_dim 128, 240 and 160 above (the
+// producer keeps 40 or 24); dK/dV, 240; dQ, 232. Forward: the O (head_dim / 2) and S (block_n / 2)
+// fp32 accumulators and the bf16 P fragments (block_n / 4) must leave 64 for addresses and masks:
+// ptxas spilled d=256 m128n64w12 with 176 of 232 (every mask, score_mod, varlen) and not with 240.
+// dK/dV: dK and dV (head_dim / 2 each) and S^T and dP^T (block_m / 2 each) at most 192, which
+// leaves 48 for the P^T and dS^T fragments, the dQ part's accumulators and addresses. dQ: dQ
+// (head_dim / 2), S and dP (block_n / 2 each) and the dS fragments (block_n / 4) must leave 64.
+std::string sm90_registers(const KernelSpec& s, const TileConfig& t) {
+  if (t.family != gen::Family::sm90) return {};
+  if (s.direction == gen::Direction::dkdv) {
+    if (s.head_dim + t.block_m <= 192) return {};
+    return fmt::format("dK, dV, S^T and dP^T take {} registers per thread, above 192",
+                       s.head_dim + t.block_m);
+  }
+  if (s.direction == gen::Direction::dq) {
+    const int needed = s.head_dim / 2 + t.block_n + t.block_n / 4;
+    if (needed + 64 <= 232) return {};
+    return fmt::format(
+        "dQ, S, dP and the dS fragments take {} registers per thread, leaving less than 64 of "
+        "232",
+        needed);
+  }
+  const int consumers = t.block_m / 64;
+  const bool wide = s.head_dim > 128;
+  const int available = consumers == 3 ? (wide ? 160 : 152) : (wide ? 240 : 232);
+  if (consumers == 1 && t.block_n > 64) {
+    return fmt::format("one consumer warpgroup with {}-key steps: ptxas spilled m64n128w8 at d=64",
+                       t.block_n);
+  }
+  const int needed = s.head_dim / 2 + t.block_n / 2 + t.block_n / 4;
+  if (needed + 64 <= available) return {};
+  return fmt::format(
+      "{} accumulator and P registers per thread leave less than 64 of the {} a "
+      "consumer warpgroup of {} gets",
+      needed, available, gen::to_string(t));
+}
+
+// Target constraints: the family's architecture and the target's shared memory; and the sm80
+// accumulator budget, which prunes the search rather than the kernels: beyond it ptxas spills,
+// and the kernel still builds and runs, slower.
+
+std::string family_arch(const KernelSpec&, const TileConfig& t, const Target& target) {
+  if (t.family != gen::Family::sm90 || target.arch == "sm_90a") return {};
+  return fmt::format("family sm90 (wgmma, TMA) needs sm_90a, not {}", target.arch);
 }
 
 std::string shared_memory(const KernelSpec& s, const TileConfig& t, const Target& target) {
@@ -65,6 +193,11 @@ std::string shared_memory(const KernelSpec& s, const TileConfig& t, const Target
   return fmt::format("needs {} bytes of shared memory, {} allows {}", bytes, target.arch,
                      target.max_smem_optin);
 }
+
+// fp32 accumulator registers per thread: O (m-tiles x head_dim / 2) plus S (m-tiles x
+// block_n / 2). Above this ptxas spilled (m128n64w4 at d=128 and m128n128w4 at d=40/64 with
+// 255 registers) since fragments and addresses need the rest.
+constexpr int kAccumulatorBudget = 160;
 
 // fp32 accumulators per thread of each kernel.
 int accumulators(const KernelSpec& s, const TileConfig& t) {
@@ -114,103 +247,6 @@ std::string register_budget(const KernelSpec& s, const TileConfig& t, const Targ
   return fmt::format("{} fp32 accumulators per thread exceed the budget of {}", count, budget);
 }
 
-// The sm90 family: a forward kernel with head dims in wgmma k-steps of 16 and at least one
-// 64-element TMA box (128 bytes, the swizzle span) wide; dK/dV and dQ kernels for head dims of
-// whole boxes whose gradient accumulators fit beside the score tiles (64 and 128).
-std::string sm90_kernel(const KernelSpec& s, const TileConfig& t, const Target&) {
-  if (t.family != gen::Family::sm90) return {};
-  if (s.direction == gen::Direction::dkdv || s.direction == gen::Direction::dq) {
-    if (s.head_dim == 64 || s.head_dim == 128) return {};
-    return fmt::format("family sm90 has a {} kernel for head_dim 64 and 128, not {}",
-                       gen::to_string(s.direction), s.head_dim);
-  }
-  if (s.direction != gen::Direction::forward) {
-    return fmt::format("family sm90 has no {} kernel", gen::to_string(s.direction));
-  }
-  if (s.head_dim % 16 != 0 || s.head_dim < 64) {
-    return fmt::format("family sm90 needs head_dim a multiple of 16 from 64 to 256, not {}",
-                       s.head_dim);
-  }
-  return {};
-}
-
-// sm90 CTAs: a producer warpgroup plus one consumer warpgroup per 64 rows of wgmma's M, query
-// rows in the forward (block_m, up to 3) and keys in dK/dV (block_n, two); the other block is
-// the N of S = Q K^T (forward: at most 256) or of S^T = K Q^T (dK/dV: 64 or 128).
-std::string wgmma_shape(const KernelSpec& s, const TileConfig& t, const Target&) {
-  if (t.family != gen::Family::sm90) return {};
-  if (s.direction == gen::Direction::dkdv) {
-    if (t.block_n != 128) {
-      return fmt::format("block_n {} is not 128 (two 64-key warpgroups taking turns)", t.block_n);
-    }
-    if (t.warps != 4 + t.block_n / 16) {
-      return fmt::format("warps {} is not {} (a producer warpgroup plus {} consumer warpgroups)",
-                         t.warps, 4 + t.block_n / 16, t.block_n / 64);
-    }
-    if (t.block_m != 64 && t.block_m != 128) {
-      return fmt::format("block_m {} is not 64 or 128 query rows per step", t.block_m);
-    }
-    if (t.atomic_dq && (t.block_m > t.block_n || s.head_dim * t.block_m / t.block_n % 64 != 0)) {
-      return fmt::format(
-          "the one-pass split needs 64 dQ rows and whole 64-column blocks per warpgroup, "
-          "which block_m {} and block_n {} at head_dim {} do not give",
-          t.block_m, t.block_n, s.head_dim);
-    }
-    return {};
-  }
-  if (s.direction == gen::Direction::dq && t.block_m != 64 && t.block_m != 128) {
-    return fmt::format("block_m {} is not 64 or 128 (one or two 64-row dQ warpgroups)", t.block_m);
-  }
-  if (t.block_m != 64 && t.block_m != 128 && t.block_m != 192) {
-    return fmt::format("block_m {} is not 64, 128 or 192 (one to three 64-row warpgroups)",
-                       t.block_m);
-  }
-  if (t.warps != 4 + t.block_m / 16) {
-    return fmt::format("warps {} is not {} (a producer warpgroup plus {} consumer warpgroups)",
-                       t.warps, 4 + t.block_m / 16, t.block_m / 64);
-  }
-  if (t.block_n > 256) return fmt::format("block_n {} exceeds wgmma's N of 256", t.block_n);
-  return {};
-}
-
-// Registers per consumer thread after setmaxnreg (templates/sigattn/*_sm90.cuh): forward, 232 for
-// one or two consumer warpgroups and 152 for three up to head_dim 128, 240 and 160 above (the
-// producer keeps 40 or 24); dK/dV, 240; dQ, 232. Forward: the O (head_dim / 2) and S (block_n / 2)
-// fp32 accumulators and the bf16 P fragments (block_n / 4) must leave 64 for addresses and masks:
-// ptxas spilled d=256 m128n64w12 with 176 of 232 (every mask, score_mod, varlen) and not with 240.
-// dK/dV: dK and dV (head_dim / 2 each) and S^T and dP^T (block_m / 2 each) at most 192, which
-// leaves 48 for the P^T and dS^T fragments, the dQ part's accumulators and addresses. dQ: dQ
-// (head_dim / 2), S and dP (block_n / 2 each) and the dS fragments (block_n / 4) must leave 64.
-std::string sm90_registers(const KernelSpec& s, const TileConfig& t, const Target&) {
-  if (t.family != gen::Family::sm90) return {};
-  if (s.direction == gen::Direction::dkdv) {
-    if (s.head_dim + t.block_m <= 192) return {};
-    return fmt::format("dK, dV, S^T and dP^T take {} registers per thread, above 192",
-                       s.head_dim + t.block_m);
-  }
-  if (s.direction == gen::Direction::dq) {
-    const int needed = s.head_dim / 2 + t.block_n + t.block_n / 4;
-    if (needed + 64 <= 232) return {};
-    return fmt::format(
-        "dQ, S, dP and the dS fragments take {} registers per thread, leaving less than 64 of "
-        "232",
-        needed);
-  }
-  const int consumers = t.block_m / 64;
-  const bool wide = s.head_dim > 128;
-  const int available = consumers == 3 ? (wide ? 160 : 152) : (wide ? 240 : 232);
-  if (consumers == 1 && t.block_n > 64) {
-    return fmt::format("one consumer warpgroup with {}-key steps: ptxas spilled m64n128w8 at d=64",
-                       t.block_n);
-  }
-  const int needed = s.head_dim / 2 + t.block_n / 2 + t.block_n / 4;
-  if (needed + 64 <= available) return {};
-  return fmt::format(
-      "{} accumulator and P registers per thread leave less than 64 of the {} a "
-      "consumer warpgroup of {} gets",
-      needed, available, gen::to_string(t));
-}
-
 }  // namespace
 
 Target target_for_arch(const std::string& arch) {
@@ -221,14 +257,15 @@ Target target_for_arch(const std::string& arch) {
       "unknown architecture '{}': expected sm_80, sm_86, sm_87, sm_89, sm_90 or sm_90a", arch));
 }
 
-const std::vector<Constraint>& constraints() {
-  static const std::vector<Constraint> all = {
-      {"family_arch", family_arch},
+const std::vector<StructuralConstraint>& constraints() {
+  // tile_shape first: the others divide by the warps and step in whole mma tiles.
+  static const std::vector<StructuralConstraint> all = {
+      {"tile_shape", tile_shape},
+      {"head_dim", supported_head_dim},
+      {"x128_layout", x128_layout},
       {"work_split", work_split},
       {"mma_rows", mma_rows},
       {"x128_divides", x128_divides},
-      {"shared_memory", shared_memory},
-      {"register_budget", register_budget},
       {"sm90_kernel", sm90_kernel},
       {"wgmma_shape", wgmma_shape},
       {"sm90_registers", sm90_registers},
@@ -236,21 +273,26 @@ const std::vector<Constraint>& constraints() {
   return all;
 }
 
-std::string rejection(const KernelSpec& spec, const TileConfig& tile, const Target& target) {
-  if (tile.family == gen::Family::sm80 && tile.warps != 1 && tile.warps != 2 && tile.warps != 4 &&
-      tile.warps != 8) {
-    return fmt::format("warps {} must be 1, 2, 4 or 8", tile.warps);
-  }
-  if (tile.block_m <= 0 || tile.block_m % 16 != 0) {
-    return fmt::format("block_m {} must be a positive multiple of 16", tile.block_m);
-  }
-  if (tile.block_n <= 0 || tile.block_n % 16 != 0) {
-    return fmt::format("block_n {} must be a positive multiple of 16", tile.block_n);
-  }
-  if (tile.stages < 2 || tile.stages > 4) {
-    return fmt::format("stages {} must be 2, 3 or 4", tile.stages);
-  }
+const std::vector<TargetConstraint>& target_constraints() {
+  static const std::vector<TargetConstraint> all = {
+      {"family_arch", family_arch},
+      {"shared_memory", shared_memory},
+      {"register_budget", register_budget},
+  };
+  return all;
+}
+
+std::string structural_rejection(const KernelSpec& spec, const TileConfig& tile) {
   for (const auto& c : constraints()) {
+    std::string why = c.check(spec, tile);
+    if (!why.empty()) return fmt::format("{}: {}", c.name, why);
+  }
+  return {};
+}
+
+std::string rejection(const KernelSpec& spec, const TileConfig& tile, const Target& target) {
+  if (std::string why = structural_rejection(spec, tile); !why.empty()) return why;
+  for (const auto& c : target_constraints()) {
     std::string why = c.check(spec, tile, target);
     if (!why.empty()) return fmt::format("{}: {}", c.name, why);
   }
@@ -461,4 +503,4 @@ std::vector<KernelSpec> default_specs() {
   return specs;
 }
 
-}  // namespace sigattn::tune
+}  // namespace sigattn::policy

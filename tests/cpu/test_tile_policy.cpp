@@ -1,14 +1,16 @@
-// Search-space tests: constraints prune by name, candidates respect them, and the heuristic
+// Tile-policy tests: constraints prune by name, candidates respect them, and the heuristic
 // default always fits the architecture and explains itself.
 #include <gtest/gtest.h>
 
 #include <set>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "generator/generator.hpp"
-#include "tuner/search_space.hpp"
+#include "generator/tile_policy.hpp"
 
-namespace sigattn::tune {
+namespace sigattn::policy {
 namespace {
 
 gen::KernelSpec spec_with(int head_dim, gen::DType dtype = gen::DType::bf16) {
@@ -41,6 +43,87 @@ TEST(Constraints, NameWhatTheyReject) {
   EXPECT_NE(rejection(spec_with(64), {128, 64, 3, 2}, sm86).find("warps"), std::string::npos);
   EXPECT_NE(rejection(spec_with(64), {128, 40, 4, 2}, sm86).find("block_n"), std::string::npos);
   EXPECT_NE(rejection(spec_with(64), {128, 64, 4, 7}, sm86).find("stages"), std::string::npos);
+}
+
+gen::Variant variant_of(const std::string& text) {
+  const gen::ParsedVariant parsed = gen::parse_variant(text);
+  return {parsed.spec, parsed.tile.value()};
+}
+
+// A variant that breaks one structural rule, and the constraint that must name it.
+struct Illegal {
+  gen::Variant variant;
+  std::string constraint;
+};
+
+std::vector<Illegal> illegal_variants() {
+  const std::string fwd = "fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/";
+  gen::Variant unsupported_head_dim = variant_of(fwd + "sm80.m128n64w4s2");
+  unsupported_head_dim.spec.head_dim = 100;
+  gen::Variant padded_x128 = variant_of(fwd + "sm80.m128n64w4s2");
+  padded_x128.spec.layout = gen::Layout::padded;
+  padded_x128.spec.seqlen = gen::SeqLen::x128;
+  return {
+      {variant_of(fwd + "sm80.m128n64w3s2"), "tile_shape"},
+      {variant_of(fwd + "sm80.m128n40w4s2"), "tile_shape"},
+      {variant_of(fwd + "sm80.m128n64w4s5"), "tile_shape"},
+      {unsupported_head_dim, "head_dim"},
+      {padded_x128, "x128_layout"},
+      {variant_of(fwd + "sm80.m128n64w4s2.atomicdq"), "work_split"},
+      {variant_of(fwd + "sm80.m64n64w8s2"), "mma_rows"},
+      {variant_of("fwd.bf16.d128.dense.nomask.nosmod.fast.x128/sm80.m128n256w8s2"), "x128_divides"},
+      {variant_of("fwd.bf16.d40.dense.nomask.nosmod.fast.anylen/sm90.m128n128w12s2"),
+       "sm90_kernel"},
+      {variant_of(fwd + "sm90.m128n128w8s2"), "wgmma_shape"},
+      // The Hopper forward's register rule: one consumer warpgroup cannot take 128-key steps.
+      {variant_of("fwd.bf16.d64.dense.nomask.nosmod.fast.anylen/sm90.m64n128w8s2"),
+       "sm90_registers"},
+      {variant_of("dkdv.bf16.d128.dense.nomask.nosmod.fast.anylen/sm90.m128n128w12s2"),
+       "sm90_registers"},
+  };
+}
+
+TEST(StructuralRejection, NamesTheBrokenRule) {
+  for (const Illegal& illegal : illegal_variants()) {
+    const std::string why = structural_rejection(illegal.variant.spec, illegal.variant.tile);
+    EXPECT_EQ(why.substr(0, illegal.constraint.size() + 2), illegal.constraint + ": ")
+        << gen::to_string(illegal.variant) << " -> " << why;
+    // Every target refuses what no target can build, with the same reason.
+    EXPECT_EQ(rejection(illegal.variant.spec, illegal.variant.tile, target_for_arch("sm_90a")),
+              why);
+  }
+}
+
+TEST(StructuralRejection, PassesLegalTilesWhateverTheTarget) {
+  for (const std::string text : {
+           "fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w4s2",
+           "fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm90.m128n128w12s3",
+           "dkdv.bf16.d64.padded.causal.nosmod.fast.anylen/sm90.m128n128w12s2.atomicdq",
+           "dq.fp16.d128.varlen.nomask.smod.fast.anylen/sm90.m128n64w12s3",
+       }) {
+    const gen::Variant variant = variant_of(text);
+    EXPECT_EQ(structural_rejection(variant.spec, variant.tile), "") << text;
+  }
+  // Shared memory, registers and the family's architecture belong to a target.
+  const gen::TileConfig large{128, 128, 8, 3};
+  EXPECT_EQ(structural_rejection(spec_with(256), large), "");
+  EXPECT_NE(rejection(spec_with(256), large, target_for_arch("sm_86")).find("shared_memory"),
+            std::string::npos);
+  const gen::TileConfig hopper{128, 128, 12, 2, gen::Family::sm90};
+  EXPECT_EQ(structural_rejection(spec_with(128), hopper), "");
+  EXPECT_NE(rejection(spec_with(128), hopper, target_for_arch("sm_80")).find("family_arch"),
+            std::string::npos);
+}
+
+TEST(StructuralRejection, GenerateRefusesWithTheSameReason) {
+  for (const Illegal& illegal : illegal_variants()) {
+    try {
+      gen::generate(illegal.variant);
+      ADD_FAILURE() << gen::to_string(illegal.variant) << " was generated";
+    } catch (const std::invalid_argument& error) {
+      EXPECT_EQ(error.what(), structural_rejection(illegal.variant.spec, illegal.variant.tile));
+    }
+  }
 }
 
 TEST(Candidates, AreUniqueAndAllowed) {
@@ -184,4 +267,4 @@ TEST(DefaultSpecs, CoverBothDtypesLayoutsAndCausal) {
 }
 
 }  // namespace
-}  // namespace sigattn::tune
+}  // namespace sigattn::policy

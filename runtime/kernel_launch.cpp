@@ -1,0 +1,172 @@
+// The table of kernel interfaces by family and direction, the grids they launch over, and the
+// launch itself.
+#include "runtime/kernel_launch.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "generator/generator.hpp"
+#include "runtime/cuda_driver.hpp"
+#include "runtime/errors.hpp"
+
+namespace sigattn {
+namespace {
+
+constexpr Operand kForwardMaps[] = {Operand::q, Operand::k, Operand::v};
+constexpr Operand kDkdvMaps[] = {Operand::q, Operand::grad_out};
+constexpr Operand kDqMaps[] = {Operand::q, Operand::grad_out, Operand::k, Operand::v};
+
+template <class Params>
+KernelArgument without_maps(const DirectionParams& params, std::span<const TmaDescriptor>) {
+  return std::get<Params>(params);
+}
+
+struct InterfaceEntry {
+  gen::Direction direction;
+  gen::Family family;
+  KernelInterface interface;
+};
+
+// sm80: plain loads of any strides, one CTA per tile. sm90: TMA maps; the forward and dQ kernels
+// are persistent, the dK/dV kernel (one CTA per key block and kv head, summing its GQA group)
+// is not.
+const InterfaceEntry kInterfaces[] = {
+    {gen::Direction::forward,
+     gen::Family::sm80,
+     {.tma_maps = {},
+      .rows = TileRows::queries,
+      .grid = GridShape::one_cta_per_tile,
+      .argument = without_maps<FwdParams>}},
+    {gen::Direction::forward,
+     gen::Family::sm90,
+     {.tma_maps = kForwardMaps,
+      .rows = TileRows::queries,
+      .grid = GridShape::persistent,
+      .argument = [](const DirectionParams& params,
+                     std::span<const TmaDescriptor> maps) -> KernelArgument {
+        return FwdSm90Params{std::get<FwdParams>(params), maps[0], maps[1], maps[2]};
+      }}},
+    {gen::Direction::dkdv,
+     gen::Family::sm80,
+     {.tma_maps = {},
+      .rows = TileRows::keys,
+      .grid = GridShape::one_cta_per_tile,
+      .argument = without_maps<BwdParams>}},
+    {gen::Direction::dkdv,
+     gen::Family::sm90,
+     {.tma_maps = kDkdvMaps,
+      .rows = TileRows::keys,
+      .grid = GridShape::one_cta_per_tile,
+      .argument = [](const DirectionParams& params,
+                     std::span<const TmaDescriptor> maps) -> KernelArgument {
+        return BwdSm90Params{std::get<BwdParams>(params), maps[0], maps[1]};
+      }}},
+    {gen::Direction::dq,
+     gen::Family::sm80,
+     {.tma_maps = {},
+      .rows = TileRows::queries,
+      .grid = GridShape::one_cta_per_tile,
+      .argument = without_maps<BwdParams>}},
+    {gen::Direction::dq,
+     gen::Family::sm90,
+     {.tma_maps = kDqMaps,
+      .rows = TileRows::queries,
+      .grid = GridShape::persistent,
+      .argument = [](const DirectionParams& params,
+                     std::span<const TmaDescriptor> maps) -> KernelArgument {
+        return BwdDqSm90Params{std::get<BwdParams>(params), maps[0], maps[1], maps[2], maps[3]};
+      }}},
+};
+
+// Generation is a pure function of the variant (the templates are fixed at build time), so each
+// variant is generated and hashed once per process. The generator reports a variant it cannot
+// build as std::invalid_argument; to the caller that is a bad tile argument.
+gen::GeneratedKernel generate_for_launch(const gen::Variant& variant) {
+  static std::mutex mutex;
+  static std::map<std::string, gen::GeneratedKernel> generated;
+  const std::string name = gen::to_string(variant);
+  std::lock_guard lock(mutex);
+  if (const auto found = generated.find(name); found != generated.end()) return found->second;
+  try {
+    return generated.emplace(name, gen::generate(variant)).first->second;
+  } catch (const std::invalid_argument& error) {
+    throw_invalid(fmt::format("cannot generate {}: {}", name, error.what()));
+  }
+}
+
+Grid grid_of(const KernelInterface& interface, const LoadedKernel& kernel,
+             const gen::Variant& variant, const ForwardArgs& in) {
+  const gen::TileConfig& tile = variant.tile;
+  const bool keys = interface.rows == TileRows::keys;
+  const int rows = keys ? in.max_seqlen_k : in.max_seqlen_q;
+  const int block = keys ? tile.block_n : tile.block_m;
+  const int heads = keys ? in.heads_kv : in.heads_q;
+  const long long blocks = (rows + block - 1) / block;
+  if (interface.grid == GridShape::persistent) {
+    return {persistent_grid(kernel, tile, blocks, heads, in.batch), 1, 1};
+  }
+  return {static_cast<unsigned>(blocks * gen::grid_slices(variant.spec)),
+          static_cast<unsigned>(heads), static_cast<unsigned>(in.batch)};
+}
+
+}  // namespace
+
+const KernelInterface& kernel_interface(gen::Direction direction, gen::Family family) {
+  for (const InterfaceEntry& entry : kInterfaces) {
+    if (entry.direction == direction && entry.family == family) return entry.interface;
+  }
+  throw std::logic_error(fmt::format("no kernel interface for {} of family {}",
+                                     gen::to_string(direction), gen::to_string(family)));
+}
+
+std::string tma_obstacles(const gen::Variant& variant, const CallOperands& call) {
+  const KernelInterface& interface = kernel_interface(variant.spec.direction, variant.tile.family);
+  return tma_obstacles(call, interface.tma_maps, variant.spec.layout == gen::Layout::varlen);
+}
+
+LoadedKernel load_kernel(const gen::Variant& variant) {
+  return ModuleCache::instance().load(generate_for_launch(variant));
+}
+
+void launch_kernel(const LoadedKernel& kernel, const gen::Variant& variant,
+                   const CallOperands& call, const DirectionParams& params, CUstream stream) {
+  const KernelInterface& interface = kernel_interface(variant.spec.direction, variant.tile.family);
+  const bool varlen = variant.spec.layout == gen::Layout::varlen;
+  std::vector<TmaDescriptor> maps;
+  for (const Operand operand : interface.tma_maps) {
+    maps.push_back(encode_tma(call, operand, variant.tile, varlen));
+  }
+  const Grid grid = grid_of(interface, kernel, variant, call.inputs);
+  launch(kernel, interface.argument(params, maps), grid, stream);
+}
+
+void launch(const LoadedKernel& kernel, KernelArgument argument, const Grid& grid,
+            CUstream stream) {
+  void* kernel_args[] = {std::visit([](auto& params) -> void* { return &params; }, argument)};
+  SIGATTN_CU(cuda::driver().cuLaunchKernel(
+      kernel.function, grid.x, grid.y, grid.z, static_cast<unsigned>(kernel.threads), 1, 1,
+      static_cast<unsigned>(kernel.smem_bytes), stream, kernel_args, nullptr));
+}
+
+unsigned persistent_grid(const LoadedKernel& kernel, const gen::TileConfig& tile, long long blocks,
+                         int heads, int batch) {
+  const long long work_tiles = blocks * heads * batch;
+  if (work_tiles > std::numeric_limits<int>::max()) {
+    throw_unsupported(fmt::format(
+        "tile {} numbers its work tiles with int, and {} blocks x {} heads x {} sequences are {} "
+        "of them",
+        gen::to_string(tile), blocks, heads, batch, work_tiles));
+  }
+  const long long resident =
+      static_cast<long long>(kernel.blocks_per_sm) * cuda::current_device_info().sm_count;
+  return static_cast<unsigned>(std::max(1LL, std::min(work_tiles, resident)));
+}
+
+}  // namespace sigattn

@@ -1,0 +1,3 @@
+// Fixture of the layering check (tests/check_layers.cmake): the runtime includes the CLI.
+#pragma once
+#include "cli/tune_command.hpp"
