@@ -1,5 +1,5 @@
-// The tuning_best and tuning_candidates tables, and the lookup chain that turns them into a tile
-// for one call.
+// The tuning_best and tuning_candidates tables, the freshness of their rows, and the lookup chain
+// that turns them into a tile for one call.
 #include "cache/tuning_store.hpp"
 
 #include <fmt/format.h>
@@ -7,8 +7,11 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <map>
 #include <stdexcept>
 #include <tuple>
+
+#include "generator/generator.hpp"
 
 namespace sigattn::cache {
 namespace {
@@ -56,6 +59,38 @@ std::string describe(const TuningResult& row) {
                      row.measured_at, row.method.empty() ? "" : " by " + row.method);
 }
 
+// Whether a row's source hash is that of today's kernel (which a kernel that cannot be built has
+// not).
+bool same_sources(const std::string& stored, const std::string& today) {
+  return !today.empty() && stored == today;
+}
+
+// Lower is better: a fresh row before a stale one, then the faster.
+std::tuple<bool, double> preference(const TuningResult& row) {
+  return {!is_fresh(row), row.time_ms};
+}
+
+// Which rows of a device and problem delete_rows removes: those of `template_hash`, or those of
+// any other source hash (superseded by the row of `template_hash` just written).
+enum class HashMatch { same, other };
+
+// Deletes the rows of the device, source hash and problem (and tile, for candidates); returns how
+// many.
+std::int64_t delete_rows(Database& db, std::string_view table, const DeviceKey& device,
+                         HashMatch match, const std::string& template_hash,
+                         const ProblemKey& problem, const gen::TileConfig* tile) {
+  Statement remove = db.prepare(fmt::format(
+      "DELETE FROM {} WHERE device_name = ?1 AND arch = ?2 AND sm_count = ?3 AND template_hash {} "
+      "?4 AND spec = ?5 AND seqlen_q_bucket = ?6 AND seqlen_k_bucket = ?7{}",
+      table, match == HashMatch::same ? "=" : "!=", tile != nullptr ? " AND tile = ?8" : ""));
+  bind_key(remove, device, template_hash, problem);
+  if (tile != nullptr) remove.bind(8, gen::to_string(*tile));
+  remove.run();
+  Statement changes = db.prepare("SELECT changes()");
+  changes.step();
+  return changes.integer(0);
+}
+
 int bucket_distance(const ProblemKey& a, const ProblemKey& b) {
   const auto log2 = [](int bucket) {
     return static_cast<int>(std::bit_width(static_cast<unsigned>(bucket)));
@@ -75,6 +110,28 @@ int seqlen_bucket(int max_seqlen) {
 
 ProblemKey problem_key(const gen::KernelSpec& spec, int max_seqlen_q, int max_seqlen_k) {
   return {gen::to_string(spec), seqlen_bucket(max_seqlen_q), seqlen_bucket(max_seqlen_k)};
+}
+
+std::string kernel_source_hash(const ProblemKey& problem, const gen::TileConfig& tile) {
+  try {
+    return gen::kernel_source_hash(gen::Variant{gen::parse_spec(problem.spec), tile});
+  } catch (const std::invalid_argument&) {
+    return {};
+  }
+}
+
+bool is_fresh(const TuningResult& row) {
+  return same_sources(row.template_hash, kernel_source_hash(row.problem, row.tile));
+}
+
+bool is_fresh(const TuningCandidate& row) {
+  return same_sources(row.template_hash, kernel_source_hash(row.problem, row.tile));
+}
+
+FreshnessCounts count_freshness(const std::vector<TuningResult>& rows) {
+  FreshnessCounts counts;
+  for (const TuningResult& row : rows) ++(is_fresh(row) ? counts.fresh : counts.stale);
+  return counts;
 }
 
 std::string_view to_string(CandidateStatus status) {
@@ -132,6 +189,8 @@ void TuningStore::put_best(const TuningResult& result) {
       .bind(12, result.method)
       .bind(13, result.source)
       .run();
+  delete_rows(db_, "tuning_best", result.device, HashMatch::other, result.template_hash,
+              result.problem, nullptr);
 }
 
 MergeCounts TuningStore::merge(const std::vector<TuningResult>& results,
@@ -139,9 +198,8 @@ MergeCounts TuningStore::merge(const std::vector<TuningResult>& results,
   Database::Transaction transaction(db_);
   MergeCounts counts;
   for (const TuningResult& result : results) {
-    const std::optional<TuningResult> stored =
-        best(result.device, result.template_hash, result.problem);
-    if (!stored || result.time_ms < stored->time_ms) {
+    const std::optional<TuningResult> stored = best(result.device, result.problem);
+    if (!stored || preference(result) < preference(*stored)) {
       put_best(result);
       ++counts.results_kept;
     } else {
@@ -172,27 +230,33 @@ void TuningStore::put_candidate(const TuningCandidate& candidate) {
     insert.bind_null(11);
   }
   insert.bind(12, candidate.message).bind(13, candidate.measured_at).run();
+  delete_rows(db_, "tuning_candidates", candidate.device, HashMatch::other, candidate.template_hash,
+              candidate.problem, &candidate.tile);
 }
 
-std::optional<TuningResult> TuningStore::best(const DeviceKey& device,
-                                              const std::string& template_hash,
-                                              const ProblemKey& problem) {
+std::optional<TuningResult> TuningStore::best(const DeviceKey& device, const ProblemKey& problem) {
   Statement select = db_.prepare(fmt::format(
       "SELECT {} FROM tuning_best WHERE device_name = ?1 AND arch = ?2 AND sm_count = ?3 AND "
-      "template_hash = ?4 AND spec = ?5 AND seqlen_q_bucket = ?6 AND seqlen_k_bucket = ?7",
+      "spec = ?4 AND seqlen_q_bucket = ?5 AND seqlen_k_bucket = ?6",
       kBestColumns));
-  bind_key(select, device, template_hash, problem);
-  if (!select.step()) return std::nullopt;
-  return read_best(select);
+  select.bind(1, device.name)
+      .bind(2, device.arch)
+      .bind(3, device.sm_count)
+      .bind(4, problem.spec)
+      .bind(5, problem.seqlen_q_bucket)
+      .bind(6, problem.seqlen_k_bucket);
+  const std::vector<TuningResult> rows = read_all_best(select);
+  const auto preferred =
+      std::min_element(rows.begin(), rows.end(),
+                       [](const auto& a, const auto& b) { return preference(a) < preference(b); });
+  if (preferred == rows.end()) return std::nullopt;
+  return *preferred;
 }
 
-std::vector<TuningResult> TuningStore::best_for(const std::string& arch,
-                                                const std::string& template_hash,
-                                                const std::string& spec) {
+std::vector<TuningResult> TuningStore::best_for(const std::string& arch, const std::string& spec) {
   Statement select = db_.prepare(
-      fmt::format("SELECT {} FROM tuning_best WHERE arch = ?1 AND template_hash = ?2 AND spec = ?3",
-                  kBestColumns));
-  select.bind(1, arch).bind(2, template_hash).bind(3, spec);
+      fmt::format("SELECT {} FROM tuning_best WHERE arch = ?1 AND spec = ?2", kBestColumns));
+  select.bind(1, arch).bind(2, spec);
   return read_all_best(select);
 }
 
@@ -228,16 +292,20 @@ std::vector<TuningCandidate> TuningStore::all_candidates() {
   return rows;
 }
 
-std::int64_t TuningStore::prune_other_templates(const std::string& template_hash) {
+std::int64_t TuningStore::prune_stale() {
+  const std::vector<TuningResult> results = all_best();
+  const std::vector<TuningCandidate> candidates = all_candidates();
   Database::Transaction transaction(db_);
   std::int64_t removed = 0;
-  for (const char* table : {"tuning_best", "tuning_candidates"}) {
-    db_.prepare(fmt::format("DELETE FROM {} WHERE template_hash != ?1", table))
-        .bind(1, template_hash)
-        .run();
-    Statement changes = db_.prepare("SELECT changes()");
-    changes.step();
-    removed += changes.integer(0);
+  for (const TuningResult& row : results) {
+    if (is_fresh(row)) continue;
+    removed += delete_rows(db_, "tuning_best", row.device, HashMatch::same, row.template_hash,
+                           row.problem, nullptr);
+  }
+  for (const TuningCandidate& row : candidates) {
+    if (is_fresh(row)) continue;
+    removed += delete_rows(db_, "tuning_candidates", row.device, HashMatch::same, row.template_hash,
+                           row.problem, &row.tile);
   }
   transaction.commit();
   return removed;
@@ -245,13 +313,18 @@ std::int64_t TuningStore::prune_other_templates(const std::string& template_hash
 
 TileChoice choose_tile(const std::vector<TuningResult>& user_rows,
                        const std::vector<TuningResult>& shipped_rows, const DeviceKey& device,
-                       const std::string& template_hash, const gen::KernelSpec& spec,
-                       int max_seqlen_q, int max_seqlen_k, const policy::Target& target) {
+                       const gen::KernelSpec& spec, int max_seqlen_q, int max_seqlen_k,
+                       const policy::Target& target) {
   const ProblemKey problem = problem_key(spec, max_seqlen_q, max_seqlen_k);
+  std::map<std::string, std::string> source_hashes;  // by tile, for this spec
+  const auto fresh = [&](const TuningResult& row) {
+    auto [entry, added] = source_hashes.try_emplace(gen::to_string(row.tile));
+    if (added) entry->second = kernel_source_hash(problem, row.tile);
+    return same_sources(row.template_hash, entry->second);
+  };
   std::vector<std::string> skipped;
-  const auto usable = [&](const TuningResult& row) {
-    if (row.template_hash != template_hash || row.device.arch != target.arch ||
-        row.problem.spec != problem.spec) {
+  const auto usable = [&](const TuningResult& row, bool stale) {
+    if (row.device.arch != target.arch || row.problem.spec != problem.spec || fresh(row) == stale) {
       return false;
     }
     if (const std::string why = policy::rejection(spec, row.tile, target); !why.empty()) {
@@ -269,39 +342,49 @@ TileChoice choose_tile(const std::vector<TuningResult>& user_rows,
     return reason;
   };
 
-  for (const auto& [rows, served_by, label] :
-       {std::tuple{&user_rows, ServedBy::user_db, "user database"},
-        std::tuple{&shipped_rows, ServedBy::shipped_db, "shipped database"}}) {
-    for (const TuningResult& row : *rows) {
-      if (row.device == device && row.problem == problem && usable(row)) {
-        return {row.tile, served_by,
-                with_skipped(fmt::format("{}: tuned for this device and problem ({})", label,
-                                         describe(row)))};
+  // The exact rows of each source, then the nearest bucket, over the fresh or the stale rows.
+  const auto lookup = [&](bool stale) -> std::optional<TileChoice> {
+    const std::string_view staleness =
+        stale ? ", stale (measured on kernel sources that have changed since)" : "";
+    for (const auto& [rows, served_by, label] :
+         {std::tuple{&user_rows, ServedBy::user_db, "user database"},
+          std::tuple{&shipped_rows, ServedBy::shipped_db, "shipped database"}}) {
+      for (const TuningResult& row : *rows) {
+        if (row.device == device && row.problem == problem && usable(row, stale)) {
+          return TileChoice{row.tile, served_by,
+                            with_skipped(fmt::format("{}{}: tuned for this device and problem ({})",
+                                                     label, staleness, describe(row))),
+                            stale};
+        }
       }
     }
-  }
+    const TuningResult* nearest = nullptr;
+    // Lower is better: bucket distance, then another device, then shipped over user, then time.
+    std::tuple<int, bool, bool, double> nearest_rank;
+    for (const auto& [rows, shipped] :
+         {std::pair{&user_rows, false}, std::pair{&shipped_rows, true}}) {
+      for (const TuningResult& row : *rows) {
+        if (!usable(row, stale)) continue;
+        const auto rank = std::tuple{bucket_distance(row.problem, problem), !(row.device == device),
+                                     shipped, row.time_ms};
+        if (nearest == nullptr || rank < nearest_rank) {
+          nearest = &row;
+          nearest_rank = rank;
+        }
+      }
+    }
+    if (nearest == nullptr) return std::nullopt;
+    return TileChoice{
+        nearest->tile, ServedBy::nearest_bucket,
+        with_skipped(fmt::format(
+            "nearest tuned sequence-length bucket{}: q {} k {} instead of q {} k {} ({})",
+            staleness, nearest->problem.seqlen_q_bucket, nearest->problem.seqlen_k_bucket,
+            problem.seqlen_q_bucket, problem.seqlen_k_bucket, describe(*nearest))),
+        stale};
+  };
 
-  const TuningResult* nearest = nullptr;
-  // Lower is better: bucket distance, then another device, then shipped over user, then time.
-  std::tuple<int, bool, bool, double> nearest_rank;
-  for (const auto& [rows, shipped] :
-       {std::pair{&user_rows, false}, std::pair{&shipped_rows, true}}) {
-    for (const TuningResult& row : *rows) {
-      if (!usable(row)) continue;
-      const auto rank = std::tuple{bucket_distance(row.problem, problem), !(row.device == device),
-                                   shipped, row.time_ms};
-      if (nearest == nullptr || rank < nearest_rank) {
-        nearest = &row;
-        nearest_rank = rank;
-      }
-    }
-  }
-  if (nearest != nullptr) {
-    return {nearest->tile, ServedBy::nearest_bucket,
-            with_skipped(fmt::format(
-                "nearest tuned sequence-length bucket: q {} k {} instead of q {} k {} ({})",
-                nearest->problem.seqlen_q_bucket, nearest->problem.seqlen_k_bucket,
-                problem.seqlen_q_bucket, problem.seqlen_k_bucket, describe(*nearest)))};
+  for (const bool stale : {false, true}) {
+    if (std::optional<TileChoice> choice = lookup(stale)) return *std::move(choice);
   }
   const policy::DefaultChoice fallback = policy::default_tile(spec, target);
   return {fallback.tile, ServedBy::heuristic,

@@ -1,6 +1,7 @@
-// The `db` subcommands over cache/: a table of tuning results (stale ones marked), JSON export
-// and strictly validated import, merging another database (the faster result wins and keeps its
-// provenance), an integrity check of every row, and pruning of stale or unused binaries.
+// The `db` subcommands over cache/: a table of tuning results (fresh or stale), JSON export
+// and strictly validated import, merging another database (the fresher, then the faster result
+// wins and keeps its provenance), an integrity check of every row, and pruning of stale or unused
+// binaries and of stale tuning rows.
 #include "cli/db_commands.hpp"
 
 #include <fmt/format.h>
@@ -21,8 +22,6 @@ namespace sigattn::cli {
 namespace {
 
 constexpr std::int64_t kSecondsPerDay = 86400;
-
-bool current(const cache::TuningResult& row) { return row.template_hash == gen::template_hash(); }
 
 // The database at path, which must exist. Inspecting commands open it read_only: they write
 // nothing, work where this user may only read, and read an older schema from a migrated copy.
@@ -51,7 +50,9 @@ int show(const std::string& path) {
   fmt::print("compiled kernels: {} ({:.1f} MiB), served in place of NVRTC {} times\n",
              summary.count, static_cast<double>(summary.bytes) / (1024.0 * 1024.0), summary.served);
   const std::vector<cache::TuningResult> results = tuning.all_best();
-  fmt::print("tuning results: {}\n", results.size());
+  const cache::FreshnessCounts freshness = cache::count_freshness(results);
+  fmt::print("tuning results: {} ({} fresh, {} stale)\n", results.size(), freshness.fresh,
+             freshness.stale);
   if (!results.empty()) {
     fmt::print("{:<20} {:<7} {:>4} {:<48} {:>7} {:>7} {:<18} {:>9} {:>7} {:<20} {}\n", "device",
                "arch", "SMs", "spec", "q", "k", "tile", "ms", "TFLOPS", "measured", "state");
@@ -60,7 +61,7 @@ int show(const std::string& path) {
                  r.device.name, r.device.arch, r.device.sm_count, r.problem.spec,
                  r.problem.seqlen_q_bucket, r.problem.seqlen_k_bucket, gen::to_string(r.tile),
                  r.time_ms, r.tflops, r.measured_at,
-                 current(r) ? "current" : "stale (other template hash)");
+                 cache::is_fresh(r) ? "fresh" : "stale (kernel sources changed since)");
     }
   }
   std::map<std::string, int> by_status;
@@ -97,7 +98,8 @@ int export_json(const std::string& path, const std::string& file) {
 
 void print_merge(const cache::MergeCounts& counts) {
   fmt::print(
-      "results kept: {} (new or faster), not kept: {} (slower than stored), candidates: {}\n",
+      "results kept: {} (new, fresher or faster), not kept: {} (stored one fresher or as fast), "
+      "candidates: {}\n",
       counts.results_kept, counts.results_slower, counts.candidates);
 }
 
@@ -184,8 +186,8 @@ int prune(const std::string& path, std::optional<int> older_than_days, bool tuni
   }
   fmt::print("removed {} compiled kernels\n", pruned.size());
   if (tuning_rows) {
-    const std::int64_t removed = cache::TuningStore(db).prune_other_templates(gen::template_hash());
-    fmt::print("removed {} tuning rows of other template hashes\n", removed);
+    const std::int64_t removed = cache::TuningStore(db).prune_stale();
+    fmt::print("removed {} stale tuning rows\n", removed);
   }
   return 0;
 }
@@ -195,14 +197,17 @@ int prune(const std::string& path, std::optional<int> older_than_days, bool tuni
 DbCommands::DbCommands(CLI::App& app) {
   db_ = app.add_subcommand("db", "The user database: compiled kernels and tuning results");
   db_->require_subcommand(1);
-  show_ = db_->add_subcommand("show", "Print the tuning results as a table, stale ones marked");
+  show_ = db_->add_subcommand("show", "Print the tuning results as a table, each fresh or stale");
   export_ = db_->add_subcommand("export", "Write the tuning results as JSON");
   export_->add_option("--output,-o", export_file_, "File to write (default: stdout)");
   import_ = db_->add_subcommand(
-      "import", "Add tuning results from a JSON file (validated first; the faster result wins)");
+      "import",
+      "Add tuning results from a JSON file (validated first; the fresher, then the faster result "
+      "wins)");
   import_->add_option("FILE", import_file_, "JSON file in the format of db export")->required();
   merge_ = db_->add_subcommand(
-      "merge", "Add the tuning results of another database (the faster result wins)");
+      "merge",
+      "Add the tuning results of another database (the fresher, then the faster result wins)");
   merge_->add_option("DATABASE", merge_source_, "The database to read (not modified)")->required();
   verify_ = db_->add_subcommand(
       "verify", "Check the file, every compiled kernel's integrity hash and every stored tile");
@@ -215,7 +220,8 @@ DbCommands::DbCommands(CLI::App& app) {
                    "Also remove compiled kernels not used for this many days")
       ->check(CLI::Range(0, 36500));
   prune_->add_flag("--tuning", prune_tuning_,
-                   "Also remove tuning results and candidates of other template hashes");
+                   "Also remove stale tuning results and candidates (measured on kernel sources "
+                   "that have changed since)");
 }
 
 int DbCommands::run(const std::string& path) {

@@ -1,6 +1,7 @@
-// `sigattn tune` over tuner/: shapes from a preset, flags or a JSON file; one worker process per
-// GPU (`sigattn tune-worker`, this same binary); a live progress line on stderr; a summary table or
-// JSON on stdout. Without a GPU it compiles the candidates for --arch into the binary cache.
+// `sigattn tune` over tuner/: shapes from a preset, flags or a JSON file, and the problems of stale
+// tuning results (--stale); one worker process per GPU (`sigattn tune-worker`, this same binary); a
+// live progress line on stderr; a summary table or JSON on stdout. Without a GPU it compiles the
+// candidates for --arch into the binary cache.
 #include "cli/tune_command.hpp"
 
 #include <fmt/format.h>
@@ -21,10 +22,11 @@
 #include <thread>
 
 #include "cache/database.hpp"
+#include "cache/json_io.hpp"
 #include "generator/generator.hpp"
-#include "generator/template_store.hpp"
 #include "runtime/compiler.hpp"
 #include "runtime/cuda_driver.hpp"
+#include "runtime/install_paths.hpp"
 #include "runtime/module_cache.hpp"
 #include "tuner/gpu_runner.hpp"
 #include "tuner/shapes.hpp"
@@ -78,16 +80,40 @@ std::optional<std::vector<int>> parse_devices(const std::string& text) {
   return devices;
 }
 
-std::vector<tune::Task> unique_tasks(const std::vector<tune::Shape>& shapes) {
+std::string problem_text(const cache::ProblemKey& problem) {
+  return fmt::format("{} q {} k {}", problem.spec, problem.seqlen_q_bucket,
+                     problem.seqlen_k_bucket);
+}
+
+// The problems of the stale tuning results in the user database (when it exists) and the shipped
+// data, as tasks; a problem that no tuner shape gives is named on stderr and left out.
+std::vector<tune::Task> stale_tasks(const std::string& database_path) {
+  std::vector<cache::TuningResult> rows = cache::read_shipped_directory(shipped_data_dir()).results;
+  if (std::filesystem::exists(database_path)) {
+    cache::Database db(database_path, cache::OpenMode::read_only);
+    for (cache::TuningResult& row : cache::TuningStore(db).all_best()) {
+      rows.push_back(std::move(row));
+    }
+  }
+  std::vector<tune::Task> tasks;
+  for (const cache::TuningResult& row : rows) {
+    if (cache::is_fresh(row)) continue;
+    if (std::optional<tune::Task> task = tune::task_for_problem(row.problem)) {
+      tasks.push_back(*std::move(task));
+    } else {
+      fmt::print(stderr, "stale result {} is not re-tuned: no tuning shape gives this problem\n",
+                 problem_text(row.problem));
+    }
+  }
+  return tasks;
+}
+
+// The tasks in order, each problem once.
+std::vector<tune::Task> unique_tasks(std::vector<tune::Task> all) {
   std::vector<tune::Task> tasks;
   std::set<std::string> seen;
-  for (const tune::Shape& shape : shapes) {
-    for (tune::Task& task : tune::tasks_for(shape)) {
-      const std::string key =
-          fmt::format("{}|{}|{}", task.problem.spec, task.problem.seqlen_q_bucket,
-                      task.problem.seqlen_k_bucket);
-      if (seen.insert(key).second) tasks.push_back(std::move(task));
-    }
+  for (tune::Task& task : all) {
+    if (seen.insert(problem_text(task.problem)).second) tasks.push_back(std::move(task));
   }
   return tasks;
 }
@@ -358,6 +384,9 @@ TuneCommand::TuneCommand(CLI::App& app) {
   tune_->add_option("--arch", arch_, "Target architecture when there is no GPU (compile only)")
       ->capture_default_str();
   tune_->add_option("--seed", seed_, "Seed of the random strategy")->capture_default_str();
+  tune_->add_flag("--stale", stale_,
+                  "Also re-tune the problems of stale results (measured on kernel sources that "
+                  "have changed since) in the user database and the shipped data");
   tune_->add_flag("--json", json_, "Print the results as JSON on stdout");
 
   worker_ = app.add_subcommand("tune-worker", "");
@@ -408,8 +437,8 @@ int TuneCommand::run_tune(const std::string& database_path) {
       throw std::invalid_argument(fmt::format("--shapes: {}", error.what()));
     }
   }
-  if (shapes.empty()) {
-    throw std::invalid_argument("nothing to tune: give --preset, --shape or --shapes");
+  if (shapes.empty() && !stale_) {
+    throw std::invalid_argument("nothing to tune: give --preset, --shape, --shapes or --stale");
   }
   const bool compare = strategy_ == "all-compare";
   tune::TuneOptions options;
@@ -418,7 +447,18 @@ int TuneCommand::run_tune(const std::string& database_path) {
   options.finalists = finalists_;
   options.random_budget = budget_;
   options.seed = seed_;
-  std::vector<tune::Task> tasks = unique_tasks(shapes);
+  std::vector<tune::Task> all_tasks;
+  for (const tune::Shape& shape : shapes) {
+    for (tune::Task& task : tune::tasks_for(shape)) all_tasks.push_back(std::move(task));
+  }
+  if (stale_) {
+    for (tune::Task& task : stale_tasks(database_path)) all_tasks.push_back(std::move(task));
+  }
+  std::vector<tune::Task> tasks = unique_tasks(std::move(all_tasks));
+  if (tasks.empty()) {
+    fmt::print(stderr, "no stale tuning results to re-tune\n");
+    return 0;
+  }
   if (!shard_.empty()) {
     const auto [index, count] = parse_shard(shard_);
     tasks = tune::shard(tasks, index, count);
@@ -458,7 +498,7 @@ int TuneCommand::run_tune(const std::string& database_path) {
   }
 
   cache::Database db(database_path, cache::OpenMode::read_write);
-  tune::CandidateLog log(db, gen::template_hash());
+  tune::CandidateLog log(db);
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   std::vector<std::unique_ptr<tune::WorkerMeasurer>> workers;
   std::vector<tune::DeviceSlot> slots;

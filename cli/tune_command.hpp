@@ -39,6 +39,7 @@ class TuneCommand {
   unsigned jobs_ = 0;
   std::string arch_ = "sm_90a";
   bool json_ = false;
+  bool stale_ = false;
   unsigned long long seed_ = 1;
   int worker_device_ = 0;
 };

@@ -108,7 +108,43 @@ std::string generated_source(std::string_view variant_name, std::string_view ent
       fmt::arg("layout", layout_enum(layout)), fmt::arg("members", members));
 }
 
+// The kernel's name stem, which is also its template's file name: "fwd_sm90".
+std::string entry_name(const Variant& variant) {
+  const bool hopper = variant.tile.family == Family::sm90;
+  switch (variant.spec.direction) {
+    case Direction::forward:
+      return hopper ? "fwd_sm90" : "fwd_sm80";
+    case Direction::dq:
+      return hopper ? "bwd_dq_sm90" : "bwd_dq_sm80";
+    case Direction::dkdv:
+      return hopper ? "bwd_dkdv_sm90" : "bwd_dkdv_sm80";
+  }
+  return "";
+}
+
+// The source hash over a generated program and the templates `included_hash` stands for.
+std::string source_hash(const GeneratedKernel& kernel, std::string_view included_hash) {
+  std::string hashed = fmt::format("sigattn kernel sources\n{}\n{}\n", included_hash,
+                                   normalized_source(kernel.source));
+  for (const auto& option : kernel.options) hashed.append(option).push_back('\n');
+  hashed.append(kernel.name_expression);
+  return hash_hex(hashed);
+}
+
 }  // namespace
+
+std::string entry_template(const Variant& variant) {
+  return fmt::format("sigattn/{}.cuh", entry_name(variant));
+}
+
+std::string kernel_source_hash(const Variant& variant) {
+  return source_hash(generate(variant), included_sources_hash(entry_template(variant)));
+}
+
+std::string kernel_source_hash(const Variant& variant,
+                               const std::vector<EmbeddedTemplate>& templates) {
+  return source_hash(generate(variant), included_sources_hash(entry_template(variant), templates));
+}
 
 GeneratedKernel generate(const Variant& variant) {
   if (const std::string why = policy::structural_rejection(variant.spec, variant.tile);
@@ -123,12 +159,7 @@ GeneratedKernel generate(const Variant& variant) {
   out.variant_name = to_string(variant);
   out.threads = tile.warps * 32;
   out.smem_bytes = smem_bytes(spec, tile);
-  const bool hopper = tile.family == Family::sm90;
-  const std::string_view entry =
-      spec.direction == Direction::forward ? (hopper ? "fwd_sm90" : "fwd_sm80")
-      : spec.direction == Direction::dq    ? (hopper ? "bwd_dq_sm90" : "bwd_dq_sm80")
-      : hopper                             ? "bwd_dkdv_sm90"
-                                           : "bwd_dkdv_sm80";
+  const std::string entry = entry_name(variant);
   out.name_expression = fmt::format("sigattn::{}_kernel<sigattn_generated::Cfg>", entry);
   out.options = {"-std=c++17", "--fmad=true"};
   const std::string members = fmt::format(

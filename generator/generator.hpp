@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "generator/kernel_spec.hpp"
+#include "generator/template_store.hpp"
 
 namespace sigattn::gen {
 
@@ -33,6 +34,20 @@ int grid_slices(const KernelSpec& spec);
 // Throws std::invalid_argument naming the structural constraint (generator/tile_policy.hpp) that
 // the spec or tile violates.
 GeneratedKernel generate(const Variant& variant);
+
+// The include path of the template that holds the variant's kernel, e.g. "sigattn/fwd_sm90.cuh":
+// one per direction and family.
+std::string entry_template(const Variant& variant);
+
+// Hex XXH3-128 over what NVRTC builds the variant's kernel from: the generated program, its
+// options and name expression, and every template its entry template includes, all normalized
+// (normalized_source) so that comments and formatting do not count. Tuning results are keyed by
+// it: a template edit stales exactly the results of the kernels that include it. The generator
+// version is not part of it, since any change of meaning shows in the generated program. Throws
+// like generate() for a variant the generator refuses. `templates` replaces the embedded ones.
+std::string kernel_source_hash(const Variant& variant);
+std::string kernel_source_hash(const Variant& variant,
+                               const std::vector<EmbeddedTemplate>& templates);
 
 // The dQ conversion of the one-pass backward (a dkdv tile with atomic_dq): grad_q = scale * the
 // fp32 workspace, in the dtype and layout of the backward `spec` (dkdv or dq). It depends on

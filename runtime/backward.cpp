@@ -36,10 +36,10 @@ void check_gradients(const BackwardArgs& args, const TokenRows& rows, bool varle
 
 // The one-pass split: dK/dV with dQ added atomically into a zeroed fp32 workspace, then its
 // conversion into grad_q.
-void launch_one_pass(const BackwardArgs& args, const BackwardSpecs& specs, const gen::Variant& dkdv,
-                     BwdParams params, CUstream stream) {
+void launch_one_pass(const BackwardArgs& args, const BackwardSpecs& specs,
+                     const LoadedKernel& dkdv_kernel, const gen::Variant& dkdv, BwdParams params,
+                     CUstream stream) {
   const ForwardArgs& in = args.inputs;
-  const LoadedKernel dkdv_kernel = load_kernel(dkdv);
   const LoadedKernel convert = ModuleCache::instance().load(gen::generate_dq_convert(specs.dq));
   // [batch, max_seqlen_q, heads_q, head_dim] fp32. Packed varlen rows are indexed by token, and
   // valid prefix sums keep every token below batch * max_seqlen_q, so one size serves all layouts.
@@ -78,9 +78,14 @@ BackwardSpecs backward_specs(const BackwardArgs& args) {
   return specs;
 }
 
-void backward_with_tiles(const BackwardArgs& args, CUstream stream, const gen::TileConfig& dkdv,
-                         const gen::TileConfig& dq) {
-  const BackwardSpecs specs = backward_specs(args);
+namespace {
+
+// Checks every tile before anything is compiled or launched, then launches the split that
+// tiles.dkdv selects.
+void launch_backward(const BackwardArgs& args, const BackwardSpecs& specs,
+                     const BackwardTiles& tiles, CUstream stream) {
+  const gen::TileConfig& dkdv = tiles.dkdv;
+  const gen::TileConfig& dq = tiles.dq;
   const policy::Target target = current_target();
   const ForwardArgs& in = args.inputs;
   const CallOperands call{in, &args.grad_out};
@@ -107,15 +112,24 @@ void backward_with_tiles(const BackwardArgs& args, CUstream stream, const gen::T
 
   const BwdParams params = backward_params(args, specs.dq.layout);
   const gen::Variant dkdv_variant{specs.dkdv, dkdv};
+  const LoadedKernel dkdv_kernel = load_kernel(dkdv_variant);
+  log_launch(dkdv_variant, tiles.dkdv_origin, dkdv_kernel);
   if (dkdv.atomic_dq) {
-    launch_one_pass(args, specs, dkdv_variant, params, stream);
+    launch_one_pass(args, specs, dkdv_kernel, dkdv_variant, params, stream);
     return;
   }
   const gen::Variant dq_variant{specs.dq, dq};
-  const LoadedKernel dkdv_kernel = load_kernel(dkdv_variant);
   const LoadedKernel dq_kernel = load_kernel(dq_variant);
+  log_launch(dq_variant, tiles.dq_origin, dq_kernel);
   launch_kernel(dkdv_kernel, dkdv_variant, call, params, stream);
   launch_kernel(dq_kernel, dq_variant, call, params, stream);
+}
+
+}  // namespace
+
+void backward_with_tiles(const BackwardArgs& args, CUstream stream, const gen::TileConfig& dkdv,
+                         const gen::TileConfig& dq) {
+  launch_backward(args, backward_specs(args), {dkdv, dq, forced_origin(), forced_origin()}, stream);
 }
 
 void backward(const BackwardArgs& args, CUstream stream) {
@@ -123,8 +137,8 @@ void backward(const BackwardArgs& args, CUstream stream) {
   // Under graph capture the workspace could not be ordered against the graph's replays, so the
   // deterministic split runs there whatever the call allows.
   const bool deterministic = args.deterministic || capturing(stream);
-  const BackwardTiles tiles = chosen_backward_tiles(args, specs, current_target(), deterministic);
-  backward_with_tiles(args, stream, tiles.dkdv, tiles.dq);
+  launch_backward(args, specs, chosen_backward_tiles(args, specs, current_target(), deterministic),
+                  stream);
 }
 
 }  // namespace sigattn

@@ -10,6 +10,8 @@
 namespace {
 
 thread_local std::string last_error;
+// What the last sigattn_explain_forward* on this thread found; its strings back sigattn_dispatch.
+thread_local sigattn::Dispatch last_explained;
 
 // The value a C enum field holds, read as its bytes: a caller may store any int there, and C++
 // must not load a value outside the enumerators as the enum type. Validation rejects it later.
@@ -74,6 +76,19 @@ sigattn_status guarded(Call&& call) {
   }
 }
 
+// Points `out` at the strings of `explain()`'s answer, kept per thread.
+template <class Explain>
+sigattn_status explained(sigattn_dispatch* out, Explain&& explain) {
+  if (out == nullptr) return fail(SIGATTN_INVALID_ARGUMENT, "out is null");
+  const sigattn_status status = guarded([&] { last_explained = explain(); });
+  if (status != SIGATTN_OK) return status;
+  out->variant = last_explained.variant.c_str();
+  out->tile = last_explained.tile.c_str();
+  out->served_by = last_explained.served_by.c_str();
+  out->reason = last_explained.reason.c_str();
+  return SIGATTN_OK;
+}
+
 }  // namespace
 
 extern "C" {
@@ -123,6 +138,34 @@ sigattn_status sigattn_set_database_path(const char* path) {
 sigattn_status sigattn_set_online_tuning(int enabled) {
   last_error.clear();
   return guarded([&] { sigattn::set_online_tuning(enabled != 0); });
+}
+
+sigattn_status sigattn_explain_forward(const sigattn_forward_args* args, sigattn_dispatch* out) {
+  last_error.clear();
+  if (args == nullptr) return fail(SIGATTN_INVALID_ARGUMENT, "args is null");
+  return explained(out, [&] { return sigattn::explain_forward(to_forward_args(*args)); });
+}
+
+sigattn_status sigattn_explain_forward_on(const sigattn_forward_args* args,
+                                          const sigattn_device* device, sigattn_dispatch* out) {
+  last_error.clear();
+  if (args == nullptr) return fail(SIGATTN_INVALID_ARGUMENT, "args is null");
+  if (device == nullptr) return fail(SIGATTN_INVALID_ARGUMENT, "device is null");
+  if (device->arch == nullptr) return fail(SIGATTN_INVALID_ARGUMENT, "device->arch is null");
+  return explained(out, [&] {
+    return sigattn::explain_forward(
+        to_forward_args(*args),
+        {device->arch, device->name != nullptr ? device->name : "", device->sm_count});
+  });
+}
+
+sigattn_status sigattn_set_log_level(int level) {
+  last_error.clear();
+  return guarded([&] { sigattn::set_log_level(static_cast<sigattn::LogLevel>(level)); });
+}
+
+sigattn_log_level sigattn_get_log_level(void) {
+  return static_cast<sigattn_log_level>(sigattn::log_level());
 }
 
 const char* sigattn_last_error(void) { return last_error.c_str(); }

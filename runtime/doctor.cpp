@@ -80,7 +80,9 @@ void collect_database(DoctorReport& report) {
     report.binaries = summary.count;
     report.binary_bytes = summary.bytes;
     report.binaries_served = summary.served;
-    report.tuning_results = static_cast<std::int64_t>(cache::TuningStore(db).all_best().size());
+    const cache::FreshnessCounts tuning = cache::count_freshness(cache::TuningStore(db).all_best());
+    report.tuning_results = tuning.fresh + tuning.stale;
+    report.stale_tuning_results = tuning.stale;
   } catch (const std::exception& error) {
     report.user_database_message = error.what();
   }
@@ -93,8 +95,10 @@ void collect_shipped_data(DoctorReport& report) {
   report.shipped_data_dir_exists = std::filesystem::is_directory(directory, error);
   if (!report.shipped_data_dir_exists) return;
   try {
-    report.shipped_results =
-        static_cast<std::int64_t>(cache::read_shipped_directory(directory).results.size());
+    const cache::FreshnessCounts shipped =
+        cache::count_freshness(cache::read_shipped_directory(directory).results);
+    report.shipped_results = shipped.fresh + shipped.stale;
+    report.stale_shipped_results = shipped.stale;
   } catch (const std::exception& failure) {
     report.shipped_message = failure.what();
   }
@@ -159,16 +163,17 @@ std::string doctor_text(const DoctorReport& report) {
   } else {
     fmt::format_to(out,
                    "user database: {}\n  compiled kernels: {} ({:.1f} MiB), served in place of "
-                   "NVRTC {} times\n  tuning results: {}\n",
+                   "NVRTC {} times\n  tuning results: {} ({} stale)\n",
                    report.user_database, report.binaries,
                    static_cast<double>(report.binary_bytes) / (1024.0 * 1024.0),
-                   report.binaries_served, report.tuning_results);
+                   report.binaries_served, report.tuning_results, report.stale_tuning_results);
   }
   fmt::format_to(out, "shipped data: {}{}\n", report.shipped_data_dir,
                  report.shipped_data_dir_exists ? "" : " (not found)");
   if (report.shipped_data_dir_exists) {
     if (report.shipped_message.empty()) {
-      fmt::format_to(out, "  tuning results: {}\n", report.shipped_results);
+      fmt::format_to(out, "  tuning results: {} ({} stale)\n", report.shipped_results,
+                     report.stale_shipped_results);
     } else {
       fmt::format_to(out, "  not usable: {}\n", report.shipped_message);
     }
@@ -209,11 +214,13 @@ std::string doctor_json(const DoctorReport& report) {
         {"binaries", report.binaries},
         {"binary_bytes", report.binary_bytes},
         {"binaries_served", report.binaries_served},
-        {"tuning_results", report.tuning_results}}},
+        {"tuning_results", report.tuning_results},
+        {"stale_tuning_results", report.stale_tuning_results}}},
       {"shipped_data",
        {{"directory", report.shipped_data_dir},
         {"exists", report.shipped_data_dir_exists},
         {"tuning_results", report.shipped_results},
+        {"stale_tuning_results", report.stale_shipped_results},
         {"message", report.shipped_message}}},
   };
   return json.dump(2);

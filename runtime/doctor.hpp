@@ -44,11 +44,13 @@ struct DoctorReport {
   std::int64_t binary_bytes = 0;
   std::int64_t binaries_served = 0;  // times a stored binary replaced an NVRTC run
   std::int64_t tuning_results = 0;
+  std::int64_t stale_tuning_results = 0;  // of tuning_results: kernel sources changed since
 
   std::string shipped_data_dir;  // where the shipped tuning databases are looked for
   bool shipped_data_dir_exists = false;
   std::int64_t shipped_results = 0;
-  std::string shipped_message;  // why the shipped data cannot be used
+  std::int64_t stale_shipped_results = 0;  // of shipped_results: kernel sources changed since
+  std::string shipped_message;             // why the shipped data cannot be used
 };
 
 DoctorReport collect_doctor_report();

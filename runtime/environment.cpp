@@ -3,9 +3,10 @@
 
 #include <fmt/format.h>
 
-#include <cstdio>
 #include <cstdlib>
 #include <string>
+
+#include "runtime/log.hpp"
 
 namespace sigattn {
 
@@ -26,8 +27,7 @@ std::optional<bool> environment_switch(const char* name) {
   std::string warning;
   const std::optional<bool> setting = parse_switch(name, std::getenv(name), &warning);
   if (!warning.empty()) {
-    fmt::print(stderr, "sigattn: warning: {}\n", warning);
-    std::fflush(stderr);
+    logging::warn("{}", warning);
   }
   return setting;
 }

@@ -3,9 +3,13 @@
 // caller's stream (runtime/kernel_launch). Also the public stride helpers and the version string.
 #include "runtime/forward.hpp"
 
+#include <fmt/format.h>
+
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 
+#include "runtime/errors.hpp"
 #include "runtime/kernel_launch.hpp"
 #include "runtime/kernel_params.hpp"
 #include "runtime/tile_choice.hpp"
@@ -15,8 +19,17 @@ namespace sigattn {
 namespace {
 
 Dispatch dispatch_of(const gen::KernelSpec& spec, const cache::TileChoice& choice) {
-  return {gen::to_string(gen::Variant{spec, choice.tile}),
+  return {gen::to_string(gen::Variant{spec, choice.tile}), gen::to_string(choice.tile),
           std::string(cache::to_string(choice.served_by)), choice.reason};
+}
+
+// The policy's target of a described device; an unknown architecture is a bad argument.
+policy::Target described_target(const DeviceDescription& device) {
+  try {
+    return policy::target_for_arch(device.arch);
+  } catch (const std::invalid_argument& error) {
+    throw_invalid(fmt::format("device.arch: {}", error.what()));
+  }
 }
 
 // What the last forward() on this thread launched, for last_dispatch().
@@ -28,7 +41,7 @@ void check_output(const ForwardArgs& args, const TokenRows& rows, bool varlen) {
 }
 
 void launch(const ForwardArgs& args, const gen::KernelSpec& spec, const policy::Target& target,
-            const gen::TileConfig& tile, CUstream stream) {
+            const gen::TileConfig& tile, const TileOrigin& origin, CUstream stream) {
   const CallOperands call{args};
   check_tile(spec, tile, target, call);
   check_device_pointers(args, {{"out.data", args.out.data}});
@@ -40,6 +53,7 @@ void launch(const ForwardArgs& args, const gen::KernelSpec& spec, const policy::
 
   const gen::Variant variant{spec, tile};
   const LoadedKernel kernel = load_kernel(variant);
+  log_launch(variant, origin, kernel);
   launch_kernel(kernel, variant, call, forward_params(args, spec.layout), stream);
 }
 
@@ -55,20 +69,28 @@ gen::KernelSpec forward_spec(const ForwardArgs& args) {
 
 void forward_with_tile(const ForwardArgs& args, CUstream stream, const gen::TileConfig& tile) {
   const gen::KernelSpec spec = forward_spec(args);
-  launch(args, spec, current_target(), tile, stream);
+  launch(args, spec, current_target(), tile, forced_origin(), stream);
 }
 
 void forward(const ForwardArgs& args, CUstream stream) {
   const gen::KernelSpec spec = forward_spec(args);
   const policy::Target target = current_target();
   const cache::TileChoice choice = forward_tile_for_launch(args, spec, target);
-  launch(args, spec, target, choice.tile, stream);
+  launch(args, spec, target, choice.tile, origin_of(choice), stream);
   last_forward_dispatch = dispatch_of(spec, choice);
 }
 
 Dispatch explain_forward(const ForwardArgs& args) {
   const gen::KernelSpec spec = forward_spec(args);
-  return dispatch_of(spec, choose_forward_tile(args, spec, current_target()));
+  const policy::Target target = current_target();
+  return dispatch_of(spec, choose_forward_tile(args, spec, target, current_device(target)));
+}
+
+Dispatch explain_forward(const ForwardArgs& args, const DeviceDescription& device) {
+  const gen::KernelSpec spec = forward_spec(args);
+  const policy::Target target = described_target(device);
+  return dispatch_of(
+      spec, choose_forward_tile(args, spec, target, {device.name, target.arch, device.sm_count}));
 }
 
 Dispatch last_dispatch() { return last_forward_dispatch; }

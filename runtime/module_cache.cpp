@@ -7,12 +7,14 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
 #include <exception>
 #include <optional>
 #include <utility>
 
 #include "runtime/cuda_driver.hpp"
 #include "runtime/errors.hpp"
+#include "runtime/log.hpp"
 #include "runtime/nvrtc.hpp"
 #include "runtime/persistent_cache.hpp"
 
@@ -37,9 +39,23 @@ ModuleCache& ModuleCache::instance() {
   return cache;
 }
 
+std::string_view to_string(BinarySource source) {
+  switch (source) {
+    case BinarySource::memory:
+      return "memory";
+    case BinarySource::database:
+      return "database";
+    case BinarySource::nvrtc:
+      return "nvrtc";
+  }
+  return "unknown";
+}
+
 std::shared_ptr<const CompiledKernel> ModuleCache::compiled(const gen::GeneratedKernel& kernel,
-                                                            const std::string& arch) {
+                                                            const std::string& arch,
+                                                            BinarySource* source) {
   const std::string key = compile_key(kernel, arch);
+  if (source != nullptr) *source = BinarySource::memory;
   std::promise<std::shared_ptr<const CompiledKernel>> promise;
   CompiledFuture future;
   bool compiles_here = false;
@@ -65,8 +81,14 @@ std::shared_ptr<const CompiledKernel> ModuleCache::compiled(const gen::Generated
         std::lock_guard lock(mutex_);
         ++(binary ? stats_.disk_hits : stats_.disk_misses);
       }
-      if (!binary) {
+      if (source != nullptr) *source = binary ? BinarySource::database : BinarySource::nvrtc;
+      if (binary) {
+        logging::debug("{} for {}: binary from the user database", kernel.variant_name, arch);
+      } else {
         binary = compile(kernel, arch);
+        logging::debug("{} for {}: compiled by NVRTC in {:.0f} ms ({} registers, {} spilled bytes)",
+                       kernel.variant_name, arch, binary->compile_ms, binary->registers,
+                       binary->spill_store_bytes + binary->spill_load_bytes);
         disk.store_binary(kernel, *binary);
       }
       promise.set_value(std::make_shared<const CompiledKernel>(std::move(*binary)));
@@ -85,11 +107,18 @@ LoadedKernel ModuleCache::load(const gen::GeneratedKernel& kernel) {
   const CUcontext context = cuda::current_context();
   // A context belongs to one device, so the context and the content hash fix the arch too.
   const auto key = std::make_pair(context, kernel.content_hash);
+  const auto start = std::chrono::steady_clock::now();
+  const auto loaded_here = [&](LoadedKernel loaded, BinarySource source) {
+    loaded.source = source;
+    loaded.load_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    return loaded;
+  };
   {
     std::lock_guard lock(mutex_);
     if (const auto found = loaded_.find(key); found != loaded_.end()) {
       ++stats_.module_hits;
-      return found->second;
+      return loaded_here(found->second, BinarySource::memory);
     }
   }
   CUdevice device = 0;
@@ -101,12 +130,13 @@ LoadedKernel ModuleCache::load(const gen::GeneratedKernel& kernel) {
         "{} needs {} bytes of shared memory per block, but {} ({}) allows at most {} bytes",
         kernel.variant_name, kernel.smem_bytes, info.name, arch, info.max_smem_optin));
   }
-  const std::shared_ptr<const CompiledKernel> binary = compiled(kernel, arch);
+  BinarySource source = BinarySource::memory;
+  const std::shared_ptr<const CompiledKernel> binary = compiled(kernel, arch, &source);
 
   std::lock_guard lock(mutex_);
   if (const auto found = loaded_.find(key); found != loaded_.end()) {
     ++stats_.module_hits;
-    return found->second;
+    return loaded_here(found->second, source);
   }
   ++stats_.module_misses;
   CUmodule module = nullptr;
@@ -123,7 +153,7 @@ LoadedKernel ModuleCache::load(const gen::GeneratedKernel& kernel) {
                                                              kernel.threads, kernel.smem_bytes));
   loaded.variant_name = kernel.variant_name;
   loaded_.emplace(key, loaded);
-  return loaded;
+  return loaded_here(loaded, source);
 }
 
 CacheStats ModuleCache::stats() const {

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "generator/generator.hpp"
@@ -18,12 +19,20 @@
 
 namespace sigattn {
 
+// Where a load found a kernel's binary: compiled or loaded earlier in this process, the user
+// database, or NVRTC just now.
+enum class BinarySource { memory, database, nvrtc };
+std::string_view to_string(BinarySource source);
+
 struct LoadedKernel {
   CUfunction function = nullptr;
   int threads = 0;
   int smem_bytes = 0;
   int blocks_per_sm = 0;  // CTAs that fit on one SM at once: the grid of a persistent kernel
   std::string variant_name;
+  // Of the load that returned this copy: where the binary came from and how long it took.
+  BinarySource source = BinarySource::memory;
+  double load_ms = 0.0;
 };
 
 struct CacheStats {
@@ -42,9 +51,10 @@ class ModuleCache {
 
   // Compiled binary for (kernel, arch). On a miss the user database is asked first and NVRTC
   // runs only when it has no intact binary; what NVRTC builds is stored there. Concurrent
-  // callers of one key compile it once.
+  // callers of one key compile it once. `source`, when given, receives where the binary came from.
   std::shared_ptr<const CompiledKernel> compiled(const gen::GeneratedKernel& kernel,
-                                                 const std::string& arch);
+                                                 const std::string& arch,
+                                                 BinarySource* source = nullptr);
 
   // Loaded function in the current context, with its dynamic shared-memory limit raised.
   LoadedKernel load(const gen::GeneratedKernel& kernel);

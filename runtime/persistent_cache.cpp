@@ -6,7 +6,6 @@
 
 #include <fmt/format.h>
 
-#include <cstdio>
 #include <exception>
 
 #include "cache/json_io.hpp"
@@ -14,6 +13,7 @@
 #include "generator/template_store.hpp"
 #include "runtime/environment.hpp"
 #include "runtime/install_paths.hpp"
+#include "runtime/log.hpp"
 #include "runtime/nvrtc.hpp"
 
 namespace sigattn {
@@ -61,8 +61,7 @@ void PersistentCache::reset() {
 
 void PersistentCache::warn(const std::string& message) {
   if (warned_.insert(message).second) {
-    fmt::print(stderr, "sigattn: warning: {}\n", message);
-    std::fflush(stderr);
+    logging::warn("{}", message);
   }
 }
 
@@ -171,15 +170,13 @@ cache::TileChoice PersistentCache::choose_tile(const gen::KernelSpec& spec,
   std::vector<cache::TuningResult> user_rows;
   if (cache::Database* db = database(); db != nullptr) {
     try {
-      user_rows =
-          cache::TuningStore(*db).best_for(target.arch, gen::template_hash(), gen::to_string(spec));
+      user_rows = cache::TuningStore(*db).best_for(target.arch, gen::to_string(spec));
     } catch (const std::exception& error) {
       warn(fmt::format("cannot read tuning results from the disk cache: {}", error.what()));
     }
   }
-  cache::TileChoice choice =
-      cache::choose_tile(user_rows, shipped_results(), device, gen::template_hash(), spec,
-                         max_seqlen_q, max_seqlen_k, target);
+  cache::TileChoice choice = cache::choose_tile(user_rows, shipped_results(), device, spec,
+                                                max_seqlen_q, max_seqlen_k, target);
   tile_choices_.emplace(memo_key, choice);
   return choice;
 }

@@ -1,8 +1,8 @@
 // The process's view of the on-disk cache: the user database (compiled kernels and tuning
 // results) and the shipped tuning data. Opened on first use; any failure to open, read or write
-// it is a warning on stderr (once per message) and the call goes on without it, so the disk cache
-// can only make a call faster, never make it fail. A database this process cannot write is read
-// only: it serves binaries and tuning results, and new kernels are kept in memory.
+// it is a warning (runtime/log, once per message) and the call goes on without it, so the disk
+// cache can only make a call faster, never make it fail. A database this process cannot write is
+// read only: it serves binaries and tuning results, and new kernels are kept in memory.
 // SIGATTN_CACHE=off turns it off.
 #pragma once
 
@@ -46,8 +46,9 @@ class PersistentCache {
   void store_binary(const gen::GeneratedKernel& kernel, const CompiledKernel& compiled);
 
   // The tile for one call through the lookup chain (user database, shipped data, nearest
-  // bucket, heuristic default). The answer for a device, spec and pair of length buckets is
-  // kept for the life of the process, so repeated calls never query the database again.
+  // bucket, over fresh rows and then over stale ones; heuristic default). The answer for a device,
+  // spec and pair of length buckets is kept for the life of the process, so repeated calls never
+  // query the database again.
   cache::TileChoice choose_tile(const gen::KernelSpec& spec, const cache::DeviceKey& device,
                                 int max_seqlen_q, int max_seqlen_k, const policy::Target& target);
   // Drops the kept answers of choose_tile (after new tuning results were written).

@@ -1,15 +1,18 @@
 // Tile choice for forward and backward calls, the check of forced tiles against the policy and the
-// kernels' TMA maps, and the online-tuning request.
+// kernels' TMA maps, the online-tuning request, and the log line of a new variant's choice.
 #include "runtime/tile_choice.hpp"
 
 #include <fmt/format.h>
 
 #include <span>
 #include <string>
+#include <string_view>
+#include <utility>
 
 #include "runtime/cuda_driver.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/kernel_launch.hpp"
+#include "runtime/log.hpp"
 #include "runtime/online_tuning_hook.hpp"
 #include "runtime/persistent_cache.hpp"
 
@@ -26,19 +29,59 @@ std::string listed(std::span<const Operand> operands) {
   return text;
 }
 
-cache::DeviceKey current_device(const policy::Target& target) {
-  const cuda::DeviceInfo info = cuda::current_device_info();
-  return {info.name, target.arch, info.sm_count};
-}
-
 // The target whose defaults are the portable family's: sm_90 without the a-features.
 policy::Target portable_target() { return policy::target_for_arch("sm_90"); }
+
+// Why the portable family's default replaces `tile`.
+std::string portable_reason(const std::string& obstacles, const gen::TileConfig& tile,
+                            const std::string& default_reason) {
+  return fmt::format("TMA maps cannot describe {}, so not {}: {}", obstacles, gen::to_string(tile),
+                     default_reason);
+}
+
+// How the log names where a binary came from.
+std::string_view binary_origin(BinarySource source) {
+  switch (source) {
+    case BinarySource::memory:
+      return "already in memory";
+    case BinarySource::database:
+      return "from the user database";
+    case BinarySource::nvrtc:
+      return "compiled by NVRTC";
+  }
+  return "of unknown origin";
+}
+
+// The heuristic's origin for a tile that replaces a looked-up one, and why.
+TileOrigin heuristic_origin(std::string reason) {
+  return {std::string(cache::to_string(cache::ServedBy::heuristic)), std::move(reason)};
+}
 
 }  // namespace
 
 policy::Target current_target() {
   const cuda::DeviceInfo info = cuda::current_device_info();
   return policy::target_for_arch(cuda::arch_for(info.cc_major, info.cc_minor));
+}
+
+cache::DeviceKey current_device(const policy::Target& target) {
+  const cuda::DeviceInfo info = cuda::current_device_info();
+  return {info.name, target.arch, info.sm_count};
+}
+
+TileOrigin origin_of(const cache::TileChoice& choice) {
+  return {std::string(cache::to_string(choice.served_by)), choice.reason};
+}
+
+TileOrigin forced_origin() { return {"forced", "the tile the caller passed"}; }
+
+void log_launch(const gen::Variant& variant, const TileOrigin& origin, const LoadedKernel& kernel) {
+  if (!logging::enabled(LogLevel::info)) return;
+  const std::string name = gen::to_string(variant);
+  if (!logging::first_time("launch " + name)) return;
+  logging::info("{}: tile {} from {} ({}); binary {} in {:.1f} ms", name,
+                gen::to_string(variant.tile), origin.served_by, origin.reason,
+                binary_origin(kernel.source), kernel.load_ms);
 }
 
 void check_tile(const gen::KernelSpec& spec, const gen::TileConfig& tile,
@@ -60,22 +103,23 @@ void check_tile(const gen::KernelSpec& spec, const gen::TileConfig& tile,
 }
 
 cache::TileChoice choose_forward_tile(const ForwardArgs& args, const gen::KernelSpec& spec,
-                                      const policy::Target& target) {
+                                      const policy::Target& target,
+                                      const cache::DeviceKey& device) {
   cache::TileChoice choice = PersistentCache::instance().choose_tile(
-      spec, current_device(target), args.max_seqlen_q, args.max_seqlen_k, target);
+      spec, device, args.max_seqlen_q, args.max_seqlen_k, target);
   const std::string obstacles = tma_obstacles({spec, choice.tile}, CallOperands{args});
   if (obstacles.empty()) return choice;
   const policy::DefaultChoice portable = policy::default_tile(spec, portable_target());
-  choice.reason = fmt::format("TMA maps cannot describe {}, so not {}: {}", obstacles,
-                              gen::to_string(choice.tile), portable.reason);
+  choice.reason = portable_reason(obstacles, choice.tile, portable.reason);
   choice.tile = portable.tile;
   choice.served_by = cache::ServedBy::heuristic;
+  choice.stale = false;
   return choice;
 }
 
 cache::TileChoice forward_tile_for_launch(const ForwardArgs& args, const gen::KernelSpec& spec,
                                           const policy::Target& target) {
-  cache::TileChoice choice = choose_forward_tile(args, spec, target);
+  cache::TileChoice choice = choose_forward_tile(args, spec, target, current_device(target));
   if (choice.served_by == cache::ServedBy::heuristic) request_online_tuning(args, spec);
   return choice;
 }
@@ -83,8 +127,10 @@ cache::TileChoice forward_tile_for_launch(const ForwardArgs& args, const gen::Ke
 BackwardTiles default_backward_tiles(const BackwardSpecs& specs, const policy::Target& target,
                                      bool deterministic) {
   const bool one_pass = !deterministic && policy::one_pass_by_default(specs.dkdv, target);
-  return {policy::default_tile(specs.dkdv, target, one_pass).tile,
-          policy::default_tile(specs.dq, target).tile};
+  policy::DefaultChoice dkdv = policy::default_tile(specs.dkdv, target, one_pass);
+  policy::DefaultChoice dq = policy::default_tile(specs.dq, target);
+  return {dkdv.tile, dq.tile, heuristic_origin(std::move(dkdv.reason)),
+          heuristic_origin(std::move(dq.reason))};
 }
 
 BackwardTiles chosen_backward_tiles(const BackwardArgs& args, const BackwardSpecs& specs,
@@ -99,20 +145,39 @@ BackwardTiles chosen_backward_tiles(const BackwardArgs& args, const BackwardSpec
       persistent.choose_tile(specs.dq, device, in.max_seqlen_q, in.max_seqlen_k, target);
   BackwardTiles chosen = combine_backward_tiles(tiles, dkdv, dq, deterministic);
   const CallOperands call{in, &args.grad_out};
-  const auto portable = [&] {
-    return default_backward_tiles(specs, portable_target(), deterministic);
+  // One kernel's tile (a member of BackwardTiles) replaced by the portable family's default where
+  // TMA maps cannot describe the operands it streams.
+  const auto keep_describable = [&](const gen::KernelSpec& spec,
+                                    gen::TileConfig BackwardTiles::*tile,
+                                    TileOrigin BackwardTiles::*origin) {
+    const std::string obstacles = tma_obstacles({spec, chosen.*tile}, call);
+    if (obstacles.empty()) return;
+    const BackwardTiles portable = default_backward_tiles(specs, portable_target(), deterministic);
+    chosen.*origin =
+        heuristic_origin(portable_reason(obstacles, chosen.*tile, (portable.*origin).reason));
+    chosen.*tile = portable.*tile;
   };
-  if (!tma_obstacles({specs.dkdv, chosen.dkdv}, call).empty()) chosen.dkdv = portable().dkdv;
-  if (!tma_obstacles({specs.dq, chosen.dq}, call).empty()) chosen.dq = portable().dq;
+  keep_describable(specs.dkdv, &BackwardTiles::dkdv, &BackwardTiles::dkdv_origin);
+  keep_describable(specs.dq, &BackwardTiles::dq, &BackwardTiles::dq_origin);
   return chosen;
 }
 
 BackwardTiles combine_backward_tiles(BackwardTiles tiles, const cache::TileChoice& dkdv,
                                      const cache::TileChoice& dq, bool deterministic) {
-  if (dkdv.served_by != cache::ServedBy::heuristic && !(deterministic && dkdv.tile.atomic_dq)) {
-    tiles.dkdv = dkdv.tile;
+  if (dkdv.served_by != cache::ServedBy::heuristic) {
+    if (deterministic && dkdv.tile.atomic_dq) {
+      tiles.dkdv_origin.reason =
+          fmt::format("the tuned one-pass tile {} may not serve a deterministic call; {}",
+                      gen::to_string(dkdv.tile), tiles.dkdv_origin.reason);
+    } else {
+      tiles.dkdv = dkdv.tile;
+      tiles.dkdv_origin = origin_of(dkdv);
+    }
   }
-  if (dq.served_by != cache::ServedBy::heuristic) tiles.dq = dq.tile;
+  if (dq.served_by != cache::ServedBy::heuristic) {
+    tiles.dq = dq.tile;
+    tiles.dq_origin = origin_of(dq);
+  }
   return tiles;
 }
 

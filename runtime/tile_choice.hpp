@@ -1,7 +1,8 @@
 // Which tile a call runs: the only runtime file that asks the tile policy (generator/tile_policy)
 // and the tuning lookup chain (user database, shipped data, nearest bucket, heuristic default).
-// Forward and backward tile choice, the check of a tile the caller forces, and the request for
-// online tuning of a forward call the heuristic served.
+// Forward and backward tile choice, the check of a tile the caller forces, the request for
+// online tuning of a forward call the heuristic served, and the info-level line that shows a new
+// variant's choice.
 #pragma once
 
 #include <sigattn/sigattn.hpp>
@@ -10,21 +11,38 @@
 #include "generator/kernel_spec.hpp"
 #include "generator/tile_policy.hpp"
 #include "runtime/kernel_params.hpp"
+#include "runtime/module_cache.hpp"
 
 namespace sigattn {
 
 // The policy's target for the current device.
 policy::Target current_target();
+// The tuning rows' key of the current device.
+cache::DeviceKey current_device(const policy::Target& target);
+
+// Where a launched tile came from: a level of the lookup chain (cache::to_string(ServedBy)) or
+// "forced" (the caller's), and why.
+struct TileOrigin {
+  std::string served_by;
+  std::string reason;
+};
+TileOrigin origin_of(const cache::TileChoice& choice);
+// The origin of a tile passed by the caller (forward_with_tile, backward_with_tiles).
+TileOrigin forced_origin();
+
+// At info level, once per variant in this process: the variant a call launches, where its tile
+// came from and where the binary came from (runtime/log).
+void log_launch(const gen::Variant& variant, const TileOrigin& origin, const LoadedKernel& kernel);
 
 // Throws Error(invalid_argument) when `tile` cannot run `spec` on `target`: a violated constraint,
 // or a kernel that streams operands of `call` through TMA maps that cannot describe them.
 void check_tile(const gen::KernelSpec& spec, const gen::TileConfig& tile,
                 const policy::Target& target, const CallOperands& call);
 
-// The tile of a forward call through the lookup chain. A call whose strides no TMA map can
-// describe runs the portable family's default instead of an sm90 tile.
+// The tile of a forward call on `device` through the lookup chain. A call whose strides no TMA
+// map can describe runs the portable family's default instead of an sm90 tile.
 cache::TileChoice choose_forward_tile(const ForwardArgs& args, const gen::KernelSpec& spec,
-                                      const policy::Target& target);
+                                      const policy::Target& target, const cache::DeviceKey& device);
 // The same for a call about to run: a tile from the heuristic default also passes the call to
 // online tuning (runtime/online_tuning_hook.hpp).
 cache::TileChoice forward_tile_for_launch(const ForwardArgs& args, const gen::KernelSpec& spec,
@@ -38,10 +56,12 @@ struct BackwardSpecs {
 struct BackwardTiles {
   gen::TileConfig dkdv;
   gen::TileConfig dq;  // not launched when dkdv.atomic_dq
+  TileOrigin dkdv_origin = {};
+  TileOrigin dq_origin = {};
 };
 
-// The heuristic defaults: when `deterministic` is false, the one-pass split (atomic dQ) for the
-// dkdv kernel where policy::one_pass_by_default prefers it.
+// The heuristic defaults, with the policy's reasons: when `deterministic` is false, the one-pass
+// split (atomic dQ) for the dkdv kernel where policy::one_pass_by_default prefers it.
 BackwardTiles default_backward_tiles(const BackwardSpecs& specs, const policy::Target& target,
                                      bool deterministic);
 
@@ -51,7 +71,8 @@ BackwardTiles default_backward_tiles(const BackwardSpecs& specs, const policy::T
 // the portable family's default.
 BackwardTiles chosen_backward_tiles(const BackwardArgs& args, const BackwardSpecs& specs,
                                     const policy::Target& target, bool deterministic);
-// The rule of chosen_backward_tiles: `defaults` with each looked-up tile that may serve the call.
+// The rule of chosen_backward_tiles: `defaults` with each looked-up tile that may serve the call,
+// and each tile's origin.
 BackwardTiles combine_backward_tiles(BackwardTiles defaults, const cache::TileChoice& dkdv,
                                      const cache::TileChoice& dq, bool deterministic);
 

@@ -207,3 +207,34 @@ cli_test(tune_without_gpu_second_run_compiles_nothing EXIT 0
          TIMEOUT 900)
 set_tests_properties(cli_tune_without_gpu_second_run_compiles_nothing PROPERTIES
                      FIXTURES_REQUIRED cli_tune_warm)
+
+# Stale tuning results (measured on kernel sources that have changed since; the fixture's hash is
+# no kernel's): db show and doctor count them, db prune --tuning removes them, tune --stale
+# re-tunes the problems it has a shape for and names the others.
+set(cli_stale_db ${cli_db_dir}/stale.db)
+add_test(NAME cli_stale_reset COMMAND ${CMAKE_COMMAND} -E rm -f ${cli_stale_db} ${cli_stale_db}-wal
+                                      ${cli_stale_db}-shm)
+set_tests_properties(cli_stale_reset PROPERTIES LABELS cpu FIXTURES_SETUP cli_stale_empty)
+cli_test(stale_import EXIT 0 ARGS db import ${cli_tuning}/valid.json --db ${cli_stale_db}
+         STDOUT "results kept: 1 ")
+set_tests_properties(cli_stale_import PROPERTIES FIXTURES_REQUIRED cli_stale_empty
+                                                 FIXTURES_SETUP cli_stale_rows)
+cli_test(stale_db_show EXIT 0 ARGS db show --db ${cli_stale_db}
+         STDOUT "tuning results: 1 \\(0 fresh, 1 stale\\).*stale \\(kernel sources changed since\\)")
+cli_test(stale_doctor EXIT 0 ARGS doctor --db ${cli_stale_db}
+         STDOUT "user database: .*tuning results: 1 \\(1 stale\\)")
+cli_test(stale_prune EXIT 0 ARGS db prune --tuning --db ${cli_stale_db}
+         STDOUT "removed 2 stale tuning rows")
+cli_test(stale_db_show_after_prune EXIT 0 ARGS db show --db ${cli_stale_db}
+         STDOUT "tuning results: 0 \\(0 fresh, 0 stale\\)")
+set_tests_properties(cli_stale_db_show cli_stale_doctor PROPERTIES FIXTURES_REQUIRED cli_stale_rows)
+set_tests_properties(cli_stale_prune PROPERTIES FIXTURES_REQUIRED cli_stale_rows
+                     DEPENDS "cli_stale_db_show;cli_stale_doctor")
+set_tests_properties(cli_stale_db_show_after_prune PROPERTIES FIXTURES_REQUIRED cli_stale_rows
+                     DEPENDS cli_stale_prune)
+cli_test(tune_stale_without_stale_results EXIT 0 ARGS tune --stale --db ${cli_db_dir}/none.db
+         STDERR "no stale tuning results to re-tune" ABSENT ${cli_db_dir}/none.db
+         ENVIRONMENT SIGATTN_DATA_DIR=${cli_db_dir}/no_shipped_data)
+cli_test(tune_stale_names_problems_without_a_shape EXIT 0 ARGS tune --stale --db ${cli_db_dir}/none.db
+         STDERR "stale result fwd.bf16.d64.varlen.nomask.nosmod.fast.anylen q 4096 k 4096 is not re-tuned: no tuning shape gives this problem.*no stale tuning results to re-tune"
+         ENVIRONMENT SIGATTN_DATA_DIR=${CMAKE_CURRENT_SOURCE_DIR}/data/stale_shipped)

@@ -5,7 +5,6 @@
 #include "tuner/online_tuning.hpp"
 
 #include <fcntl.h>
-#include <fmt/format.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -18,6 +17,7 @@
 
 #include "runtime/environment.hpp"
 #include "runtime/install_paths.hpp"
+#include "runtime/log.hpp"
 #include "runtime/online_tuning_hook.hpp"
 #include "runtime/persistent_cache.hpp"
 
@@ -45,8 +45,7 @@ void run_child(const std::vector<std::string>& command, std::chrono::seconds lim
   const int spawned = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   if (spawned != 0) {
-    fmt::print(stderr, "sigattn: warning: online tuning cannot start {}: {}\n", command[0],
-               std::strerror(spawned));
+    logging::warn("online tuning cannot start {}: {}", command[0], std::strerror(spawned));
     return;
   }
   const auto deadline = std::chrono::steady_clock::now() + limit;

@@ -467,6 +467,36 @@ std::vector<Task> tasks_for(const Shape& shape) {
           make_task(shape, gen::Direction::dq, lengths)};
 }
 
+std::optional<Task> task_for_problem(const cache::ProblemKey& problem) {
+  gen::KernelSpec spec;
+  try {
+    spec = gen::parse_spec(problem.spec);
+  } catch (const std::invalid_argument&) {
+    return std::nullopt;
+  }
+  Shape shape;
+  shape.pass = spec.direction == gen::Direction::forward ? Pass::forward : Pass::backward;
+  shape.dtype = spec.dtype;
+  shape.head_dim = spec.head_dim;
+  shape.padding_percent = spec.layout == gen::Layout::padded ? 25 : 0;
+  shape.causal = spec.causal;
+  shape.sigmoid = spec.sigmoid;
+  // The bucket itself gives whole 128-row tiles where it can (x128); one less gives any length.
+  for (const int seqlen : {problem.seqlen_q_bucket, problem.seqlen_q_bucket - 1}) {
+    shape.seqlen = seqlen;
+    std::vector<Task> tasks;
+    try {
+      tasks = tasks_for(resolved(shape));
+    } catch (const std::invalid_argument&) {
+      continue;
+    }
+    for (Task& task : tasks) {
+      if (task.problem == problem) return std::move(task);
+    }
+  }
+  return std::nullopt;
+}
+
 void to_json(nlohmann::json& j, const Task& task) {
   j = {{"shape", task.shape},
        {"direction", gen::to_string(task.direction)},

@@ -117,6 +117,11 @@ Task make_task(const Shape& shape, gen::Direction direction, std::vector<int> le
 // the shape string, so every process draws the same ones.
 std::vector<Task> tasks_for(const Shape& shape);
 
+// A task whose problem key is `problem`, from a shape with the default batch and heads (and 25 %
+// padding for the padded layout), for re-measuring a stored result. Nullopt where no shape gives
+// the problem: windows, score_mod, the varlen layout, unequal query and key buckets.
+std::optional<Task> task_for_problem(const cache::ProblemKey& problem);
+
 void to_json(nlohmann::json& j, const Task& task);
 Task task_from_json(const nlohmann::json& j);
 

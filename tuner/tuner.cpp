@@ -196,7 +196,7 @@ class ProblemRun {
     if (log_ != nullptr) {
       cache::TuningResult result;
       result.device = device_;
-      result.template_hash = log_->template_hash();
+      result.template_hash = cache::kernel_source_hash(task_.problem, *outcome_.winner);
       result.problem = task_.problem;
       result.tile = *outcome_.winner;
       result.time_ms = outcome_.best->median_ms;
@@ -217,7 +217,7 @@ class ProblemRun {
     if (log_ == nullptr) return;
     cache::TuningCandidate row;
     row.device = device_;
-    row.template_hash = log_->template_hash();
+    row.template_hash = cache::kernel_source_hash(task_.problem, record.tile);
     row.problem = task_.problem;
     row.tile = record.tile;
     row.status = record.measurement.status;
@@ -336,15 +336,12 @@ std::vector<gen::TileConfig> ranked_candidates(const Task& task, int sm_count,
   return tiles;
 }
 
-CandidateLog::CandidateLog(cache::Database& db, std::string template_hash)
-    : store_(db), template_hash_(std::move(template_hash)) {}
-
 std::vector<cache::TuningCandidate> CandidateLog::recorded(const cache::DeviceKey& device,
                                                            const cache::ProblemKey& problem) {
   std::lock_guard lock(mutex_);
   std::vector<cache::TuningCandidate> rows;
   for (cache::TuningCandidate& row : store_.all_candidates()) {
-    if (row.device == device && row.template_hash == template_hash_ && row.problem == problem) {
+    if (row.device == device && row.problem == problem && cache::is_fresh(row)) {
       rows.push_back(std::move(row));
     }
   }

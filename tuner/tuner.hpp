@@ -38,7 +38,7 @@ struct TuneOptions {
   // halving (at least finalists + 1 of them).
   double model_keep = 0.5;
   std::uint64_t seed = 1;  // the random strategy's draws
-  // Recorded candidates of the same device, template hash and problem are taken as measured.
+  // Fresh recorded candidates of the same device and problem are taken as measured.
   bool resume = true;
 };
 
@@ -55,17 +55,16 @@ std::vector<gen::TileConfig> ranked_candidates(const Task& task, int sm_count,
 // Persistence of candidates and results through cache::TuningStore; thread-safe.
 class CandidateLog {
  public:
-  explicit CandidateLog(cache::Database& db, std::string template_hash);
+  explicit CandidateLog(cache::Database& db) : store_(db) {}
+  // The candidates recorded for the device and problem that are fresh (cache::is_fresh).
   std::vector<cache::TuningCandidate> recorded(const cache::DeviceKey& device,
                                                const cache::ProblemKey& problem);
   void record(const cache::TuningCandidate& candidate);
   void record_best(const cache::TuningResult& result);
-  const std::string& template_hash() const { return template_hash_; }
 
  private:
   std::mutex mutex_;
   cache::TuningStore store_;
-  std::string template_hash_;
 };
 
 // One candidate as the run knows it: measured now or taken from the database.

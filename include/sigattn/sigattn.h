@@ -118,6 +118,61 @@ SIGATTN_API sigattn_status sigattn_set_database_path(const char* path);
  * default comes from $SIGATTN_ONLINE_TUNING (1: on). */
 SIGATTN_API sigattn_status sigattn_set_online_tuning(int enabled);
 
+/* Where the tile of a forward call comes from (sigattn_explain_forward). The strings are the
+ * library's, valid until the next sigattn_explain_forward* call on the same thread. */
+typedef struct sigattn_dispatch {
+  /* The canonical variant string of the kernel, its tile included (as in logs and `sigattn db
+   * show`). */
+  const char* variant;
+  /* The tile alone, as the variant string writes it. */
+  const char* tile;
+  /* The level of the tuning lookup chain that chose the tile: "user_db" (a result tuned on this
+   * device), "shipped_db" (shipped with the library), "nearest_bucket" (a result of the nearest
+   * sequence-length bucket) or "heuristic" (the default tile). */
+  const char* served_by;
+  /* Why, in words: the row used, or why none served. */
+  const char* reason;
+} sigattn_dispatch;
+
+/* The tile sigattn_forward(args) would run on the current CUDA device, found without compiling
+ * or launching anything; args is validated as sigattn_forward validates it. Needs the CUDA
+ * driver and a current context (SIGATTN_NOT_AVAILABLE or SIGATTN_DRIVER_ERROR without them). */
+SIGATTN_API sigattn_status sigattn_explain_forward(const sigattn_forward_args* args,
+                                                   sigattn_dispatch* out);
+
+/* A device described instead of asked: its architecture ("sm_80", "sm_86", "sm_87", "sm_89",
+ * "sm_90" or "sm_90a"), and the name and SM count that tuning rows of exactly that device carry
+ * (NULL or "" and 0: rows of other devices of the architecture still serve through the
+ * nearest-bucket rule). */
+typedef struct sigattn_device {
+  const char* arch;
+  const char* name;
+  int32_t sm_count;
+} sigattn_device;
+
+/* sigattn_explain_forward for `device` instead of the current one: needs no GPU and no driver.
+ * An unknown architecture is SIGATTN_INVALID_ARGUMENT. */
+SIGATTN_API sigattn_status sigattn_explain_forward_on(const sigattn_forward_args* args,
+                                                      const sigattn_device* device,
+                                                      sigattn_dispatch* out);
+
+/* How much the library writes to stderr: each level adds to the one before. Errors are problems
+ * that a call cannot report itself; warnings (the default) things that make a call slower or
+ * ignore a setting; info one line per new kernel variant in the process: its tile, where the tile
+ * came from and where its binary came from; debug more detail (compilations). */
+typedef enum sigattn_log_level {
+  SIGATTN_LOG_OFF = 0,
+  SIGATTN_LOG_ERROR = 1,
+  SIGATTN_LOG_WARN = 2,
+  SIGATTN_LOG_INFO = 3,
+  SIGATTN_LOG_DEBUG = 4
+} sigattn_log_level;
+
+/* Sets the level of this process, replacing $SIGATTN_LOG (off, error, warn, info, debug; default
+ * warn). A value outside sigattn_log_level is SIGATTN_INVALID_ARGUMENT and changes nothing. */
+SIGATTN_API sigattn_status sigattn_set_log_level(int level);
+SIGATTN_API sigattn_log_level sigattn_get_log_level(void);
+
 SIGATTN_API const char* sigattn_last_error(void);
 /* The version of the loaded library, e.g. "0.1.0" (SIGATTN_VERSION_STRING when it was built). */
 SIGATTN_API const char* sigattn_version(void);

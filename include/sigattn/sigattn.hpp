@@ -77,16 +77,29 @@ struct ForwardArgs {
 // Runs the forward pass. Compiles the kernel on first use of a variant (cached in memory after).
 SIGATTN_API void forward(const ForwardArgs& args, CUstream stream);
 
-// How forward() chose the kernel of a call: the variant launched, which level of the tuning
-// lookup chose its tile ("user_db", "shipped_db", "nearest_bucket" or "heuristic") and why.
+// How forward() chose the kernel of a call: the variant launched, its tile, which level of the
+// tuning lookup chose the tile ("user_db", "shipped_db", "nearest_bucket" or "heuristic") and why.
 struct Dispatch {
   std::string variant;
+  std::string tile;
   std::string served_by;
   std::string reason;
 };
 
-// The choice forward(args) makes on the current device, without launching anything.
+// A device to explain a call for without asking the GPU: its architecture ("sm_80", "sm_86",
+// "sm_87", "sm_89", "sm_90", "sm_90a"), and the name and SM count that tuning rows of exactly that
+// device carry (empty and 0: rows of other devices of the arch serve through the nearest bucket).
+struct DeviceDescription {
+  std::string arch;
+  std::string name;
+  int sm_count = 0;
+};
+
+// The choice forward(args) makes on the current device, without compiling or launching anything.
 SIGATTN_API Dispatch explain_forward(const ForwardArgs& args);
+// The same choice on a described device: needs no GPU. Throws Error(invalid_argument) for an
+// unknown architecture.
+SIGATTN_API Dispatch explain_forward(const ForwardArgs& args, const DeviceDescription& device);
 // The choice of the last successful forward() on this thread (empty fields before the first).
 SIGATTN_API Dispatch last_dispatch();
 
@@ -118,6 +131,20 @@ struct BackwardArgs {
 };
 
 SIGATTN_API void backward(const BackwardArgs& args, CUstream stream);
+
+// How much the library writes to stderr (see sigattn_log_level in sigattn.h). The level starts
+// from $SIGATTN_LOG (default warn).
+enum class LogLevel : int {
+  off = SIGATTN_LOG_OFF,
+  error = SIGATTN_LOG_ERROR,
+  warn = SIGATTN_LOG_WARN,
+  info = SIGATTN_LOG_INFO,
+  debug = SIGATTN_LOG_DEBUG,
+};
+
+// Throws Error(invalid_argument) for a value outside LogLevel.
+SIGATTN_API void set_log_level(LogLevel level);
+SIGATTN_API LogLevel log_level();
 
 // The version of the loaded library, the same string as sigattn_version().
 SIGATTN_API const char* version() noexcept;

@@ -11,14 +11,18 @@ CUDA graphs capture both. sigattn.integrations.transformers plugs it into Huggin
 from ._library import SigattnError, library_path, version
 from ._ops import REGISTERED_AS_TORCH_OP
 from .attention import sigmoid_attention, sigmoid_attention_padded, sigmoid_attention_varlen
+from .diagnostics import explain, get_log_level, set_log_level
 from .tuning import find_executable, set_database_path, set_online_tuning, tune
 
 __all__ = [
     "REGISTERED_AS_TORCH_OP",
     "SigattnError",
+    "explain",
     "find_executable",
+    "get_log_level",
     "library_path",
     "set_database_path",
+    "set_log_level",
     "set_online_tuning",
     "sigmoid_attention",
     "sigmoid_attention_padded",

@@ -22,6 +22,8 @@ DTYPE_BF16 = 0
 DTYPE_FP16 = 1
 SIGMOID_FAST = 0
 SIGMOID_ACCURATE = 1
+# sigattn_log_level: the names, each at its C value.
+LOG_LEVELS = ("off", "error", "warn", "info", "debug")
 
 LIBRARY_VARIABLE = "SIGATTN_LIBRARY"
 
@@ -95,6 +97,27 @@ class BackwardArgs(ctypes.Structure):
     ]
 
 
+class Dispatch(ctypes.Structure):
+    """sigattn_dispatch: the library's strings, valid until its next explain call on the thread."""
+
+    _fields_ = [
+        ("variant", ctypes.c_char_p),
+        ("tile", ctypes.c_char_p),
+        ("served_by", ctypes.c_char_p),
+        ("reason", ctypes.c_char_p),
+    ]
+
+
+class Device(ctypes.Structure):
+    """sigattn_device: a device described by its arch, name and SM count."""
+
+    _fields_ = [
+        ("arch", ctypes.c_char_p),
+        ("name", ctypes.c_char_p),
+        ("sm_count", ctypes.c_int32),
+    ]
+
+
 def _declare(lib):
     lib.sigattn_forward_args_init.argtypes = [ctypes.POINTER(ForwardArgs)]
     lib.sigattn_forward_args_init.restype = None
@@ -108,6 +131,15 @@ def _declare(lib):
     lib.sigattn_set_database_path.restype = ctypes.c_int
     lib.sigattn_set_online_tuning.argtypes = [ctypes.c_int]
     lib.sigattn_set_online_tuning.restype = ctypes.c_int
+    lib.sigattn_explain_forward.argtypes = [ctypes.POINTER(ForwardArgs), ctypes.POINTER(Dispatch)]
+    lib.sigattn_explain_forward.restype = ctypes.c_int
+    lib.sigattn_explain_forward_on.argtypes = [ctypes.POINTER(ForwardArgs), ctypes.POINTER(Device),
+                                               ctypes.POINTER(Dispatch)]
+    lib.sigattn_explain_forward_on.restype = ctypes.c_int
+    lib.sigattn_set_log_level.argtypes = [ctypes.c_int]
+    lib.sigattn_set_log_level.restype = ctypes.c_int
+    lib.sigattn_get_log_level.argtypes = []
+    lib.sigattn_get_log_level.restype = ctypes.c_int
     lib.sigattn_last_error.argtypes = []
     lib.sigattn_last_error.restype = ctypes.c_char_p
     lib.sigattn_version.argtypes = []

@@ -59,14 +59,8 @@ def sigmoid_attention(query, key, value, is_causal=False, scale=None, sigmoid_bi
     Returns:
         [B, Tq, Hq, D] contiguous tensor of the query's dtype.
     """
-    _check_tensors(query, key, value, packed=False)
-    batch, max_seqlen_q = query.shape[0], query.shape[1]
-    max_seqlen_k = key.shape[1]
-    seq_lens_q = _lengths("seq_lens_q", seq_lens_q, (batch,))
-    seq_lens_k = _lengths("seq_lens_k", seq_lens_k, (batch,))
-    return _run(query, key, value, seq_lens_q, seq_lens_k, None, None, batch, max_seqlen_q,
-                max_seqlen_k, is_causal, scale, sigmoid_bias, score_mod, window, sigmoid,
-                trust_lengths, deterministic)
+    return _run(*_dense(query, key, value, seq_lens_q, seq_lens_k), is_causal, scale, sigmoid_bias,
+                score_mod, window, sigmoid, trust_lengths, deterministic)
 
 
 def sigmoid_attention_padded(query, key, value, seq_lens_k=None, seq_lens_q=None, is_causal=False,
@@ -111,9 +105,29 @@ def sigmoid_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
                 trust_lengths, deterministic)
 
 
-def _run(q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q,
-         max_seqlen_k, is_causal, scale, sigmoid_bias, score_mod, window, sigmoid, trust_lengths,
-         deterministic):
+def _dense(query, key, value, seq_lens_q, seq_lens_k):
+    """The tensors and sizes of a [B, T, H, D] call, checked: _run's first ten arguments."""
+    _check_tensors(query, key, value, packed=False)
+    batch, max_seqlen_q = query.shape[0], query.shape[1]
+    max_seqlen_k = key.shape[1]
+    seq_lens_q = _lengths("seq_lens_q", seq_lens_q, (batch,))
+    seq_lens_k = _lengths("seq_lens_k", seq_lens_k, (batch,))
+    return query, key, value, seq_lens_q, seq_lens_k, None, None, batch, max_seqlen_q, max_seqlen_k
+
+
+def _run(*arguments):
+    """_ops.attention of the checked arguments, once every tensor is known to be on one GPU."""
+    arguments = _checked(*arguments)
+    # The tensors lead the arguments: q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q,
+    # cu_seqlens_k, score_mod.
+    _check_devices(_PACKED_NAMES if arguments[5] is not None else _BTHD_NAMES, arguments[:8])
+    return _ops.attention(*arguments)
+
+
+def _checked(q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q,
+             max_seqlen_k, is_causal, scale, sigmoid_bias, score_mod, window, sigmoid,
+             trust_lengths, deterministic):
+    """The arguments of _ops.attention, every one checked but the tensors' devices."""
     _check_range("batch", batch, 1, _MAX_GRID_EXTENT)
     _check_range("max_seqlen_q", max_seqlen_q, 1, _MAX_SEQLEN)
     _check_range("max_seqlen_k", max_seqlen_k, 1, _MAX_SEQLEN)
@@ -132,12 +146,9 @@ def _run(q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, batch, max
         raise TypeError(f"deterministic must be True or False, got {deterministic!r}")
     if sigmoid not in _SIGMOID_MODES:
         raise ValueError(f"sigmoid = {sigmoid!r} must be one of {_SIGMOID_MODES}")
-    _check_devices(_PACKED_NAMES if cu_seqlens_q is not None else _BTHD_NAMES,
-                   (q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, score_mod))
-    return _ops.attention(q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, score_mod,
-                          max_seqlen_q, max_seqlen_k, bool(is_causal), window_left, window_right,
-                          scale, sigmoid_bias, sigmoid == "accurate", bool(trust_lengths),
-                          deterministic)
+    return (q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, score_mod, max_seqlen_q,
+            max_seqlen_k, bool(is_causal), window_left, window_right, scale, sigmoid_bias,
+            sigmoid == "accurate", bool(trust_lengths), deterministic)
 
 
 def _check_range(name, value, low, high):

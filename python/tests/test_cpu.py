@@ -392,6 +392,77 @@ class LibraryTest(unittest.TestCase):
             self.assertIsNone(tuning._database_path)
 
 
+class DiagnosticsTest(unittest.TestCase):
+    """set_log_level / get_log_level and explain() on a described device: no GPU needed."""
+
+    def setUp(self):
+        if library_or_none() is None:
+            self.skipTest("libsigattn.so not found (set SIGATTN_LIBRARY)")
+        saved = sigattn.get_log_level()
+        self.addCleanup(sigattn.set_log_level, saved)
+
+    def test_levels_by_name_and_by_value(self):
+        for name in ("off", "error", "warn", "info", "debug"):
+            sigattn.set_log_level(name)
+            self.assertEqual(sigattn.get_log_level(), name)
+        sigattn.set_log_level("INFO")
+        self.assertEqual(sigattn.get_log_level(), "info")
+        sigattn.set_log_level(1)
+        self.assertEqual(sigattn.get_log_level(), "error")
+
+    def test_bad_levels_are_refused_and_change_nothing(self):
+        sigattn.set_log_level("warn")
+        with self.assertRaisesRegex(ValueError, r"log level 'loud' must be one of \('off'"):
+            sigattn.set_log_level("loud")
+        with self.assertRaisesRegex(TypeError, "log level must be a name or an int"):
+            sigattn.set_log_level(True)
+        with self.assertRaises(sigattn.SigattnError) as caught:
+            sigattn.set_log_level(7)
+        self.assertEqual(caught.exception.status, "SIGATTN_INVALID_ARGUMENT")
+        self.assertIn("log level 7", str(caught.exception))
+        self.assertEqual(sigattn.get_log_level(), "warn")
+
+    def test_the_environment_sets_the_starting_level(self):
+        program = "import sigattn; print(sigattn.get_log_level())"
+        for value, level, warning in (("info", "info", ""), ("", "warn", ""),
+                                      ("loud", "warn", "SIGATTN_LOG=loud is not a log level")):
+            environment = dict(os.environ, SIGATTN_LOG=value)
+            done = subprocess.run([sys.executable, "-c", program], env=environment,
+                                  capture_output=True, text=True, check=True)
+            self.assertEqual(done.stdout.strip(), level)
+            self.assertIn(warning, done.stderr)
+
+    def test_explain_on_a_described_device(self):
+        q = bthd(dim=64)
+        with tempfile.TemporaryDirectory() as directory:
+            sigattn.set_database_path(os.path.join(directory, "sigattn.db"))
+            self.addCleanup(sigattn.set_database_path, None)
+            dispatch = sigattn.explain(q, q, q, is_causal=True, arch="sm_80",
+                                       device_name="Test GPU", sm_count=100)
+        self.assertEqual(set(dispatch), {"variant", "tile", "served_by", "reason"})
+        self.assertTrue(dispatch["variant"].startswith("fwd.bf16.d64.dense.causal."),
+                        dispatch["variant"])
+        self.assertTrue(dispatch["variant"].endswith("/" + dispatch["tile"]), dispatch)
+        self.assertTrue(dispatch["tile"].startswith("sm80."), dispatch["tile"])
+        self.assertEqual(dispatch["served_by"], "heuristic")
+        self.assertNotEqual(dispatch["reason"], "")
+
+    def test_explain_checks_its_arguments_like_sigmoid_attention(self):
+        q = bthd()
+        with self.assertRaisesRegex(TypeError, "query has dtype torch.float32"):
+            sigattn.explain(q.float(), q, q, arch="sm_80")
+        with self.assertRaisesRegex(ValueError, r"window must be None or a \(left, right\) pair"):
+            sigattn.explain(q, q, q, window=3, arch="sm_80")
+        with self.assertRaisesRegex(ValueError, "seq_lens_q must have shape"):
+            sigattn.explain(q, q, q, seq_lens_q=torch.tensor([1, 2, 3]), arch="sm_80")
+        with self.assertRaises(sigattn.SigattnError) as caught:
+            sigattn.explain(q, q, q, arch="sm_70")
+        self.assertIn("unknown architecture 'sm_70'", str(caught.exception))
+        self.assertEqual(caught.exception.status, "SIGATTN_INVALID_ARGUMENT")
+        with self.assertRaisesRegex(ValueError, "query is on cpu: explain without arch"):
+            sigattn.explain(q, q, q)
+
+
 def write_executable(path, text):
     with open(path, "w") as file:
         file.write(text)
@@ -460,12 +531,15 @@ class TuneTest(unittest.TestCase):
 
 # ctypes structure -> C type name in sigattn.h.
 STRUCTS = [(_library.Tensor, "sigattn_tensor"), (_library.ForwardArgs, "sigattn_forward_args"),
-           (_library.BackwardArgs, "sigattn_backward_args")]
+           (_library.BackwardArgs, "sigattn_backward_args"),
+           (_library.Dispatch, "sigattn_dispatch"), (_library.Device, "sigattn_device")]
 CONSTANTS = dict({name: code for code, name in _library.STATUS_NAMES.items()},
                  SIGATTN_BF16=_library.DTYPE_BF16, SIGATTN_FP16=_library.DTYPE_FP16,
                  SIGATTN_SIGMOID_FAST=_library.SIGMOID_FAST,
-                 SIGATTN_SIGMOID_ACCURATE=_library.SIGMOID_ACCURATE)
-ENUMS = ["sigattn_status", "sigattn_dtype", "sigattn_sigmoid"]
+                 SIGATTN_SIGMOID_ACCURATE=_library.SIGMOID_ACCURATE,
+                 **{f"SIGATTN_LOG_{name.upper()}": value
+                    for value, name in enumerate(_library.LOG_LEVELS)})
+ENUMS = ["sigattn_status", "sigattn_dtype", "sigattn_sigmoid", "sigattn_log_level"]
 
 
 @unittest.skipUnless(os.path.isfile(HEADER), f"{HEADER} not found (run from the repository)")

@@ -1,7 +1,8 @@
 // Argument validation of sigattn::forward_spec and of the C ABI: every rule rejects its bad value
 // with the right status and a message naming the argument, valid calls map to the expected
 // KernelSpec, the persistent grid refuses more work tiles than an int numbers, and zero strides no
-// TMA map describes are named. Pointers are fake but aligned: validation never dereferences them.
+// TMA map describes are named. explain on a described device decides without a GPU. Pointers are
+// fake but aligned: validation never dereferences them.
 #include <gtest/gtest.h>
 #include <sigattn/sigattn.h>
 
@@ -18,6 +19,7 @@
 #include "runtime/forward.hpp"
 #include "runtime/kernel_launch.hpp"
 #include "runtime/kernel_params.hpp"
+#include "temp_dir.hpp"
 
 namespace sigattn {
 namespace {
@@ -383,6 +385,71 @@ TEST(TmaObstacles, NameEachZeroStrideOverSeveralHeadsOrSequences) {
   EXPECT_EQ(obstacles(false), "");
   args.q.seq_stride = 0;
   EXPECT_EQ(obstacles(false), "q.seq_stride = 0");
+}
+
+sigattn_device described(const char* arch) { return sigattn_device{arch, "Test GPU", 100}; }
+
+TEST(CApi, ExplainRefusesMissingArguments) {
+  const sigattn_forward_args args = valid_c_args();
+  const sigattn_device device = described("sm_80");
+  sigattn_dispatch out{};
+  EXPECT_EQ(sigattn_explain_forward_on(nullptr, &device, &out), SIGATTN_INVALID_ARGUMENT);
+  EXPECT_STREQ(sigattn_last_error(), "args is null");
+  EXPECT_EQ(sigattn_explain_forward_on(&args, nullptr, &out), SIGATTN_INVALID_ARGUMENT);
+  EXPECT_STREQ(sigattn_last_error(), "device is null");
+  EXPECT_EQ(sigattn_explain_forward_on(&args, &device, nullptr), SIGATTN_INVALID_ARGUMENT);
+  EXPECT_STREQ(sigattn_last_error(), "out is null");
+  const sigattn_device no_arch = described(nullptr);
+  EXPECT_EQ(sigattn_explain_forward_on(&args, &no_arch, &out), SIGATTN_INVALID_ARGUMENT);
+  EXPECT_STREQ(sigattn_last_error(), "device->arch is null");
+  EXPECT_EQ(sigattn_explain_forward(nullptr, &out), SIGATTN_INVALID_ARGUMENT);
+  EXPECT_EQ(sigattn_explain_forward(&args, nullptr), SIGATTN_INVALID_ARGUMENT);
+}
+
+TEST(CApi, ExplainValidatesTheCallAndTheArch) {
+  sigattn_forward_args args = valid_c_args();
+  args.q.seq_stride = 12;
+  const sigattn_device device = described("sm_80");
+  sigattn_dispatch out{};
+  EXPECT_EQ(sigattn_explain_forward_on(&args, &device, &out), SIGATTN_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(sigattn_last_error()).find("q.seq_stride = 12"), std::string::npos)
+      << sigattn_last_error();
+  args = valid_c_args();
+  const sigattn_device volta = described("sm_70");
+  EXPECT_EQ(sigattn_explain_forward_on(&args, &volta, &out), SIGATTN_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(sigattn_last_error()).find("device.arch: unknown architecture 'sm_70'"),
+            std::string::npos)
+      << sigattn_last_error();
+}
+
+TEST(CApi, ExplainOnADescribedDeviceNeedsNoGpu) {
+  testing::TempDir dir;
+  set_database_path((dir / "sigattn.db").string());
+  const sigattn_forward_args args = valid_c_args();
+  const sigattn_device device = described("sm_80");
+  sigattn_dispatch out{};
+  ASSERT_EQ(sigattn_explain_forward_on(&args, &device, &out), SIGATTN_OK) << sigattn_last_error();
+  // No tuning row of the test device, and shipped rows are of sm_90a: the heuristic default.
+  EXPECT_STREQ(out.served_by, "heuristic");
+  EXPECT_NE(std::string(out.reason), "");
+  const gen::ParsedVariant parsed = gen::parse_variant(out.variant);
+  ASSERT_TRUE(parsed.tile.has_value()) << out.variant;
+  EXPECT_EQ(gen::to_string(*parsed.tile), out.tile);
+  EXPECT_EQ(parsed.tile->family, gen::Family::sm80);
+
+  const Dispatch cpp = explain_forward(valid_args(), DeviceDescription{"sm_80", "Test GPU", 100});
+  EXPECT_EQ(cpp.variant, out.variant);
+  EXPECT_EQ(cpp.reason, out.reason);
+  set_database_path("");
+}
+
+TEST(CApi, ExplainOnTheCurrentDeviceWithoutDriverIsNotAvailable) {
+  if (cuda::try_driver(nullptr) != nullptr) {
+    GTEST_SKIP() << "a CUDA driver is present; this checks the behaviour without one";
+  }
+  const sigattn_forward_args args = valid_c_args();
+  sigattn_dispatch out{};
+  EXPECT_EQ(sigattn_explain_forward(&args, &out), SIGATTN_NOT_AVAILABLE);
 }
 
 TEST(CApi, Version) {

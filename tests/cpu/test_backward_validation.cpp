@@ -202,7 +202,10 @@ TEST(BackwardCApi, NullArgsAndBadInputsReportStatusAndMessage) {
 }
 
 TEST(BackwardTiles, TunedTilesServeOnlyTheCallsTheyMayServe) {
-  const BackwardTiles defaults{gen::TileConfig{64, 128, 8, 2}, gen::TileConfig{128, 64, 8, 2}};
+  const BackwardTiles defaults{gen::TileConfig{64, 128, 8, 2},
+                               gen::TileConfig{128, 64, 8, 2},
+                               {"heuristic", "dkdv default"},
+                               {"heuristic", "dq default"}};
   const gen::TileConfig one_pass{32, 128, 8, 3, gen::Family::sm80, true};
   const gen::TileConfig two_kernel{32, 64, 4, 2};
   const gen::TileConfig dq_tuned{64, 64, 4, 2};
@@ -212,18 +215,29 @@ TEST(BackwardTiles, TunedTilesServeOnlyTheCallsTheyMayServe) {
   const cache::TileChoice heuristic{gen::TileConfig{16, 64, 4, 2}, cache::ServedBy::heuristic, ""};
 
   // A deterministic call never takes a one-pass tile; it keeps the default dkdv tile.
+  // Each tile's origin says which level chose it, and why a tuned tile was passed over.
   BackwardTiles tiles = combine_backward_tiles(defaults, tuned_one_pass, tuned_dq, true);
   EXPECT_EQ(tiles.dkdv, defaults.dkdv);
+  EXPECT_EQ(tiles.dkdv_origin.served_by, "heuristic");
+  EXPECT_EQ(tiles.dkdv_origin.reason,
+            "the tuned one-pass tile sm80.m32n128w8s3.atomicdq may not serve a deterministic "
+            "call; dkdv default");
   EXPECT_EQ(tiles.dq, dq_tuned);
+  EXPECT_EQ(tiles.dq_origin.served_by, "nearest_bucket");
+  EXPECT_EQ(tiles.dq_origin.reason, "near");
   tiles = combine_backward_tiles(defaults, tuned_one_pass, tuned_dq, false);
   EXPECT_EQ(tiles.dkdv, one_pass);
+  EXPECT_EQ(tiles.dkdv_origin.served_by, "user_db");
   tiles = combine_backward_tiles(defaults, tuned_two_kernel, heuristic, true);
   EXPECT_EQ(tiles.dkdv, two_kernel);
+  EXPECT_EQ(tiles.dkdv_origin.served_by, "shipped_db");
   EXPECT_EQ(tiles.dq, defaults.dq);
+  EXPECT_EQ(tiles.dq_origin.reason, "dq default");
   // Heuristic answers leave the defaults (which carry the fast mode's one-pass choice).
   tiles = combine_backward_tiles(defaults, heuristic, heuristic, false);
   EXPECT_EQ(tiles.dkdv, defaults.dkdv);
   EXPECT_EQ(tiles.dq, defaults.dq);
+  EXPECT_EQ(tiles.dkdv_origin.reason, "dkdv default");
 }
 
 }  // namespace

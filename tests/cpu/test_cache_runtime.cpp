@@ -138,9 +138,9 @@ TEST_F(DiskCache, TileChoiceIsKeptUntilForgotten) {
     cache::Database db(path, cache::OpenMode::read_write);
     cache::TuningResult tuned;
     tuned.device = device;
-    tuned.template_hash = gen::template_hash();
     tuned.problem = cache::problem_key(spec, 4096, 4096);
     tuned.tile = gen::TileConfig{64, 64, 4, 3};
+    tuned.template_hash = cache::kernel_source_hash(tuned.problem, tuned.tile);
     tuned.time_ms = 1.0;
     tuned.tflops = 100.0;
     tuned.measured_at = "2026-11-28T12:00:00Z";
@@ -154,6 +154,7 @@ TEST_F(DiskCache, TileChoiceIsKeptUntilForgotten) {
   persistent.forget_tile_choices();
   const cache::TileChoice fresh = persistent.choose_tile(spec, device, 3000, 4096, target);
   EXPECT_EQ(fresh.served_by, cache::ServedBy::user_db);
+  EXPECT_FALSE(fresh.stale);
   EXPECT_EQ(fresh.tile, (gen::TileConfig{64, 64, 4, 3}));
 }
 

@@ -12,6 +12,7 @@
 
 #include "cache/json_io.hpp"
 #include "cache/tuning_store.hpp"
+#include "generator/generator.hpp"
 #include "temp_dir.hpp"
 
 namespace sigattn::cache {
@@ -19,19 +20,23 @@ namespace {
 
 using sigattn::testing::TempDir;
 
-const std::string kHash = "0123456789abcdef0123456789abcdef";
+// A source hash that no kernel has: rows with it are stale.
+const std::string kStaleHash = "0123456789abcdef0123456789abcdef";
 const DeviceKey kH200{"NVIDIA H200", "sm_90a", 132};
 const gen::KernelSpec kSpec = gen::parse_spec("fwd.bf16.d128.dense.causal.nosmod.fast.x128");
 // Tiles the sm_90a constraints accept for kSpec, distinct from each other and from the default.
 const gen::TileConfig kTileA{128, 128, 8, 2};
 const gen::TileConfig kTileB{64, 64, 4, 3};
 
+enum class Age { fresh, stale };
+
+// A result for kSpec, keyed by the tile's kernel source hash of today or by one no kernel has.
 TuningResult result(const DeviceKey& device, int seqlen, const gen::TileConfig& tile,
-                    double time_ms, const std::string& hash = kHash) {
+                    double time_ms, Age age = Age::fresh) {
   TuningResult r;
   r.device = device;
-  r.template_hash = hash;
   r.problem = problem_key(kSpec, seqlen, seqlen);
+  r.template_hash = age == Age::fresh ? kernel_source_hash(r.problem, tile) : kStaleHash;
   r.tile = tile;
   r.time_ms = time_ms;
   r.tflops = 100.0 / time_ms;
@@ -39,6 +44,18 @@ TuningResult result(const DeviceKey& device, int seqlen, const gen::TileConfig& 
   r.method = "test";
   r.source = "host-a";
   return r;
+}
+
+TuningCandidate candidate(const gen::TileConfig& tile, Age age) {
+  TuningCandidate c;
+  c.device = kH200;
+  c.problem = problem_key(kSpec, 4096, 4096);
+  c.template_hash = age == Age::fresh ? kernel_source_hash(c.problem, tile) : kStaleHash;
+  c.tile = tile;
+  c.status = CandidateStatus::ok;
+  c.time_ms = 1.0;
+  c.measured_at = "2025-06-01T12:00:00Z";
+  return c;
 }
 
 TEST(TuningKeys, SeqlenBucketIsTheNextPowerOfTwo) {
@@ -51,26 +68,41 @@ TEST(TuningKeys, SeqlenBucketIsTheNextPowerOfTwo) {
   EXPECT_THROW(gen::parse_tile("m64n64w4s3"), std::invalid_argument);
 }
 
+TEST(TuningKeys, FreshnessFollowsTheKernelSourceHash) {
+  const ProblemKey problem = problem_key(kSpec, 4096, 4096);
+  EXPECT_EQ(kernel_source_hash(problem, kTileA),
+            gen::kernel_source_hash(gen::Variant{kSpec, kTileA}));
+  EXPECT_NE(kernel_source_hash(problem, kTileA), kernel_source_hash(problem, kTileB));
+  EXPECT_TRUE(is_fresh(result(kH200, 4096, kTileA, 1.0)));
+  EXPECT_FALSE(is_fresh(result(kH200, 4096, kTileA, 1.0, Age::stale)));
+  EXPECT_TRUE(is_fresh(candidate(kTileA, Age::fresh)));
+  EXPECT_FALSE(is_fresh(candidate(kTileA, Age::stale)));
+  // A spec that does not parse or a tile the generator refuses has no source hash today.
+  EXPECT_EQ(kernel_source_hash({"fwd.bf16", 4096, 4096}, kTileA), "");
+  EXPECT_EQ(kernel_source_hash(problem, gen::TileConfig{48, 64, 4, 2}), "");
+  const FreshnessCounts counts = count_freshness({result(kH200, 4096, kTileA, 1.0),
+                                                  result(kH200, 1024, kTileA, 1.0, Age::stale),
+                                                  result(kH200, 2048, kTileB, 1.0, Age::stale)});
+  EXPECT_EQ(counts.fresh, 1);
+  EXPECT_EQ(counts.stale, 2);
+}
+
 TEST(TuningStore, RoundTripOfBestAndCandidates) {
   Database db = Database::in_memory();
   TuningStore store(db);
   store.put_best(result(kH200, 4096, kTileA, 1.5));
-  TuningCandidate failed;
-  failed.device = kH200;
-  failed.template_hash = kHash;
-  failed.problem = problem_key(kSpec, 4096, 4096);
-  failed.tile = kTileB;
+  TuningCandidate failed = candidate(kTileB, Age::fresh);
   failed.status = CandidateStatus::compile_error;
+  failed.time_ms.reset();
   failed.message = "ptxas: too many resources";
-  failed.measured_at = "2025-06-01T12:00:00Z";
   store.put_candidate(failed);
 
-  const std::optional<TuningResult> best = store.best(kH200, kHash, problem_key(kSpec, 4000, 3000));
+  const std::optional<TuningResult> best = store.best(kH200, problem_key(kSpec, 4000, 3000));
   ASSERT_TRUE(best);
   EXPECT_EQ(best->tile, kTileA);
   EXPECT_DOUBLE_EQ(best->time_ms, 1.5);
   EXPECT_EQ(best->source, "host-a");
-  EXPECT_FALSE(store.best(kH200, kHash, problem_key(kSpec, 8192, 8192)));
+  EXPECT_FALSE(store.best(kH200, problem_key(kSpec, 8192, 8192)));
   const std::vector<TuningCandidate> candidates = store.all_candidates();
   ASSERT_EQ(candidates.size(), 1u);
   EXPECT_EQ(candidates[0].status, CandidateStatus::compile_error);
@@ -89,11 +121,58 @@ TEST(TuningStore, MergeKeepsTheFasterWithItsProvenance) {
   const MergeCounts counts = store.merge({faster, slower}, {});
   EXPECT_EQ(counts.results_kept, 1);
   EXPECT_EQ(counts.results_slower, 1);
-  const std::optional<TuningResult> best = store.best(kH200, kHash, problem_key(kSpec, 4096, 4096));
+  const std::optional<TuningResult> best = store.best(kH200, problem_key(kSpec, 4096, 4096));
   ASSERT_TRUE(best);
   EXPECT_EQ(best->tile, kTileB);
   EXPECT_EQ(best->source, "host-b");
-  EXPECT_EQ(store.best(kH200, kHash, problem_key(kSpec, 1024, 1024))->tile, kTileA);
+  EXPECT_EQ(store.best(kH200, problem_key(kSpec, 1024, 1024))->tile, kTileA);
+  EXPECT_EQ(store.all_best().size(), 2u) << "one result per device and problem";
+}
+
+TEST(TuningStore, AFreshResultReplacesAStaleOneHoweverFast) {
+  Database db = Database::in_memory();
+  TuningStore store(db);
+  store.put_best(result(kH200, 4096, kTileA, 0.5, Age::stale));
+  store.put_best(result(kH200, 1024, kTileA, 0.5));
+  const MergeCounts counts = store.merge(
+      {result(kH200, 4096, kTileB, 2.0), result(kH200, 1024, kTileB, 0.1, Age::stale)}, {});
+  EXPECT_EQ(counts.results_kept, 1);
+  EXPECT_EQ(counts.results_slower, 1);
+  const std::optional<TuningResult> replaced = store.best(kH200, problem_key(kSpec, 4096, 4096));
+  ASSERT_TRUE(replaced);
+  EXPECT_EQ(replaced->tile, kTileB);
+  EXPECT_TRUE(is_fresh(*replaced));
+  EXPECT_EQ(store.best(kH200, problem_key(kSpec, 1024, 1024))->tile, kTileA);
+  EXPECT_EQ(store.all_best().size(), 2u) << "the stale row of 4096 is gone";
+}
+
+TEST(TuningStore, ACandidateMeasuredAgainReplacesItsStaleRow) {
+  Database db = Database::in_memory();
+  TuningStore store(db);
+  store.put_candidate(candidate(kTileA, Age::stale));
+  store.put_candidate(candidate(kTileB, Age::stale));
+  store.put_candidate(candidate(kTileA, Age::fresh));
+  const std::vector<TuningCandidate> rows = store.all_candidates();
+  ASSERT_EQ(rows.size(), 2u);
+  for (const TuningCandidate& row : rows) {
+    EXPECT_EQ(is_fresh(row), row.tile == kTileA) << gen::to_string(row.tile);
+  }
+}
+
+TEST(TuningStore, PruneRemovesOnlyStaleRows) {
+  Database db = Database::in_memory();
+  TuningStore store(db);
+  store.put_best(result(kH200, 4096, kTileA, 1.0));
+  store.put_best(result(kH200, 1024, kTileA, 1.0, Age::stale));
+  store.put_best(result(kH200, 2048, kTileB, 1.0, Age::stale));
+  store.put_candidate(candidate(kTileA, Age::fresh));
+  store.put_candidate(candidate(kTileB, Age::stale));
+  EXPECT_EQ(store.prune_stale(), 3);
+  ASSERT_EQ(store.all_best().size(), 1u);
+  EXPECT_EQ(store.all_best()[0].problem.seqlen_q_bucket, 4096);
+  ASSERT_EQ(store.all_candidates().size(), 1u);
+  EXPECT_EQ(store.all_candidates()[0].tile, kTileA);
+  EXPECT_EQ(store.prune_stale(), 0);
 }
 
 TEST(TileLookup, EachLevelOfTheChain) {
@@ -102,45 +181,114 @@ TEST(TileLookup, EachLevelOfTheChain) {
   const std::vector<TuningResult> shipped = {result(kH200, 4096, kTileB, 0.5),
                                              result(kH200, 16384, kTileB, 9.0)};
 
-  TileChoice choice = choose_tile(user, shipped, kH200, kHash, kSpec, 4096, 4096, target);
+  TileChoice choice = choose_tile(user, shipped, kH200, kSpec, 4096, 4096, target);
   EXPECT_EQ(choice.served_by, ServedBy::user_db);
   EXPECT_EQ(choice.tile, kTileA);
+  EXPECT_FALSE(choice.stale);
 
-  choice = choose_tile({}, shipped, kH200, kHash, kSpec, 4096, 4096, target);
+  choice = choose_tile({}, shipped, kH200, kSpec, 4096, 4096, target);
   EXPECT_EQ(choice.served_by, ServedBy::shipped_db);
   EXPECT_EQ(choice.tile, kTileB);
 
-  choice = choose_tile(user, shipped, kH200, kHash, kSpec, 2048, 2048, target);
+  choice = choose_tile(user, shipped, kH200, kSpec, 2048, 2048, target);
   EXPECT_EQ(choice.served_by, ServedBy::nearest_bucket);
   EXPECT_EQ(choice.tile, kTileA);  // 4096 is nearer than 16384; the user's row wins the tie
   EXPECT_NE(choice.reason.find("q 4096 k 4096 instead of q 2048 k 2048"), std::string::npos);
 
   const DeviceKey a100{"NVIDIA A100-SXM4-80GB", "sm_80", 108};
-  choice =
-      choose_tile(user, shipped, a100, kHash, kSpec, 4096, 4096, policy::target_for_arch("sm_80"));
+  choice = choose_tile(user, shipped, a100, kSpec, 4096, 4096, policy::target_for_arch("sm_80"));
   EXPECT_EQ(choice.served_by, ServedBy::heuristic);
   EXPECT_EQ(choice.tile, policy::default_tile(kSpec, policy::target_for_arch("sm_80")).tile);
   EXPECT_NE(choice.reason.find("heuristic default"), std::string::npos);
+  EXPECT_FALSE(choice.stale);
 }
 
-TEST(TileLookup, RowsOfAnotherTemplateHashAreNotUsed) {
+// Every fresh level comes before every stale one: user, shipped, nearest bucket over fresh rows,
+// then the same over stale rows, then the heuristic.
+TEST(TileLookup, StaleRowsAreHintsAfterEveryFreshRow) {
   const policy::Target target = policy::target_for_arch("sm_90a");
-  const std::vector<TuningResult> user = {
-      result(kH200, 4096, kTileA, 1.0, "ffffffffffffffffffffffffffffffff")};
-  const TileChoice choice = choose_tile(user, {}, kH200, kHash, kSpec, 4096, 4096, target);
-  EXPECT_EQ(choice.served_by, ServedBy::heuristic);
+  const gen::TileConfig kTileC{128, 64, 8, 2};
+  const gen::TileConfig kTileD{64, 128, 4, 2};
+  ASSERT_EQ(policy::rejection(kSpec, kTileC, target), "");
+  ASSERT_EQ(policy::rejection(kSpec, kTileD, target), "");
+  struct Level {
+    const char* what;
+    std::vector<TuningResult> user, shipped;
+    ServedBy served_by;
+    gen::TileConfig tile;
+    bool stale;
+  };
+  // Each level holds the rows that outrank the next level's answer.
+  const TuningResult user_stale = result(kH200, 4096, kTileA, 0.1, Age::stale);
+  const TuningResult shipped_stale = result(kH200, 4096, kTileB, 0.1, Age::stale);
+  const TuningResult near_stale = result(kH200, 8192, kTileC, 0.1, Age::stale);
+  const std::vector<Level> levels = {
+      {"user fresh",
+       {result(kH200, 4096, kTileD, 2.0), user_stale},
+       {shipped_stale},
+       ServedBy::user_db,
+       kTileD,
+       false},
+      {"shipped fresh",
+       {user_stale},
+       {result(kH200, 4096, kTileD, 2.0), shipped_stale},
+       ServedBy::shipped_db,
+       kTileD,
+       false},
+      {"nearest fresh",
+       {user_stale, result(kH200, 16384, kTileD, 2.0)},
+       {shipped_stale},
+       ServedBy::nearest_bucket,
+       kTileD,
+       false},
+      {"user stale", {user_stale, near_stale}, {shipped_stale}, ServedBy::user_db, kTileA, true},
+      {"shipped stale", {near_stale}, {shipped_stale}, ServedBy::shipped_db, kTileB, true},
+      {"nearest stale", {near_stale}, {}, ServedBy::nearest_bucket, kTileC, true},
+      {"heuristic", {}, {}, ServedBy::heuristic, policy::default_tile(kSpec, target).tile, false},
+  };
+  for (const Level& level : levels) {
+    const TileChoice choice =
+        choose_tile(level.user, level.shipped, kH200, kSpec, 4096, 4096, target);
+    EXPECT_EQ(choice.served_by, level.served_by) << level.what;
+    EXPECT_EQ(choice.tile, level.tile) << level.what;
+    EXPECT_EQ(choice.stale, level.stale) << level.what;
+    EXPECT_EQ(choice.reason.find("stale") != std::string::npos, level.stale)
+        << level.what << ": " << choice.reason;
+  }
 }
+
+// Four K/V stages of 128 keys at d = 128 need more shared memory than a Hopper CTA may have: a
+// tile the generator builds and the sm_90a target rejects.
+const gen::TileConfig kTooLarge{128, 128, 8, 4};
 
 TEST(TileLookup, ATileTheConstraintsRejectIsNeverChosen) {
   const policy::Target target = policy::target_for_arch("sm_90a");
-  const gen::TileConfig rejected{48, 64, 4, 2};  // 48 rows cannot be split over 4 warps of 16
-  ASSERT_FALSE(policy::rejection(kSpec, rejected, target).empty());
-  const std::vector<TuningResult> user = {result(kH200, 4096, rejected, 0.1)};
+  ASSERT_EQ(policy::structural_rejection(kSpec, kTooLarge), "");
+  ASSERT_FALSE(policy::rejection(kSpec, kTooLarge, target).empty());
+  const std::vector<TuningResult> user = {result(kH200, 4096, kTooLarge, 0.1)};
   const std::vector<TuningResult> shipped = {result(kH200, 4096, kTileB, 0.5)};
-  const TileChoice choice = choose_tile(user, shipped, kH200, kHash, kSpec, 4096, 4096, target);
+  const TileChoice choice = choose_tile(user, shipped, kH200, kSpec, 4096, 4096, target);
   EXPECT_EQ(choice.served_by, ServedBy::shipped_db);
   EXPECT_EQ(choice.tile, kTileB);
   EXPECT_NE(choice.reason.find("rejected"), std::string::npos);
+}
+
+TEST(TileLookup, AStaleTileIsCheckedAgainstTheConstraintsOfToday) {
+  const policy::Target target = policy::target_for_arch("sm_90a");
+  const gen::TileConfig refused{48, 64, 4, 2};  // 48 rows cannot be split over 4 warps of 16
+  ASSERT_FALSE(policy::structural_rejection(kSpec, refused).empty());
+  TuningResult unbuildable = result(kH200, 4096, refused, 0.1, Age::stale);
+  const std::vector<TuningResult> user = {result(kH200, 4096, kTooLarge, 0.1, Age::stale),
+                                          unbuildable};
+  TileChoice choice = choose_tile(user, {}, kH200, kSpec, 4096, 4096, target);
+  EXPECT_EQ(choice.served_by, ServedBy::heuristic);
+  EXPECT_FALSE(choice.stale);
+  EXPECT_NE(choice.reason.find("rejected"), std::string::npos);
+  // A tile the generator refuses has no source hash today, so not even an empty one matches.
+  unbuildable.template_hash = "";
+  EXPECT_FALSE(is_fresh(unbuildable));
+  choice = choose_tile({unbuildable}, {}, kH200, kSpec, 4096, 4096, target);
+  EXPECT_EQ(choice.served_by, ServedBy::heuristic);
 }
 
 nlohmann::json valid_document() {
@@ -157,18 +305,16 @@ std::string import_error(const nlohmann::json& document) {
   return {};
 }
 
-TEST(TuningJson, ExportImportRoundTrip) {
+TEST(TuningJson, ExportImportRoundTripKeepsFreshAndStaleRows) {
   Database source = Database::in_memory();
   TuningStore store(source);
   store.put_best(result(kH200, 4096, kTileA, 1.0));
-  TuningCandidate timed_out;
-  timed_out.device = kH200;
-  timed_out.template_hash = kHash;
-  timed_out.problem = problem_key(kSpec, 4096, 4096);
-  timed_out.tile = kTileB;
+  store.put_best(result(kH200, 1024, kTileB, 1.0, Age::stale));
+  TuningCandidate timed_out = candidate(kTileB, Age::stale);
   timed_out.status = CandidateStatus::timeout;
-  timed_out.measured_at = "2025-06-01T12:00:00Z";
+  timed_out.time_ms.reset();
   store.put_candidate(timed_out);
+  store.put_candidate(candidate(kTileA, Age::fresh));
 
   const nlohmann::json exported = to_json(export_document(store));
   const TuningDocument imported = parse_tuning_document(exported, "export");
@@ -176,6 +322,11 @@ TEST(TuningJson, ExportImportRoundTrip) {
   TuningStore target_store(target);
   target_store.merge(imported.results, imported.candidates);
   EXPECT_EQ(to_json(export_document(target_store)), exported);
+  const FreshnessCounts counts = count_freshness(target_store.all_best());
+  EXPECT_EQ(counts.fresh, 1);
+  EXPECT_EQ(counts.stale, 1);
+  // Rows come in bucket order: the stale one of 1024 first, with its hash as it was.
+  EXPECT_EQ(exported["results"][0]["template_hash"], kStaleHash);
 }
 
 TEST(TuningJson, ImportValidation) {

@@ -11,6 +11,8 @@
 
 #include "cache/binary_store.hpp"
 #include "cache/database.hpp"
+#include "cache/json_io.hpp"
+#include "cache/tuning_store.hpp"
 #include "generator/generator.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "runtime/doctor.hpp"
@@ -53,22 +55,24 @@ TEST(Doctor, JsonCarriesTheReport) {
   EXPECT_EQ(json.at("database").at("user"), report.user_database);
 }
 
-// Points $SIGATTN_DB at a file for one test and restores it afterwards.
-class DatabaseEnvironment {
+// Points an environment variable ($SIGATTN_DB, $SIGATTN_DATA_DIR) at a path for one test and
+// restores it afterwards.
+class EnvironmentPath {
  public:
-  explicit DatabaseEnvironment(const std::filesystem::path& path) {
-    if (const char* value = std::getenv("SIGATTN_DB")) saved_ = value;
-    ::setenv("SIGATTN_DB", path.c_str(), 1);
+  EnvironmentPath(const char* name, const std::filesystem::path& path) : name_(name) {
+    if (const char* value = std::getenv(name)) saved_ = value;
+    ::setenv(name, path.c_str(), 1);
   }
-  ~DatabaseEnvironment() {
+  ~EnvironmentPath() {
     if (saved_) {
-      ::setenv("SIGATTN_DB", saved_->c_str(), 1);
+      ::setenv(name_, saved_->c_str(), 1);
     } else {
-      ::unsetenv("SIGATTN_DB");
+      ::unsetenv(name_);
     }
   }
 
  private:
+  const char* name_;
   std::optional<std::string> saved_;
 };
 
@@ -94,7 +98,7 @@ TEST(Doctor, CountsTheUserDatabaseWithoutChangingIt) {
     ASSERT_TRUE(store.find(key));
     ASSERT_TRUE(store.find(key));
   }
-  DatabaseEnvironment environment(path);
+  EnvironmentPath environment("SIGATTN_DB", path);
   const DoctorReport report = collect_doctor_report();
   EXPECT_TRUE(report.user_database_exists);
   EXPECT_TRUE(report.user_database_message.empty()) << report.user_database_message;
@@ -110,11 +114,53 @@ TEST(Doctor, CountsTheUserDatabaseWithoutChangingIt) {
   EXPECT_EQ(json.at("database").at("binaries_served"), 2);
 }
 
+// A result for a spec and tile, fresh or measured on kernel sources that have changed since.
+cache::TuningResult tuning_result(int seqlen, bool fresh) {
+  cache::TuningResult result;
+  result.device = {"NVIDIA H200", "sm_90a", 132};
+  result.problem = cache::problem_key(
+      gen::parse_spec("fwd.bf16.d128.dense.nomask.nosmod.fast.x128"), seqlen, seqlen);
+  result.tile = gen::TileConfig{128, 128, 8, 2};
+  result.template_hash = fresh ? cache::kernel_source_hash(result.problem, result.tile)
+                               : "0123456789abcdef0123456789abcdef";
+  result.time_ms = 1.0;
+  result.measured_at = "2026-11-28T12:00:00Z";
+  return result;
+}
+
+TEST(Doctor, CountsStaleTuningResults) {
+  testing::TempDir dir;
+  const std::filesystem::path path = dir / "sigattn.db";
+  {
+    cache::Database db(path, cache::OpenMode::read_write);
+    cache::TuningStore store(db);
+    store.put_best(tuning_result(1024, true));
+    store.put_best(tuning_result(2048, false));
+    store.put_best(tuning_result(4096, false));
+  }
+  std::filesystem::create_directory(dir / "shipped");
+  std::ofstream(dir / "shipped" / "gpu.json")
+      << cache::to_json(cache::TuningDocument{{tuning_result(1024, false)}, {}}).dump();
+  EnvironmentPath database("SIGATTN_DB", path);
+  EnvironmentPath shipped("SIGATTN_DATA_DIR", dir / "shipped");
+  const DoctorReport report = collect_doctor_report();
+  EXPECT_EQ(report.tuning_results, 3);
+  EXPECT_EQ(report.stale_tuning_results, 2);
+  EXPECT_EQ(report.shipped_results, 1);
+  EXPECT_EQ(report.stale_shipped_results, 1);
+  const std::string text = doctor_text(report);
+  EXPECT_NE(text.find("tuning results: 3 (2 stale)"), std::string::npos) << text;
+  EXPECT_NE(text.find("tuning results: 1 (1 stale)"), std::string::npos) << text;
+  const nlohmann::json json = nlohmann::json::parse(doctor_json(report));
+  EXPECT_EQ(json.at("database").at("stale_tuning_results"), 2);
+  EXPECT_EQ(json.at("shipped_data").at("stale_tuning_results"), 1);
+}
+
 TEST(Doctor, ExplainsAnUnreadableDatabase) {
   testing::TempDir dir;
   const std::filesystem::path path = dir / "sigattn.db";
   std::ofstream(path) << "this is not a database";
-  DatabaseEnvironment environment(path);
+  EnvironmentPath environment("SIGATTN_DB", path);
   const DoctorReport report = collect_doctor_report();
   EXPECT_TRUE(report.user_database_exists);
   EXPECT_FALSE(report.user_database_message.empty());
@@ -127,7 +173,7 @@ TEST(Doctor, ExplainsAnUnreadableDatabase) {
 TEST(Doctor, MissingDatabaseIsNotCreated) {
   testing::TempDir dir;
   const std::filesystem::path path = dir / "sigattn.db";
-  DatabaseEnvironment environment(path);
+  EnvironmentPath environment("SIGATTN_DB", path);
   const DoctorReport report = collect_doctor_report();
   EXPECT_FALSE(report.user_database_exists);
   EXPECT_NE(doctor_text(report).find("(does not exist yet)"), std::string::npos);

@@ -5,6 +5,7 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -182,6 +183,28 @@ TEST(TunerShapes, TaskJsonRoundTrip) {
     EXPECT_EQ(back.spec, task.spec);
     EXPECT_EQ(back.problem, task.problem);
     EXPECT_EQ(back.lengths, task.lengths);
+  }
+}
+
+TEST(TunerShapes, AStoredProblemGivesItsTaskBack) {
+  for (const char* text :
+       {"fwd.bf16.d128.L4096", "fwd.fp16.d64.L1000.causal.accurate", "fwd.bf16.d128.L4096.pad25",
+        "bwd.bf16.d128.L512", "fwd.bf16.d64.L100", "bwd.fp16.d64.L3000.pad50.causal"}) {
+    for (const Task& task : tasks_for(parse_shape(text))) {
+      const std::optional<Task> found = task_for_problem(task.problem);
+      ASSERT_TRUE(found) << task.name();
+      EXPECT_EQ(found->problem, task.problem) << task.name();
+      EXPECT_EQ(found->spec, task.spec) << task.name();
+    }
+  }
+  // Problems no tuning shape gives.
+  for (const cache::ProblemKey& problem :
+       {cache::ProblemKey{"fwd.bf16.d128.dense.causal+window.nosmod.fast.x128", 4096, 4096},
+        cache::ProblemKey{"fwd.bf16.d128.dense.nomask.smod.fast.x128", 4096, 4096},
+        cache::ProblemKey{"fwd.bf16.d128.varlen.nomask.nosmod.fast.anylen", 4096, 4096},
+        cache::ProblemKey{"fwd.bf16.d128.dense.nomask.nosmod.fast.x128", 4096, 1024},
+        cache::ProblemKey{"fwd.bf16.d128", 4096, 4096}}) {
+    EXPECT_FALSE(task_for_problem(problem)) << problem.spec;
   }
 }
 

@@ -18,7 +18,6 @@ namespace {
 using cache::CandidateStatus;
 
 const cache::DeviceKey kDevice{"Fake GPU", "sm_90a", 132};
-const std::string kHash = "fedcba9876543210fedcba9876543210";
 
 // Simulated device: each tile has a true time (ms); some fail or spill. The clock advances by
 // what a measurement would cost on a GPU.
@@ -76,7 +75,7 @@ class TunerStrategy : public ::testing::Test {
  protected:
   TunerStrategy()
       : db_(cache::Database::in_memory()),
-        log_(db_, kHash),
+        log_(db_),
         task_(tasks_for(parse_shape("fwd.bf16.d64.L1024")).front()),
         target_(policy::target_for_arch("sm_90a")),
         measurer_(clock_) {
@@ -121,7 +120,7 @@ TEST_F(TunerStrategy, ExhaustiveMeasuresEverythingAndRecordsIt) {
   ASSERT_TRUE(outcome.heuristic);
   EXPECT_EQ(log_.recorded(kDevice, task_.problem).size(), all_.size());
   cache::TuningStore store(db_);
-  const auto best = store.best(kDevice, kHash, task_.problem);
+  const auto best = store.best(kDevice, task_.problem);
   ASSERT_TRUE(best);
   EXPECT_EQ(gen::to_string(best->tile), fastest());
   EXPECT_DOUBLE_EQ(best->time_ms, measurer_.times.at(fastest()));
@@ -160,7 +159,7 @@ TEST_F(TunerStrategy, NoPassingCandidateMeansNoWinner) {
   EXPECT_FALSE(outcome.winner);
   EXPECT_FALSE(outcome.error.empty());
   cache::TuningStore store(db_);
-  EXPECT_FALSE(store.best(kDevice, kHash, task_.problem));
+  EXPECT_FALSE(store.best(kDevice, task_.problem));
 }
 
 TEST_F(TunerStrategy, KilledRunResumesWithoutMeasuringAgain) {
@@ -182,10 +181,15 @@ TEST_F(TunerStrategy, KilledRunResumesWithoutMeasuringAgain) {
   ASSERT_TRUE(outcome.winner);
   EXPECT_EQ(gen::to_string(*outcome.winner), fastest());
 
-  // Another device or template hash does not count as recorded.
-  CandidateLog other_hash(db_, "00000000000000000000000000000000");
-  EXPECT_TRUE(other_hash.recorded(kDevice, task_.problem).empty());
+  // Another device, or a candidate measured on other kernel sources, does not count as recorded.
   EXPECT_TRUE(log_.recorded({"Other GPU", "sm_90a", 132}, task_.problem).empty());
+  std::vector<cache::TuningCandidate> recorded = log_.recorded(kDevice, task_.problem);
+  ASSERT_FALSE(recorded.empty());
+  EXPECT_EQ(recorded.front().template_hash,
+            gen::kernel_source_hash(gen::Variant{task_.spec, recorded.front().tile}));
+  recorded.front().template_hash = "00000000000000000000000000000000";
+  log_.record(recorded.front());
+  EXPECT_EQ(log_.recorded(kDevice, task_.problem).size(), recorded.size() - 1);
 }
 
 TEST_F(TunerStrategy, RandomStaysWithinItsBudget) {

@@ -3,7 +3,8 @@
 // kernel (large ones and the fast sigmoid), on the default tile and, where that is a Hopper (sm90)
 // tile, on the portable family's default too; every tile candidate of three specs; problems with
 // many work tiles per CTA of the persistent sm90 kernel, on every sm90 tile; NaN in padding rows;
-// bit-identical repeated launches, and an invalid length rejected before the output is touched.
+// bit-identical repeated launches, an invalid length rejected before the output is touched, and
+// the info-level line of a new variant.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -497,6 +498,33 @@ TEST_F(GpuForward, LengthAboveMaxIsRejectedBeforeTheOutputIsTouched) {
   device.out.download(bytes.data(), bytes.size());
   EXPECT_TRUE(std::all_of(bytes.begin(), bytes.end(), [](unsigned char b) { return b == 0xFF; }))
       << "the output buffer was written by a rejected call";
+}
+
+// At info level the first call of a variant prints the choice explain_forward reports, once.
+// fp16, head dim 24 and a window: a variant no other test of this process launches.
+TEST_F(GpuForward, InfoLevelShowsANewVariantsChoiceOnce) {
+  Problem problem;
+  problem.dtype = DType::fp16;
+  problem.head_dim = 24;
+  problem.len_q = problem.len_k = 77;
+  problem.window_left = 9;
+  problem.window_right = 2;
+  DeviceInputs device = upload(problem, make_inputs(problem, seed()));
+  const Dispatch dispatch = explain_forward(device.args);
+  const LogLevel saved = log_level();
+  set_log_level(LogLevel::info);
+  testing::internal::CaptureStderr();
+  forward(device.args, nullptr);
+  forward(device.args, nullptr);
+  synchronize();
+  const std::string printed = testing::internal::GetCapturedStderr();
+  set_log_level(saved);
+  const std::string line = fmt::format("sigattn: info: {}: tile {} from {} (", dispatch.variant,
+                                       dispatch.tile, dispatch.served_by);
+  const std::size_t first = printed.find(line);
+  ASSERT_NE(first, std::string::npos) << printed;
+  EXPECT_EQ(printed.rfind(line), first) << "the variant was shown twice: " << printed;
+  EXPECT_NE(printed.find("; binary ", first), std::string::npos) << printed;
 }
 
 }  // namespace
