@@ -1,13 +1,15 @@
 // Compiled CUBINs in the database. A row's key is a hash over the canonical serialization of
 // everything that determines the binary (template hash, generator version, variant, tile, arch,
 // NVRTC version, NVRTC options, program text hash); the same fields are stored as readable columns.
-// Every read checks an integrity hash of the CUBIN, and the store stays under a byte bound by
-// evicting the least recently used rows.
+// Every read checks an integrity hash over the key and the CUBIN, so a row's bytes cannot pass as
+// another row's, and the store stays under a byte bound by evicting the least recently used rows.
+// On a read-only database reads record no usage and drop nothing.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -51,7 +53,8 @@ struct StoredBinary {
 struct BinaryStoreStats {
   std::uint64_t hits = 0;
   std::uint64_t misses = 0;
-  std::uint64_t corrupt = 0;  // rows whose CUBIN failed the integrity check (and were dropped)
+  // Rows whose CUBIN failed the integrity check (dropped, unless the database is read-only).
+  std::uint64_t corrupt = 0;
   std::uint64_t stores = 0;
   std::uint64_t evictions = 0;
 };
@@ -78,7 +81,9 @@ class BinaryStore {
 
   // The binary for key. With an empty key.nvrtc_version a binary built by any NVRTC version
   // matches (a CUBIN does not need NVRTC to run); otherwise only an exact match. A row that
-  // fails its integrity check is deleted, reported to the warning sink and counted as corrupt.
+  // fails its integrity check is deleted (when the database is writable), reported to the warning
+  // sink and counted as corrupt. Recording the use of the binary found is best effort: a
+  // read-only or busy database serves it all the same.
   std::optional<StoredBinary> find(const BinaryKey& key);
 
   // Inserts or replaces, then evicts least recently used rows beyond the byte bound.
@@ -88,7 +93,8 @@ class BinaryStore {
   std::int64_t evict_to(std::int64_t max_bytes);
 
   BinarySummary summary();
-  // Rows whose CUBIN does not match its integrity hash or size.
+  // Rows whose CUBIN does not match its size or its integrity hash (over key and CUBIN), or whose
+  // key does not match its columns.
   std::vector<BinaryRow> verify();
   // Deletes rows built from another template hash or generator version (stale: never served
   // again) and, when given, rows not used for max_age_seconds. Returns the deleted rows.
@@ -98,10 +104,19 @@ class BinaryStore {
   const BinaryStoreStats& stats() const noexcept { return stats_; }
 
  private:
+  void record_use(const std::string& row_key);
+
   Database& db_;
   std::int64_t max_bytes_;
   WarningSink warn_;
   BinaryStoreStats stats_;
 };
+
+// The integrity hash of a row: over the key's canonical form and the CUBIN.
+std::string integrity_hash(const BinaryKey& key, std::span<const char> cubin);
+
+// Schema migration 4: rows whose integrity hash covers the CUBIN alone (schema 3) and matches it
+// get the hash of key and CUBIN; rows that fail the old check keep their hash and still fail.
+void bind_integrity_to_keys(Database& db);
 
 }  // namespace sigattn::cache

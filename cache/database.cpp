@@ -1,6 +1,8 @@
 // SQLite connection, statements, schema migrations and the location checks. Migrations run in
 // one BEGIN IMMEDIATE transaction, so processes opening a fresh database at the same time apply
-// each migration once; the busy timeout makes the others wait instead of failing.
+// each migration once; the busy timeout makes the others wait instead of failing. Read-only
+// connections in a directory this process cannot write open the file as immutable, since SQLite
+// could not create the -shm file a WAL database is otherwise read through.
 #include "cache/database.hpp"
 
 #include <fmt/format.h>
@@ -8,20 +10,29 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <system_error>
 #include <thread>
 #include <utility>
 
+#include "cache/binary_store.hpp"
+
 namespace sigattn::cache {
 namespace {
 
+// A schema change: SQL, then an optional rewrite of rows that SQL cannot do, in one transaction.
+struct Migration {
+  std::string_view sql;
+  void (*rewrite)(Database&) = nullptr;
+};
+
 // Migration i (1-based) brings the schema from version i - 1 to version i. Never edit an entry
 // that has been released: append a new one and bump kSchemaVersion.
-constexpr std::string_view kMigrations[] = {
+constexpr Migration kMigrations[] = {
     // 1: compiled kernels and the best tile per problem.
-    R"sql(
+    {R"sql(
 CREATE TABLE binaries (
   key TEXT PRIMARY KEY,
   template_hash TEXT NOT NULL,
@@ -61,9 +72,9 @@ CREATE TABLE tuning_best (
   measured_at TEXT NOT NULL,
   PRIMARY KEY (device_name, arch, sm_count, template_hash, spec, seqlen_q_bucket, seqlen_k_bucket)
 );
-)sql",
+)sql"},
     // 2: provenance of the best tile, and every candidate tried, for resuming and auditing.
-    R"sql(
+    {R"sql(
 ALTER TABLE tuning_best ADD COLUMN method TEXT NOT NULL DEFAULT '';
 ALTER TABLE tuning_best ADD COLUMN source TEXT NOT NULL DEFAULT '';
 CREATE TABLE tuning_candidates (
@@ -84,16 +95,19 @@ CREATE TABLE tuning_candidates (
   PRIMARY KEY (device_name, arch, sm_count, template_hash, spec, seqlen_q_bucket,
                seqlen_k_bucket, tile)
 );
-)sql",
+)sql"},
     // 3: how many times each binary was served from the database in place of NVRTC.
-    R"sql(
+    {R"sql(
 ALTER TABLE binaries ADD COLUMN served INTEGER NOT NULL DEFAULT 0;
-)sql",
+)sql"},
+    // 4: a binary's integrity hash covers its key as well as its CUBIN.
+    {"", &bind_integrity_to_keys},
 };
 static_assert(std::size(kMigrations) == kSchemaVersion,
               "kSchemaVersion must equal the number of migrations");
 
 constexpr mode_t kPrivateDirectoryMode = 0700;
+constexpr int kMaxSymlinkHops = 40;
 constexpr mode_t kPrivateFileMode = 0600;
 
 std::string describe_mode(mode_t mode) { return fmt::format("{:04o}", mode & 07777); }
@@ -113,6 +127,44 @@ void create_private_directories(const std::filesystem::path& directory,
                                       partial.string(), error.message()));
     }
   }
+}
+
+std::filesystem::path directory_of(const std::filesystem::path& path) {
+  return path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+}
+
+bool writable(const std::filesystem::path& path) { return ::access(path.c_str(), W_OK) == 0; }
+
+// An immutable read-only URI for SQLite: nothing is locked and no -wal or -shm file is created.
+std::string immutable_uri(const std::filesystem::path& path) {
+  std::string uri = "file:";
+  for (const unsigned char c : path.string()) {
+    if (std::isalnum(c) || c == '/' || c == '-' || c == '_' || c == '.' || c == '~') {
+      uri += static_cast<char>(c);
+    } else {
+      uri += fmt::format("%{:02X}", c);
+    }
+  }
+  return uri + "?immutable=1";
+}
+
+// Whether a read-only connection must treat the file as immutable: no process can be writing it
+// (nobody can create the -wal or rollback journal a writer needs beside it, and none is there),
+// and SQLite could not create the -shm file beside it.
+bool open_as_immutable(const std::filesystem::path& resolved) {
+  std::error_code error;
+  const auto beside = [&](const char* suffix) {
+    return std::filesystem::exists(resolved.string() + suffix, error);
+  };
+  return !writable(directory_of(resolved)) && !beside("-wal") && !beside("-journal");
+}
+
+DatabaseError newer_schema_error(const std::string& path, int version) {
+  return DatabaseError(path, "schema_version", SQLITE_MISMATCH, "newer schema",
+                       fmt::format("database {} has schema version {}, newer than the version {} "
+                                   "this sigattn understands: use a newer sigattn or another "
+                                   "database (SIGATTN_DB)",
+                                   path, version, kSchemaVersion));
 }
 
 }  // namespace
@@ -216,21 +268,32 @@ std::vector<char> Statement::blob(int column) const {
 
 Database::Database(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
 
-Database::Database(const std::filesystem::path& path, OpenMode mode) : path_(path.string()) {
-  const bool writable = mode == OpenMode::read_write;
+Database::Database(const std::filesystem::path& path, OpenMode mode)
+    : path_(path.string()), read_only_(mode == OpenMode::read_only) {
   const bool existed = std::filesystem::exists(path);
-  if (!existed && !writable) {
+  if (!existed && read_only_) {
     throw DatabaseError(path_, "open", SQLITE_CANTOPEN, "no such file",
                         fmt::format("database {} does not exist", path_));
   }
-  if (writable && path.has_parent_path()) create_private_directories(path.parent_path(), path_);
+  if (!read_only_ && path.has_parent_path()) {
+    create_private_directories(path.parent_path(), path_);
+  }
   if (const std::string why = unsafe_location(path); !why.empty()) {
     throw DatabaseError(path_, "open", SQLITE_PERM, why,
                         fmt::format("refusing to use database {}: {}", path_, why));
   }
-  const int flags = (writable ? SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE : SQLITE_OPEN_READONLY) |
-                    SQLITE_OPEN_FULLMUTEX;
-  const int result = sqlite3_open_v2(path_.c_str(), &db_, flags, nullptr);
+  std::string location = path_;
+  int flags = SQLITE_OPEN_FULLMUTEX;
+  if (!read_only_) {
+    flags |= SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+  } else if (const std::filesystem::path resolved = resolved_path(path);
+             open_as_immutable(resolved)) {
+    location = immutable_uri(resolved);
+    flags |= SQLITE_OPEN_READONLY | SQLITE_OPEN_URI;
+  } else {
+    flags |= SQLITE_OPEN_READONLY;
+  }
+  const int result = sqlite3_open_v2(location.c_str(), &db_, flags, nullptr);
   if (result != SQLITE_OK) {
     const std::string message = db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(result);
     sqlite3_close(db_);
@@ -241,14 +304,12 @@ Database::Database(const std::filesystem::path& path, OpenMode mode) : path_(pat
   try {
     if (!existed) ::chmod(path_.c_str(), kPrivateFileMode);
     configure(mode);
-    if (writable) {
+    if (!read_only_) {
       migrate();
-    } else if (const int version = schema_version(); version != kSchemaVersion) {
-      throw DatabaseError(
-          path_, "schema_version", SQLITE_MISMATCH, "schema version mismatch",
-          fmt::format("database {} has schema version {} and is opened read-only; this sigattn "
-                      "reads version {} (open it read-write once to migrate an older one)",
-                      path_, version, kSchemaVersion));
+    } else if (const int version = schema_version(); version > kSchemaVersion) {
+      throw newer_schema_error(path_, version);
+    } else if (version < kSchemaVersion) {
+      migrate_private_copy();
     }
   } catch (...) {
     sqlite3_close(db_);
@@ -274,7 +335,9 @@ Database Database::in_memory() {
 Database::~Database() { sqlite3_close(db_); }
 
 Database::Database(Database&& other) noexcept
-    : db_(std::exchange(other.db_, nullptr)), path_(std::move(other.path_)) {}
+    : db_(std::exchange(other.db_, nullptr)),
+      path_(std::move(other.path_)),
+      read_only_(other.read_only_) {}
 
 void Database::configure(OpenMode mode) {
   sqlite3_busy_timeout(db_, kBusyTimeoutMs);
@@ -334,20 +397,45 @@ void Database::migrate() {
       "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at "
       "TEXT NOT NULL)");
   const int current = schema_version();
-  if (current > kSchemaVersion) {
-    throw DatabaseError(path_, "schema_version", SQLITE_MISMATCH, "newer schema",
-                        fmt::format("database {} has schema version {}, newer than the version "
-                                    "{} this sigattn understands: use a newer sigattn or another "
-                                    "database (SIGATTN_DB)",
-                                    path_, current, kSchemaVersion));
-  }
+  if (current > kSchemaVersion) throw newer_schema_error(path_, current);
   for (int version = current + 1; version <= kSchemaVersion; ++version) {
-    execute(kMigrations[version - 1]);
+    const Migration& migration = kMigrations[version - 1];
+    if (!migration.sql.empty()) execute(migration.sql);
+    if (migration.rewrite != nullptr) migration.rewrite(*this);
     prepare("INSERT INTO schema_version (version, applied_at) VALUES (?1, datetime('now'))")
         .bind(1, version)
         .run();
   }
   transaction.commit();
+}
+
+void Database::migrate_private_copy() {
+  sqlite3* copy = nullptr;
+  int result =
+      sqlite3_open_v2(":memory:", &copy, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr);
+  std::string message = sqlite3_errstr(result);
+  if (result == SQLITE_OK) {
+    sqlite3_backup* backup = sqlite3_backup_init(copy, "main", db_, "main");
+    if (backup == nullptr) {
+      result = sqlite3_errcode(copy);
+      message = sqlite3_errmsg(copy);
+    } else {
+      sqlite3_backup_step(backup, -1);
+      result = sqlite3_backup_finish(backup);
+      message = sqlite3_errstr(result);
+    }
+  }
+  if (result != SQLITE_OK) {
+    sqlite3_close(copy);
+    throw DatabaseError(path_, "backup", result, message,
+                        fmt::format("cannot read database {} (schema version {}) into memory to "
+                                    "migrate it: {}",
+                                    path_, schema_version(), message));
+  }
+  sqlite3_close(db_);
+  db_ = copy;
+  sqlite3_busy_timeout(db_, kBusyTimeoutMs);
+  migrate();
 }
 
 std::vector<std::string> Database::integrity_problems() {
@@ -374,16 +462,38 @@ void Database::Transaction::commit() {
   open_ = false;
 }
 
+std::filesystem::path resolved_path(const std::filesystem::path& path) {
+  std::error_code error;
+  std::filesystem::path current = std::filesystem::absolute(path, error);
+  for (int hop = 0; hop < kMaxSymlinkHops; ++hop) {
+    // Resolves every link of the part that exists; a dangling link at the end stays as it is.
+    current = std::filesystem::weakly_canonical(current, error);
+    if (error || !std::filesystem::is_symlink(current, error)) return current;
+    const std::filesystem::path target = std::filesystem::read_symlink(current, error);
+    if (error) return current;
+    current = target.is_absolute() ? target : current.parent_path() / target;
+  }
+  return current;
+}
+
+OpenMode usable_mode(const std::filesystem::path& path) {
+  const std::filesystem::path resolved = resolved_path(path);
+  std::error_code error;
+  if (!std::filesystem::exists(resolved, error)) return OpenMode::read_write;
+  return writable(resolved) && writable(directory_of(resolved)) ? OpenMode::read_write
+                                                                : OpenMode::read_only;
+}
+
 std::string unsafe_location(const std::filesystem::path& database_path) {
-  const std::filesystem::path directory =
-      database_path.has_parent_path() ? database_path.parent_path() : ".";
   const uid_t user = ::geteuid();
-  const auto check = [user](const std::filesystem::path& path, const char* what) -> std::string {
+  const auto check = [user](const std::filesystem::path& path,
+                            const std::string& what) -> std::string {
     struct stat info {};
     if (::stat(path.c_str(), &info) != 0) return {};
-    if (info.st_uid != user) {
-      return fmt::format("{} {} is owned by uid {}, not by this user (uid {})", what, path.string(),
-                         info.st_uid, user);
+    // Root can replace any file anyway; another user could place GPU code that this user runs.
+    if (info.st_uid != user && info.st_uid != 0) {
+      return fmt::format("{} {} is owned by uid {}, neither this user (uid {}) nor root", what,
+                         path.string(), info.st_uid, user);
     }
     if ((info.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
       return fmt::format(
@@ -393,8 +503,16 @@ std::string unsafe_location(const std::filesystem::path& database_path) {
     }
     return {};
   };
-  if (std::string why = check(directory, "directory"); !why.empty()) return why;
-  return check(database_path, "file");
+  if (std::string why = check(directory_of(database_path), "directory"); !why.empty()) return why;
+  const std::filesystem::path resolved = resolved_path(database_path);
+  const std::filesystem::path resolved_directory = directory_of(resolved);
+  std::error_code error;
+  if (!std::filesystem::equivalent(resolved_directory, directory_of(database_path), error)) {
+    if (std::string why = check(resolved_directory, "link target's directory"); !why.empty()) {
+      return why;
+    }
+  }
+  return check(resolved, "file");
 }
 
 }  // namespace sigattn::cache

@@ -1,6 +1,8 @@
 // The SQLite database behind the persistent cache: an RAII connection with WAL, a busy timeout,
-// forward schema migrations recorded in a schema_version table, prepared statements only, and a
-// refusal to open files that other users could write. Nothing outside cache/ touches SQLite.
+// forward schema migrations recorded in a schema_version table, prepared statements only, a
+// refusal to open files that other users could write, and read-only opening that never writes
+// (for databases on read-only filesystems or in directories this user cannot write). Nothing
+// outside cache/ touches SQLite.
 #pragma once
 
 #include <cstdint>
@@ -19,7 +21,7 @@ struct sqlite3_stmt;
 namespace sigattn::cache {
 
 // The schema this code writes. Bump it together with a new entry in the migration list.
-inline constexpr int kSchemaVersion = 3;
+inline constexpr int kSchemaVersion = 4;
 
 // How long a connection waits for another process's lock before reporting SQLITE_BUSY.
 inline constexpr int kBusyTimeoutMs = 10000;
@@ -81,11 +83,18 @@ class Statement {
 
 enum class OpenMode { read_write, read_only };
 
+// How this process can use the database at `path`: read_only when the file exists and this process
+// may not write it or the directory that holds it (through symbolic links), read_write otherwise.
+OpenMode usable_mode(const std::filesystem::path& path);
+
 class Database {
  public:
-  // Opens (read_write: creating it and its directory, mode 0700) and migrates the schema to
-  // kSchemaVersion. Throws DatabaseError when the file is not a database, is corrupt, has a newer
-  // schema, cannot be created, or sits where other users could write it.
+  // read_write: opens (creating it and its directory, mode 0700) and migrates the schema to
+  // kSchemaVersion. read_only: opens without writing anything, not even SQLite's -wal and -shm
+  // files where the directory is not writable; an older schema is read from a private in-memory
+  // copy migrated to kSchemaVersion, and the file is left as it is. Throws DatabaseError when the
+  // file is not a database, is corrupt, has a newer schema, cannot be created, or sits where
+  // other users could write it.
   Database(const std::filesystem::path& path, OpenMode mode);
   // A private in-memory database with the current schema.
   static Database in_memory();
@@ -96,6 +105,8 @@ class Database {
 
   Statement prepare(std::string_view sql);
   const std::string& path() const noexcept { return path_; }
+  // Opened read_only: nothing may be written (usage is not recorded, nothing is stored).
+  bool read_only() const noexcept { return read_only_; }
   int schema_version();
   // SQLite's own consistency check: empty when the file is sound, else its findings.
   std::vector<std::string> integrity_problems();
@@ -118,15 +129,24 @@ class Database {
   Database(sqlite3* db, std::string path);
   void configure(OpenMode mode);
   void migrate();
+  // Replaces the connection by an in-memory copy of the database, migrated to kSchemaVersion.
+  void migrate_private_copy();
   void execute(std::string_view sql);
 
   sqlite3* db_ = nullptr;
   std::string path_;
+  bool read_only_ = false;
 };
 
 // Why binaries must not be loaded from this database file: its directory or the file itself is
-// writable by group or others, or owned by another user. Empty when the location is private.
-// Mode bits and owners are checked, not access(), so the answer is the same for root.
+// writable by group or others, or owned by a user other than this one and root. A symbolic link
+// is followed: the directory of the link and the file and directory it resolves to are checked.
+// Empty when the location is private. Mode bits and owners are checked, not access(), so the
+// answer is the same for root.
 std::string unsafe_location(const std::filesystem::path& database_path);
+
+// `path` with every symbolic link resolved, in the path and in the last component, whether or not
+// the file exists yet.
+std::filesystem::path resolved_path(const std::filesystem::path& path);
 
 }  // namespace sigattn::cache

@@ -6,11 +6,14 @@
 
 #include <algorithm>
 #include <bit>
+#include <cctype>
+#include <chrono>
 #include <cmath>
-#include <fstream>
 #include <initializer_list>
 #include <stdexcept>
 #include <string_view>
+
+#include "cache/json_file.hpp"
 
 namespace sigattn::cache {
 namespace {
@@ -22,6 +25,12 @@ constexpr std::int64_t kMaxBucket = std::int64_t{1} << 24;
 constexpr std::int64_t kMaxSmCount = 4096;
 constexpr std::int64_t kMaxTileValue = 1024;
 constexpr std::size_t kTemplateHashLength = 32;
+
+// A value as JSON text for a message; strings that are not UTF-8 (possible in a document built in
+// memory, not in a parsed file) show replacement characters instead of failing.
+std::string shown(const json& value) {
+  return value.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
 // Accumulates the path of the value being read, for messages like
 // "tuned.json: results[3].tile.block_m: ...".
@@ -68,20 +77,41 @@ class Reader {
 
   std::int64_t integer(std::int64_t low, std::int64_t high) const {
     if (!value_.is_number_integer()) {
-      fail(fmt::format("expected an integer, found {}", value_.dump()));
+      fail(fmt::format("expected an integer, found {}", shown(value_)));
     }
     const bool negative = value_.is_number_integer() && !value_.is_number_unsigned() &&
                           value_.get<std::int64_t>() < 0;
     if (!negative && value_.get<std::uint64_t>() > static_cast<std::uint64_t>(high)) {
-      fail(fmt::format("{} is out of range [{}, {}]", value_.dump(), low, high));
+      fail(fmt::format("{} is out of range [{}, {}]", shown(value_), low, high));
     }
     const std::int64_t number = value_.get<std::int64_t>();
     if (number < low) fail(fmt::format("{} is out of range [{}, {}]", number, low, high));
     return number;
   }
 
+  // A UTC time as the tuner writes it, "2026-11-28T19:03:02Z", with a real date and time of day.
+  std::string timestamp() const {
+    const std::string text = string();
+    constexpr std::string_view kPattern = "dddd-dd-ddTdd:dd:ddZ";
+    bool shaped = text.size() == kPattern.size();
+    for (std::size_t i = 0; shaped && i < text.size(); ++i) {
+      shaped = kPattern[i] == 'd' ? std::isdigit(static_cast<unsigned char>(text[i])) != 0
+                                  : text[i] == kPattern[i];
+    }
+    const auto digits = [&](std::size_t at, std::size_t count) {
+      return shaped ? std::stoi(text.substr(at, count)) : 0;
+    };
+    const std::chrono::year_month_day date{std::chrono::year(digits(0, 4)),
+                                           std::chrono::month(digits(5, 2)),
+                                           std::chrono::day(digits(8, 2))};
+    if (!shaped || !date.ok() || digits(11, 2) > 23 || digits(14, 2) > 59 || digits(17, 2) > 60) {
+      fail(fmt::format("'{}' is not a UTC time such as 2026-11-28T19:03:02Z", text));
+    }
+    return text;
+  }
+
   double number(double low, bool low_inclusive) const {
-    if (!value_.is_number()) fail(fmt::format("expected a number, found {}", value_.dump()));
+    if (!value_.is_number()) fail(fmt::format("expected a number, found {}", shown(value_)));
     const double number = value_.get<double>();
     if (!std::isfinite(number) || number < low || (!low_inclusive && number == low)) {
       fail(
@@ -200,7 +230,7 @@ TuningResult read_result(const Reader& entry) {
   }
   result.time_ms = entry.field("time_ms").number(0.0, false);
   result.tflops = entry.field("tflops").number(0.0, true);
-  result.measured_at = entry.field("measured_at").string();
+  result.measured_at = entry.field("measured_at").timestamp();
   if (entry.has("method")) result.method = entry.field("method").string(true);
   if (entry.has("source")) result.source = entry.field("source").string(true);
   return result;
@@ -233,7 +263,7 @@ TuningCandidate read_candidate(const Reader& entry) {
     entry.fail("a candidate with status ok needs time_ms");
   }
   if (entry.has("message")) candidate.message = entry.field("message").string(true);
-  candidate.measured_at = entry.field("measured_at").string();
+  candidate.measured_at = entry.field("measured_at").timestamp();
   return candidate;
 }
 
@@ -313,18 +343,11 @@ TuningDocument parse_tuning_document(const json& value, const std::string& origi
 }
 
 TuningDocument read_tuning_file(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) {
-    throw Error(Status::invalid_argument,
-                fmt::format("cannot read tuning file {}: {}", path.string(),
-                            std::error_code(errno, std::generic_category()).message()));
-  }
   json value;
   try {
-    value = json::parse(in);
-  } catch (const json::parse_error& error) {
-    throw Error(Status::invalid_argument,
-                fmt::format("{} is not valid JSON: {}", path.string(), error.what()));
+    value = read_strict_json_file(path, "tuning file");
+  } catch (const std::invalid_argument& error) {
+    throw Error(Status::invalid_argument, error.what());
   }
   return parse_tuning_document(value, path.filename().string());
 }

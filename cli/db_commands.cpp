@@ -23,14 +23,16 @@ namespace {
 
 constexpr std::int64_t kSecondsPerDay = 86400;
 
-cache::Database open_existing(const std::string& path) {
+// The database at path, which must exist. Inspecting commands open it read_only: they write
+// nothing, work where this user may only read, and read an older schema from a migrated copy.
+cache::Database open_existing(const std::string& path, cache::OpenMode mode) {
   if (!std::filesystem::exists(path)) {
     throw Error(Status::invalid_argument,
                 fmt::format("no database at {} (nothing has been compiled or tuned there yet; "
                             "choose another with --db or SIGATTN_DB)",
                             path));
   }
-  return cache::Database(path, cache::OpenMode::read_write);
+  return cache::Database(path, mode);
 }
 
 int show(const std::string& path) {
@@ -38,7 +40,7 @@ int show(const std::string& path) {
     fmt::print("database: {} (does not exist yet)\n", path);
     return 0;
   }
-  cache::Database db(path, cache::OpenMode::read_write);
+  cache::Database db = open_existing(path, cache::OpenMode::read_only);
   cache::BinaryStore binaries(db);
   cache::TuningStore tuning(db);
   const cache::BinarySummary summary = binaries.summary();
@@ -77,7 +79,7 @@ int show(const std::string& path) {
 }
 
 int export_json(const std::string& path, const std::string& file) {
-  cache::Database db = open_existing(path);
+  cache::Database db = open_existing(path, cache::OpenMode::read_only);
   cache::TuningStore tuning(db);
   const std::string text = cache::to_json(cache::export_document(tuning)).dump(2) + "\n";
   if (file.empty() || file == "-") {
@@ -103,7 +105,12 @@ void print_merge(const cache::MergeCounts& counts) {
 
 int import_json(const std::string& path, const std::string& file) {
   // Everything is validated before the database is opened, so a bad file changes nothing.
-  cache::TuningDocument document = cache::read_tuning_file(file);
+  cache::TuningDocument document;
+  try {
+    document = cache::read_tuning_file(file);
+  } catch (const Error& error) {
+    throw Error(error.status(), fmt::format("db import: {}", error.what()));
+  }
   for (cache::TuningResult& result : document.results) {
     if (result.source.empty()) result.source = fmt::format("imported from {}", file);
   }
@@ -114,6 +121,11 @@ int import_json(const std::string& path, const std::string& file) {
 }
 
 int merge(const std::string& path, const std::string& source_path) {
+  if (!std::filesystem::exists(source_path)) {
+    throw Error(Status::invalid_argument,
+                fmt::format("db merge: no database at {} to merge", source_path));
+  }
+  // Read-only: a shard of an older sigattn is read through a migrated copy and left as it is.
   cache::Database source(source_path, cache::OpenMode::read_only);
   cache::TuningStore source_tuning(source);
   std::vector<cache::TuningResult> results = source_tuning.all_best();
@@ -130,7 +142,7 @@ int merge(const std::string& path, const std::string& source_path) {
 int verify(const std::string& path) {
   std::vector<std::string> problems;
   try {
-    cache::Database db = open_existing(path);
+    cache::Database db = open_existing(path, cache::OpenMode::read_only);
     for (const std::string& problem : db.integrity_problems()) {
       problems.push_back(fmt::format("sqlite: {}", problem));
     }
@@ -162,7 +174,7 @@ int verify(const std::string& path) {
 }
 
 int prune(const std::string& path, std::optional<int> older_than_days, bool tuning_rows) {
-  cache::Database db = open_existing(path);
+  cache::Database db = open_existing(path, cache::OpenMode::read_write);
   cache::BinaryStore binaries(db);
   std::optional<std::int64_t> max_age;
   if (older_than_days) max_age = std::int64_t{*older_than_days} * kSecondsPerDay;

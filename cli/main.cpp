@@ -53,6 +53,11 @@ constexpr const char* kExitCodeHelp =
     "  3  NVRTC cannot be loaded (install the CUDA toolkit's NVRTC or set SIGATTN_NVRTC_LIBRARY)\n"
     "  4  any other failure";
 
+// The variant `gen --help` shows; its tile is allowed on every supported architecture (a test
+// runs it).
+constexpr const char* kGenExample =
+    "fwd.bf16.d128.dense.causal.nosmod.fast.anylen[/sm80.m64n64w4s2]";
+
 // How many lines of an NVRTC log a failed kernel shows in the per-kernel listing.
 constexpr int kLogLinesShown = 12;
 
@@ -78,6 +83,15 @@ sigattn::policy::Target checked_target(const std::string& arch) {
   return sigattn::policy::target_for_arch(arch);
 }
 
+std::string command_names(const CLI::App& app) {
+  std::vector<std::string> names;
+  for (const CLI::App* command :
+       app.get_subcommands([](const CLI::App* c) { return !c->get_group().empty(); })) {
+    names.push_back(command->get_name());
+  }
+  return fmt::format("{}", fmt::join(names, ", "));
+}
+
 int run_doctor(bool json) {
   const sigattn::DoctorReport report = sigattn::collect_doctor_report();
   if (json) {
@@ -100,7 +114,8 @@ int run_gen(const std::string& text, const std::string& arch) {
   try {
     parsed = sigattn::gen::parse_variant(text);
   } catch (const std::invalid_argument& e) {
-    throw UsageError(fmt::format("invalid variant '{}': {}", text, e.what()));
+    // The parser's message quotes the part that is wrong.
+    throw UsageError(fmt::format("invalid variant: {}", e.what()));
   }
   sigattn::gen::TileConfig tile;
   std::string tile_origin = "given";
@@ -236,7 +251,7 @@ std::vector<CompileJob> compile_jobs(const std::vector<std::string>& spec_texts,
     try {
       specs.push_back(sigattn::gen::parse_spec(text));
     } catch (const std::invalid_argument& e) {
-      throw UsageError(fmt::format("invalid --spec '{}': {}", text, e.what()));
+      throw UsageError(fmt::format("invalid --spec: {}", e.what()));
     }
   }
   const bool explicit_specs = !specs.empty();
@@ -346,9 +361,7 @@ int main(int argc, char** argv) {
   std::string gen_arch = "sm_90a";
   CLI::App* gen = app.add_subcommand(
       "gen", "Print the generated CUDA source of one variant (default tile when none is given)");
-  gen->add_option("VARIANT", gen_variant,
-                  "e.g. fwd.bf16.d128.dense.causal.nosmod.fast.anylen[/sm80.m128n64w4s2]")
-      ->required();
+  gen->add_option("VARIANT", gen_variant, fmt::format("e.g. {}", kGenExample))->required();
   gen->add_option("--arch", gen_arch, "Target architecture for the default tile and checks")
       ->capture_default_str();
 
@@ -377,11 +390,23 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    // A mistyped command is left over as an extra argument while the missing subcommand is
+    // what CLI11 reports; name the word instead.
+    if (app.get_subcommands().empty() && !app.remaining().empty() &&
+        !app.remaining().front().starts_with("-") &&
+        dynamic_cast<const CLI::RequiredError*>(&e) != nullptr) {
+      fmt::print(stderr, "sigattn: unknown command '{}' (commands: {}); see sigattn --help\n",
+                 app.remaining().front(), command_names(app));
+      return kExitUsage;
+    }
     const int code = app.exit(e);
     return code == 0 ? kExitOk : kExitUsage;
   }
 
   try {
+    if (app.count("--db") > 0 && database_path.empty()) {
+      throw UsageError("--db must name a database file, not be empty");
+    }
     if (!database_path.empty()) sigattn::set_database_path(database_path);
     if (db_commands.parsed()) {
       return db_commands.run(database_path.empty() ? sigattn::cache::user_database_path().string()

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <charconv>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -204,23 +205,38 @@ json outcome_json(const tune::ProblemOutcome& o) {
             {"failures", o.failures},
             {"spilling", o.spilling},
             {"seconds", o.seconds}};
-  if (o.heuristic_ms) j["heuristic_ms"] = *o.heuristic_ms;
+  if (o.heuristic) {
+    j["heuristic_ms"] = o.heuristic->median_ms;
+    j["heuristic_spread"] = o.heuristic->spread();
+  }
   if (o.winner) {
     j["winner"] = gen::to_string(*o.winner);
     j["best_ms"] = o.best->median_ms;
     j["best_spread"] = o.best->spread();
     j["tflops"] = o.task.flops() / (o.best->median_ms * 1e-3) / 1e12;
-    if (o.heuristic_ms) j["speedup"] = *o.heuristic_ms / o.best->median_ms;
+    // Left out when the gap is within the timings' spread.
+    if (o.heuristic) {
+      if (const std::optional<double> speedup = tune::significant_speedup(*o.heuristic, *o.best)) {
+        j["speedup"] = *speedup;
+      }
+    }
   }
   if (!o.error.empty()) j["error"] = o.error;
   return j;
+}
+
+// The winner's speedup over the heuristic, or "noise" when the gap is within the timings' spread.
+std::string speedup_text(const tune::ProblemOutcome& o) {
+  if (!o.heuristic) return "-";
+  const std::optional<double> speedup = tune::significant_speedup(*o.heuristic, *o.best);
+  return speedup ? fmt::format("{:.3f}x", *speedup) : "noise";
 }
 
 void print_summary(const std::vector<tune::ProblemOutcome>& outcomes) {
   fmt::print("{:<44} {:<5} {:>10} {:>10} {:>8} {:<22} {:>8} {:>6}\n", "problem", "kernel",
              "heur. ms", "best ms", "speedup", "winner", "TFLOPS", "failed");
   for (const tune::ProblemOutcome& o : outcomes) {
-    const std::string heuristic = o.heuristic_ms ? fmt::format("{:.4f}", *o.heuristic_ms) : "-";
+    const std::string heuristic = o.heuristic ? fmt::format("{:.4f}", o.heuristic->median_ms) : "-";
     if (!o.winner) {
       fmt::print("{:<44} {:<5} {:>10} {:>10} {:>8} {}\n", tune::to_string(o.task.shape),
                  gen::to_string(o.task.direction), heuristic, "-", "-", "no winner: " + o.error);
@@ -229,8 +245,8 @@ void print_summary(const std::vector<tune::ProblemOutcome>& outcomes) {
     const double best = o.best->median_ms;
     fmt::print("{:<44} {:<5} {:>10} {:>10.4f} {:>8} {:<22} {:>8.1f} {:>6}\n",
                tune::to_string(o.task.shape), gen::to_string(o.task.direction), heuristic, best,
-               o.heuristic_ms ? fmt::format("{:.3f}x", *o.heuristic_ms / best) : "-",
-               gen::to_string(*o.winner), o.task.flops() / (best * 1e-3) / 1e12, o.failures);
+               speedup_text(o), gen::to_string(*o.winner), o.task.flops() / (best * 1e-3) / 1e12,
+               o.failures);
   }
 }
 
@@ -249,6 +265,7 @@ int compile_only(const std::vector<tune::Task>& tasks, const std::string& arch, 
       if (seen.insert(gen::to_string(variant)).second) variants.push_back(variant);
     }
   }
+  const std::uint64_t cached_before = ModuleCache::instance().stats().disk_hits;
   std::atomic<std::size_t> next{0};
   std::atomic<int> failed{0};
   std::mutex fatal_mutex;
@@ -276,15 +293,18 @@ int compile_only(const std::vector<tune::Task>& tasks, const std::string& arch, 
   for (unsigned t = 0; t < count; ++t) threads.emplace_back(work);
   for (std::thread& thread : threads) thread.join();
   if (fatal) std::rethrow_exception(fatal);
+  const std::size_t from_cache = ModuleCache::instance().stats().disk_hits - cached_before;
+  const std::size_t compiled = variants.size() - failed - from_cache;
   const std::string message = fmt::format(
-      "no GPU to tune on ({}). Compiled {} candidate kernels of {} problems for {} into the "
-      "binary cache of {} ({} failed); nothing was timed.",
-      why, variants.size() - failed, tasks.size(), arch, database_path, failed.load());
+      "no GPU to tune on ({}). Of the {} candidate kernels of {} problems for {}, compiled {} "
+      "into the binary cache of {}, found {} there already, {} failed; nothing was timed.",
+      why, variants.size(), tasks.size(), arch, compiled, database_path, from_cache, failed.load());
   if (as_json) {
     fmt::print("{}\n", json{{"gpu", false},
                             {"message", message},
                             {"arch", arch},
-                            {"compiled", variants.size() - failed},
+                            {"compiled", compiled},
+                            {"from_cache", from_cache},
                             {"failed", failed.load()}}
                            .dump(2));
   }
@@ -310,6 +330,18 @@ std::optional<tune::FaultInjection> fault_injection() {
   return std::nullopt;
 #endif
 }
+
+// CLI::Range lets NaN through (every comparison with it is false).
+const CLI::Validator kFiniteNumber(
+    [](std::string& text) -> std::string {
+      double value = 0.0;
+      const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+      if (error != std::errc() || end != text.data() + text.size() || !std::isfinite(value)) {
+        return fmt::format("'{}' is not a finite number", text);
+      }
+      return {};
+    },
+    "FINITE");
 
 }  // namespace
 
@@ -345,6 +377,7 @@ TuneCommand::TuneCommand(CLI::App& app) {
       ->add_option("--timeout", timeout_seconds_,
                    "Seconds without an answer before a worker is killed (a hang)")
       ->check(CLI::Range(1.0, 86400.0))
+      ->check(kFiniteNumber)
       ->capture_default_str();
   tune_->add_option("--jobs,-j", jobs_, "Compile threads per worker (default: hardware threads)")
       ->check(CLI::Range(1u, 4096u));
@@ -381,11 +414,28 @@ int TuneCommand::run_worker(const std::string& database_path) {
 
 int TuneCommand::run_tune(const std::string& database_path) {
   // Everything the user gave is checked before the database is opened.
+  // An empty value would read as "not given" below.
+  for (const auto& [option, value] :
+       {std::pair<const char*, const std::string&>{"--preset", preset_},
+        {"--shapes", shapes_file_},
+        {"--shard", shard_},
+        {"--devices", devices_},
+        {"--strategy", strategy_}}) {
+    if (tune_->count(option) > 0 && value.empty()) {
+      throw std::invalid_argument(fmt::format("{} must not be empty", option));
+    }
+  }
   std::vector<tune::Shape> shapes;
   if (!preset_.empty()) shapes = tune::preset_shapes(preset_);
   for (const std::string& text : shapes_) shapes.push_back(tune::parse_shape(text));
   if (!shapes_file_.empty()) {
-    for (const tune::Shape& shape : tune::read_shapes_file(shapes_file_)) shapes.push_back(shape);
+    try {
+      for (const tune::Shape& shape : tune::read_shapes_file(shapes_file_)) {
+        shapes.push_back(shape);
+      }
+    } catch (const std::invalid_argument& error) {
+      throw std::invalid_argument(fmt::format("--shapes: {}", error.what()));
+    }
   }
   if (shapes.empty() && !stale_) {
     throw std::invalid_argument("nothing to tune: give --preset, --shape, --shapes or --stale");

@@ -13,13 +13,23 @@ thread_local std::string last_error;
 // What the last sigattn_explain_forward* on this thread found; its strings back sigattn_dispatch.
 thread_local sigattn::Dispatch last_explained;
 
+// The value a C enum field holds, read as its bytes: a caller may store any int there, and C++
+// must not load a value outside the enumerators as the enum type. Validation rejects it later.
+template <class CEnum>
+int raw_value(const CEnum& field) {
+  static_assert(sizeof(CEnum) == sizeof(int), "C enums of the ABI are int-sized");
+  int value = 0;
+  std::memcpy(&value, &field, sizeof(value));
+  return value;
+}
+
 sigattn::TensorRef to_tensor(const sigattn_tensor& tensor) {
   return {tensor.data, tensor.batch_stride, tensor.seq_stride, tensor.head_stride};
 }
 
 sigattn::ForwardArgs to_forward_args(const sigattn_forward_args& c) {
   sigattn::ForwardArgs args;
-  args.dtype = static_cast<sigattn::DType>(c.dtype);
+  args.dtype = static_cast<sigattn::DType>(raw_value(c.dtype));
   args.batch = c.batch;
   args.heads_q = c.heads_q;
   args.heads_kv = c.heads_kv;
@@ -41,7 +51,7 @@ sigattn::ForwardArgs to_forward_args(const sigattn_forward_args& c) {
   args.window_right = c.window_right;
   if (c.has_scale != 0) args.scale = c.scale;
   if (c.has_bias != 0) args.bias = c.bias;
-  args.sigmoid = static_cast<sigattn::SigmoidMode>(c.sigmoid);
+  args.sigmoid = static_cast<sigattn::SigmoidMode>(raw_value(c.sigmoid));
   args.trust_lengths = c.trust_lengths != 0;
   return args;
 }

@@ -1,6 +1,7 @@
 // NVRTC compilation straight to CUBIN: the generated program plus every embedded template as an
 // in-memory header, the kernel asked for by name expression, the log read before the result is
-// checked, and the ptxas report (registers, stack, spills) parsed from that log.
+// checked, and the ptxas report (registers, stack, spills) parsed from that log (by hand: GCC 12's
+// <regex> trips -Wmaybe-uninitialized in sanitizer builds).
 #include "runtime/compiler.hpp"
 
 #include <fmt/format.h>
@@ -8,9 +9,12 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <chrono>
-#include <regex>
+#include <optional>
 #include <sstream>
+#include <string_view>
+#include <utility>
 
 #include "generator/template_store.hpp"
 #include "runtime/errors.hpp"
@@ -50,35 +54,73 @@ struct CompileRequest {
   std::string arch;
 };
 
+// The integer that `text` starts with after optional blanks, and the rest; nullopt without one.
+std::optional<std::pair<int, std::string_view>> leading_int(std::string_view text) {
+  text.remove_prefix(std::min(text.find_first_not_of(" \t"), text.size()));
+  int value = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (error != std::errc()) return std::nullopt;
+  return std::pair{value, text.substr(static_cast<std::size_t>(end - text.data()))};
+}
+
+// The text of `line` after `marker`, up to the first of `stops`; nullopt when there is no marker.
+std::optional<std::string> after(std::string_view line, std::string_view marker,
+                                 std::string_view stops) {
+  const std::size_t at = line.find(marker);
+  if (at == std::string_view::npos) return std::nullopt;
+  const std::string_view rest = line.substr(at + marker.size());
+  return std::string(rest.substr(0, rest.find_first_of(stops)));
+}
+
+// "N bytes stack frame, N bytes spill stores, N bytes spill loads", anywhere in the line, as its
+// three numbers.
+std::optional<std::array<int, 3>> frame_line(std::string_view line) {
+  const std::size_t unit = line.find(" bytes stack frame");
+  if (unit == std::string_view::npos) return std::nullopt;
+  const std::size_t digits = line.find_last_not_of("0123456789", unit - 1);
+  line.remove_prefix(digits == std::string_view::npos ? 0 : digits + 1);
+  std::array<int, 3> values{};
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    static constexpr std::array<std::string_view, 3> kUnits = {
+        " bytes stack frame", " bytes spill stores", " bytes spill loads"};
+    const auto number = leading_int(line);
+    if (!number || !number->second.starts_with(kUnits[i])) return std::nullopt;
+    values[i] = number->first;
+    line = number->second.substr(kUnits[i].size());
+    if (i + 1 < values.size()) {
+      if (!line.starts_with(",")) return std::nullopt;
+      line.remove_prefix(1);
+    }
+  }
+  return values;
+}
+
 // The ptxas report of one entry function, e.g.
 //   ptxas info    : Compiling entry function '_Z3fooPf' for 'sm_80'
 //   ptxas info    : Function properties for _Z3fooPf
 //       0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
 //   ptxas info    : Used 10 registers, used 0 barriers, 360 bytes cmem[0]
 void parse_ptxas_report(const std::string& log, CompiledKernel& kernel) {
-  static const std::regex entry(R"(Compiling entry function '([^']+)')");
-  static const std::regex properties(R"(Function properties for (\S+))");
-  static const std::regex frame(
-      R"((\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads)");
-  static const std::regex registers(R"(Used (\d+) registers)");
   std::istringstream lines(log);
   std::string line;
   std::string compiling;  // the entry function the "Used N registers" lines belong to
   std::string described;  // the function the next stack-frame line belongs to
-  std::smatch match;
   while (std::getline(lines, line)) {
-    if (std::regex_search(line, match, entry)) {
-      compiling = match[1];
-    } else if (std::regex_search(line, match, properties)) {
-      described = match[1];
-    } else if (std::regex_search(line, match, frame)) {
+    if (auto entry = after(line, "Compiling entry function '", "'")) {
+      compiling = std::move(*entry);
+    } else if (auto function = after(line, "Function properties for ", " \t\r")) {
+      described = std::move(*function);
+    } else if (const auto frame = frame_line(line)) {
       if (described == kernel.lowered_name) {
-        kernel.stack_frame_bytes = std::stoi(match[1]);
-        kernel.spill_store_bytes = std::stoi(match[2]);
-        kernel.spill_load_bytes = std::stoi(match[3]);
+        kernel.stack_frame_bytes = (*frame)[0];
+        kernel.spill_store_bytes = (*frame)[1];
+        kernel.spill_load_bytes = (*frame)[2];
       }
-    } else if (std::regex_search(line, match, registers)) {
-      if (compiling == kernel.lowered_name) kernel.registers = std::stoi(match[1]);
+    } else if (const auto used = after(line, "Used ", "\n")) {
+      const auto count = leading_int(*used);
+      if (count && count->second.starts_with(" registers") && compiling == kernel.lowered_name) {
+        kernel.registers = count->first;
+      }
     }
   }
 }

@@ -1,6 +1,7 @@
 // Opening the user database on first use (honouring SIGATTN_CACHE, SIGATTN_DB and
-// set_database_path), binary lookups and stores for the module cache, and the tile lookup chain
-// for the forward call. Errors from the database become warnings here.
+// set_database_path; read-only where this process cannot write it), binary lookups and stores for
+// the module cache, and the tile lookup chain for the forward call. Errors from the database
+// become warnings here.
 #include "runtime/persistent_cache.hpp"
 
 #include <fmt/format.h>
@@ -71,7 +72,9 @@ cache::Database* PersistentCache::database() {
   try {
     const std::filesystem::path path =
         path_override_ ? *path_override_ : cache::user_database_path();
-    database_ = std::make_unique<cache::Database>(path, cache::OpenMode::read_write);
+    // A database this process may not write (a prebuilt cache on a read-only filesystem) still
+    // serves its kernels and tuning results; it only records nothing.
+    database_ = std::make_unique<cache::Database>(path, cache::usable_mode(path));
     binaries_ = std::make_unique<cache::BinaryStore>(*database_, cache::kDefaultBinaryBytes,
                                                      [this](const std::string& m) { warn(m); });
   } catch (const std::exception& error) {
@@ -133,7 +136,7 @@ void PersistentCache::store_binary(const gen::GeneratedKernel& kernel,
   binary.stack_frame_bytes = compiled.stack_frame_bytes;
   binary.compile_ms = compiled.compile_ms;
   std::lock_guard lock(mutex_);
-  if (database() == nullptr) return;
+  if (database() == nullptr || database_->read_only()) return;
   try {
     binaries_->put(binary);
   } catch (const std::exception& error) {

@@ -1,7 +1,9 @@
 // The process's view of the on-disk cache: the user database (compiled kernels and tuning
 // results) and the shipped tuning data. Opened on first use; any failure to open, read or write
 // it is a warning (runtime/log, once per message) and the call goes on without it, so the disk
-// cache can only make a call faster, never make it fail. SIGATTN_CACHE=off turns it off.
+// cache can only make a call faster, never make it fail. A database this process cannot write is
+// read only: it serves binaries and tuning results, and new kernels are kept in memory.
+// SIGATTN_CACHE=off turns it off.
 #pragma once
 
 #include <filesystem>
@@ -40,6 +42,7 @@ class PersistentCache {
   // The stored binary of this kernel, if the user database has an intact one.
   std::optional<CompiledKernel> find_binary(const gen::GeneratedKernel& kernel,
                                             const std::string& arch);
+  // Nothing is stored when the database is read-only.
   void store_binary(const gen::GeneratedKernel& kernel, const CompiledKernel& compiled);
 
   // The tile for one call through the lookup chain (user database, shipped data, nearest

@@ -67,15 +67,27 @@ void check_does_not_overlap(std::string_view name, const TensorRef& out, int bat
   std::sort(dims.begin(), dims.end(), [](const Dim& a, const Dim& b) {
     return a.stride != b.stride ? a.stride < b.stride : a.extent < b.extent;
   });
-  for (std::size_t i = 1; i < dims.size(); ++i) {
-    const Dim& inner = dims[i - 1];
-    const Dim& outer = dims[i];
-    if (outer.stride < inner.stride * inner.extent) {
+  // Elements spanned by a dimension: stride x extent. It must fit in 64 bits, so that the offset
+  // of every output element does too.
+  const auto span = [&](const Dim& dim) {
+    std::int64_t elements = 0;
+    if (__builtin_mul_overflow(dim.stride, dim.extent, &elements)) {
       throw_invalid(
-          fmt::format("{} strides overlap: {} = {} is smaller than the {} elements spanned by {} "
-                      "(stride {} x extent {}), so distinct outputs would share memory",
-                      name, outer.name, outer.stride, inner.stride * inner.extent, inner.name,
-                      inner.stride, inner.extent));
+          fmt::format("{} strides span more than 2^63 elements: {} = {} over an extent of {}", name,
+                      dim.name, dim.stride, dim.extent));
+    }
+    return elements;
+  };
+  for (std::size_t i = 0; i < dims.size(); ++i) {
+    const std::int64_t inner_span = span(dims[i]);
+    if (i + 1 == dims.size()) break;
+    const Dim& inner = dims[i];
+    const Dim& outer = dims[i + 1];
+    if (outer.stride < inner_span) {
+      throw_invalid(fmt::format(
+          "{} strides overlap: {} = {} is smaller than the {} elements spanned by {} "
+          "(stride {} x extent {}), so distinct outputs would share memory",
+          name, outer.name, outer.stride, inner_span, inner.name, inner.stride, inner.extent));
     }
   }
 }

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The test command: installs the dependencies, configures build/ (or $BUILD_DIR) afresh with
 # Ninja, builds, runs the CPU tests and the GPU tests (which skip themselves where there is
-# no GPU), installs the Python package (python/) into a virtual environment and runs its tests,
-# runs the benchmark report's tests, and checks that the C++ sources are clang-formatted.
+# no GPU), builds the host code again with ASan and UBSan in build-sanitize/ (or
+# $SANITIZE_BUILD_DIR) and runs the CPU tests there, installs the Python package (python/) into a
+# virtual environment and runs its tests, runs the benchmark report's tests, and checks that the
+# C++ sources are clang-formatted.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,6 +18,17 @@ cmake --build "$build_dir"
 cd "$build_dir"
 ctest -L cpu --output-on-failure -j2
 ctest -L gpu --output-on-failure
+
+# The CPU tests again under ASan and UBSan, where any finding fails its test (randomized inputs
+# included). Only what they run is built. Left out: the two tests that compile every kernel
+# template with NVRTC (minutes each); NVRTC is not instrumented, so there they would only repeat
+# the run above.
+sanitize_dir=${SANITIZE_BUILD_DIR:-$repo/build-sanitize}
+cmake --fresh -S "$repo" -B "$sanitize_dir" -G Ninja -DSIGATTN_SANITIZE=ON
+cmake --build "$sanitize_dir" --target sigattn sigattn_cpu_tests
+(cd "$sanitize_dir" &&
+  ctest -L cpu --output-on-failure -j2 \
+    -E '^KernelCompile\.(RepresentativeVariantsCompileForSm80AndSm90a|Sm90VariantsCompileWithoutSpillsOrSerializedWgmma)$')
 
 # The Python package as a user gets it: `pip install ./python` (which builds its own copy of the
 # library) into a virtual environment that sees Debian's python3-torch, then its tests, run from

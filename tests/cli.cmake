@@ -69,6 +69,8 @@ set(cli_summary_ok "compiled [0-9]+, from cache [0-9]+, failed 0$")
 
 cli_test(version EXIT 0 ARGS --version STDOUT "^${cli_version_regex}$")
 cli_test(no_command_is_usage_error EXIT 2 STDERR "subcommand")
+cli_test(unknown_command_is_named EXIT 2 ARGS frobnicate
+         STDERR "unknown command 'frobnicate' \\(commands: doctor, gen, compile, db, tune\\)")
 cli_test(doctor EXIT 0 ARGS doctor STDOUT "^sigattn ${cli_version_regex}.*NVRTC: (loaded|not available)")
 cli_test(doctor_json EXIT 0 ARGS doctor --json JSON OBJECT)
 
@@ -76,6 +78,18 @@ cli_test(gen_default_tile EXIT 0 ARGS gen fwd.bf16.d128.dense.causal.nosmod.fast
          STDOUT "fwd_sm90_kernel")
 cli_test(gen_explicit_tile EXIT 0 ARGS gen --arch sm_80 ${cli_spec}/sm80.m64n64w4s2
          STDOUT "fwd_sm80_kernel")
+# The example `gen --help` gives, with its tile, works on every architecture.
+set(cli_gen_example fwd.bf16.d128.dense.causal.nosmod.fast.anylen/sm80.m64n64w4s2)
+cli_test(gen_help_example EXIT 0 ARGS gen --help
+         STDOUT "fwd\\.bf16\\.d128\\.dense\\.causal\\.nosmod\\.fast\\.anylen\\[/sm80\\.m64n64w4s2\\]")
+foreach(arch sm_80 sm_86 sm_87 sm_89 sm_90 sm_90a)
+  cli_test(gen_help_example_${arch} EXIT 0 ARGS gen --arch ${arch} ${cli_gen_example}
+           STDOUT "// tile: given$")
+endforeach()
+# A long bad variant is quoted once, in the parser's message.
+string(REPEAT "x" 3000 cli_long_variant)
+cli_test(gen_long_variant_quoted_once EXIT 2 ARGS gen ${cli_long_variant}
+         STDERR "^sigattn: invalid variant: bad spec 'x+' in variant: expected [^']*$")
 cli_test(gen_bad_dtype EXIT 2 ARGS gen fwd.bf17.d128.dense.causal.nosmod.fast.anylen
          STDERR "dtype")
 cli_test(gen_bad_head_dim EXIT 2 ARGS gen fwd.bf16.d100.dense.causal.nosmod.fast.anylen
@@ -135,6 +149,10 @@ cli_test(db_import_unknown_field EXIT 2
 cli_test(db_verify_not_a_database EXIT 1
          ARGS --db ${cli_tuning}/not_a_database.db db verify STDOUT "problem: .*1 problem$")
 cli_test(db_export_missing EXIT 2 ARGS --db ${cli_db_dir}/missing.db db export STDERR "no database")
+cli_test(db_merge_missing EXIT 2 ARGS --db ${cli_db_dir}/merged.db db merge ${cli_db_dir}/missing.db
+         STDERR "db merge: no database at .*missing.db" ABSENT ${cli_db_dir}/merged.db)
+cli_test(db_import_directory EXIT 2 ARGS --db ${cli_db_dir}/rejected.db db import ${cli_tuning}
+         STDERR "db import: cannot read the tuning file .*: it is a directory")
 
 # `sigattn tune`: bad input fails with a message and exit 2 before the database is created. Without
 # a GPU (as in CI) it compiles the candidates for --arch into the binary cache and exits 0 saying
@@ -153,6 +171,16 @@ cli_test(tune_missing_shape_file EXIT 2 ARGS tune --shapes ${cli_db_dir}/none.js
 cli_test(tune_malformed_shape_file EXIT 2
          ARGS tune --shapes ${CMAKE_CURRENT_SOURCE_DIR}/data/tuning/unknown_field.json
          --db ${cli_tune_db} STDERR "shape file .*shapes.* array" ABSENT ${cli_tune_db})
+cli_test(tune_shape_file_is_a_directory EXIT 2 ARGS tune --shapes ${cli_tuning} --db ${cli_tune_db}
+         STDERR "--shapes: cannot read the shape file .*: it is a directory" ABSENT ${cli_tune_db})
+cli_test(tune_shape_too_large_to_count EXIT 2 ARGS tune --shape fwd.bf16.d128.L16777216.b65535.h65535
+         --db ${cli_tune_db} STDERR "more than 2\\^63 bytes" ABSENT ${cli_tune_db})
+cli_test(tune_shape_with_zero_batch EXIT 2 ARGS tune --shape fwd.bf16.d128.L4096.b0
+         --db ${cli_tune_db} STDERR "batch 0 must be at least 1" ABSENT ${cli_tune_db})
+cli_test(tune_nan_timeout EXIT 2 ARGS tune --shape fwd.bf16.d64.L1024 --timeout nan
+         --db ${cli_tune_db} STDERR "--timeout: 'nan' is not a finite number" ABSENT ${cli_tune_db})
+cli_test(tune_negative_nan_timeout EXIT 2 ARGS tune --shape fwd.bf16.d64.L1024 --timeout -nan
+         --db ${cli_tune_db} STDERR "not a finite number" ABSENT ${cli_tune_db})
 cli_test(tune_unknown_strategy EXIT 2 ARGS tune --shape fwd.bf16.d64.L1024 --strategy fastest
          --db ${cli_tune_db} STDERR "unknown strategy 'fastest'" ABSENT ${cli_tune_db})
 cli_test(tune_bad_shard EXIT 2 ARGS tune --shape fwd.bf16.d64.L1024 --shard 2/2
@@ -162,10 +190,23 @@ cli_test(tune_bad_device_list EXIT 2 ARGS tune --shape fwd.bf16.d64.L1024 --devi
 cli_test(tune_device_that_does_not_exist EXIT 2 ARGS tune --shape fwd.bf16.d64.L1024 --devices 7
          --db ${cli_tune_db} STDERR "--devices 7: (there is no CUDA device|device 7 does not exist)"
          ABSENT ${cli_tune_db})
+set(cli_tune_compile_db ${cli_db_dir}/tune_compile.db)
+add_test(NAME cli_tune_compile_reset COMMAND ${CMAKE_COMMAND} -E rm -f ${cli_tune_compile_db}
+                                             ${cli_tune_compile_db}-wal ${cli_tune_compile_db}-shm)
+set_tests_properties(cli_tune_compile_reset PROPERTIES LABELS cpu FIXTURES_SETUP cli_tune_cold)
 cli_test(tune_without_gpu_compiles EXIT 0
-         ARGS tune --shape fwd.fp16.d64.L1000.b2.h2 --arch sm_80 --db ${cli_db_dir}/tune_compile.db
-         STDOUT "no GPU to tune on .*Compiled [1-9][0-9]* candidate kernels of 1 problems for sm_80|1 problems, 1 with a winner"
+         ARGS tune --shape fwd.fp16.d64.L1000.b2.h2 --arch sm_80 --db ${cli_tune_compile_db}
+         STDOUT "no GPU to tune on .*compiled [1-9][0-9]* into the binary cache .*, found 0 there already, 0 failed|1 problems, 1 with a winner"
          TIMEOUT 900)
+set_tests_properties(cli_tune_without_gpu_compiles PROPERTIES FIXTURES_REQUIRED cli_tune_cold
+                                                              FIXTURES_SETUP cli_tune_warm)
+# The second run finds every kernel in the cache and says so.
+cli_test(tune_without_gpu_second_run_compiles_nothing EXIT 0
+         ARGS tune --shape fwd.fp16.d64.L1000.b2.h2 --arch sm_80 --db ${cli_tune_compile_db}
+         STDOUT "no GPU to tune on .*compiled 0 into the binary cache .*, found [1-9][0-9]* there already, 0 failed|1 problems, 1 with a winner"
+         TIMEOUT 900)
+set_tests_properties(cli_tune_without_gpu_second_run_compiles_nothing PROPERTIES
+                     FIXTURES_REQUIRED cli_tune_warm)
 
 # Stale tuning results (measured on kernel sources that have changed since; the fixture's hash is
 # no kernel's): db show and doctor count them, db prune --tuning removes them, tune --stale

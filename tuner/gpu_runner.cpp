@@ -22,10 +22,9 @@ namespace {
 
 using cache::CandidateStatus;
 
-// Warm-up before timing: at least this many runs and this long.
-constexpr int kWarmupRuns = 3;
-constexpr double kWarmupMs = 25.0;
-constexpr int kMaxWarmupRuns = 200;
+// Warm-up runs stop at this count even if warmed_up() never holds (kernels of a few
+// microseconds, whose event timings jitter by more than kSteadyChange).
+constexpr int kMaxWarmupRuns = 20000;
 // Input sets rotated between repetitions: enough to exceed the L2 cache several times over, and
 // within a share of device memory.
 constexpr int kMinInputSets = 2;
@@ -287,14 +286,14 @@ CompileInfo GpuRunner::compile(const gen::Variant& variant) {
 
 Timing GpuRunner::time(const gen::TileConfig& tile, int repetitions) {
   const std::size_t sets = sets_.size();
-  double warm_ms = 0.0;
-  for (int i = 0; i < kMaxWarmupRuns && (i < kWarmupRuns || warm_ms < kWarmupMs); ++i) {
+  std::vector<double> warmup_ms;
+  for (int i = 0; i < kMaxWarmupRuns && !warmed_up(warmup_ms); ++i) {
     Event start, stop;
     start.record();
     run(tile, sets_[i % sets]);
     stop.record();
     stop.synchronize();
-    warm_ms += stop.ms_since(start);
+    warmup_ms.push_back(stop.ms_since(start));
   }
   std::vector<Event> starts(repetitions), stops(repetitions);
   for (int i = 0; i < repetitions; ++i) {

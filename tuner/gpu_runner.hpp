@@ -1,7 +1,8 @@
 // The candidate runner of the tuning worker on a real GPU: random-normal inputs in several sets
 // (rotated between repetitions), a reference per task, each candidate verified once before it is
-// timed, and timing with CUDA events around each launch after a warm-up, with a buffer larger than
-// the L2 cache written before every repetition.
+// timed, and timing with CUDA events around each launch after a warm-up that lasts until the runs
+// stop getting faster (warmed_up), with a buffer larger than the L2 cache written before every
+// repetition.
 #pragma once
 
 #include <memory>

@@ -29,6 +29,22 @@ struct Timing {
 // Summarizes raw per-repetition times (at least one).
 Timing summarize(std::vector<double> times_ms);
 
+// The winner's speedup over the heuristic default (heuristic median / best median) when the gap
+// between the medians exceeds the spread of both timings; nullopt when it does not, since the same
+// kernel then times as differently from one run to the next as the two differ.
+std::optional<double> significant_speedup(const Timing& heuristic, const Timing& best);
+
+// Whether a candidate is warm after the warm-up runs so far (their times in order). Compiling a
+// candidate leaves the GPU idle, and an idle GPU lowers its clocks: warm-up goes on until the runs
+// stop getting faster, that is when the median of the last kSteadyWindow runs is within
+// kSteadyChange of the median of the kSteadyWindow before (and at least kMinWarmupMs have run), or
+// until kMaxWarmupMs have run whatever the runs say.
+inline constexpr int kSteadyWindow = 5;
+inline constexpr double kSteadyChange = 0.02;
+inline constexpr double kMinWarmupMs = 25.0;
+inline constexpr double kMaxWarmupMs = 1000.0;
+bool warmed_up(const std::vector<double>& run_ms);
+
 // What ptxas reported for the candidate's kernel.
 struct CompileInfo {
   int registers = 0;

@@ -8,13 +8,13 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
 #include <sigattn/sigattn.hpp>
 #include <stdexcept>
 
+#include "cache/json_file.hpp"
 #include "generator/template_store.hpp"
 #include "runtime/backward.hpp"
 #include "runtime/forward.hpp"
@@ -34,6 +34,17 @@ int parse_int(std::string_view text, std::string_view field, std::string_view wh
   if (text.empty() || error != std::errc() || end != text.data() + text.size()) {
     throw std::invalid_argument(
         fmt::format("shape '{}': {} '{}' is not a decimal integer", whole, field, text));
+  }
+  return value;
+}
+
+// A batch or head count given explicitly: 0 would silently mean "the default", so it is refused.
+int parse_count(std::string_view text, std::string_view field, std::string_view whole) {
+  const int value = parse_int(text, field, whole);
+  if (value < 1) {
+    throw std::invalid_argument(
+        fmt::format("shape '{}': {} {} must be at least 1 (leave the field out for the default)",
+                    whole, field, value));
   }
   return value;
 }
@@ -114,15 +125,18 @@ Shape resolved(Shape shape) {
   return shape;
 }
 
-std::int64_t tensor_bytes(const Shape& shape) {
-  const std::int64_t q_elements =
-      std::int64_t{shape.batch} * shape.seqlen * shape.heads_q * shape.head_dim;
-  const std::int64_t kv_elements =
-      std::int64_t{shape.batch} * shape.seqlen * shape.heads_kv * shape.head_dim;
-  // Forward: q, k, v, out. Backward: those, dO, dQ, dK, dV.
-  const std::int64_t elements = shape.pass == Pass::forward ? 2 * q_elements + 2 * kv_elements
-                                                            : 4 * q_elements + 4 * kv_elements;
-  return elements * 2;
+std::optional<std::int64_t> tensor_bytes(const Shape& shape) {
+  // Forward: q, k, v, out. Backward: those, dO, dQ, dK, dV. Two bytes an element.
+  const std::int64_t copies = shape.pass == Pass::forward ? 2 : 4;
+  std::int64_t bytes = 0;
+  for (const int heads : {shape.heads_q, shape.heads_kv}) {
+    std::int64_t product = 2 * copies;
+    for (const int factor : {shape.batch, shape.seqlen, heads, shape.head_dim}) {
+      if (__builtin_mul_overflow(product, std::int64_t{factor}, &product)) return std::nullopt;
+    }
+    if (__builtin_add_overflow(bytes, product, &bytes)) return std::nullopt;
+  }
+  return bytes;
 }
 
 void validate(const Shape& shape) {
@@ -149,9 +163,14 @@ void validate(const Shape& shape) {
     fail(fmt::format("heads_q {} must be a positive multiple of heads_kv {}", shape.heads_q,
                      shape.heads_kv));
   }
-  if (tensor_bytes(shape) > kMaxShapeBytes) {
-    fail(fmt::format("its tensors take {} bytes, more than the {} a tuning shape may use",
-                     tensor_bytes(shape), kMaxShapeBytes));
+  if (const std::optional<std::int64_t> bytes = tensor_bytes(shape); !bytes) {
+    fail(
+        fmt::format("its tensors take more than 2^63 bytes, more than the {} a tuning shape may "
+                    "use",
+                    kMaxShapeBytes));
+  } else if (*bytes > kMaxShapeBytes) {
+    fail(fmt::format("its tensors take {} bytes, more than the {} a tuning shape may use", *bytes,
+                     kMaxShapeBytes));
   }
   spec_for(shape, shape.pass == Pass::forward ? gen::Direction::forward : gen::Direction::dkdv);
 }
@@ -208,15 +227,15 @@ Shape parse_shape(std::string_view text) {
     } else if (part.starts_with("pad")) {
       shape.padding_percent = parse_int(part.substr(3), "padding", text);
     } else if (part.starts_with("b")) {
-      shape.batch = parse_int(part.substr(1), "batch", text);
+      shape.batch = parse_count(part.substr(1), "batch", text);
     } else if (part.starts_with("h")) {
       const std::vector<std::string_view> heads = split(part.substr(1), 'x');
       if (heads.size() > 2) {
         throw std::invalid_argument(
             fmt::format("shape '{}': heads '{}' must read hHEADS or hHEADSxKV", text, part));
       }
-      shape.heads_q = parse_int(heads[0], "heads", text);
-      if (heads.size() == 2) shape.heads_kv = parse_int(heads[1], "kv heads", text);
+      shape.heads_q = parse_count(heads[0], "heads", text);
+      if (heads.size() == 2) shape.heads_kv = parse_count(heads[1], "kv heads", text);
     } else {
       throw std::invalid_argument(fmt::format(
           "shape '{}': unknown field '{}' (expected padP, bBATCH, hHEADS[xKV], causal or "
@@ -263,15 +282,20 @@ std::vector<Shape> parse_shapes_json(const nlohmann::json& document) {
       }
       return value.get<std::string>();
     };
-    const auto int_field = [&](const char* field, int fallback) {
+    // A field left out takes `fallback` (when it is not negative); a given value must be at least
+    // `lowest`.
+    const auto int_field = [&](const char* field, int fallback, int lowest) {
       if (!entry.contains(field) && fallback >= 0) return fallback;
       const nlohmann::json& value = require(field);
       if (!value.is_number_integer()) {
         throw std::invalid_argument(fmt::format("{}.{}: must be an integer", where, field));
       }
-      const std::int64_t number = value.get<std::int64_t>();
-      if (number < 0 || number > kMaxSeqLen) {
-        throw std::invalid_argument(fmt::format("{}.{}: {} is out of range", where, field, number));
+      const bool too_large =
+          value.is_number_unsigned() && value.get<std::uint64_t>() > std::uint64_t{kMaxSeqLen};
+      const std::int64_t number = too_large ? kMaxSeqLen + 1 : value.get<std::int64_t>();
+      if (number < lowest || number > kMaxSeqLen) {
+        throw std::invalid_argument(fmt::format("{}.{}: {} is out of range [{}, {}]", where, field,
+                                                value.dump(), lowest, kMaxSeqLen));
       }
       return static_cast<int>(number);
     };
@@ -283,12 +307,13 @@ std::vector<Shape> parse_shapes_json(const nlohmann::json& document) {
     }
     shape.pass = pass == "forward" ? Pass::forward : Pass::backward;
     shape.dtype = parse_dtype(text_field("dtype"), where + ".dtype");
-    shape.head_dim = int_field("head_dim", -1);
-    shape.seqlen = int_field("seqlen", -1);
-    shape.padding_percent = int_field("padding_percent", 0);
-    shape.batch = int_field("batch", 0);
-    shape.heads_q = int_field("heads_q", 0);
-    shape.heads_kv = int_field("heads_kv", 0);
+    shape.head_dim = int_field("head_dim", -1, 0);
+    shape.seqlen = int_field("seqlen", -1, 0);
+    shape.padding_percent = int_field("padding_percent", 0, 0);
+    // 0 means "the default" inside a Shape; in a file the default is asked for by leaving it out.
+    shape.batch = int_field("batch", 0, 1);
+    shape.heads_q = int_field("heads_q", 0, 1);
+    shape.heads_kv = int_field("heads_kv", 0, 1);
     if (entry.contains("causal")) {
       if (!entry["causal"].is_boolean()) {
         throw std::invalid_argument(where + ".causal: must be true or false");
@@ -316,15 +341,7 @@ std::vector<Shape> parse_shapes_json(const nlohmann::json& document) {
 }
 
 std::vector<Shape> read_shapes_file(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) throw std::invalid_argument(fmt::format("cannot read the shape file {}", path.string()));
-  nlohmann::json document;
-  try {
-    document = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& error) {
-    throw std::invalid_argument(
-        fmt::format("shape file {} is not valid JSON: {}", path.string(), error.what()));
-  }
+  const nlohmann::json document = cache::read_strict_json_file(path, "shape file");
   try {
     return parse_shapes_json(document);
   } catch (const std::invalid_argument& error) {

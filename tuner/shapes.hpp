@@ -50,8 +50,9 @@ Shape resolved(Shape shape);
 // too large for the kernels, or more than kMaxShapeBytes of tensors.
 void validate(const Shape& shape);
 
-// Bytes of one copy of the inputs and outputs a shape's call touches.
-std::int64_t tensor_bytes(const Shape& shape);
+// Bytes of one copy of the inputs and outputs a shape's call touches; nullopt when the count does
+// not fit in 64 bits.
+std::optional<std::int64_t> tensor_bytes(const Shape& shape);
 inline constexpr std::int64_t kMaxShapeBytes = std::int64_t{16} << 30;
 
 // "fwd.bf16.d128.L4096.pad25.b4.h16x16.causal.accurate": pass, dtype, head dim and length are

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <ctime>
 #include <exception>
+#include <numeric>
 #include <random>
 #include <sigattn/sigattn.hpp>
 #include <stdexcept>
@@ -184,7 +185,7 @@ class ProblemRun {
     for (const gen::TileConfig& tile : finalists) measure(tile, 2 * options_.repetitions, false);
     const std::vector<CandidateRecord> retimed = usable_sorted(finalists);
     if (known(heuristic) && usable(record(heuristic))) {
-      outcome_.heuristic_ms = record(heuristic).measurement.timing->median_ms;
+      outcome_.heuristic = record(heuristic).measurement.timing;
     }
     if (retimed.empty()) {
       outcome_.error = "no candidate passed verification and timing";
@@ -260,6 +261,27 @@ Timing summarize(std::vector<double> times_ms) {
   const double median =
       n % 2 == 1 ? times_ms[n / 2] : 0.5 * (times_ms[n / 2 - 1] + times_ms[n / 2]);
   return {static_cast<int>(n), median, times_ms.front(), times_ms.back()};
+}
+
+std::optional<double> significant_speedup(const Timing& heuristic, const Timing& best) {
+  const double noise = std::max(heuristic.max_ms - heuristic.min_ms, best.max_ms - best.min_ms);
+  if (best.median_ms <= 0.0 || std::abs(heuristic.median_ms - best.median_ms) <= noise) {
+    return std::nullopt;
+  }
+  return heuristic.median_ms / best.median_ms;
+}
+
+bool warmed_up(const std::vector<double>& run_ms) {
+  const double total = std::accumulate(run_ms.begin(), run_ms.end(), 0.0);
+  if (total >= kMaxWarmupMs) return true;
+  if (total < kMinWarmupMs || run_ms.size() < 2 * kSteadyWindow) return false;
+  const auto window_median = [&](std::size_t end) {
+    const auto stop = run_ms.end() - static_cast<std::ptrdiff_t>(end);
+    return summarize(std::vector<double>(stop - kSteadyWindow, stop)).median_ms;
+  };
+  const double last = window_median(0);
+  const double before = window_median(kSteadyWindow);
+  return std::abs(last - before) <= kSteadyChange * before;
 }
 
 std::string_view to_string(Strategy strategy) {

@@ -78,8 +78,8 @@ struct ProblemOutcome {
   Task task;
   cache::DeviceKey device;
   std::optional<gen::TileConfig> winner;
-  std::optional<Timing> best;          // the winner's re-timed measurement
-  std::optional<double> heuristic_ms;  // the heuristic default's, re-timed beside the finalists
+  std::optional<Timing> best;       // the winner's re-timed measurement
+  std::optional<Timing> heuristic;  // the heuristic default's, re-timed beside the finalists
   gen::TileConfig heuristic_tile;
   int candidates = 0;  // allowed by the constraints
   int measured = 0;    // measurements made in this run (finalist re-timing included)

@@ -29,6 +29,9 @@ const std::int32_t* fake_lengths(std::uintptr_t address) {
   return reinterpret_cast<const std::int32_t*>(address);
 }
 
+// The largest stride that is a multiple of 8 elements: any extent above 1 overflows its span.
+constexpr std::int64_t kHugeStride = std::numeric_limits<std::int64_t>::max() - 7;
+
 constexpr int kBatch = 2, kHeadsQ = 4, kHeadsKv = 2, kHeadDim = 64, kSeqQ = 100, kSeqK = 130;
 
 // A valid dense BTHD call with GQA.
@@ -107,6 +110,12 @@ const std::vector<RejectCase>& reject_cases() {
        Status::invalid_argument, "out strides overlap: out.head_stride = 32"},
       {"out batches overlap", [](ForwardArgs& a) { a.out.batch_stride = 8; },
        Status::invalid_argument, "out strides overlap"},
+      {"out span overflows in the outermost dimension",
+       [](ForwardArgs& a) { a.out.seq_stride = kHugeStride; }, Status::invalid_argument,
+       "out strides span more than 2^63 elements: out.seq_stride"},
+      {"out span overflows in an inner dimension",
+       [](ForwardArgs& a) { a.out.seq_stride = a.out.batch_stride = kHugeStride; },
+       Status::invalid_argument, "out strides span more than 2^63 elements: out.batch_stride"},
       {"padded and varlen mixed",
        [](ForwardArgs& a) {
          a.seq_lens_q = fake_lengths(0x50000);
@@ -259,6 +268,14 @@ sigattn_forward_args valid_c_args() {
   return args;
 }
 
+// Stores an int that is none of a C enum's enumerators, as a C caller can, without C++ forming
+// the out-of-range enum value itself.
+template <class CEnum>
+void store_raw(CEnum& field, int value) {
+  static_assert(sizeof(CEnum) == sizeof(int));
+  std::memcpy(&field, &value, sizeof(value));
+}
+
 TEST(CApi, InitSetsDefaults) {
   sigattn_forward_args args;
   std::memset(&args, 0x5a, sizeof(args));
@@ -303,9 +320,14 @@ TEST(CApi, StatusAndMessageOfInvalidCalls) {
   EXPECT_NE(std::string(sigattn_last_error()).find("scale = -1"), std::string::npos);
 
   args = valid_c_args();
-  args.dtype = static_cast<sigattn_dtype>(3);
+  store_raw(args.dtype, 3);
   EXPECT_EQ(sigattn_forward(&args, nullptr), SIGATTN_INVALID_ARGUMENT);
   EXPECT_NE(std::string(sigattn_last_error()).find("dtype = 3"), std::string::npos);
+
+  args = valid_c_args();
+  store_raw(args.sigmoid, -4);
+  EXPECT_EQ(sigattn_forward(&args, nullptr), SIGATTN_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(sigattn_last_error()).find("sigmoid = -4"), std::string::npos);
 }
 
 TEST(CApi, LastErrorIsPerThreadAndEmptyBeforeAnyFailure) {

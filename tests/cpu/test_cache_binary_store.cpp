@@ -1,6 +1,7 @@
 // The binary store: round trips, hit/miss counters, the NVRTC version rule, invalidation on each
-// key field, integrity checks against flipped bytes, LRU eviction, pruning, and several
-// processes writing at once.
+// key field, integrity checks against flipped bytes and bytes swapped between rows, the migration
+// of schema 3 integrity hashes, reads of a read-only database that write nothing, LRU eviction,
+// pruning, and several processes writing at once.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "cache/binary_store.hpp"
+#include "generator/template_store.hpp"
 #include "temp_dir.hpp"
 
 namespace sigattn::cache {
@@ -146,6 +148,130 @@ TEST(BinaryStore, FlippedCubinByteIsDetectedAndOnlyThatRowDropped) {
   EXPECT_TRUE(store.find(other));
   EXPECT_EQ(store.summary().count, 1);
   EXPECT_TRUE(store.verify().empty());
+}
+
+// The kernel of one name in two tiles: each row's CUBIN, size and integrity hash moved to the other
+// row. Each CUBIN is intact on its own; only a hash bound to the key tells that it is not the
+// row's.
+TEST(BinaryStore, CubinSwappedBetweenRowsIsDetected) {
+  Database db = Database::in_memory();
+  BinaryStore store(db);
+  BinaryKey wide = sample_key("fwd.bf16.d64.dense.nomask.nosmod.fast.anylen/sm80.m128n64w4s2");
+  wide.tile = "sm80.m128n64w4s2";
+  const BinaryKey narrow = sample_key();
+  store.put(sample_binary(wide, 1200, 'w'));
+  store.put(sample_binary(narrow, 1000, 'n'));
+  struct Bytes {
+    std::vector<char> cubin;
+    std::int64_t size;
+    std::string integrity;
+  };
+  const auto bytes_of = [&](const BinaryKey& key) {
+    Statement row = db.prepare("SELECT cubin, size, integrity FROM binaries WHERE key = ?1");
+    row.bind(1, key.hash());
+    EXPECT_TRUE(row.step());
+    return Bytes{row.blob(0), row.integer(1), row.text(2)};
+  };
+  const auto write = [&](const BinaryKey& key, const Bytes& bytes) {
+    db.prepare("UPDATE binaries SET cubin = ?1, size = ?2, integrity = ?3 WHERE key = ?4")
+        .bind_blob(1, bytes.cubin)
+        .bind(2, bytes.size)
+        .bind(3, bytes.integrity)
+        .bind(4, key.hash())
+        .run();
+  };
+  const Bytes of_wide = bytes_of(wide);
+  const Bytes of_narrow = bytes_of(narrow);
+  write(wide, of_narrow);
+  write(narrow, of_wide);
+  const std::vector<BinaryRow> problems = store.verify();
+  ASSERT_EQ(problems.size(), 2u);
+  EXPECT_NE(problems[0].problem.find("integrity hash"), std::string::npos) << problems[0].problem;
+  EXPECT_FALSE(store.find(wide));
+  EXPECT_FALSE(store.find(narrow));
+  EXPECT_EQ(store.stats().corrupt, 2u);
+}
+
+TEST(BinaryStore, RowWhoseKeyDoesNotMatchItsColumnsIsDetected) {
+  Database db = Database::in_memory();
+  BinaryStore store(db);
+  store.put(sample_binary(sample_key()));
+  db.prepare("UPDATE binaries SET key = 'elsewhere'").run();
+  ASSERT_EQ(store.verify().size(), 1u);
+  EXPECT_NE(store.verify()[0].problem.find("key does not match"), std::string::npos);
+  EXPECT_FALSE(store.find(sample_key()));
+}
+
+// Turns the database at `path` back into what schema 3 wrote: integrity hashes over the CUBIN
+// alone (`intact` keeps them right, otherwise they are wrong), and no migration 4.
+void make_schema_3(const std::filesystem::path& path, const BinaryKey& key, bool intact) {
+  Database db(path, OpenMode::read_write);
+  const std::vector<char> cubin = sample_binary(key).cubin;
+  const std::string old_hash = gen::hash_hex(std::string_view(cubin.data(), cubin.size()));
+  db.prepare("UPDATE binaries SET integrity = ?1 WHERE key = ?2")
+      .bind(1, intact ? old_hash : std::string(old_hash.size(), '0'))
+      .bind(2, key.hash())
+      .run();
+  db.prepare("DELETE FROM schema_version WHERE version = 4").run();
+}
+
+TEST(BinaryStore, SchemaThreeIntegrityIsRehashedOnMigration) {
+  TempDir dir;
+  const std::filesystem::path path = dir / "old.db";
+  const BinaryKey good = sample_key("good");
+  const BinaryKey bad = sample_key("bad");
+  {
+    Database db(path, OpenMode::read_write);
+    BinaryStore store(db);
+    store.put(sample_binary(good));
+    store.put(sample_binary(bad));
+  }
+  make_schema_3(path, good, true);
+  make_schema_3(path, bad, false);
+  // Read-only: a migrated copy in memory, the file left at schema 3.
+  {
+    Database db(path, OpenMode::read_only);
+    BinaryStore store(db);
+    ASSERT_EQ(store.verify().size(), 1u);
+    EXPECT_EQ(store.verify()[0].variant, "bad");
+    EXPECT_TRUE(store.find(good));
+  }
+  Database db(path, OpenMode::read_write);
+  EXPECT_EQ(db.schema_version(), kSchemaVersion);
+  BinaryStore store(db);
+  ASSERT_EQ(store.verify().size(), 1u);
+  EXPECT_EQ(store.verify()[0].variant, "bad");
+  EXPECT_TRUE(store.find(good));
+  EXPECT_FALSE(store.find(bad));
+}
+
+TEST(BinaryStore, ReadOnlyDatabaseServesWithoutRecordingOrDropping) {
+  TempDir dir;
+  const std::filesystem::path path = dir / "sigattn.db";
+  const BinaryKey corrupt = sample_key("corrupt");
+  {
+    Database db(path, OpenMode::read_write);
+    BinaryStore store(db);
+    store.put(sample_binary(sample_key()));
+    store.put(sample_binary(corrupt));
+    db.prepare("UPDATE binaries SET integrity = 'wrong' WHERE key = ?1")
+        .bind(1, corrupt.hash())
+        .run();
+  }
+  {
+    Database db(path, OpenMode::read_only);
+    std::vector<std::string> warnings;
+    BinaryStore store(db, kDefaultBinaryBytes,
+                      [&warnings](const std::string& w) { warnings.push_back(w); });
+    EXPECT_TRUE(store.find(sample_key()));
+    EXPECT_FALSE(store.find(corrupt));
+    ASSERT_EQ(warnings.size(), 1u);
+    EXPECT_NE(warnings[0].find("read-only"), std::string::npos) << warnings[0];
+  }
+  Database db(path, OpenMode::read_write);
+  BinaryStore store(db);
+  EXPECT_EQ(store.summary().count, 2);
+  EXPECT_EQ(store.summary().served, 0);
 }
 
 TEST(BinaryStore, TruncatedCubinIsDetected) {

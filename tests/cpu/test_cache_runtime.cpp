@@ -1,6 +1,7 @@
 // The disk cache inside the runtime: a kernel compiled once is served from the user database
-// after the in-memory cache is cleared (without NVRTC running), SIGATTN_CACHE=off and an unsafe
-// location skip the database, with a warning for the latter, and tile lookups are kept per process.
+// after the in-memory cache is cleared (without NVRTC running), also from a database this process
+// may not write, SIGATTN_CACHE=off and an unsafe location skip the database, with a warning for
+// the latter, and tile lookups are kept per process.
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -17,6 +18,7 @@
 #include "runtime/nvrtc.hpp"
 #include "runtime/persistent_cache.hpp"
 #include "temp_dir.hpp"
+#include "unprivileged.hpp"
 
 namespace sigattn {
 namespace {
@@ -62,6 +64,38 @@ TEST_F(DiskCache, SecondProcessStartGetsTheBinaryFromDisk) {
   EXPECT_EQ(from_disk->cubin, compiled->cubin);
   EXPECT_EQ(from_disk->lowered_name, compiled->lowered_name);
   EXPECT_EQ(from_disk->registers, compiled->registers);
+}
+
+// A prebuilt cache that this process may only read (0444 in a 0555 directory, owned by another
+// user or root): its kernels are served, nothing is recorded, and a new kernel is compiled and
+// kept in memory only, without a warning.
+TEST_F(DiskCache, ReadOnlyDatabaseIsServedAndNeverWritten) {
+  TempDir dir;
+  const std::filesystem::path path = dir / "sigattn.db";
+  set_database_path(path.string());
+  const gen::GeneratedKernel kernel = small_kernel();
+  const auto compiled = ModuleCache::instance().compiled(kernel, "sm_80");
+  PersistentCache::instance().reset();
+  ModuleCache::instance().clear();
+  ::chmod(path.c_str(), 0444);
+  ::chmod(dir.path().c_str(), 0555);
+  const std::string problem = sigattn::testing::run_unprivileged([&]() -> std::string {
+    ::testing::internal::CaptureStderr();
+    const auto served = ModuleCache::instance().compiled(kernel, "sm_80");
+    const gen::GeneratedKernel other = gen::generate(
+        {gen::parse_spec("fwd.fp16.d32.dense.causal.nosmod.fast.anylen"), {64, 32, 4, 2}});
+    ModuleCache::instance().compiled(other, "sm_80");
+    const std::string warnings = ::testing::internal::GetCapturedStderr();
+    if (ModuleCache::instance().stats().disk_hits != 1) return "not served from the database";
+    if (served->cubin != compiled->cubin) return "a different CUBIN was served";
+    if (PersistentCache::instance().binary_stats().stores != 0) return "a binary was stored";
+    if (!warnings.empty()) return "warnings: " + warnings;
+    return {};
+  });
+  EXPECT_EQ(problem, "");
+  cache::Database db(path, cache::OpenMode::read_only);
+  EXPECT_EQ(cache::BinaryStore(db).summary().served, 0);
+  EXPECT_EQ(cache::BinaryStore(db).summary().count, 1);
 }
 
 TEST_F(DiskCache, OffLeavesNoFile) {

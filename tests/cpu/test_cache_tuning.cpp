@@ -2,8 +2,10 @@
 // chain level by level, and JSON import validation.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -374,6 +376,14 @@ TEST(TuningJson, ImportValidation) {
          j["candidates"].push_back(candidate);
        },
        "unknown candidate status 'crashed'"},
+      {"measured_at in words", [](auto& j) { j["results"][0]["measured_at"] = "yesterday"; },
+       "measured_at: 'yesterday' is not a UTC time"},
+      {"measured_at without a zone",
+       [](auto& j) { j["results"][0]["measured_at"] = "2025-06-01T12:00:00"; },
+       "is not a UTC time"},
+      {"measured_at on a day that does not exist",
+       [](auto& j) { j["results"][0]["measured_at"] = "2025-02-30T12:00:00Z"; },
+       "is not a UTC time"},
   };
   for (const Case& c : cases) {
     nlohmann::json document = valid_document();
@@ -381,6 +391,57 @@ TEST(TuningJson, ImportValidation) {
     const std::string error = import_error(document);
     EXPECT_NE(error.find(c.message), std::string::npos)
         << c.what << ": expected '" << c.message << "' in '" << error << "'";
+  }
+}
+
+TEST(TuningJson, DuplicateKeysHugeNumbersAndDirectoriesAreArgumentErrors) {
+  TempDir dir;
+  std::string text = valid_document().dump();
+  const std::string time_key = "\"time_ms\":";
+  text.insert(text.find(time_key), time_key + "0.001,");
+  std::ofstream(dir / "twice.json") << text;
+  const auto error_of = [](const std::filesystem::path& path) -> std::string {
+    try {
+      read_tuning_file(path);
+    } catch (const Error& error) {
+      EXPECT_EQ(error.status(), Status::invalid_argument);
+      return error.what();
+    }
+    return "accepted";
+  };
+  EXPECT_NE(error_of(dir / "twice.json").find("the key 'time_ms' appears twice"), std::string::npos)
+      << error_of(dir / "twice.json");
+  EXPECT_NE(error_of(dir.path()).find("it is a directory"), std::string::npos)
+      << error_of(dir.path());
+  std::ofstream(dir / "huge.json") << R"({"format": "sigattn-tuning", "format_version": 1e400})";
+  EXPECT_NE(error_of(dir / "huge.json").find("is not valid JSON"), std::string::npos)
+      << error_of(dir / "huge.json");
+}
+
+// data/README.md describes each shipped file with "(N results" and "every candidate tried (M)".
+TEST(TuningJson, ShippedDataReadmeCountsMatchTheFiles) {
+  const std::filesystem::path data = std::filesystem::path(SIGATTN_TEST_DATA_DIR) / "../../data";
+  std::ifstream readme_file(data / "README.md");
+  ASSERT_TRUE(readme_file) << data / "README.md";
+  const std::string readme((std::istreambuf_iterator<char>(readme_file)),
+                           std::istreambuf_iterator<char>());
+  for (const auto& entry : std::filesystem::directory_iterator(data)) {
+    if (entry.path().extension() != ".json") continue;
+    const std::string name = entry.path().filename().string();
+    const std::size_t start = readme.find("`" + name + "`:");
+    ASSERT_NE(start, std::string::npos) << name << " is not described in data/README.md";
+    const std::string text = readme.substr(start, readme.find("\n- ", start) - start);
+    const TuningDocument document = read_tuning_file(entry.path());
+    // The number that follows `before` in the description.
+    const auto count_after = [&](const std::string& before) -> std::size_t {
+      const std::size_t at = text.find(before);
+      EXPECT_NE(at, std::string::npos) << "'" << before << "' is not in: " << text;
+      return at == std::string::npos ? 0 : std::stoul(text.substr(at + before.size()));
+    };
+    const std::size_t results_at = text.rfind('(', text.find(" results"));
+    ASSERT_NE(results_at, std::string::npos) << text;
+    EXPECT_EQ(std::stoul(text.substr(results_at + 1)), document.results.size()) << name;
+    EXPECT_EQ(count_after("every candidate tried ("), document.candidates.size()) << name;
   }
 }
 

@@ -45,6 +45,12 @@ TEST(TunerShapes, StringErrorsNameTheField) {
       {"fwd.bf16.d128.L4096.b70000", "batch 70000"},
       {"fwd.bf16.d128.L4096.mask", "unknown field 'mask'"},
       {"fwd.bf16.d256.L1048576.b64.h64", "bytes"},
+      // Each field is in range, but the byte count does not fit in 64 bits.
+      {"fwd.bf16.d128.L16777216.b65535.h65535", "more than 2^63 bytes"},
+      {"bwd.bf16.d256.L16777216.b65535.h65535x65535", "more than 2^63 bytes"},
+      {"fwd.bf16.d128.L4096.b0", "batch 0 must be at least 1"},
+      {"fwd.bf16.d128.L4096.h0", "heads 0 must be at least 1"},
+      {"fwd.bf16.d128.L4096.h16x0", "kv heads 0 must be at least 1"},
   };
   for (const auto& [text, needle] : cases) {
     try {
@@ -90,6 +96,15 @@ TEST(TunerShapes, JsonFile) {
       {R"({"shapes": [{"pass": "forward", "dtype": "bf16", "head_dim": 72, "seqlen": 8,
           "heads_q": 3, "heads_kv": 2}]})",
        "shapes[0]: shape"},
+      {R"({"shapes": [{"pass": "forward", "dtype": "bf16", "head_dim": 64, "seqlen": 8,
+          "batch": 0}]})",
+       "shapes[0].batch: 0 is out of range [1, 16777216]"},
+      {R"({"shapes": [{"pass": "forward", "dtype": "bf16", "head_dim": 64, "seqlen": 8,
+          "heads_q": 18446744073709551615}]})",
+       "shapes[0].heads_q: 18446744073709551615 is out of range"},
+      {R"({"shapes": [{"pass": "forward", "dtype": "bf16", "head_dim": 64, "seqlen": 8,
+          "seqlen": 4096}]})",
+       "the key 'seqlen' appears twice"},
   };
   for (const auto& [text, needle] : bad) {
     try {
@@ -101,6 +116,21 @@ TEST(TunerShapes, JsonFile) {
     }
   }
   EXPECT_THROW(read_shapes_file(dir / "missing.json"), std::invalid_argument);
+  try {
+    read_shapes_file(dir.path());
+    ADD_FAILURE() << "a directory was read as a shape file";
+  } catch (const std::invalid_argument& error) {
+    EXPECT_NE(std::string(error.what()).find("it is a directory"), std::string::npos)
+        << error.what();
+  }
+}
+
+TEST(TunerShapes, TensorBytesDoNotOverflow) {
+  Shape shape = resolved(Shape{});
+  EXPECT_EQ(tensor_bytes(shape), std::int64_t{2} * 4 * 4 * 4096 * 16 * 128);
+  shape.seqlen = 1 << 24;
+  shape.batch = shape.heads_q = shape.heads_kv = 65535;
+  EXPECT_EQ(tensor_bytes(shape), std::nullopt);
 }
 
 TEST(TunerShapes, Presets) {

@@ -63,15 +63,18 @@ if(CMAKE_SCRIPT_MODE_FILE)
     check_header(${header} cpp ${CXX_COMPILER} -std=c++17)
   endforeach()
 
+  # A library built with sanitizers needs their runtimes linked into its consumers too.
   run_checked(COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR}/cxx_consumer -B ${WORK_DIR}/cxx_consumer
                       -G ${GENERATOR} -DCMAKE_CXX_COMPILER=${CXX_COMPILER}
-                      -DCMAKE_PREFIX_PATH=${prefix} -DSIGATTN_EXPECTED_VERSION=${VERSION})
+                      -DCMAKE_PREFIX_PATH=${prefix} -DSIGATTN_EXPECTED_VERSION=${VERSION}
+                      "-DCMAKE_EXE_LINKER_FLAGS=${SANITIZE_FLAGS}")
   run_checked(COMMAND ${CMAKE_COMMAND} --build ${WORK_DIR}/cxx_consumer)
   run_checked(COMMAND ${WORK_DIR}/cxx_consumer/cxx_consumer)
   if(STATIC)
     run_checked(COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR}/cxx_consumer -B ${WORK_DIR}/cxx_static
                         -G ${GENERATOR} -DCMAKE_CXX_COMPILER=${CXX_COMPILER}
-                        -DCMAKE_PREFIX_PATH=${prefix} -DSIGATTN_TARGET=sigattn::sigattn_static)
+                        -DCMAKE_PREFIX_PATH=${prefix} -DSIGATTN_TARGET=sigattn::sigattn_static
+                        "-DCMAKE_EXE_LINKER_FLAGS=${SANITIZE_FLAGS}")
     run_checked(COMMAND ${CMAKE_COMMAND} --build ${WORK_DIR}/cxx_static)
     run_checked(COMMAND ${WORK_DIR}/cxx_static/cxx_consumer)
   endif()
@@ -81,7 +84,7 @@ if(CMAKE_SCRIPT_MODE_FILE)
   separate_arguments(pkg_flags UNIX_COMMAND "${pkg_flags}")
   run_checked(COMMAND ${C_COMPILER} -std=c99 -pedantic -Wall -Wextra -Werror
                       ${SOURCE_DIR}/c_consumer.c ${pkg_flags} -Wl,-rpath,${prefix}/${LIBDIR}
-                      -o ${WORK_DIR}/c_consumer)
+                      ${SANITIZE_FLAGS} -o ${WORK_DIR}/c_consumer)
   run_checked(COMMAND ${WORK_DIR}/c_consumer)
 
   run_checked(COMMAND ${prefix}/bin/sigattn --version OUTPUT cli_version)
@@ -114,5 +117,6 @@ add_test(NAME install_package
                  -DPKG_CONFIG=${SIGATTN_PKG_CONFIG} -DVERSION=${PROJECT_VERSION}
                  -DVERSION_MAJOR=${PROJECT_VERSION_MAJOR} -DLIBDIR=${CMAKE_INSTALL_LIBDIR}
                  -DSTATIC=${SIGATTN_BUILD_STATIC}
+                 "-DSANITIZE_FLAGS=$<$<BOOL:${SIGATTN_SANITIZE}>:-fsanitize=address,undefined>"
                  -P ${CMAKE_CURRENT_LIST_FILE})
 set_tests_properties(install_package PROPERTIES LABELS cpu TIMEOUT 600)
