@@ -25,7 +25,7 @@ ctest -L gpu --output-on-failure
 # the run above.
 sanitize_dir=${SANITIZE_BUILD_DIR:-$repo/build-sanitize}
 cmake --fresh -S "$repo" -B "$sanitize_dir" -G Ninja -DSIGATTN_SANITIZE=ON
-cmake --build "$sanitize_dir" --target sigattn sigattn_cpu_tests
+cmake --build "$sanitize_dir" --target sigattn_cli libsigattn.so sigattn_cpu_tests
 (cd "$sanitize_dir" &&
   ctest -L cpu --output-on-failure -j2 \
     -E '^KernelCompile\.(RepresentativeVariantsCompileForSm80AndSm90a|Sm90VariantsCompileWithoutSpillsOrSerializedWgmma)$')
