@@ -10,6 +10,7 @@
 
 #include "generator/template_store.hpp"
 #include "generator/tile_policy.hpp"
+#include "sigattn/shared_storage.h"
 
 namespace sigattn::gen {
 namespace {
@@ -29,41 +30,22 @@ std::string_view layout_enum(Layout layout) {
 }  // namespace
 
 int smem_bytes(const KernelSpec& spec, const TileConfig& tile) {
-  if (tile.family == Family::sm90) {
-    // Mirrors FwdSm90Shape, BwdDqSm90Shape and BwdDkdvSm90Shape (templates/sigattn/*_sm90.cuh):
-    // 1024 bytes of alignment slack, tiles in column blocks of 64 elements with 128-byte rows, 128
-    // bytes for mbarriers. Forward: Q and each K/V stage. dQ: Q, dO and each K/V stage. dK/dV: K,
-    // V, each Q/dO stage and, in the one-pass split, two dS^T buffers.
-    const int slabs = (spec.head_dim + 63) / 64;
-    if (spec.direction == Direction::dkdv) {
-      const int ds_bytes = tile.atomic_dq ? 2 * 2 * tile.block_n * tile.block_m : 0;
-      return 1024 + slabs * 128 * (2 * tile.block_n + 2 * tile.stages * tile.block_m) + ds_bytes +
-             128;
-    }
-    const int row_tiles = spec.direction == Direction::dq ? 2 : 1;
-    return 1024 + slabs * 128 * (row_tiles * tile.block_m + 2 * tile.stages * tile.block_n) + 128;
-  }
-  // Mirrors the Shape structs of templates/sigattn/*_sm80.cuh, which static_assert equality.
-  const int padded_dim = (spec.head_dim + 15) / 16 * 16;
+  // The kernels take their layouts from the same functions (templates/sigattn/shared_storage.h).
+  const int d = spec.head_dim;
+  const bool hopper = tile.family == Family::sm90;
   switch (spec.direction) {
-    case Direction::forward: {
-      const int stride = padded_dim + 8;
-      return 2 * (tile.block_m * stride + 2 * tile.stages * tile.block_n * stride);
-    }
-    case Direction::dq: {
-      const int slices = (spec.head_dim + 127) / 128;
-      const int slice_width = (padded_dim / 16 + slices - 1) / slices * 16;
-      const int stride = slices * slice_width + 8;
-      return 2 * (2 * tile.block_m * stride + 2 * tile.stages * tile.block_n * stride);
-    }
-    case Direction::dkdv: {
-      const int slices = (spec.head_dim + 127) / 128;
-      const int slice_width = (padded_dim / 16 + slices - 1) / slices * 16;
-      const int stride = slices * slice_width + 8;
-      // The one-pass split stages dS^T, block_n keys x (block_m + 8) queries.
-      const int ds_elems = tile.atomic_dq ? tile.block_n * (tile.block_m + 8) : 0;
-      return 2 * (2 * tile.block_n * stride + 2 * tile.stages * tile.block_m * stride + ds_elems);
-    }
+    case Direction::forward:
+      return hopper ? fwd_sm90_storage(d, tile.block_m, tile.block_n, tile.stages).bytes
+                    : fwd_sm80_storage(d, tile.block_m, tile.block_n, tile.stages).bytes;
+    case Direction::dq:
+      return hopper ? bwd_dq_sm90_storage(d, tile.block_m, tile.block_n, tile.stages).bytes
+                    : bwd_dq_sm80_storage(d, tile.block_m, tile.block_n, tile.stages).bytes;
+    case Direction::dkdv:
+      return hopper
+                 ? bwd_dkdv_sm90_storage(d, tile.block_m, tile.block_n, tile.stages, tile.atomic_dq)
+                       .bytes
+                 : bwd_dkdv_sm80_storage(d, tile.block_m, tile.block_n, tile.stages, tile.atomic_dq)
+                       .bytes;
   }
   return 0;
 }

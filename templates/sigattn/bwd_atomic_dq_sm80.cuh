@@ -5,6 +5,7 @@
 #pragma once
 
 #include "sigattn/ptx_sm80.cuh"
+#include "sigattn/shared_storage.h"
 
 namespace sigattn {
 
@@ -27,10 +28,8 @@ struct AtomicDqShape {
   static constexpr int kPairs = kSliceWidth / 16;
   static constexpr int kWarpPairs = (kPairs + kColWarps - 1) / kColWarps;
   static constexpr int kKeySteps = kBN / 16;
-  // dS^T in shared memory: kBN key rows of kBM queries, padded by 8 so that ldmatrix rows
-  // fall in distinct banks.
-  static constexpr int kDsStride = kBM + 8;
-  static constexpr int kDsElems = kBN * kDsStride;
+  // dS^T in shared memory: kBN key rows of kBM queries (see shared_storage.h).
+  static constexpr int kDsStride = sm80_ds_row_stride(kBM);
 
   static_assert(kBM % 16 == 0 && kBN % 16 == 0, "dQ tiles are whole m16 and k16 tiles");
   static_assert(kSliceWidth % 16 == 0, "the head-dim slice is whole n16 column pairs");

@@ -13,6 +13,7 @@
 #include "sigattn/epilogue_sm80.cuh"
 #include "sigattn/ptx_sm80.cuh"
 #include "sigattn/sequence.cuh"
+#include "sigattn/shared_storage.h"
 #include "sigattn/sigmoid.cuh"
 #include "sigattn/tile_load_sm80.cuh"
 #include "sigattn/warp_gemm_sm80.cuh"
@@ -22,12 +23,12 @@ namespace sigattn {
 template <class Cfg>
 struct BwdDkdvShape {
   static constexpr int kD = Cfg::kHeadDim;
-  static constexpr int kDPad = (kD + 15) / 16 * 16;
-  static constexpr int kSlices = (kD + 127) / 128;
-  static constexpr int kSliceWidth = (kDPad / 16 + kSlices - 1) / kSlices * 16;
-  static constexpr int kRowPad = kSlices * kSliceWidth;  // >= kDPad
-  static constexpr int kBM = Cfg::kBlockM;               // query rows per step
-  static constexpr int kBN = Cfg::kBlockN;               // keys per CTA
+  static constexpr int kDPad = sm80_padded_dim(kD);
+  static constexpr int kSlices = sm80_slices(kD);
+  static constexpr int kSliceWidth = sm80_slice_width(kD);
+  static constexpr int kRowPad = sm80_sliced_dim(kD);  // >= kDPad
+  static constexpr int kBM = Cfg::kBlockM;             // query rows per step
+  static constexpr int kBN = Cfg::kBlockN;             // keys per CTA
   static constexpr int kWarps = Cfg::kWarps;
   static constexpr int kStages = Cfg::kStages;
   static constexpr int kThreads = kWarps * 32;
@@ -37,14 +38,13 @@ struct BwdDkdvShape {
   static constexpr int kKSteps = kDPad / 16;
   static constexpr int kDTiles = kSliceWidth / 8;
   static constexpr int kChunks = kD / 8;
-  static constexpr int kStride = kRowPad + 8;
-  static constexpr int kKVElems = kBN * kStride;
-  static constexpr int kRowElems = kBM * kStride;
+  static constexpr int kStride = bwd_sm80_row_stride(kD);
   static constexpr bool kAtomicDq = Cfg::kAtomicDq;
   using DqShape = AtomicDqShape<kBM, kBN, kSliceWidth, kWarps>;
-  // K and V once; Q and dO per stage; the one-pass split adds the dS^T tile.
-  static constexpr int kSmemBytes =
-      2 * (2 * kKVElems + 2 * kStages * kRowElems + (kAtomicDq ? DqShape::kDsElems : 0));
+  static constexpr BwdDkdvSm80Storage kSmem =
+      bwd_dkdv_sm80_storage(kD, kBM, kBN, kStages, kAtomicDq);
+  static constexpr int kRowElems = kSmem.q.slot_bytes / element_bytes();  // one Q or dO stage
+  static constexpr int kSmemBytes = kSmem.bytes;
 
   static_assert(kD % 8 == 0 && kD >= 8 && kD <= 256,
                 "head_dim must be a multiple of 8 in [8, 256]");
@@ -63,11 +63,12 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   const FwdParams& p = params.fwd;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  unsigned short* sK = reinterpret_cast<unsigned short*>(smem_raw);
-  unsigned short* sV = sK + S::kKVElems;
-  unsigned short* sQ = sV + S::kKVElems;
-  unsigned short* sdO = sQ + S::kStages * S::kRowElems;
-  unsigned short* sdS = sdO + S::kStages * S::kRowElems;  // one-pass split only
+  unsigned short* sK = reinterpret_cast<unsigned short*>(smem_raw + S::kSmem.k.offset);
+  unsigned short* sV = reinterpret_cast<unsigned short*>(smem_raw + S::kSmem.v.offset);
+  unsigned short* sQ = reinterpret_cast<unsigned short*>(smem_raw + S::kSmem.q.offset);
+  unsigned short* sdO = reinterpret_cast<unsigned short*>(smem_raw + S::kSmem.dout.offset);
+  // One-pass split only.
+  unsigned short* sdS = reinterpret_cast<unsigned short*>(smem_raw + S::kSmem.ds.offset);
 
   const int n_block = blockIdx.x / S::kSlices;
   const int slice = blockIdx.x % S::kSlices;
@@ -126,20 +127,17 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       cp_async_commit();
     }
 
-    const float bias = p.has_bias ? p.bias : -logf(static_cast<float>(seq.len_k));
+    const float bias = sequence_bias(p, seq);
     const Sigmoid<Cfg::kAccurateSigmoid> sigmoid(p.scale);
     // Keys are this kernel's rows: one shift per accumulator row.
+    const float* score_mod = p.score_mod + batch * p.score_mod_batch_stride;
     float shift[S::kMTiles][2];
 #pragma unroll
     for (int mt = 0; mt < S::kMTiles; ++mt) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        int key = n0 + warp_row0 + mt * 16 + lane / 4 + h * 8;
-        float mod = 0.0f;
-        if constexpr (Cfg::kScoreMod) {
-          if (key < seq.len_k) mod = p.score_mod[batch * p.score_mod_batch_stride + key];
-        }
-        shift[mt][h] = sigmoid.shift(bias + mod);
+        shift[mt][h] = sigmoid.template key_shift<Cfg::kScoreMod>(
+            bias, score_mod, n0 + warp_row0 + mt * 16 + lane / 4 + h * 8, seq.len_k);
       }
     }
 

@@ -14,8 +14,9 @@
 #include "sigattn/hopper_sm90.cuh"
 #include "sigattn/ptx_sm80.cuh"
 #include "sigattn/sequence.cuh"
+#include "sigattn/shared_storage.h"
 #include "sigattn/sigmoid.cuh"
-#include "sigattn/wgmma_sm90.cuh"
+#include "sigattn/warpgroup_gemm_sm90.cuh"
 
 namespace sigattn {
 
@@ -30,20 +31,17 @@ struct BwdDkdvSm90Shape {
   static constexpr int kConsumers = kBN / 64;  // consumer warpgroups, 64 keys each
   static constexpr int kThreads = 128 * (1 + kConsumers);
   // Tiles are stored as column blocks of 64 elements (128-byte rows, the swizzle span).
-  static constexpr int kSlabs = (kD + 63) / 64;
-  static constexpr int kKVBytes = kSlabs * kBN * 128;   // K or V
-  static constexpr int kRowBytes = kSlabs * kBM * 128;  // one Q or one dO tile
-  // One step's dS^T: kBN key rows of kBM queries, in column blocks of 64 queries. Two buffers
-  // alternate, so a step's stores never meet the other warpgroup's reads of the step before.
-  static constexpr int kDsBytes = kBN * kBM * 2;
+  static constexpr int kSlabs = sm90_column_blocks(kD);
+  static constexpr BwdDkdvSm90Storage kSmem =
+      bwd_dkdv_sm90_storage(kD, kBM, kBN, kStages, kAtomicDq);
+  static constexpr int kRowBytes = kSmem.q.slot_bytes;  // one Q or one dO tile
+  // One step's dS^T: kBN key rows of kBM queries, in column blocks of 64 queries.
+  static constexpr int kDsBytes = kSmem.ds.slot_bytes;
   // The step's dQ (kBM x kD) is split over the consumers: 64-row blocks, then head-dim columns.
   static constexpr int kDqRowBlocks = kBM / 64;
   static constexpr int kDqColParts = kConsumers >= kDqRowBlocks ? kConsumers / kDqRowBlocks : 1;
   static constexpr int kDqWidth = kD / kDqColParts;
-  // 1024 bytes of slack align the tiles to the swizzle atom; the mbarriers (at most 13 of 8
-  // bytes) follow the tiles in 128 bytes.
-  static constexpr int kSmemBytes =
-      1024 + 2 * kKVBytes + 2 * kStages * kRowBytes + (kAtomicDq ? 2 * kDsBytes : 0) + 128;
+  static constexpr int kSmemBytes = kSmem.bytes;
   // Registers per thread after setmaxnreg: the producer gives its share to the consumers. The
   // consumers' increase waits until the pool allocated at launch (the per-thread count ptxas
   // fits to kThreads, in steps of 8) holds it, so the split must fit that pool, not only the file.
@@ -99,16 +97,19 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   const FwdParams& p = bp.fwd;
 
   extern __shared__ unsigned char smem_raw[];
-  const unsigned smem_k = (smem_addr(smem_raw) + 1023u) & ~1023u;
-  const unsigned smem_v = smem_k + S::kKVBytes;
-  const unsigned smem_q = smem_v + S::kKVBytes;  // stage s at smem_q + s * kRowBytes
-  const unsigned smem_do = smem_q + S::kStages * S::kRowBytes;
-  const unsigned smem_ds = smem_do + S::kStages * S::kRowBytes;              // one-pass split only
-  const unsigned bar_full = smem_ds + (S::kAtomicDq ? 2 * S::kDsBytes : 0);  // Q and dO landed
-  const unsigned bar_empty = bar_full + 8 * S::kStages;  // the consumers are done with the stage
-  const unsigned bar_kv = bar_empty + 8 * S::kStages;
-  const unsigned bar_ds_full = bar_kv + 8;         // buffer b: every consumer stored its dS^T keys
-  const unsigned bar_ds_empty = bar_ds_full + 16;  // buffer b: every consumer's dQ read it
+  const unsigned base = sm90_smem_base(smem_raw);
+  const unsigned smem_k = base + S::kSmem.k.offset;
+  const unsigned smem_v = base + S::kSmem.v.offset;
+  const unsigned smem_q = base + S::kSmem.q.offset;  // stage s at smem_q + s * kRowBytes
+  const unsigned smem_do = base + S::kSmem.dout.offset;
+  const unsigned smem_ds = base + S::kSmem.ds.offset;           // one-pass split only
+  const unsigned bar_full = base + S::kSmem.bar_full.offset;    // Q and dO landed
+  const unsigned bar_empty = base + S::kSmem.bar_empty.offset;  // the consumers are done with it
+  const unsigned bar_kv = base + S::kSmem.bar_kv.offset;
+  // Buffer b: every consumer stored its dS^T keys.
+  const unsigned bar_ds_full = base + S::kSmem.bar_ds_full.offset;
+  // Buffer b: every consumer's dQ read it.
+  const unsigned bar_ds_empty = base + S::kSmem.bar_ds_empty.offset;
 
   const int n_block = blockIdx.x;
   const int head_kv = blockIdx.y;
@@ -232,17 +233,14 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   for (int i = 0; i < S::kD / 2; ++i) acc_dk[i] = acc_dv[i] = 0.0f;
 
   if (steps > 0) {
-    const float bias = p.has_bias ? p.bias : -logf(static_cast<float>(seq.len_k));
+    const float bias = sequence_bias(p, seq);
     const Sigmoid<Cfg::kAccurateSigmoid> sigmoid(p.scale);
+    const float* score_mod = p.score_mod + batch * p.score_mod_batch_stride;
     float shift[2];  // bias + score_mod of the thread's two keys, in the sigmoid's form
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int key = n0 + key0 + 8 * h;
-      float mod = 0.0f;
-      if constexpr (Cfg::kScoreMod) {
-        if (key < seq.len_k) mod = p.score_mod[batch * p.score_mod_batch_stride + key];
-      }
-      shift[h] = sigmoid.shift(bias + mod);
+      shift[h] =
+          sigmoid.template key_shift<Cfg::kScoreMod>(bias, score_mod, n0 + key0 + 8 * h, seq.len_k);
     }
     const unsigned k_rows = smem_k + wg_key0 * 128;
     const unsigned v_rows = smem_v + wg_key0 * 128;
@@ -318,21 +316,9 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       float acc_dp[S::kBM / 2];
       wait_turn();
       wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < S::kD / 16; ++kk) {
-        Wgmma<S::kBM>::template ss<kBf16>(
-            acc_s, smem_descriptor(k_rows + (kk / 4) * S::kBN * 128 + (kk % 4) * 32, 16, 1024),
-            smem_descriptor(q_tile + (kk / 4) * S::kBM * 128 + (kk % 4) * 32, 16, 1024),
-            kk > 0 ? 1 : 0);
-      }
+      wgmma_ss_k_major<kBf16, S::kBM, S::kD, S::kBN, S::kBM>(acc_s, k_rows, q_tile);
       wgmma_commit();
-#pragma unroll
-      for (int kk = 0; kk < S::kD / 16; ++kk) {
-        Wgmma<S::kBM>::template ss<kBf16>(
-            acc_dp, smem_descriptor(v_rows + (kk / 4) * S::kBN * 128 + (kk % 4) * 32, 16, 1024),
-            smem_descriptor(do_tile + (kk / 4) * S::kBM * 128 + (kk % 4) * 32, 16, 1024),
-            kk > 0 ? 1 : 0);
-      }
+      wgmma_ss_k_major<kBf16, S::kBM, S::kD, S::kBN, S::kBM>(acc_dp, v_rows, do_tile);
       wgmma_commit();
       pass_turn();
 
@@ -354,14 +340,8 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       for (int i = 0; i < S::kBM / 2; ++i) acc_dp[i] *= sigmoid_slope(acc_s[i]);
       unsigned pa[S::kBM / 16][4];
       unsigned dsa[S::kBM / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < S::kBM / 16; ++kk) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          pa[kk][j] = pack2<kBf16>(acc_s[8 * kk + 2 * j], acc_s[8 * kk + 2 * j + 1]);
-          dsa[kk][j] = pack2<kBf16>(acc_dp[8 * kk + 2 * j], acc_dp[8 * kk + 2 * j + 1]);
-        }
-      }
+      pack_wgmma_a<kBf16, S::kBM>(pa, acc_s);
+      pack_wgmma_a<kBf16, S::kBM>(dsa, acc_dp);
       const unsigned ds = smem_ds + (step & 1) * S::kDsBytes;
       if constexpr (S::kAtomicDq) {
         // dS^T into shared memory, 128-byte swizzled: key rows, 64-query column blocks, once both
@@ -387,24 +367,18 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       // N-contiguous; the one-pass split reads dS^T back from shared memory.
       wait_turn();
       wgmma_fence();
+      wgmma_rs_n_major<kBf16, S::kD, S::kBM>(acc_dv, pa, do_tile);
+      if constexpr (S::kAtomicDq) {
 #pragma unroll
-      for (int kk = 0; kk < S::kBM / 16; ++kk) {
-        Wgmma<S::kD>::template rs<kBf16>(
-            acc_dv, pa[kk], smem_descriptor(do_tile + kk * 16 * 128, S::kBM * 128, 1024), 1);
-      }
-#pragma unroll
-      for (int kk = 0; kk < S::kBM / 16; ++kk) {
-        const unsigned long long desc_q =
-            smem_descriptor(q_tile + kk * 16 * 128, S::kBM * 128, 1024);
-        if constexpr (S::kAtomicDq) {
+        for (int kk = 0; kk < S::kBM / 16; ++kk) {
           Wgmma<S::kD>::template ss<kBf16, 0, 1>(
               acc_dk,
               smem_descriptor(ds + (kk / 4) * S::kBN * 128 + wg_key0 * 128 + (kk % 4) * 32, 16,
                               1024),
-              desc_q, 1);
-        } else {
-          Wgmma<S::kD>::template rs<kBf16>(acc_dk, dsa[kk], desc_q, 1);
+              smem_descriptor(q_tile + kk * 16 * 128, S::kBM * 128, 1024), 1);
         }
+      } else {
+        wgmma_rs_n_major<kBf16, S::kD, S::kBM>(acc_dk, dsa, q_tile);
       }
       wgmma_commit();
       pass_turn();

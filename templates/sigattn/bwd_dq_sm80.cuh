@@ -9,6 +9,7 @@
 #include "sigattn/epilogue_sm80.cuh"
 #include "sigattn/ptx_sm80.cuh"
 #include "sigattn/sequence.cuh"
+#include "sigattn/shared_storage.h"
 #include "sigattn/sigmoid.cuh"
 #include "sigattn/tile_load_sm80.cuh"
 #include "sigattn/warp_gemm_sm80.cuh"
@@ -18,10 +19,10 @@ namespace sigattn {
 template <class Cfg>
 struct BwdDqShape {
   static constexpr int kD = Cfg::kHeadDim;
-  static constexpr int kDPad = (kD + 15) / 16 * 16;
-  static constexpr int kSlices = (kD + 127) / 128;
-  static constexpr int kSliceWidth = (kDPad / 16 + kSlices - 1) / kSlices * 16;
-  static constexpr int kRowPad = kSlices * kSliceWidth;  // >= kDPad
+  static constexpr int kDPad = sm80_padded_dim(kD);
+  static constexpr int kSlices = sm80_slices(kD);
+  static constexpr int kSliceWidth = sm80_slice_width(kD);
+  static constexpr int kRowPad = sm80_sliced_dim(kD);  // >= kDPad
   static constexpr int kBM = Cfg::kBlockM;
   static constexpr int kBN = Cfg::kBlockN;
   static constexpr int kWarps = Cfg::kWarps;
@@ -33,11 +34,10 @@ struct BwdDqShape {
   static constexpr int kKSteps = kDPad / 16;
   static constexpr int kDTiles = kSliceWidth / 8;
   static constexpr int kChunks = kD / 8;
-  static constexpr int kStride = kRowPad + 8;
-  static constexpr int kRowElems = kBM * kStride;
-  static constexpr int kKVElems = kBN * kStride;
-  // Q and dO once; K and V per stage.
-  static constexpr int kSmemBytes = 2 * (2 * kRowElems + 2 * kStages * kKVElems);
+  static constexpr int kStride = bwd_sm80_row_stride(kD);
+  static constexpr RowBlockSm80Storage kSmem = bwd_dq_sm80_storage(kD, kBM, kBN, kStages);
+  static constexpr int kKVElems = kSmem.k.slot_bytes / element_bytes();  // one K or V stage
+  static constexpr int kSmemBytes = kSmem.bytes;
 
   static_assert(kD % 8 == 0 && kD >= 8 && kD <= 256,
                 "head_dim must be a multiple of 8 in [8, 256]");
@@ -56,10 +56,10 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   const FwdParams& p = params.fwd;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  unsigned short* sQ = reinterpret_cast<unsigned short*>(smem_raw);
-  unsigned short* sdO = sQ + S::kRowElems;
-  unsigned short* sK = sdO + S::kRowElems;
-  unsigned short* sV = sK + S::kStages * S::kKVElems;
+  unsigned short* sQ = reinterpret_cast<unsigned short*>(smem_raw + S::kSmem.q.offset);
+  unsigned short* sdO = reinterpret_cast<unsigned short*>(smem_raw + S::kSmem.dout.offset);
+  unsigned short* sK = reinterpret_cast<unsigned short*>(smem_raw + S::kSmem.k.offset);
+  unsigned short* sV = reinterpret_cast<unsigned short*>(smem_raw + S::kSmem.v.offset);
 
   const int m_block = blockIdx.x / S::kSlices;
   const int slice = blockIdx.x % S::kSlices;
@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       cp_async_commit();
     }
 
-    const float bias = p.has_bias ? p.bias : -logf(static_cast<float>(seq.len_k));
+    const float bias = sequence_bias(p, seq);
     const Sigmoid<Cfg::kAccurateSigmoid> sigmoid(p.scale);
     const float shift_bias = sigmoid.shift(bias);
     const float* score_mod =
@@ -149,6 +149,8 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       gemm_ss<kBf16, S::kMTiles, S::kNTiles, S::kKSteps, S::kStride>(
           acc_dp, sdO + warp_row0 * S::kStride, sVt, lane);
 
+      // dS = dP P (1 - P) into acc_s, P as in the forward (whose loop this repeats: a helper
+      // shared by both changed the machine code ptxas generates).
       const bool full_tile = mask.tile_unmasked(m0 + warp_row0, m0 + warp_row0 + S::kWarpRows - 1,
                                                 n0, n0 + S::kBN - 1);
 #pragma unroll

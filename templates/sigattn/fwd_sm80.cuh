@@ -8,6 +8,7 @@
 #include "sigattn/fwd_params.h"
 #include "sigattn/ptx_sm80.cuh"
 #include "sigattn/sequence.cuh"
+#include "sigattn/shared_storage.h"
 #include "sigattn/sigmoid.cuh"
 #include "sigattn/tile_load_sm80.cuh"
 #include "sigattn/warp_gemm_sm80.cuh"
@@ -18,7 +19,7 @@ namespace sigattn {
 template <class Cfg>
 struct FwdSm80Shape {
   static constexpr int kD = Cfg::kHeadDim;
-  static constexpr int kDPad = (kD + 15) / 16 * 16;  // Q.K^T runs in k-steps of 16
+  static constexpr int kDPad = sm80_padded_dim(kD);  // Q.K^T runs in k-steps of 16
   static constexpr int kBM = Cfg::kBlockM;
   static constexpr int kBN = Cfg::kBlockN;
   static constexpr int kWarps = Cfg::kWarps;
@@ -30,12 +31,10 @@ struct FwdSm80Shape {
   static constexpr int kKSteps = kDPad / 16;
   static constexpr int kDTiles = kD / 8;
   static constexpr int kChunks = kD / 8;  // 16-byte chunks per row
-  // A 16-byte pad per shared row makes the row stride an odd number of 16-byte units, so the
-  // eight rows one ldmatrix phase reads fall in distinct bank groups.
-  static constexpr int kStride = kDPad + 8;
-  static constexpr int kQElems = kBM * kStride;
-  static constexpr int kKVElems = kBN * kStride;
-  static constexpr int kSmemBytes = 2 * (kQElems + 2 * kStages * kKVElems);
+  static constexpr int kStride = fwd_sm80_row_stride(kD);
+  static constexpr RowBlockSm80Storage kSmem = fwd_sm80_storage(kD, kBM, kBN, kStages);
+  static constexpr int kKVElems = kSmem.k.slot_bytes / element_bytes();  // one K or V stage
+  static constexpr int kSmemBytes = kSmem.bytes;
 
   static_assert(kD % 8 == 0 && kD >= 8 && kD <= 256,
                 "head_dim must be a multiple of 8 in [8, 256]");
@@ -58,9 +57,9 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   constexpr bool kChecked = !Cfg::kSeqLenX128;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  unsigned short* sQ = reinterpret_cast<unsigned short*>(smem_raw);
-  unsigned short* sK = sQ + S::kQElems;
-  unsigned short* sV = sK + S::kStages * S::kKVElems;
+  unsigned short* sQ = reinterpret_cast<unsigned short*>(smem_raw + S::kSmem.q.offset);
+  unsigned short* sK = reinterpret_cast<unsigned short*>(smem_raw + S::kSmem.k.offset);
+  unsigned short* sV = reinterpret_cast<unsigned short*>(smem_raw + S::kSmem.v.offset);
 
   const int m_block = blockIdx.x;
   const int head = blockIdx.y;
@@ -75,11 +74,10 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   if (kLayout == Layout::kVarlen && m0 >= seq.len_q) return;
 
   const KeyMask<Cfg::kCausal, Cfg::kWindow> mask(params, seq);
-  const int row_lo = m0;
   const int row_hi = min(m0 + S::kBM, seq.len_q) - 1;
   int key_lo = 0, key_hi = 0;  // keys [key_lo, key_hi) visible to some valid row of the block
-  if (row_hi >= row_lo) {
-    key_lo = mask.key_begin(row_lo);
+  if (row_hi >= m0) {
+    key_lo = mask.key_begin(m0);
     key_hi = mask.key_end(row_hi);
   }
   const int tile_begin = key_lo / S::kBN;
@@ -120,7 +118,7 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       cp_async_commit();
     }
 
-    const float bias = params.has_bias ? params.bias : -logf(static_cast<float>(seq.len_k));
+    const float bias = sequence_bias(params, seq);
     const Sigmoid<Cfg::kAccurateSigmoid> sigmoid(params.scale);
     const float shift_bias = sigmoid.shift(bias);
     const float* score_mod =
@@ -145,11 +143,12 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       gemm_ss<kBf16, S::kMTiles, S::kNTiles, S::kKSteps, S::kStride>(
           acc_s, sQ + warp_row0 * S::kStride, sKt, lane);
 
-      // P = sigma(scale * S + bias + score_mod), zero where masked.
+      // P = sigma(scale * S + bias + score_mod), zero where masked. (The same loop as the dQ
+      // kernel's: a helper shared by both changed the machine code ptxas generates.)
       const bool full_tile =
           !kChecked && !Cfg::kCausal && !Cfg::kWindow
               ? true
-              : mask.tile_unmasked(row_lo + warp_row0, row_lo + warp_row0 + S::kWarpRows - 1, n0,
+              : mask.tile_unmasked(m0 + warp_row0, m0 + warp_row0 + S::kWarpRows - 1, n0,
                                    n0 + S::kBN - 1);
 #pragma unroll
       for (int nt = 0; nt < S::kNTiles; ++nt) {

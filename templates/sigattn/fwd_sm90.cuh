@@ -13,8 +13,9 @@
 #include "sigattn/ptx_sm80.cuh"
 #include "sigattn/row_blocks_sm90.cuh"
 #include "sigattn/sequence.cuh"
+#include "sigattn/shared_storage.h"
 #include "sigattn/sigmoid.cuh"
-#include "sigattn/wgmma_sm90.cuh"
+#include "sigattn/warpgroup_gemm_sm90.cuh"
 
 namespace sigattn {
 
@@ -28,12 +29,11 @@ struct FwdSm90Shape {
   static constexpr int kConsumers = kBM / 64;  // consumer warpgroups, 64 query rows each
   static constexpr int kThreads = 128 * (1 + kConsumers);
   // Tiles are stored as column blocks of 64 elements (128-byte rows, the swizzle span).
-  static constexpr int kSlabs = (kD + 63) / 64;
-  static constexpr int kQBytes = kSlabs * kBM * 128;
-  static constexpr int kKVBytes = kSlabs * kBN * 128;  // one K or one V tile
-  // 1024 bytes of slack align the tiles to the 1024-byte swizzle atom; the mbarriers (at most
-  // 10 of 8 bytes) follow the tiles in 128 bytes.
-  static constexpr int kSmemBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + 128;
+  static constexpr int kSlabs = sm90_column_blocks(kD);
+  static constexpr RowBlockSm90Storage kSmem = fwd_sm90_storage(kD, kBM, kBN, kStages);
+  static constexpr int kQBytes = kSmem.q.bytes();
+  static constexpr int kKVBytes = kSmem.k.slot_bytes;  // one K or one V tile
+  static constexpr int kSmemBytes = kSmem.bytes;
   // Registers per thread after setmaxnreg: the producer gives its share to the consumers. Up to
   // head_dim 128 it keeps 40, which the persistent loop and the cp.async loads of tail tiles need
   // to run without spills; above, the consumers' accumulators need every register it can spare.
@@ -65,35 +65,22 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   const FwdParams& p = params.base;
 
   extern __shared__ unsigned char smem_raw[];
-  const unsigned smem_q = (smem_addr(smem_raw) + 1023u) & ~1023u;
-  const unsigned smem_k = smem_q + S::kQBytes;  // stage s at smem_k + s * kKVBytes
-  const unsigned smem_v = smem_k + S::kStages * S::kKVBytes;
-  // Stage s at + 8 s: K and V landed.
-  const unsigned bar_full = smem_v + S::kStages * S::kKVBytes;
-  const unsigned bar_empty = bar_full + 8 * S::kStages;  // stage s: consumers are done with it
-  const unsigned bar_q = bar_full + 16 * S::kStages;     // Q landed
-  const unsigned bar_q_empty = bar_q + 8;                // the consumers are done with Q
-  const KvRing kv{smem_k, smem_v, bar_full, bar_empty};
+  const unsigned base = sm90_smem_base(smem_raw);
+  const unsigned smem_q = base + S::kSmem.q.offset;
+  const unsigned bar_q = base + S::kSmem.bar_q.offset;              // Q landed
+  const unsigned bar_q_empty = base + S::kSmem.bar_q_empty.offset;  // the consumers are done with Q
+  const KvRing kv{base + S::kSmem.k.offset, base + S::kSmem.v.offset,
+                  base + S::kSmem.bar_full.offset, base + S::kSmem.bar_empty.offset};
 
   const int tid = threadIdx.x;
-  if (tid == 0) {
-    for (int s = 0; s < S::kStages; ++s) {
-      mbarrier_init(bar_full + 8 * s, 1);
-      mbarrier_init(bar_empty + 8 * s, 4 * S::kConsumers);
-    }
-    mbarrier_init(bar_q, 1);
-    mbarrier_init(bar_q_empty, 4 * S::kConsumers);
-    fence_barrier_init();
-  }
-  __syncthreads();
+  init_row_block_barriers<S::kStages, S::kConsumers>(kv, bar_q, bar_q_empty, tid);
 
   const int warpgroup = tid / 128;
   if (warpgroup == 0) {
     // Producer. Thread 0 issues every TMA load; the whole warpgroup loads the tiles that cross
-    // the end of a padded or packed sequence. Only the leader tracks the barriers' phases (a
-    // parity wait cannot tell a phase from the one two later); named barrier 1 passes a free
-    // buffer on to the rest of the warpgroup. The ring position runs on across work tiles, so
-    // the next tile's Q and K/V load while the consumers finish this one.
+    // the end of a padded or packed sequence (load_row_tiles, load_kv_tiles). The ring position
+    // runs on across work tiles, so the next tile's Q and K/V load while the consumers finish
+    // this one.
     setmaxnreg_decrease<S::kProducerRegisters>();
     const bool leader = tid == 0;
     if (leader) {
@@ -108,29 +95,19 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
     const auto load_q = [&](int index) {
       const RowBlockWork w = describe_row_block<Cfg>(p, index);
       if (w.tile_end <= w.tile_begin) return false;
-      if (kLayout == Layout::kDense || w.m0 + S::kBM <= w.seq.len_q) {
-        if (leader) {
-          mbarrier_wait(bar_q_empty, q_free_parity);
-          mbarrier_arrive_expect_tx(bar_q, S::kQBytes);
-          const int row = static_cast<int>(w.seq.q_token0) + w.m0;
-          const int batch_coord = kLayout == Layout::kVarlen ? 0 : w.batch;
+      const auto tma = [&](int row, int batch_coord) {
 #pragma unroll
-          for (int slab = 0; slab < S::kSlabs; ++slab) {
-            tma_load_4d(smem_q + slab * S::kBM * 128, &params.q, bar_q, slab * 64, row, w.head,
-                        batch_coord);
-          }
+        for (int slab = 0; slab < S::kSlabs; ++slab) {
+          tma_load_4d(smem_q + slab * S::kBM * 128, &params.q, bar_q, slab * 64, row, w.head,
+                      batch_coord);
         }
-      } else {
-        if (leader) mbarrier_wait(bar_q_empty, q_free_parity);
-        named_barrier_sync(1, 128);
+      };
+      const auto copy_tail = [&] {
         const unsigned short* q = static_cast<const unsigned short*>(p.q) + w.seq.q_start +
                                   w.head * p.q_head_stride + w.m0 * p.q_seq_stride;
         load_tile_swizzled<S::kD, S::kBM>(smem_q, q, p.q_seq_stride, w.seq.len_q - w.m0, tid);
-        fence_proxy_async();
-        named_barrier_sync(1, 128);
-        if (leader) mbarrier_arrive(bar_q);
-      }
-      q_free_parity ^= 1;
+      };
+      load_row_tiles<Cfg>(w, bar_q, bar_q_empty, q_free_parity, S::kQBytes, leader, tma, copy_tail);
       return true;
     };
     for (int index = blockIdx.x; index < row_block_work_tiles<S::kBM>(p); index += gridDim.x) {
@@ -159,36 +136,17 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   // S = Q K^T for the tile in `stage`, issued and committed, not waited for.
   auto issue_scores = [&](int stage) {
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < S::kD / 16; ++kk) {
-      const unsigned long long desc_q =
-          smem_descriptor(q_rows + (kk / 4) * S::kBM * 128 + (kk % 4) * 32, 16, 1024);
-      const unsigned long long desc_k = smem_descriptor(
-          smem_k + stage * S::kKVBytes + (kk / 4) * S::kBN * 128 + (kk % 4) * 32, 16, 1024);
-      Wgmma<S::kBN>::template ss<kBf16>(acc_s, desc_q, desc_k, kk > 0 ? 1 : 0);
-    }
+    wgmma_ss_k_major<kBf16, S::kBN, S::kD, S::kBM, S::kBN>(acc_s, q_rows,
+                                                           kv.k + stage * S::kKVBytes);
     wgmma_commit();
   };
   // O += P V for the tile in `stage`, issued and committed.
   auto issue_values = [&](int stage) {
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < S::kBN / 16; ++kk) {
-      const unsigned long long desc_v =
-          smem_descriptor(smem_v + stage * S::kKVBytes + kk * 16 * 128, S::kBN * 128, 1024);
-      Wgmma<S::kD>::template rs<kBf16>(acc_o, pa[kk], desc_v, 1);
-    }
+    wgmma_rs_n_major<kBf16, S::kD, S::kBN>(acc_o, pa, kv.v + stage * S::kKVBytes);
     wgmma_commit();
   };
-  auto pack_probs = [&] {
-#pragma unroll
-    for (int kk = 0; kk < S::kBN / 16; ++kk) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        pa[kk][j] = pack2<kBf16>(acc_s[8 * kk + 2 * j], acc_s[8 * kk + 2 * j + 1]);
-      }
-    }
-  };
+  auto pack_probs = [&] { pack_wgmma_a<kBf16, S::kBN>(pa, acc_s); };
 
   // The two consumer warpgroups alternate their GEMMs, so that one runs its sigmoid while the
   // other's GEMMs hold the tensor cores.
@@ -204,52 +162,21 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       const int wg_row0 = w.m0 + 64 * consumer;         // first row of the warpgroup
       const int row0 = wg_row0 + 16 * warp + lane / 4;  // this thread's rows: row0 and row0 + 8
       const KeyMask<Cfg::kCausal, Cfg::kWindow> mask(p, w.seq);
-      const float bias = p.has_bias ? p.bias : -logf(static_cast<float>(w.seq.len_k));
+      const float bias = sequence_bias(p, w.seq);
       const float shift_bias = sigmoid.shift(bias);
       const float* score_mod =
           Cfg::kScoreMod ? p.score_mod + w.batch * p.score_mod_batch_stride : nullptr;
       // acc_s <- sigma(scale * S + bias + score_mod), zero where the masks hide the key.
       auto scores_to_probs = [&](int tile) {
+        fence_operands(acc_s);
         for_each_probability<Cfg>(acc_s, sigmoid, mask, shift_bias, bias, score_mod, w.seq.len_k,
                                   wg_row0, row0, tile * S::kBN, lane,
                                   [&](int i, float prob) { acc_s[i] = prob; });
       };
 
-      mbarrier_wait(bar_q, q_parity);
-      q_parity ^= 1;
-      mbarrier_wait(bar_full + 8 * ring.stage, ring.phase);
-      issue_scores(ring.stage);
-      wgmma_wait<0>();
-      fence_operands(acc_s);
-      scores_to_probs(w.tile_begin);
-      pack_probs();
-      // Steady state: QK^T of the next tile and PV of this one in flight while the next tile's
-      // sigmoid runs.
-      for (int tile = w.tile_begin; tile + 1 < w.tile_end; ++tile) {
-        const int stage = ring.stage;
-        ring.advance();
-        mbarrier_wait(bar_full + 8 * ring.stage, ring.phase);
-        turns.wait();
-        issue_scores(ring.stage);
-        issue_values(stage);
-        turns.pass();
-        wgmma_wait<1>();
-        fence_operands(acc_s);
-        scores_to_probs(tile + 1);
-        wgmma_wait<0>();
-        fence_operands(acc_o);
-        if (lane == 0) mbarrier_arrive(bar_empty + 8 * stage);
-        pack_probs();
-      }
-      // Every QK^T of the work tile has completed: the producer may load the next Q.
-      if (lane == 0) mbarrier_arrive(bar_q_empty);
-      turns.wait();
-      issue_values(ring.stage);
-      turns.pass();
-      wgmma_wait<0>();
-      fence_operands(acc_o);
-      if (lane == 0) mbarrier_arrive(bar_empty + 8 * ring.stage);
-      ring.advance();
+      // QK^T of the next tile and PV of this one in flight while the next tile's sigmoid runs.
+      consume_row_block(w, kv, bar_q, bar_q_empty, q_parity, ring, turns, lane, acc_o, issue_scores,
+                        scores_to_probs, pack_probs, issue_values);
     }
 
     // Epilogue: rows past len_q are zeros in the padded layout and absent in varlen. The tile's

@@ -7,8 +7,16 @@
 
 #include "sigattn/fwd_sm90_params.h"
 #include "sigattn/ptx_sm80.cuh"
+#include "sigattn/shared_storage.h"
 
 namespace sigattn {
+
+// The shared address of a kernel's layout (shared_storage.h): the dynamic shared memory's start,
+// rounded up to the 1024-byte swizzle atom within the layout's slack.
+__device__ __forceinline__ unsigned sm90_smem_base(const unsigned char* smem_raw) {
+  constexpr unsigned kMask = sm90_tile_alignment() - 1;
+  return (smem_addr(smem_raw) + kMask) & ~kMask;
+}
 
 __device__ __forceinline__ void mbarrier_init(unsigned bar, unsigned count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");

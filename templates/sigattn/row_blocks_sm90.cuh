@@ -1,5 +1,6 @@
 // What the persistent Hopper kernels that walk query row blocks (the forward and dQ) share: the
-// geometry of a work tile, the producer's K/V stream into the ring, the sigmoid over a consumer
+// geometry of a work tile, the barriers, the producer's loads of the row tiles and its K/V stream
+// into the ring, the consumers' main loop over a work tile, the sigmoid over a consumer
 // warpgroup's score fragment and the store of its rows.
 #pragma once
 
@@ -7,6 +8,7 @@
 #include "sigattn/hopper_sm90.cuh"
 #include "sigattn/ptx_sm80.cuh"
 #include "sigattn/sequence.cuh"
+#include "sigattn/shared_storage.h"
 #include "sigattn/sigmoid.cuh"
 #include "sigattn/tile_scheduler.cuh"
 
@@ -60,6 +62,53 @@ struct KvRing {
   unsigned k, v, full, empty;
 };
 
+// Thread 0 initializes the barriers: each stage's full (the producer's TMA or its warpgroup's
+// arrival) and empty (one arrival per consumer warp), and the row tiles' pair; then the CTA syncs.
+template <int kStages, int kConsumers>
+__device__ __forceinline__ void init_row_block_barriers(const KvRing& kv, unsigned bar_q,
+                                                        unsigned bar_q_empty, int tid) {
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(kv.full + 8 * s, 1);
+      mbarrier_init(kv.empty + 8 * s, 4 * kConsumers);
+    }
+    mbarrier_init(bar_q, 1);
+    mbarrier_init(bar_q_empty, 4 * kConsumers);
+    fence_barrier_init();
+  }
+  __syncthreads();
+}
+
+// Producer: a work tile's row tiles (forward: Q; dQ: Q and dO) into their buffers, once the
+// consumers released the previous ones (the phase of parity free_parity, flipped here). Whole
+// tiles by TMA: thread 0 (leader) calls tma(row, batch_coord) to issue the loads of `bytes` bytes
+// on bar_q. A tile that crosses the end of a padded or packed sequence with cp.async by the whole
+// warpgroup: copy_tail() copies it and waits for its copies. Only the leader tracks the barriers'
+// phases (a parity wait cannot tell a phase from the one two later); named barrier 1 passes the
+// free buffers on to the rest of the warpgroup.
+template <class Cfg, class Tma, class Tail>
+__device__ __forceinline__ void load_row_tiles(const RowBlockWork& w, unsigned bar_q,
+                                               unsigned bar_q_empty, unsigned& free_parity,
+                                               unsigned bytes, bool leader, Tma&& tma,
+                                               Tail&& copy_tail) {
+  constexpr Layout kLayout = Cfg::kLayout;
+  if (kLayout == Layout::kDense || w.m0 + Cfg::kBlockM <= w.seq.len_q) {
+    if (leader) {
+      mbarrier_wait(bar_q_empty, free_parity);
+      mbarrier_arrive_expect_tx(bar_q, bytes);
+      tma(static_cast<int>(w.seq.q_token0) + w.m0, kLayout == Layout::kVarlen ? 0 : w.batch);
+    }
+  } else {
+    if (leader) mbarrier_wait(bar_q_empty, free_parity);
+    named_barrier_sync(1, 128);
+    copy_tail();
+    fence_proxy_async();
+    named_barrier_sync(1, 128);
+    if (leader) mbarrier_arrive(bar_q);
+  }
+  free_parity ^= 1;
+}
+
 // Producer: the K/V tiles of a work tile into the ring, the whole ones by TMA (thread 0), then
 // at most one that crosses the sequence's end (the last) with cp.async by the whole warpgroup.
 // Only thread 0 waits on the empty barriers; named barrier 1 passes a free stage on.
@@ -69,8 +118,8 @@ __device__ __forceinline__ void load_kv_tiles(const FwdParams& p, const TmaDescr
                                               const KvRing& kv, RingPosition<kStages>& ring,
                                               int tid) {
   constexpr int kD = Cfg::kHeadDim, kBN = Cfg::kBlockN;
-  constexpr int kSlabs = (kD + 63) / 64;
-  constexpr int kKVBytes = kSlabs * kBN * 128;
+  constexpr int kSlabs = sm90_column_blocks(kD);
+  constexpr int kKVBytes = sm90_tile_bytes(kD, kBN);
   constexpr Layout kLayout = Cfg::kLayout;
   const int batch_coord = kLayout == Layout::kVarlen ? 0 : w.batch;
   const int head_kv = w.head / (p.heads_q / p.heads_kv);
@@ -111,6 +160,56 @@ __device__ __forceinline__ void load_kv_tiles(const FwdParams& p, const TmaDescr
     if (tid == 0) mbarrier_arrive(kv.full + 8 * ring.stage);
     ring.advance();
   }
+}
+
+// A consumer warpgroup's pass over the K/V tiles [tile_begin, tile_end) of work tile w: waits for
+// its row tiles (phase q_parity), then per K/V tile issues the score GEMMs (issue_scores(stage),
+// committed), runs the elementwise step on their results (elementwise(tile), which first fences
+// the score accumulators), packs the update's A fragments (pack()) and issues the update GEMM into
+// `acc` (issue_update(stage), committed). The score GEMMs of tile j + 1 and the update of tile j
+// are in flight while tile j + 1's elementwise step runs; two consumers' GEMMs take turns. Each
+// stage goes back to the producer once its update completed, the row tiles once the last scores
+// did.
+template <int kStages, bool kTurns, int kAcc, class Scores, class Elementwise, class Pack,
+          class Update>
+__device__ __forceinline__ void consume_row_block(const RowBlockWork& w, const KvRing& kv,
+                                                  unsigned bar_q, unsigned bar_q_empty,
+                                                  unsigned& q_parity, RingPosition<kStages>& ring,
+                                                  const Turns<kTurns>& turns, int lane,
+                                                  float (&acc)[kAcc], Scores&& issue_scores,
+                                                  Elementwise&& elementwise, Pack&& pack,
+                                                  Update&& issue_update) {
+  mbarrier_wait(bar_q, q_parity);
+  q_parity ^= 1;
+  mbarrier_wait(kv.full + 8 * ring.stage, ring.phase);
+  issue_scores(ring.stage);
+  wgmma_wait<0>();
+  elementwise(w.tile_begin);
+  pack();
+  for (int tile = w.tile_begin; tile + 1 < w.tile_end; ++tile) {
+    const int stage = ring.stage;
+    ring.advance();
+    mbarrier_wait(kv.full + 8 * ring.stage, ring.phase);
+    turns.wait();
+    issue_scores(ring.stage);
+    issue_update(stage);
+    turns.pass();
+    wgmma_wait<1>();
+    elementwise(tile + 1);
+    wgmma_wait<0>();
+    fence_operands(acc);
+    if (lane == 0) mbarrier_arrive(kv.empty + 8 * stage);
+    pack();
+  }
+  // Every score GEMM of the work tile has completed: the producer may load the next row tiles.
+  if (lane == 0) mbarrier_arrive(bar_q_empty);
+  turns.wait();
+  issue_update(ring.stage);
+  turns.pass();
+  wgmma_wait<0>();
+  fence_operands(acc);
+  if (lane == 0) mbarrier_arrive(kv.empty + 8 * ring.stage);
+  ring.advance();
 }
 
 // The elements of for_each_probability, with the masks applied (kMasked) or not looked at.

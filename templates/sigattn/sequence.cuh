@@ -1,6 +1,6 @@
 // Per-sequence geometry of one CTA: where sequence b starts in each tensor, its valid query and
-// key lengths in each layout, the range of keys the masks leave to a block of query rows, and
-// the query tiles that see a block of keys.
+// key lengths in each layout, the sigmoid's bias, the range of keys the masks leave to a block of
+// query rows, and the query tiles that see a block of keys.
 #pragma once
 
 #include "sigattn/fwd_params.h"
@@ -58,6 +58,11 @@ __device__ __forceinline__ SeqInfo sequence_info(const FwdParams& p, int b) {
     s.k_start = b * p.k_batch_stride;
   }
   return s;
+}
+
+// The bias added to every score: the caller's, else -log(len_k).
+__device__ __forceinline__ float sequence_bias(const FwdParams& p, const SeqInfo& s) {
+  return p.has_bias ? p.bias : -logf(static_cast<float>(s.len_k));
 }
 
 // Which keys query rows may see: key padding, causal (bottom-right aligned) and the window, both

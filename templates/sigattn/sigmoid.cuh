@@ -38,6 +38,17 @@ struct Sigmoid {
     }
   }
 
+  // The shift of one key: shift(bias + score_mod[key]) below len_k, else shift(bias).
+  template <bool kScoreMod>
+  __device__ __forceinline__ float key_shift(float bias, const float* score_mod, int key,
+                                             int len_k) const {
+    float mod = 0.0f;
+    if constexpr (kScoreMod) {
+      if (key < len_k) mod = score_mod[key];
+    }
+    return shift(bias + mod);
+  }
+
   __device__ __forceinline__ float operator()(float s, float shift_value) const {
     if constexpr (kAccurate) {
       float x = fmaf(s, scale, shift_value);
