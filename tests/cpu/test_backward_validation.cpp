@@ -111,9 +111,9 @@ TEST(BackwardValidation, InputRulesStillApply) {
   expect_rejected(args, "heads_q = 4 is not a multiple of heads_kv = 3");
 }
 
-TEST(BackwardSplit, DeterministicByDefault) {
-  EXPECT_TRUE(BackwardArgs{}.deterministic);
-  EXPECT_TRUE(valid_args().deterministic);
+TEST(BackwardSplit, FastestSplitByDefault) {
+  EXPECT_FALSE(BackwardArgs{}.deterministic);
+  EXPECT_FALSE(valid_args().deterministic);
 }
 
 TEST(BackwardSplit, FastModeTakesTheFasterSplitForEveryHeadDimAndArch) {
@@ -163,13 +163,13 @@ TEST(BackwardSplit, AtomicDqIsADkdvSplitOnly) {
   for (const gen::TileConfig& t : policy::candidates(specs.dq, target)) EXPECT_FALSE(t.atomic_dq);
 }
 
-TEST(BackwardCApi, DeterministicIsTheLastFieldAndDefaultsToOne) {
+TEST(BackwardCApi, DeterministicIsTheLastFieldAndDefaultsToZero) {
   EXPECT_EQ(offsetof(sigattn_backward_args, deterministic),
             offsetof(sigattn_backward_args, grad_v) + sizeof(sigattn_tensor));
   sigattn_backward_args args;
   std::memset(&args, 0x7f, sizeof(args));
   sigattn_backward_args_init(&args);
-  EXPECT_EQ(args.deterministic, 1);
+  EXPECT_EQ(args.deterministic, 0);
 }
 
 TEST(BackwardCApi, EitherSplitValidatesTheSameWay) {
