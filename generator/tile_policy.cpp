@@ -172,16 +172,13 @@ std::string sm90_registers(const KernelSpec& s, const TileConfig& t) {
           "232",
           needed);
     }
-    // Above head dim 128 ptxas spills before that count (fp16 varlen with every mask, score_mod
-    // and the accurate sigmoid): 64-key steps up to d=144 (d=160 spilled 44 bytes), 32-key steps
-    // up to d=192 with two consumer warpgroups (d=208 spilled 24 bytes, d=256 228) and up to
-    // d=256 with one.
-    const int widest = t.block_n > 32 ? 144 : t.block_m > 64 ? 192 : 256;
+    // Above head dim 128 ptxas spills before that count where masks, score_mod and the accurate
+    // sigmoid add their state: 64-key steps up to d=144 (d=160 spilled 44 bytes), 32-key steps up
+    // to d=192 (d=208 spilled 16 to 24 bytes, d=256 up to 228, with one consumer warpgroup and
+    // with two, and with 256 registers for one).
+    const int widest = t.block_n > 32 ? 144 : 192;
     if (s.head_dim <= widest) return {};
-    return fmt::format(
-        "ptxas spills dQ above head_dim {} in {}-key steps with {} consumer "
-        "warpgroup(s)",
-        widest, t.block_n, t.block_m / 64);
+    return fmt::format("ptxas spills dQ above head_dim {} in {}-key steps", widest, t.block_n);
   }
   const int consumers = t.block_m / 64;
   const bool wide = s.head_dim > 128;
@@ -349,8 +346,8 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
       }
     }
   }
-  // dQ: 64-key steps, and above head dim 128 also 32-key steps (from d=160 on the only ones that
-  // fit the registers; up to 128, 64-key steps fit, and wgmma's N of 64 reads the Q and dO
+  // dQ: 64-key steps, and above head dim 128 also 32-key steps (from d=160 to 192 the only ones
+  // that fit the registers; up to 128, 64-key steps fit, and wgmma's N of 64 reads the Q and dO
   // operands from shared memory half as often per key as an N of 32).
   if (spec.direction == gen::Direction::dq && target.arch == "sm_90a") {
     for (int n : {64, 32}) {
@@ -472,7 +469,7 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
   // (S, dP and the dS fragments beside dQ fit 232 registers up to block_n 64 at d=128), three
   // stages so that TMA runs ahead of the two a consumer holds. d=80 to 112 take d=128's tile
   // for the reason dK/dV do. From d=160 on, S, dP and the dS fragments of 64 keys beside dQ
-  // exceed the registers: 32-key steps; from d=208 on with one consumer warpgroup
+  // exceed the registers: 32-key steps up to d=192; above, the portable family's dQ kernel
   // (sm90_registers).
   static const std::vector<Preference> hopper_dq = {
       {{128, 64, 12, 3, gen::Family::sm90},
@@ -484,10 +481,6 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
        "registers), 3 stages"},
       {{128, 32, 12, 2, gen::Family::sm90},
        "sm_90a: wgmma/TMA dQ, 2 consumer warpgroups x 64 rows, 32-key steps, 2 stages"},
-      {{64, 32, 8, 3, gen::Family::sm90},
-       "sm_90a: wgmma/TMA dQ, 1 consumer warpgroup x 64 rows, 32-key steps, 3 stages"},
-      {{64, 32, 8, 2, gen::Family::sm90},
-       "sm_90a: wgmma/TMA dQ, 1 consumer warpgroup x 64 rows, 32-key steps, 2 stages"},
   };
   if (spec.direction == gen::Direction::forward && target.arch == "sm_90a") {
     for (const auto& p : hopper) {

@@ -212,13 +212,19 @@ TEST(Generate, RejectsSm90DqTilesOutsideTheKernel) {
   EXPECT_NO_THROW(generate({spec, {128, 64, 12, 3, Family::sm90}}));
   EXPECT_NO_THROW(generate({spec, {64, 64, 8, 2, Family::sm90}}));
   // Three consumer warpgroups, a warp count that does not match, S and dP of 128 keys beside dQ,
-  // the one-pass split, a head dim that is not 64 or 128.
+  // the one-pass split, a head dim that is not a multiple of 16.
   EXPECT_THROW(generate({spec, {192, 64, 16, 2, Family::sm90}}), std::invalid_argument);
   EXPECT_THROW(generate({spec, {128, 64, 8, 2, Family::sm90}}), std::invalid_argument);
   EXPECT_THROW(generate({spec, {128, 128, 12, 2, Family::sm90}}), std::invalid_argument);
   EXPECT_THROW(generate({spec, {128, 64, 12, 2, Family::sm90, true}}), std::invalid_argument);
-  spec.head_dim = 96;
+  spec.head_dim = 72;
   EXPECT_THROW(generate({spec, {128, 64, 12, 2, Family::sm90}}), std::invalid_argument);
+  // d=192: 32-key steps only; above, none.
+  spec.head_dim = 192;
+  EXPECT_NO_THROW(generate({spec, {128, 32, 12, 2, Family::sm90}}));
+  EXPECT_THROW(generate({spec, {128, 64, 12, 2, Family::sm90}}), std::invalid_argument);
+  spec.head_dim = 208;
+  EXPECT_THROW(generate({spec, {64, 32, 8, 2, Family::sm90}}), std::invalid_argument);
 }
 
 TEST(Generate, RejectsSm90DkdvTilesOutsideTheKernel) {
@@ -229,8 +235,13 @@ TEST(Generate, RejectsSm90DkdvTilesOutsideTheKernel) {
   EXPECT_THROW(generate({spec, {64, 64, 8, 2, Family::sm90}}), std::invalid_argument);
   EXPECT_THROW(generate({spec, {64, 128, 8, 2, Family::sm90}}), std::invalid_argument);
   EXPECT_THROW(generate({spec, {128, 128, 12, 2, Family::sm90}}), std::invalid_argument);
-  spec.head_dim = 96;
+  spec.head_dim = 72;
   EXPECT_THROW(generate({spec, {64, 128, 12, 2, Family::sm90}}), std::invalid_argument);
+  // Above d=128 only the gradient split (block_n 64), in the two-kernel split.
+  spec.head_dim = 256;
+  EXPECT_NO_THROW(generate({spec, {64, 64, 12, 2, Family::sm90}}));
+  EXPECT_THROW(generate({spec, {64, 128, 12, 2, Family::sm90}}), std::invalid_argument);
+  EXPECT_THROW(generate({spec, {64, 64, 12, 2, Family::sm90, true}}), std::invalid_argument);
   // d=64: the one-pass split needs 128-query steps for whole 64-column dQ parts.
   spec.head_dim = 64;
   EXPECT_NO_THROW(generate({spec, {64, 128, 12, 2, Family::sm90}}));

@@ -149,7 +149,7 @@ std::vector<gen::Variant> sm90_variants() {
                            "dq.bf16.d112.dense.causal.nosmod.fast.x128",
                            "dq.bf16.d160.dense.nomask.nosmod.fast.x128",
                            "dq.bf16.d192.varlen.causal+window.smod.fast.anylen",
-                           "dq.fp16.d256.padded.window.smod.accurate.anylen",
+                           "dq.fp16.d176.padded.window.smod.accurate.anylen",
                            "dq.fp16.d64.padded.causal.smod.accurate.anylen",
                            "dq.bf16.d128.varlen.causal+window.smod.fast.anylen"}) {
     const gen::KernelSpec spec = gen::parse_spec(text);

@@ -266,9 +266,10 @@ TEST(Sm90Family, BackwardAbove128SplitsTheGradientsAndShortensDqSteps) {
   const Target hopper = target_for_arch("sm_90a");
   const gen::TileConfig split_three{64, 64, 12, 3, gen::Family::sm90};
   const gen::TileConfig split_two{64, 64, 12, 2, gen::Family::sm90};
+  // dq_block_n 0: the portable family's dQ kernel.
   for (auto [head_dim, dkdv_tile, dq_block_n] :
        {std::tuple{144, split_three, 64}, std::tuple{192, split_three, 32},
-        std::tuple{256, split_two, 32}}) {
+        std::tuple{256, split_two, 0}}) {
     gen::KernelSpec dkdv = spec_with(head_dim);
     dkdv.direction = gen::Direction::dkdv;
     EXPECT_EQ(default_tile(dkdv, hopper).tile, dkdv_tile) << head_dim;
@@ -285,12 +286,17 @@ TEST(Sm90Family, BackwardAbove128SplitsTheGradientsAndShortensDqSteps) {
     gen::KernelSpec dq = dkdv;
     dq.direction = gen::Direction::dq;
     const gen::TileConfig dq_tile = default_tile(dq, hopper).tile;
-    EXPECT_EQ(dq_tile.family, gen::Family::sm90) << head_dim;
-    EXPECT_EQ(dq_tile.block_n, dq_block_n) << head_dim;
+    EXPECT_EQ(dq_tile.family, dq_block_n > 0 ? gen::Family::sm90 : gen::Family::sm80) << head_dim;
+    if (dq_block_n > 0) {
+      EXPECT_EQ(dq_tile.block_n, dq_block_n) << head_dim;
+    }
   }
   gen::KernelSpec wide = spec_with(192);
   wide.direction = gen::Direction::dq;
   EXPECT_NE(rejection(wide, {128, 64, 12, 3, gen::Family::sm90}, hopper).find("sm90_registers"),
+            std::string::npos);
+  wide.head_dim = 208;
+  EXPECT_NE(rejection(wide, {64, 32, 8, 2, gen::Family::sm90}, hopper).find("sm90_registers"),
             std::string::npos);
   // Below d=128 the gradient split is a candidate the tuner may take, not the default.
   gen::KernelSpec narrow = spec_with(128);
