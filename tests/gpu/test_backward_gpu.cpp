@@ -1,17 +1,18 @@
 // Backward-pass correctness on the GPU, in both work splits: dQ, dK and dV against an fp64 CPU
 // reference (small problems, exact sigmoid) or a plain fp32 GPU kernel (large problems and the
 // fast sigmoid) for every dtype, head dim, layout, mask, head grouping, bias, scale and
-// score_mod; zero gradients on padding; the deterministic split bit-identical from run to run;
-// the one-pass split (atomic dQ) within tolerance of the deterministic one; every one-pass tile
-// candidate of two specs; every Hopper dQ tile and the portable default on problems with many
-// work tiles per CTA; one-pass calls on two streams at once; and the GPU reference itself against
-// the CPU one.
+// score_mod; zero gradients on padding; the deterministic split bit-identical from run to run
+// and between the Hopper dQ kernel's two schedules; the one-pass split (atomic dQ) within tolerance
+// of the deterministic one; every one-pass tile candidate of two specs; every Hopper dQ tile and
+// the portable default on problems with many work tiles per CTA; one-pass calls on two streams at
+// once; and the GPU reference itself against the CPU one.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <optional>
 #include <random>
 #include <sigattn/sigattn.hpp>
 #include <string>
@@ -280,6 +281,17 @@ GradientBits run_one_pass(DeviceGradients& g, const BackwardTiles& tiles) {
   return run(g, [&] { backward_with_tiles(g.args, nullptr, tiles.dkdv, tiles.dq); });
 }
 
+// The deterministic split's heuristic tiles with the dQ tile in the other schedule, where that is
+// a Hopper tile.
+std::optional<BackwardTiles> other_schedule_tiles(const BackwardSpecs& specs,
+                                                  const policy::Target& target) {
+  BackwardTiles tiles = default_backward_tiles(specs, target, /*deterministic=*/true);
+  if (tiles.dq.family != gen::Family::sm90) return std::nullopt;
+  tiles.dq.schedule =
+      tiles.dq.schedule == gen::Schedule::dynamic ? gen::Schedule::strided : gen::Schedule::dynamic;
+  return tiles;
+}
+
 bool use_cpu_reference(const Problem& p) {
   return p.sigmoid == SigmoidMode::accurate && p.work() <= kCpuReferenceWorkLimit;
 }
@@ -391,6 +403,9 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
       variants.push_back({specs.dq, tiles.dq});
     }
     variants.push_back({specs.dkdv, one_pass_tiles(specs, gpu.target).dkdv});
+    if (const auto other = other_schedule_tiles(specs, gpu.target)) {
+      variants.push_back({specs.dq, other->dq});
+    }
   };
   for (const std::vector<Problem>& table : all_reference_tables()) {
     for (const Problem& p : table) {
@@ -440,6 +455,15 @@ TEST_P(BackwardMatchesReference, BothSplits) {
   EXPECT_EQ(repeat.dq, deterministic.dq) << "dQ differs between two deterministic runs";
   EXPECT_EQ(repeat.dk, deterministic.dk) << "dK differs between two deterministic runs";
   EXPECT_EQ(repeat.dv, deterministic.dv) << "dV differs between two deterministic runs";
+
+  // A Hopper dQ tile in the other schedule (strided or dynamic): the same tiles on other CTAs,
+  // so the same bits.
+  if (const std::optional<BackwardTiles> other = other_schedule_tiles(specs_of(p), gpu().target)) {
+    const GradientBits rescheduled =
+        run(grads, [&] { backward_with_tiles(grads.args, nullptr, other->dkdv, other->dq); });
+    expect_matches(p, rescheduled, ref, "deterministic split, dQ in the other schedule");
+    EXPECT_EQ(rescheduled.dq, deterministic.dq) << "dQ differs between the two schedules";
+  }
 
   const BackwardTiles one_pass_split = one_pass_tiles(specs_of(p), gpu().target);
   const GradientBits one_pass = run_one_pass(grads, one_pass_split);
