@@ -165,11 +165,24 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   turns.begin();
   unsigned q_parity = 0;  // phase of the next Q and dO
   RingPosition<S::kStages> ring;
-  // One work tile (see the loop below).
-  const auto run_tile = [&](const auto& tile_of, const auto& wait_q, const auto& skip_q) {
+  // The work tile at `index` of the strided schedule, or the one `published` in the dynamic one:
+  // derived again where used in the strided schedule rather than kept in registers through the
+  // main loop; kept in the dynamic one, whose slot the producer writes again while the tile's
+  // epilogue may still run.
+  const auto tile_of = [&](int index, const WorkTile& published) {
+    if constexpr (Cfg::kDynamicSchedule) {
+      return published;
+    } else {
+      return strided_work_tile<Cfg>(p, index);
+    }
+  };
+  // One work tile. In the strided schedule it waits for its Q and dO here, when it has keys to
+  // visit; in the dynamic one they were waited for with its publication, and a tile with no keys to
+  // visit releases them at once.
+  const auto run_tile = [&](int index, const WorkTile& published) {
 #pragma unroll
     for (int i = 0; i < S::kD / 2; ++i) acc_dq[i] = 0.0f;
-    const RowBlockWork w = describe_row_block<Cfg>(p, tile_of());
+    const RowBlockWork w = describe_row_block<Cfg>(p, tile_of(index, published));
     if (w.tile_end > w.tile_begin) {
       const int wg_row0 = w.m0 + 64 * consumer;         // first row of the warpgroup
       const int row0 = wg_row0 + 16 * warp + lane / 4;  // this thread's rows: row0 and row0 + 8
@@ -190,16 +203,16 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
 
       // S and dP of the next tile and the dQ update of this one in flight while the next tile's
       // sigmoid runs.
-      wait_q();
+      if constexpr (!Cfg::kDynamicSchedule) wait_row_tiles(bar_q, q_parity);
       consume_row_block(w, kv, bar_q_empty, ring, turns, lane, acc_dq, issue_scores, scores_to_ds,
                         pack_ds, issue_dq);
-    } else {
-      skip_q();
+    } else if constexpr (Cfg::kDynamicSchedule) {
+      release_row_tiles(bar_q_empty, lane);
     }
 
     // Epilogue: dQ = scale dS K; rows past len_q are zeros in the padded layout and absent in
     // varlen.
-    const RowBlockWork e = describe_row_block<Cfg>(p, tile_of());
+    const RowBlockWork e = describe_row_block<Cfg>(p, tile_of(index, published));
     store_fragment_rows<kBf16, S::kD>(
         static_cast<unsigned short*>(bp.dq) +
             e.seq.q_offset(bp.dq_batch_stride, bp.dq_seq_stride, e.batch) +
@@ -207,22 +220,17 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
         bp.dq_seq_stride, acc_dq, p.scale, 64 * consumer + 16 * warp + lane / 4, e.seq.len_q - e.m0,
         (kLayout == Layout::kVarlen ? e.seq.len_q : p.max_seqlen_q) - e.m0, lane);
   };
-  // Every work tile of the CTA in Cfg's schedule. tile_of() gives the tile: derived again from
-  // the loop's position where used in the strided schedule; kept in registers in the dynamic one,
-  // whose slot the producer writes again while the tile's epilogue may still run. wait_q() waits
-  // for the row tiles before the main loop; skip_q() stands for the main loop of a tile with no
-  // keys to visit. (In a helper shared with the other kernel, this loop compiled to other code
-  // for the strided schedule.)
+  // Every work tile of the CTA in Cfg's schedule. (In a helper shared with the other kernel, this
+  // loop compiled to other code for the strided schedule.)
   if constexpr (Cfg::kDynamicSchedule) {
     for (int t = 0;; ++t) {
       const WorkTile tile = next_published_tile(work_tiles, t, bar_q, q_parity);
       if (tile.batch < 0) break;
-      run_tile([&] { return tile; }, [] {}, [&] { release_row_tiles(bar_q_empty, lane); });
+      run_tile(t, tile);
     }
   } else {
     for (int index = blockIdx.x; index < row_block_work_tiles<S::kBM>(p); index += gridDim.x) {
-      run_tile([&] { return strided_work_tile<Cfg>(p, index); },
-               [&] { wait_row_tiles(bar_q, q_parity); }, [] {});
+      run_tile(index, WorkTile{});
     }
   }
   turns.end();

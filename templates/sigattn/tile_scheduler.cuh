@@ -91,11 +91,14 @@ __device__ __forceinline__ void store_shared_ints(unsigned slot, int a, int b, i
 }
 
 __device__ __forceinline__ void load_shared_ints(unsigned slot, int& a, int& b, int& c) {
-  int unused;
+  int words[4];
   asm volatile("ld.shared.v4.s32 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(a), "=r"(b), "=r"(c), "=r"(unused)
+               : "=r"(words[0]), "=r"(words[1]), "=r"(words[2]), "=r"(words[3])
                : "r"(slot)
                : "memory");
+  a = words[0];
+  b = words[1];
+  c = words[2];
 }
 
 __device__ __forceinline__ void store_work_tile(unsigned slot, const WorkTile& tile) {

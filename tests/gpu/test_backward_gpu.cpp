@@ -4,8 +4,9 @@
 // score_mod; zero gradients on padding; the deterministic split bit-identical from run to run
 // and between the Hopper dQ kernel's two schedules; the one-pass split (atomic dQ) within tolerance
 // of the deterministic one; every one-pass tile candidate of two specs; every Hopper dQ tile and
-// the portable default on problems with many work tiles per CTA; one-pass calls on two streams at
-// once; and the GPU reference itself against the CPU one.
+// the portable default on problems with many work tiles per CTA; one-pass calls, and the dQ kernel
+// in the dynamic schedule, on two streams at once; and the GPU reference itself against the CPU
+// one.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -292,6 +293,13 @@ std::optional<BackwardTiles> other_schedule_tiles(const BackwardSpecs& specs,
   return tiles;
 }
 
+// The deterministic split's heuristic tiles with a Hopper dQ tile in the dynamic schedule.
+BackwardTiles dynamic_dq_tiles(const BackwardSpecs& specs, const policy::Target& target) {
+  BackwardTiles tiles = default_backward_tiles(specs, target, /*deterministic=*/true);
+  if (tiles.dq.family == gen::Family::sm90) tiles.dq.schedule = gen::Schedule::dynamic;
+  return tiles;
+}
+
 bool use_cpu_reference(const Problem& p) {
   return p.sigmoid == SigmoidMode::accurate && p.work() <= kCpuReferenceWorkLimit;
 }
@@ -430,6 +438,14 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
   }
   if (test_selected("BackwardConcurrency.TwoStreamsInOnePassMode")) {
     for (const Problem& p : concurrent_cases()) add_defaults(p);
+  }
+  if (test_selected("BackwardConcurrency.TwoStreamsInTheDynamicSchedule")) {
+    for (const Problem& p : concurrent_cases()) {
+      const BackwardSpecs specs = specs_of(p);
+      const BackwardTiles tiles = dynamic_dq_tiles(specs, gpu.target);
+      variants.push_back({specs.dkdv, tiles.dkdv});
+      variants.push_back({specs.dq, tiles.dq});
+    }
   }
   return variants;
 });
@@ -600,6 +616,50 @@ TEST_F(BackwardConcurrency, TwoStreamsInOnePassMode) {
     expect_matches(p, {download_bits(grads.dq), download_bits(grads.dk), download_bits(grads.dv)},
                    reference_for(p, prepared[i]),
                    "after three one-pass calls on a stream of its own");
+  }
+}
+
+// Two threads, each with its own stream and problem, run the deterministic backward with the dQ
+// kernel in the dynamic schedule three times without synchronizing in between: each stream's
+// launches take tiles from a counter of their own.
+TEST_F(BackwardConcurrency, TwoStreamsInTheDynamicSchedule) {
+  const std::vector<Problem> problems = concurrent_cases();
+  const std::uint64_t seed = this->seed();
+  std::vector<PreparedProblem> prepared;
+  prepared.reserve(problems.size());
+  for (std::size_t i = 0; i < problems.size(); ++i) {
+    poison(prepared.emplace_back(problems[i], seed + i).grads);
+  }
+  synchronize();  // the poison is written on the legacy stream, the calls run on others
+  const CUcontext context = cuda::current_context();
+  std::vector<std::string> failures(problems.size());
+  std::vector<std::thread> threads;
+  for (std::size_t i = 0; i < problems.size(); ++i) {
+    threads.emplace_back([&, i] {
+      try {
+        SIGATTN_CU(cuda::driver().cuCtxSetCurrent(context));
+        CUstream stream = nullptr;
+        SIGATTN_CU(cuda::driver().cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
+        const BackwardTiles tiles = dynamic_dq_tiles(specs_of(problems[i]), gpu().target);
+        for (int repeat = 0; repeat < 3; ++repeat) {
+          backward_with_tiles(prepared[i].grads.args, stream, tiles.dkdv, tiles.dq);
+        }
+        SIGATTN_CU(cuda::driver().cuStreamSynchronize(stream));
+        SIGATTN_CU(cuda::driver().cuStreamDestroy(stream));
+      } catch (const std::exception& e) {
+        failures[i] = e.what();
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (std::size_t i = 0; i < problems.size(); ++i) {
+    const Problem& p = problems[i];
+    SCOPED_TRACE(context_of(p, seed + i));
+    ASSERT_EQ(failures[i], "");
+    const DeviceGradients& grads = prepared[i].grads;
+    expect_matches(p, {download_bits(grads.dq), download_bits(grads.dk), download_bits(grads.dv)},
+                   reference_for(p, prepared[i]),
+                   "after three calls with the dynamic dQ schedule on a stream of its own");
   }
 }
 
