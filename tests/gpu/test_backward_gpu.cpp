@@ -574,57 +574,11 @@ INSTANTIATE_TEST_SUITE_P(PersistentSchedule, EveryHopperDqTile, testing::ValuesI
 
 using BackwardConcurrency = GpuTest;
 
-// Two threads, each with its own stream and problem, call the one-pass backward three times
-// without synchronizing in between: the workspace of one stream must never be the other's.
-TEST_F(BackwardConcurrency, TwoStreamsInOnePassMode) {
-  const std::vector<Problem> problems = concurrent_cases();
-  const std::uint64_t seed = this->seed();
-  std::vector<PreparedProblem> prepared;
-  prepared.reserve(problems.size());
-  for (std::size_t i = 0; i < problems.size(); ++i) {
-    DeviceGradients& grads = prepared.emplace_back(problems[i], seed + i).grads;
-    grads.args.deterministic = false;
-    poison(grads);
-  }
-  synchronize();  // the poison is written on the legacy stream, the calls run on others
-  const CUcontext context = cuda::current_context();
-  std::vector<std::string> failures(problems.size());
-  std::vector<std::thread> threads;
-  for (std::size_t i = 0; i < problems.size(); ++i) {
-    threads.emplace_back([&, i] {
-      try {
-        SIGATTN_CU(cuda::driver().cuCtxSetCurrent(context));
-        CUstream stream = nullptr;
-        SIGATTN_CU(cuda::driver().cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
-        const BackwardTiles tiles = one_pass_tiles(specs_of(problems[i]), gpu().target);
-        for (int repeat = 0; repeat < 3; ++repeat) {
-          backward_with_tiles(prepared[i].grads.args, stream, tiles.dkdv, tiles.dq);
-        }
-        SIGATTN_CU(cuda::driver().cuStreamSynchronize(stream));
-        SIGATTN_CU(cuda::driver().cuStreamDestroy(stream));
-      } catch (const std::exception& e) {
-        failures[i] = e.what();
-      }
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  for (std::size_t i = 0; i < problems.size(); ++i) {
-    const Problem& p = problems[i];
-    SCOPED_TRACE(context_of(p, seed + i));
-    ASSERT_EQ(failures[i], "");
-    const DeviceGradients& grads = prepared[i].grads;
-    expect_matches(p, {download_bits(grads.dq), download_bits(grads.dk), download_bits(grads.dv)},
-                   reference_for(p, prepared[i]),
-                   "after three one-pass calls on a stream of its own");
-  }
-}
-
-// Two threads, each with its own stream and problem, run the deterministic backward with the dQ
-// kernel in the dynamic schedule three times without synchronizing in between: each stream's
-// launches take tiles from a counter of their own.
-TEST_F(BackwardConcurrency, TwoStreamsInTheDynamicSchedule) {
-  const std::vector<Problem> problems = concurrent_cases();
-  const std::uint64_t seed = this->seed();
+// Two threads, each with its own stream and problem, call the backward with tiles_of(specs) three
+// times without synchronizing in between; then each result is checked against its reference.
+template <class TilesOf>
+void expect_streams_apart(const std::vector<Problem>& problems, std::uint64_t seed,
+                          const TilesOf& tiles_of, const std::string& what) {
   std::vector<PreparedProblem> prepared;
   prepared.reserve(problems.size());
   for (std::size_t i = 0; i < problems.size(); ++i) {
@@ -640,7 +594,7 @@ TEST_F(BackwardConcurrency, TwoStreamsInTheDynamicSchedule) {
         SIGATTN_CU(cuda::driver().cuCtxSetCurrent(context));
         CUstream stream = nullptr;
         SIGATTN_CU(cuda::driver().cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
-        const BackwardTiles tiles = dynamic_dq_tiles(specs_of(problems[i]), gpu().target);
+        const BackwardTiles tiles = tiles_of(specs_of(problems[i]));
         for (int repeat = 0; repeat < 3; ++repeat) {
           backward_with_tiles(prepared[i].grads.args, stream, tiles.dkdv, tiles.dq);
         }
@@ -658,9 +612,25 @@ TEST_F(BackwardConcurrency, TwoStreamsInTheDynamicSchedule) {
     ASSERT_EQ(failures[i], "");
     const DeviceGradients& grads = prepared[i].grads;
     expect_matches(p, {download_bits(grads.dq), download_bits(grads.dk), download_bits(grads.dv)},
-                   reference_for(p, prepared[i]),
-                   "after three calls with the dynamic dQ schedule on a stream of its own");
+                   reference_for(p, prepared[i]), what);
   }
+}
+
+// The one-pass split's workspace of one stream must never be the other's.
+TEST_F(BackwardConcurrency, TwoStreamsInOnePassMode) {
+  expect_streams_apart(
+      concurrent_cases(), seed(),
+      [&](const BackwardSpecs& specs) { return one_pass_tiles(specs, gpu().target); },
+      "after three one-pass calls on a stream of its own");
+}
+
+// The dQ kernel in the dynamic schedule: each stream's launches take tiles from a counter of
+// their own.
+TEST_F(BackwardConcurrency, TwoStreamsInTheDynamicSchedule) {
+  expect_streams_apart(
+      concurrent_cases(), seed(),
+      [&](const BackwardSpecs& specs) { return dynamic_dq_tiles(specs, gpu().target); },
+      "after three calls with the dynamic dQ schedule on a stream of its own");
 }
 
 class BackwardReference : public GpuTest, public testing::WithParamInterface<Problem> {};
