@@ -94,22 +94,18 @@ std::string x128_divides(const KernelSpec& s, const TileConfig& t) {
                      t.block_n);
 }
 
-// The sm90 family: a forward kernel with head dims in wgmma k-steps of 16 and at least one
-// 64-element TMA box (128 bytes, the swizzle span) wide; dK/dV and dQ kernels for head dims of
-// whole boxes whose gradient accumulators fit beside the score tiles (64 and 128).
+// The sm90 family: kernels with head dims in wgmma k-steps of 16 and at least one 64-element TMA
+// box (128 bytes, the swizzle span) wide; the last box may be partial (d=80: one whole box and 16
+// columns of the next, which TMA fills with zeros and no wgmma reads). The forward serves head
+// dims up to 256; dK/dV and dQ up to 128, where their gradient accumulators fit beside the
+// score tiles.
 std::string sm90_kernel(const KernelSpec& s, const TileConfig& t) {
   if (t.family != gen::Family::sm90) return {};
-  if (s.direction == gen::Direction::dkdv || s.direction == gen::Direction::dq) {
-    if (s.head_dim == 64 || s.head_dim == 128) return {};
-    return fmt::format("family sm90 has a {} kernel for head_dim 64 and 128, not {}",
-                       gen::to_string(s.direction), s.head_dim);
-  }
-  if (s.direction != gen::Direction::forward) {
-    return fmt::format("family sm90 has no {} kernel", gen::to_string(s.direction));
-  }
-  if (s.head_dim % 16 != 0 || s.head_dim < 64) {
-    return fmt::format("family sm90 needs head_dim a multiple of 16 from 64 to 256, not {}",
-                       s.head_dim);
+  const bool backward = s.direction == gen::Direction::dkdv || s.direction == gen::Direction::dq;
+  const int max_head_dim = backward ? 128 : 256;
+  if (s.head_dim % 16 != 0 || s.head_dim < 64 || s.head_dim > max_head_dim) {
+    return fmt::format("family sm90 needs head_dim a multiple of 16 from 64 to {} for {}, not {}",
+                       max_head_dim, gen::to_string(s.direction), s.head_dim);
   }
   return {};
 }
@@ -391,8 +387,12 @@ bool one_pass_by_default(const KernelSpec& dkdv, const Target& target) {
   // On sm_90a at d=128 the Hopper dQ kernel makes the two-kernel split the faster one at every
   // length (H200, bf16: 417-443 TFLOPS against 378-403 for L = 512..16384): the one-pass dK/dV
   // kernel's dQ turn waits for both warpgroups' dS^T and adds dQ with atomics. At d=64 the two
-  // are level (the one-pass 5 % ahead at L = 4096).
-  return !(target.arch == "sm_90a" && dkdv.head_dim == 128);
+  // are level (the one-pass 5 % ahead at L = 4096). At the other head dims of the Hopper
+  // backward its one-pass kernel has no tile (whole 64-column dQ parts per warpgroup need d=128),
+  // and the portable family's one-pass kernel would be the slower default: the portable backward
+  // ran d=96 at 200 TFLOPS on an H200, where the d=128 Hopper split runs 455.
+  if (target.arch != "sm_90a" || dkdv.head_dim == 64) return true;
+  return default_tile(dkdv, target).tile.family != gen::Family::sm90;
 }
 
 DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool atomic_dq) {
@@ -448,19 +448,22 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
        "sm_90a: wgmma/TMA family, 1 consumer warpgroup x 64 rows (240 registers for wide "
        "heads), 64-key steps"},
   };
-  // Hopper dK/dV at head dims 64 and 128: two consumer warpgroups share each Q/dO tile. 128-query
+  // Hopper dK/dV at head dims 64 to 128: two consumer warpgroups share each Q/dO tile. 128-query
   // steps where dK, dV, S^T and dP^T fit the registers (d=64): the S^T and dP^T wgmmas then read
   // each K/V operand once per 128 queries, and the one-pass split needs them there for whole
-  // 64-column dQ parts. 64-query steps otherwise (d=128).
+  // 64-column dQ parts. 64-query steps otherwise (d=80 to 128): head dims 80, 96 and 112 are
+  // stored as two 64-column blocks like 128, so they take its shared memory and its tile, the
+  // one tuned best at d=128 (data/h200.json).
   static const std::vector<Preference> hopper_dkdv = {
       {{128, 128, 12, 2, gen::Family::sm90},
        "sm_90a: wgmma/TMA dK/dV, 2 consumer warpgroups x 64 keys, 128-query steps"},
       {{64, 128, 12, 2, gen::Family::sm90},
        "sm_90a: wgmma/TMA dK/dV, 2 consumer warpgroups x 64 keys, 64-query steps"},
   };
-  // Hopper dQ at head dims 64 and 128: two consumer warpgroups share each K/V tile, 64-key steps
+  // Hopper dQ at head dims 64 to 128: two consumer warpgroups share each K/V tile, 64-key steps
   // (S, dP and the dS fragments beside dQ fit 232 registers up to block_n 64 at d=128), three
-  // stages so that TMA runs ahead of the two a consumer holds.
+  // stages so that TMA runs ahead of the two a consumer holds. d=80 to 112 take d=128's tile
+  // for the reason dK/dV do.
   static const std::vector<Preference> hopper_dq = {
       {{128, 64, 12, 3, gen::Family::sm90},
        "sm_90a: wgmma/TMA dQ, 2 consumer warpgroups x 64 rows, 64-key steps, 3 stages"},

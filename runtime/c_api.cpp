@@ -112,7 +112,6 @@ void sigattn_backward_args_init(sigattn_backward_args* args) {
   if (args == nullptr) return;
   std::memset(args, 0, sizeof(*args));
   sigattn_forward_args_init(&args->inputs);
-  args->deterministic = 1;
 }
 
 sigattn_status sigattn_backward(const sigattn_backward_args* args, CUstream stream) {

@@ -96,16 +96,17 @@ typedef struct sigattn_backward_args {
   sigattn_tensor grad_q;
   sigattn_tensor grad_k;
   sigattn_tensor grad_v;
-  /* Non-zero (the default): the same inputs give bit-identical gradients. Zero allows the
-   * one-pass split, in which dQ is accumulated in fp32 with atomics: grad_q may then differ in
-   * the last bits between runs. Its workspace (4 * batch * max_seqlen_q * heads_q * head_dim
-   * bytes) is device memory the library keeps per CUDA context and reuses. On a stream that is
-   * capturing a CUDA graph the deterministic split runs either way. */
+  /* Zero (the default): the fastest split for the problem, which may be the one-pass split, in
+   * which dQ is accumulated in fp32 with atomics: grad_q may then differ in the last bits
+   * between runs. Non-zero: the same inputs give bit-identical gradients. The one-pass
+   * workspace (4 * batch * max_seqlen_q * heads_q * head_dim bytes) is device memory the
+   * library keeps per CUDA context and reuses. On a stream that is capturing a CUDA graph the
+   * deterministic split runs either way. */
   int32_t deterministic;
 } sigattn_backward_args;
 
 /* Fills args->inputs with the forward defaults, every gradient tensor with NULL and
- * deterministic with 1. */
+ * deterministic with 0. */
 SIGATTN_API void sigattn_backward_args_init(sigattn_backward_args* args);
 
 SIGATTN_API sigattn_status sigattn_backward(const sigattn_backward_args* args, CUstream stream);

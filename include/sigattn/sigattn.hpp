@@ -121,13 +121,14 @@ SIGATTN_API void set_online_tuning(bool enabled);
 struct BackwardArgs {
   ForwardArgs inputs;
   TensorRef grad_out, grad_q, grad_k, grad_v;
-  // true: the same inputs give bit-identical gradients (a dK/dV kernel, then a dQ kernel).
-  // false allows the one-pass split, in which the dK/dV kernel also adds dQ into an fp32
-  // workspace with atomics: grad_q may then differ in the last bits between runs (grad_k and
-  // grad_v stay bit-identical). The workspace (4 * batch * max_seqlen_q * heads_q * head_dim
-  // bytes) is device memory the library keeps per CUDA context and reuses across calls. On a
-  // stream that is capturing a CUDA graph the deterministic split runs either way.
-  bool deterministic = true;
+  // false (the default): the fastest split for the problem, which may be the one-pass split, in
+  // which the dK/dV kernel also adds dQ into an fp32 workspace with atomics: grad_q may then
+  // differ in the last bits between runs (grad_k and grad_v stay bit-identical). The workspace
+  // (4 * batch * max_seqlen_q * heads_q * head_dim bytes) is device memory the library keeps per
+  // CUDA context and reuses across calls. true: the same inputs give bit-identical gradients (a
+  // dK/dV kernel, then a dQ kernel). On a stream that is capturing a CUDA graph the
+  // deterministic split runs either way.
+  bool deterministic = false;
 };
 
 SIGATTN_API void backward(const BackwardArgs& args, CUstream stream);

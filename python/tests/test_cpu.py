@@ -131,7 +131,7 @@ class ValidationTest(unittest.TestCase):
                              sigmoid_bias=float("inf"))
         self.assert_rejected(ValueError, "sigmoid = 'exact' must be one of", q, q, q,
                              sigmoid="exact")
-        self.assert_rejected(TypeError, "deterministic must be True or False", q, q, q,
+        self.assert_rejected(TypeError, "deterministic must be None, True or False", q, q, q,
                              deterministic=1)
 
     def test_lengths_and_score_mod(self):
@@ -263,6 +263,20 @@ class EagerPathTest(unittest.TestCase):
             sigattn.sigmoid_attention(q, q, q)
         args = library.calls[0][1]
         self.assertEqual((args.q.batch_stride, args.q.seq_stride, args.q.head_stride), (0, 64, 0))
+
+    def test_default_split_follows_torch_deterministic_algorithms(self):
+        q, k, v = (bthd().requires_grad_(True) for _ in range(3))
+        enabled = torch.are_deterministic_algorithms_enabled()
+        splits = []
+        try:
+            for deterministic in (False, True):
+                torch.use_deterministic_algorithms(deterministic)
+                with StubbedLibrary() as library:
+                    sigattn.sigmoid_attention(q, k, v).backward(torch.randn_like(q))
+                splits.append(library.calls[1][1].deterministic)
+        finally:
+            torch.use_deterministic_algorithms(enabled)
+        self.assertEqual(splits, [0, 1])
 
     def test_autograd_path_saves_the_inputs_for_the_backward(self):
         q, k, v = (bthd(dtype=torch.float16).requires_grad_(True) for _ in range(3))

@@ -354,18 +354,7 @@ class CudaGraphTest(GpuTestCase):
             out.backward(grad_out)
             return out
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            step()
-        torch.cuda.current_stream().wait_stream(side)
-        for x in static:
-            x.grad = None
-
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = step()
-
+        graph, static_out = capture_after_warm_up(step, static)
         with torch.no_grad():
             for x in static:
                 x.copy_(torch.randn(*shape, device="cuda", dtype=torch.bfloat16))
@@ -378,9 +367,85 @@ class CudaGraphTest(GpuTestCase):
         expected = sigattn.sigmoid_attention(*eager, is_causal=True, seq_lens_q=lens,
                                              seq_lens_k=lens)
         expected.backward(grad_out)
-        self.assertTrue(torch.equal(static_out, expected), "replayed output differs from eager")
+        self.assertTrue(torch.equal(static_out, expected),
+                        "replayed output differs from eager")
         for name, x, e in zip("qkv", static, eager):
             self.assertTrue(torch.equal(x.grad, e.grad), f"replayed d{name} differs from eager")
+
+    def test_padded_lengths_out_of_range_are_clamped_on_replay(self):
+        # Under capture the host never sees the lengths: replayed with lengths below 0 and above
+        # the padded length, the kernels clamp them to [0, 192] (README, torch.compile and CUDA
+        # graphs), forward and backward.
+        shape = (2, 192, 4, 64)
+        static = [torch.randn(*shape, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                  for _ in range(3)]
+        lens_q = torch.tensor([192, 100], device="cuda", dtype=torch.int32)
+        lens_k = torch.tensor([150, 192], device="cuda", dtype=torch.int32)
+        grad_out = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
+
+        def step():
+            out = sigattn.sigmoid_attention(*static, seq_lens_q=lens_q, seq_lens_k=lens_k)
+            out.backward(grad_out)
+            return out
+
+        graph, static_out = capture_after_warm_up(step, static)
+        lens_q.copy_(torch.tensor([-5, 1 << 30], dtype=torch.int32))
+        lens_k.copy_(torch.tensor([1000, -1], dtype=torch.int32))
+        graph.replay()
+        torch.cuda.synchronize()
+
+        clamped_q = torch.tensor([0, 192], device="cuda", dtype=torch.int32)
+        clamped_k = torch.tensor([192, 0], device="cuda", dtype=torch.int32)
+        ref_inputs = [x.detach().double().requires_grad_(True) for x in static]
+        expected = reference(*ref_inputs, seq_lens_q=clamped_q, seq_lens_k=clamped_k)
+        expected.backward(grad_out.double())
+        self.assertLess(rel_l2(static_out, expected), 2e-2)
+        for name, x, e in zip("qkv", static, ref_inputs):
+            self.assertTrue(torch.isfinite(x.grad).all(), f"d{name} is not finite")
+            self.assertLess(rel_l2(x.grad, e.grad), 3e-2, f"d{name}")
+
+    def test_varlen_lengths_out_of_range_are_clamped_on_replay(self):
+        # Packed 300 tokens, max_seqlen 128: replayed with a sequence longer than max_seqlen, one
+        # whose end lies before its start and one of 128, every length is clamped to [0, 128]
+        # from the sequence's start; rows no clamped sequence covers keep what the call's
+        # zero-initialized output holds.
+        heads, dim, max_seqlen = 4, 64, 128
+        q, k, v = (torch.randn(300, heads, dim, device="cuda", dtype=torch.bfloat16)
+                   for _ in range(3))
+        cu = torch.tensor([0, 100, 200, 300], device="cuda", dtype=torch.int32)
+
+        def step():
+            return sigattn.sigmoid_attention_varlen(q, k, v, cu, cu, max_seqlen, max_seqlen)
+
+        graph, static_out = capture_after_warm_up(step, [])
+        cu.copy_(torch.tensor([0, 200, 150, 278], dtype=torch.int32))
+        graph.replay()
+        torch.cuda.synchronize()
+
+        out = static_out.double()
+        for start, length in ((0, 128), (150, 128)):
+            rows = slice(start, start + length)
+            expected = reference(q[rows].unsqueeze(0), k[rows].unsqueeze(0),
+                                 v[rows].unsqueeze(0))[0]
+            self.assertLess(rel_l2(out[rows], expected), 2e-2, f"sequence at {start}")
+        self.assertTrue(torch.equal(out[128:150], torch.zeros_like(out[128:150])))
+        self.assertTrue(torch.equal(out[278:], torch.zeros_like(out[278:])))
+
+
+def capture_after_warm_up(step, leaves):
+    """Runs step once on a side stream (compiling its kernels), clears the leaves' gradients and
+    captures step in a CUDA graph; returns the graph and the output tensor its replays write."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    for x in leaves:
+        x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    return graph, out
 
 
 if __name__ == "__main__":

@@ -37,10 +37,12 @@ struct BwdDkdvSm90Shape {
   static constexpr int kRowBytes = kSmem.q.slot_bytes;  // one Q or one dO tile
   // One step's dS^T: kBN key rows of kBM queries, in column blocks of 64 queries.
   static constexpr int kDsBytes = kSmem.ds.slot_bytes;
-  // The step's dQ (kBM x kD) is split over the consumers: 64-row blocks, then head-dim columns.
+  // The one-pass split's dQ of a step (kBM x kD) is split over the consumers: 64-row blocks, then
+  // head-dim columns. Without that split no dQ is computed, and kDqWidth is any width wgmma has
+  // (kD / 2 of d=80 is not), so that the kernel's unused dQ code still compiles.
   static constexpr int kDqRowBlocks = kBM / 64;
   static constexpr int kDqColParts = kConsumers >= kDqRowBlocks ? kConsumers / kDqRowBlocks : 1;
-  static constexpr int kDqWidth = kD / kDqColParts;
+  static constexpr int kDqWidth = kAtomicDq ? kD / kDqColParts : 64;
   static constexpr int kSmemBytes = kSmem.bytes;
   // Registers per thread after setmaxnreg: the producer gives its share to the consumers. The
   // consumers' increase waits until the pool allocated at launch (the per-thread count ptxas
@@ -50,7 +52,8 @@ struct BwdDkdvSm90Shape {
   static constexpr int kLaunchRegisters =
       65536 / kThreads / 8 * 8 < 248 ? 65536 / kThreads / 8 * 8 : 248;
 
-  static_assert(kD == 64 || kD == 128, "head_dim must be 64 or 128");
+  static_assert(kD % 16 == 0 && kD >= 64 && kD <= 128,
+                "head_dim must be a multiple of 16 in [64, 128]");
   static_assert(kBN == 128, "block_n must be 128 (two warpgroups taking turns)");
   static_assert(kBM == 64 || kBM == 128, "block_m must be 64 or 128");
   static_assert(Cfg::kWarps * 32 == kThreads, "warps must be 4 per consumer warpgroup plus 4");

@@ -238,12 +238,12 @@ TEST(Generate, RejectsSm90DqTilesOutsideTheKernel) {
   EXPECT_NO_THROW(generate({spec, {128, 64, 12, 3, Family::sm90}}));
   EXPECT_NO_THROW(generate({spec, {64, 64, 8, 2, Family::sm90}}));
   // Three consumer warpgroups, a warp count that does not match, S and dP of 128 keys beside dQ,
-  // the one-pass split, a head dim that is not 64 or 128.
+  // the one-pass split, a head dim that is not a multiple of 16.
   EXPECT_THROW(generate({spec, {192, 64, 16, 2, Family::sm90}}), std::invalid_argument);
   EXPECT_THROW(generate({spec, {128, 64, 8, 2, Family::sm90}}), std::invalid_argument);
   EXPECT_THROW(generate({spec, {128, 128, 12, 2, Family::sm90}}), std::invalid_argument);
   EXPECT_THROW(generate({spec, {128, 64, 12, 2, Family::sm90, true}}), std::invalid_argument);
-  spec.head_dim = 96;
+  spec.head_dim = 72;
   EXPECT_THROW(generate({spec, {128, 64, 12, 2, Family::sm90}}), std::invalid_argument);
 }
 
@@ -251,11 +251,12 @@ TEST(Generate, RejectsSm90DkdvTilesOutsideTheKernel) {
   KernelSpec spec;
   spec.direction = Direction::dkdv;
   EXPECT_NO_THROW(generate({spec, {64, 128, 12, 2, Family::sm90}}));
-  // One consumer warpgroup, a warp count that does not match, 128-query steps at d=128.
+  // One consumer warpgroup, a warp count that does not match, 128-query steps at d=128, a head
+  // dim that is not a multiple of 16.
   EXPECT_THROW(generate({spec, {64, 64, 8, 2, Family::sm90}}), std::invalid_argument);
   EXPECT_THROW(generate({spec, {64, 128, 8, 2, Family::sm90}}), std::invalid_argument);
   EXPECT_THROW(generate({spec, {128, 128, 12, 2, Family::sm90}}), std::invalid_argument);
-  spec.head_dim = 96;
+  spec.head_dim = 72;
   EXPECT_THROW(generate({spec, {64, 128, 12, 2, Family::sm90}}), std::invalid_argument);
   // d=64: the one-pass split needs 128-query steps for whole 64-column dQ parts.
   spec.head_dim = 64;

@@ -183,7 +183,7 @@ TEST(Sm90Family, ForwardOnSm90aOnlyWithNamedConstraints) {
   }
 }
 
-TEST(Sm90Family, DkdvAtHeadDims64And128WithNamedConstraints) {
+TEST(Sm90Family, DkdvAtHeadDims64To128WithNamedConstraints) {
   const Target hopper = target_for_arch("sm_90a");
   gen::KernelSpec dkdv = spec_with(128);
   dkdv.direction = gen::Direction::dkdv;
@@ -213,14 +213,30 @@ TEST(Sm90Family, DkdvAtHeadDims64And128WithNamedConstraints) {
   EXPECT_EQ(default_tile(narrow, hopper, /*atomic_dq=*/true).tile,
             (gen::TileConfig{128, 128, 12, 2, gen::Family::sm90, true}));
 
+  // Head dims of a whole and a partial 64-column block take d=128's tile; their one-pass split
+  // has no Hopper tile, so a call that allows atomics keeps the Hopper two-kernel split.
+  for (int head_dim : {80, 96, 112}) {
+    gen::KernelSpec partial = dkdv;
+    partial.head_dim = head_dim;
+    EXPECT_EQ(default_tile(partial, hopper).tile, steps64) << head_dim;
+    EXPECT_NE(rejection(partial, steps64_one_pass, hopper).find("wgmma_shape"), std::string::npos)
+        << head_dim;
+    EXPECT_EQ(default_tile(partial, hopper, /*atomic_dq=*/true).tile.family, gen::Family::sm80);
+    EXPECT_FALSE(one_pass_by_default(partial, hopper)) << head_dim;
+  }
+  EXPECT_TRUE(one_pass_by_default(narrow, hopper));
+  EXPECT_FALSE(one_pass_by_default(dkdv, hopper));
+  EXPECT_TRUE(one_pass_by_default(dkdv, target_for_arch("sm_90")));
+
   gen::KernelSpec other = dkdv;
-  other.head_dim = 96;
+  other.head_dim = 72;
   EXPECT_NE(rejection(other, steps64, hopper).find("sm90_kernel"), std::string::npos);
   for (const auto& tile : candidates(other, hopper)) EXPECT_EQ(tile.family, gen::Family::sm80);
   EXPECT_EQ(default_tile(other, hopper).tile.family, gen::Family::sm80);
+  EXPECT_TRUE(one_pass_by_default(other, hopper));
 }
 
-TEST(Sm90Family, DqAtHeadDims64And128WithNamedConstraints) {
+TEST(Sm90Family, DqAtHeadDims64To128WithNamedConstraints) {
   const Target hopper = target_for_arch("sm_90a");
   gen::KernelSpec dq = spec_with(128);
   dq.direction = gen::Direction::dq;
@@ -237,8 +253,14 @@ TEST(Sm90Family, DqAtHeadDims64And128WithNamedConstraints) {
   for (const auto& tile : candidates(dq, hopper)) hopper_tiles += tile.family == gen::Family::sm90;
   EXPECT_EQ(hopper_tiles, 8);  // block_m 64 or 128, 2 or 3 stages, 64-key steps, two schedules
 
+  for (int head_dim : {80, 96, 112}) {
+    gen::KernelSpec partial = dq;
+    partial.head_dim = head_dim;
+    EXPECT_EQ(default_tile(partial, hopper).tile, two_consumers) << head_dim;
+  }
+
   gen::KernelSpec other = dq;
-  other.head_dim = 96;
+  other.head_dim = 72;
   EXPECT_NE(rejection(other, two_consumers, hopper).find("sm90_kernel"), std::string::npos);
   for (const auto& tile : candidates(other, hopper)) EXPECT_EQ(tile.family, gen::Family::sm80);
   EXPECT_EQ(default_tile(other, hopper).tile.family, gen::Family::sm80);
