@@ -51,8 +51,10 @@ int smem_bytes(const KernelSpec& spec, const TileConfig& tile) {
   return 0;
 }
 
-int grid_slices(const KernelSpec& spec) {
-  return spec.direction == Direction::forward ? 1 : (spec.head_dim + 127) / 128;
+int grid_slices(const Variant& variant) {
+  const bool sliced =
+      variant.spec.direction != Direction::forward && variant.tile.family == Family::sm80;
+  return sliced ? sm80_slices(variant.spec.head_dim) : 1;
 }
 
 namespace {

@@ -28,8 +28,9 @@ struct GeneratedKernel {
 // Bytes of dynamic shared memory the variant's kernel needs.
 int smem_bytes(const KernelSpec& spec, const TileConfig& tile);
 
-// CTAs per row block along grid x: the backward kernels split head dims above 128 into slices.
-int grid_slices(const KernelSpec& spec);
+// CTAs per row block along grid x: the sm80 backward kernels split head dims above 128 into
+// slices; the sm90 kernels hold whole rows.
+int grid_slices(const Variant& variant);
 
 // Throws std::invalid_argument naming the structural constraint (generator/tile_policy.hpp) that
 // the spec or tile violates.

@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "generator/generator.hpp"
+#include "sigattn/shared_storage.h"
 
 namespace sigattn::policy {
 namespace {
@@ -96,35 +97,40 @@ std::string x128_divides(const KernelSpec& s, const TileConfig& t) {
 
 // The sm90 family: kernels with head dims in wgmma k-steps of 16 and at least one 64-element TMA
 // box (128 bytes, the swizzle span) wide; the last box may be partial (d=80: one whole box and 16
-// columns of the next, which TMA fills with zeros and no wgmma reads). The forward serves head
-// dims up to 256; dK/dV and dQ up to 128, where their gradient accumulators fit beside the
-// score tiles.
+// columns of the next, which TMA fills with zeros and no wgmma reads). Which tiles fit a head dim
+// is sm90_registers' rule.
 std::string sm90_kernel(const KernelSpec& s, const TileConfig& t) {
   if (t.family != gen::Family::sm90) return {};
-  const bool backward = s.direction == gen::Direction::dkdv || s.direction == gen::Direction::dq;
-  const int max_head_dim = backward ? 128 : 256;
-  if (s.head_dim % 16 != 0 || s.head_dim < 64 || s.head_dim > max_head_dim) {
-    return fmt::format("family sm90 needs head_dim a multiple of 16 from 64 to {} for {}, not {}",
-                       max_head_dim, gen::to_string(s.direction), s.head_dim);
+  if (s.head_dim % 16 != 0 || s.head_dim < 64) {
+    return fmt::format("family sm90 needs head_dim a multiple of 16 from 64 to 256, not {}",
+                       s.head_dim);
   }
   return {};
 }
 
 // sm90 CTAs: a producer warpgroup plus one consumer warpgroup per 64 rows of wgmma's M, query
-// rows in the forward (block_m, up to 3) and keys in dK/dV (block_n, two); the other block is
-// the N of S = Q K^T (forward: at most 256) or of S^T = K Q^T (dK/dV: 64 or 128).
+// rows in the forward (block_m, up to 3); in dK/dV two consumer warpgroups, of 64 keys each
+// (block_n 128) or both on the same 64 keys, one per gradient (block_n 64, the gradient split of
+// templates/sigattn/shared_storage.h). The other block is the N of S = Q K^T (forward: at most
+// 256) or of S^T = K Q^T (dK/dV: 64 or 128).
 std::string wgmma_shape(const KernelSpec& s, const TileConfig& t) {
   if (t.family != gen::Family::sm90) return {};
   if (s.direction == gen::Direction::dkdv) {
-    if (t.block_n != 128) {
-      return fmt::format("block_n {} is not 128 (two 64-key warpgroups taking turns)", t.block_n);
+    if (t.block_n != 128 && t.block_n != 64) {
+      return fmt::format(
+          "block_n {} is not 128 (two 64-key warpgroups taking turns) or 64 (two warpgroups on "
+          "the same keys, one per gradient)",
+          t.block_n);
     }
-    if (t.warps != 4 + t.block_n / 16) {
-      return fmt::format("warps {} is not {} (a producer warpgroup plus {} consumer warpgroups)",
-                         t.warps, 4 + t.block_n / 16, t.block_n / 64);
+    if (t.warps != 12) {
+      return fmt::format("warps {} is not 12 (a producer warpgroup plus 2 consumer warpgroups)",
+                         t.warps);
     }
     if (t.block_m != 64 && t.block_m != 128) {
       return fmt::format("block_m {} is not 64 or 128 query rows per step", t.block_m);
+    }
+    if (t.atomic_dq && dkdv_sm90_gradient_split(t.block_n)) {
+      return "the one-pass split needs block_n 128 (its dQ reads both warpgroups' dS^T keys)";
     }
     if (t.atomic_dq && (t.block_m > t.block_n || s.head_dim * t.block_m / t.block_n % 64 != 0)) {
       return fmt::format(
@@ -155,22 +161,40 @@ std::string wgmma_shape(const KernelSpec& s, const TileConfig& t) {
 // fp32 accumulators and the bf16 P fragments (block_n / 4) must leave 64 for addresses and masks:
 // ptxas spilled d=256 m128n64w12 with 176 of 232 (every mask, score_mod, varlen) and not with 240.
 // dK/dV: dK and dV (head_dim / 2 each) and S^T and dP^T (block_m / 2 each) at most 192, which
-// leaves 48 for the P^T and dS^T fragments, the dQ part's accumulators and addresses. dQ: dQ
-// (head_dim / 2), S and dP (block_n / 2 each) and the dS fragments (block_n / 4) must leave 64.
+// leaves 48 for the P^T and dS^T fragments, the dQ part's accumulators and addresses; in the
+// gradient split (block_n 64) one gradient and one score tile, head_dim / 2 + block_m / 2, at most
+// 192 likewise. dQ: dQ (head_dim / 2), S and dP (block_n / 2 each) and the dS fragments
+// (block_n / 4) must leave 64, and above head dim 128 the measured limits below.
 std::string sm90_registers(const KernelSpec& s, const TileConfig& t) {
   if (t.family != gen::Family::sm90) return {};
   if (s.direction == gen::Direction::dkdv) {
+    if (dkdv_sm90_gradient_split(t.block_n)) {
+      if (s.head_dim / 2 + t.block_m / 2 <= 192) return {};
+      return fmt::format("dK or dV and S^T or dP^T take {} registers per thread, above 192",
+                         s.head_dim / 2 + t.block_m / 2);
+    }
     if (s.head_dim + t.block_m <= 192) return {};
     return fmt::format("dK, dV, S^T and dP^T take {} registers per thread, above 192",
                        s.head_dim + t.block_m);
   }
   if (s.direction == gen::Direction::dq) {
     const int needed = s.head_dim / 2 + t.block_n + t.block_n / 4;
-    if (needed + 64 <= 232) return {};
+    if (needed + 64 > 232) {
+      return fmt::format(
+          "dQ, S, dP and the dS fragments take {} registers per thread, leaving less than 64 of "
+          "232",
+          needed);
+    }
+    // Above head dim 128 ptxas spills before that count (fp16 varlen with every mask, score_mod
+    // and the accurate sigmoid): 64-key steps up to d=144 (d=160 spilled 44 bytes), 32-key steps
+    // up to d=192 with two consumer warpgroups (d=208 spilled 24 bytes, d=256 228) and up to
+    // d=256 with one.
+    const int widest = t.block_n > 32 ? 144 : t.block_m > 64 ? 192 : 256;
+    if (s.head_dim <= widest) return {};
     return fmt::format(
-        "dQ, S, dP and the dS fragments take {} registers per thread, leaving less than 64 of "
-        "232",
-        needed);
+        "ptxas spills dQ above head_dim {} in {}-key steps with {} consumer "
+        "warpgroup(s)",
+        widest, t.block_n, t.block_m / 64);
   }
   const int consumers = t.block_m / 64;
   const bool wide = s.head_dim > 128;
@@ -359,23 +383,33 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
       }
     }
   }
+  // dQ: 64-key steps, and above head dim 128 also 32-key steps (from d=160 on the only ones that
+  // fit the registers; up to 128, 64-key steps fit, and wgmma's N of 64 reads the Q and dO
+  // operands from shared memory half as often per key as an N of 32).
   if (spec.direction == gen::Direction::dq && target.arch == "sm_90a") {
     for (gen::Schedule schedule : kSchedules) {
-      for (int m : {64, 128}) {
-        for (int s : {2, 3}) {
-          TileConfig tile{m, 64, 4 + m / 16, s, gen::Family::sm90};
-          tile.schedule = schedule;
-          if (rejection(spec, tile, target).empty()) out.push_back(tile);
+      for (int n : {64, 32}) {
+        if (n == 32 && spec.head_dim <= 128) continue;
+        for (int m : {64, 128}) {
+          for (int s : {2, 3}) {
+            TileConfig tile{m, n, 4 + m / 16, s, gen::Family::sm90};
+            tile.schedule = schedule;
+            if (rejection(spec, tile, target).empty()) out.push_back(tile);
+          }
         }
       }
     }
   }
+  // dK/dV: two warpgroups of 64 keys in both work splits, then two warpgroups on the same 64
+  // keys, one per gradient.
   if (spec.direction == gen::Direction::dkdv && target.arch == "sm_90a") {
-    for (bool atomic_dq : {false, true}) {
-      for (int m : {64, 128}) {
-        for (int s : {2, 3}) {
-          TileConfig tile{m, 128, 12, s, gen::Family::sm90, atomic_dq};
-          if (rejection(spec, tile, target).empty()) out.push_back(tile);
+    for (int n : {128, 64}) {
+      for (bool atomic_dq : {false, true}) {
+        for (int m : {64, 128}) {
+          for (int s : {2, 3}) {
+            TileConfig tile{m, n, 12, s, gen::Family::sm90, atomic_dq};
+            if (rejection(spec, tile, target).empty()) out.push_back(tile);
+          }
         }
       }
     }
@@ -453,22 +487,44 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
   // each K/V operand once per 128 queries, and the one-pass split needs them there for whole
   // 64-column dQ parts. 64-query steps otherwise (d=80 to 128): head dims 80, 96 and 112 are
   // stored as two 64-column blocks like 128, so they take its shared memory and its tile, the
-  // one tuned best at d=128 (data/h200.json).
+  // one tuned best at d=128 (data/h200.json). Above d=128 dK and dV of 64 keys no longer fit one
+  // warpgroup's registers: two warpgroups share 64 keys, one accumulating dV and one dK
+  // (head_dim / 2 registers each; FlashAttention-3 likewise spreads a key block's dK and dV over
+  // more warpgroups at d=192 and 256), 64-query steps, three stages where they fit (d <= 192: a
+  // consumer holds two, the third lets TMA run ahead), else two (from d=208 on, Q and dO tiles
+  // of 64 KiB per stage).
   static const std::vector<Preference> hopper_dkdv = {
       {{128, 128, 12, 2, gen::Family::sm90},
        "sm_90a: wgmma/TMA dK/dV, 2 consumer warpgroups x 64 keys, 128-query steps"},
       {{64, 128, 12, 2, gen::Family::sm90},
        "sm_90a: wgmma/TMA dK/dV, 2 consumer warpgroups x 64 keys, 64-query steps"},
+      {{64, 64, 12, 3, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dK/dV, 2 consumer warpgroups on 64 keys (dV in one, dK in the other), "
+       "64-query steps, 3 stages"},
+      {{64, 64, 12, 2, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dK/dV, 2 consumer warpgroups on 64 keys (dV in one, dK in the other), "
+       "64-query steps, 2 stages (less shared memory)"},
   };
   // Hopper dQ at head dims 64 to 128: two consumer warpgroups share each K/V tile, 64-key steps
   // (S, dP and the dS fragments beside dQ fit 232 registers up to block_n 64 at d=128), three
   // stages so that TMA runs ahead of the two a consumer holds. d=80 to 112 take d=128's tile
-  // for the reason dK/dV do.
+  // for the reason dK/dV do. From d=160 on, S, dP and the dS fragments of 64 keys beside dQ
+  // exceed the registers: 32-key steps; from d=208 on with one consumer warpgroup
+  // (sm90_registers).
   static const std::vector<Preference> hopper_dq = {
       {{128, 64, 12, 3, gen::Family::sm90},
        "sm_90a: wgmma/TMA dQ, 2 consumer warpgroups x 64 rows, 64-key steps, 3 stages"},
       {{128, 64, 12, 2, gen::Family::sm90},
        "sm_90a: wgmma/TMA dQ, 2 consumer warpgroups x 64 rows, 64-key steps, 2 stages"},
+      {{128, 32, 12, 3, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dQ, 2 consumer warpgroups x 64 rows, 32-key steps (fewer S and dP "
+       "registers), 3 stages"},
+      {{128, 32, 12, 2, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dQ, 2 consumer warpgroups x 64 rows, 32-key steps, 2 stages"},
+      {{64, 32, 8, 3, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dQ, 1 consumer warpgroup x 64 rows, 32-key steps, 3 stages"},
+      {{64, 32, 8, 2, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dQ, 1 consumer warpgroup x 64 rows, 32-key steps, 2 stages"},
   };
   if (spec.direction == gen::Direction::forward && target.arch == "sm_90a") {
     for (const auto& p : hopper) {

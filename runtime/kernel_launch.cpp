@@ -115,8 +115,8 @@ Grid grid_of(const KernelInterface& interface, const LoadedKernel& kernel,
   if (interface.grid == GridShape::persistent) {
     return {persistent_grid(kernel, tile, blocks, heads, in.batch), 1, 1};
   }
-  return {static_cast<unsigned>(blocks * gen::grid_slices(variant.spec)),
-          static_cast<unsigned>(heads), static_cast<unsigned>(in.batch)};
+  return {static_cast<unsigned>(blocks * gen::grid_slices(variant)), static_cast<unsigned>(heads),
+          static_cast<unsigned>(in.batch)};
 }
 
 }  // namespace

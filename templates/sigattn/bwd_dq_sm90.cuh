@@ -42,8 +42,8 @@ struct BwdDqSm90Shape {
   static constexpr int kProducerRegisters = 40;
   static constexpr int kConsumerRegisters = 232;
 
-  static_assert(kD % 16 == 0 && kD >= 64 && kD <= 128,
-                "head_dim must be a multiple of 16 in [64, 128]");
+  static_assert(kD % 16 == 0 && kD >= 64 && kD <= 256,
+                "head_dim must be a multiple of 16 in [64, 256]");
   static_assert(kConsumers == 1 || kConsumers == 2, "block_m must be 64 or 128");
   static_assert(Cfg::kWarps * 32 == kThreads, "warps must be 4 per consumer warpgroup plus 4");
   static_assert(kBN % 16 == 0 && kBN >= 16, "block_n must be a multiple of 16");

@@ -124,10 +124,10 @@ TEST(KernelCompile, RepresentativeVariantsCompileForSm80AndSm90a) {
 }
 
 // The Hopper family on sm_90a: every sm90 candidate of a few forward, dK/dV and dQ specs (the
-// backward at head dims of whole and of partial 64-column blocks) and the default tiles of every
-// default forward, dK/dV (both backward splits) and dQ spec compile with no spills, no ignored
-// setmaxnreg (C7508) and no serialized wgmma (C7514: the accumulators touched while a wgmma is in
-// flight).
+// backward at head dims of whole and of partial 64-column blocks, and above 128) and the default
+// tiles of every default forward, dK/dV (both backward splits) and dQ spec compile with no spills,
+// no ignored setmaxnreg (C7508) and no serialized wgmma (C7514: the accumulators touched while a
+// wgmma is in flight).
 std::vector<gen::Variant> sm90_variants() {
   const policy::Target target = policy::target_for_arch("sm_90a");
   std::vector<gen::Variant> variants;
@@ -141,10 +141,16 @@ std::vector<gen::Variant> sm90_variants() {
                            "dkdv.bf16.d80.padded.causal.smod.fast.anylen",
                            "dkdv.fp16.d96.varlen.window.nosmod.accurate.anylen",
                            "dkdv.bf16.d112.dense.nomask.nosmod.fast.x128",
+                           "dkdv.bf16.d144.dense.nomask.nosmod.fast.x128",
+                           "dkdv.bf16.d192.padded.causal.smod.fast.anylen",
+                           "dkdv.fp16.d256.varlen.causal+window.nosmod.accurate.anylen",
                            "dq.bf16.d128.dense.nomask.nosmod.fast.x128",
                            "dq.bf16.d80.varlen.causal+window.smod.fast.anylen",
                            "dq.fp16.d96.padded.nomask.nosmod.accurate.anylen",
                            "dq.bf16.d112.dense.causal.nosmod.fast.x128",
+                           "dq.bf16.d160.dense.nomask.nosmod.fast.x128",
+                           "dq.bf16.d192.varlen.causal+window.smod.fast.anylen",
+                           "dq.fp16.d256.padded.window.smod.accurate.anylen",
                            "dq.fp16.d64.padded.causal.smod.accurate.anylen",
                            "dq.bf16.d128.varlen.causal+window.smod.fast.anylen"}) {
     const gen::KernelSpec spec = gen::parse_spec(text);

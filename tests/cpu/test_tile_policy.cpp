@@ -5,6 +5,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "generator/generator.hpp"
@@ -264,6 +265,47 @@ TEST(Sm90Family, DqAtHeadDims64To128WithNamedConstraints) {
   EXPECT_NE(rejection(other, two_consumers, hopper).find("sm90_kernel"), std::string::npos);
   for (const auto& tile : candidates(other, hopper)) EXPECT_EQ(tile.family, gen::Family::sm80);
   EXPECT_EQ(default_tile(other, hopper).tile.family, gen::Family::sm80);
+}
+
+TEST(Sm90Family, BackwardAbove128SplitsTheGradientsAndShortensDqSteps) {
+  const Target hopper = target_for_arch("sm_90a");
+  const gen::TileConfig split_three{64, 64, 12, 3, gen::Family::sm90};
+  const gen::TileConfig split_two{64, 64, 12, 2, gen::Family::sm90};
+  for (auto [head_dim, dkdv_tile, dq_block_n] :
+       {std::tuple{144, split_three, 64}, std::tuple{192, split_three, 32},
+        std::tuple{256, split_two, 32}}) {
+    gen::KernelSpec dkdv = spec_with(head_dim);
+    dkdv.direction = gen::Direction::dkdv;
+    EXPECT_EQ(default_tile(dkdv, hopper).tile, dkdv_tile) << head_dim;
+    EXPECT_NE(rejection(dkdv, {64, 128, 12, 2, gen::Family::sm90}, hopper).find("sm90_registers"),
+              std::string::npos)
+        << head_dim;
+    gen::TileConfig one_pass = split_two;
+    one_pass.atomic_dq = true;
+    EXPECT_NE(rejection(dkdv, one_pass, hopper).find("wgmma_shape"), std::string::npos);
+    EXPECT_FALSE(one_pass_by_default(dkdv, hopper)) << head_dim;
+    EXPECT_EQ(gen::grid_slices({dkdv, split_two}), 1);
+    EXPECT_EQ(gen::grid_slices({dkdv, default_tile(dkdv, target_for_arch("sm_90")).tile}), 2);
+
+    gen::KernelSpec dq = dkdv;
+    dq.direction = gen::Direction::dq;
+    const gen::TileConfig dq_tile = default_tile(dq, hopper).tile;
+    EXPECT_EQ(dq_tile.family, gen::Family::sm90) << head_dim;
+    EXPECT_EQ(dq_tile.block_n, dq_block_n) << head_dim;
+  }
+  gen::KernelSpec wide = spec_with(192);
+  wide.direction = gen::Direction::dq;
+  EXPECT_NE(rejection(wide, {128, 64, 12, 3, gen::Family::sm90}, hopper).find("sm90_registers"),
+            std::string::npos);
+  // Below d=128 the gradient split is a candidate the tuner may take, not the default.
+  gen::KernelSpec narrow = spec_with(128);
+  narrow.direction = gen::Direction::dkdv;
+  int split_tiles = 0;
+  for (const auto& tile : candidates(narrow, hopper)) {
+    split_tiles += tile.family == gen::Family::sm90 && tile.block_n == 64;
+  }
+  EXPECT_GT(split_tiles, 0);
+  EXPECT_EQ(default_tile(narrow, hopper).tile.block_n, 128);
 }
 
 TEST(DefaultTile, PrefersTheSm90FamilyOnSm90aWhereItApplies) {

@@ -1,13 +1,12 @@
 // Backward-pass correctness on the GPU, in both work splits: dQ, dK and dV against an fp64 CPU
 // reference (small problems, exact sigmoid) or a plain fp32 GPU kernel (large problems and the
 // fast sigmoid) for every dtype, head dim, layout, mask, head grouping, bias, scale and
-// score_mod, and every feature at the Hopper kernels' head dims of partial 64-column blocks; zero
-// gradients on padding; the deterministic split bit-identical from run to run and between the
-// Hopper dQ kernel's two schedules; the one-pass split (atomic dQ) within tolerance of the
-// deterministic one; every one-pass and Hopper dK/dV tile candidate of three specs; every Hopper
-// dQ tile and the portable default on problems with many work tiles per CTA; one-pass calls, and
-// the dQ kernel in the dynamic schedule, on two streams at once; and the GPU reference itself
-// against the CPU one.
+// score_mod, and every feature at each head dim of the Hopper backward; zero gradients on padding;
+// the deterministic split bit-identical from run to run and between the Hopper dQ kernel's two
+// schedules; the one-pass split (atomic dQ) within tolerance of the deterministic one; every
+// one-pass and Hopper dK/dV tile candidate of four specs; every Hopper dQ tile and the portable
+// default on problems with many work tiles per CTA; one-pass calls, and the dQ kernel in the
+// dynamic schedule, on two streams at once; and the GPU reference itself against the CPU one.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -42,12 +41,12 @@ constexpr DType fp16 = DType::fp16;
 constexpr double kCpuReferenceWorkLimit = 2e8;
 
 // Every head dim kind: tiny, not a multiple of 16 (40), one slice (64, 96, 128), two slices
-// (136, 256), the Hopper backward's partial 64-column blocks (80, 96, 112); whole 128-row tiles
-// (x128) and ragged padded lengths with GQA and causal.
+// (136, 192, 256), the Hopper backward's partial 64-column blocks (80, 96, 112, 144); whole
+// 128-row tiles (x128) and ragged padded lengths with GQA and causal.
 std::vector<Problem> head_dim_cases() {
   std::vector<Problem> cases;
   for (DType dtype : {bf16, fp16}) {
-    for (int d : {8, 40, 64, 80, 96, 112, 128, 136, 256}) {
+    for (int d : {8, 40, 64, 80, 96, 112, 128, 136, 144, 192, 256}) {
       cases.push_back(Case(dtype, d).bthd(1, 128, 256).heads(2, 1));
       cases.push_back(
           Case(dtype, d).padded(150, 150, {150, 1, 77}, {120, 150, 0}).heads(4, 2).causal());
@@ -113,11 +112,13 @@ std::vector<Problem> bias_and_score_mod_cases() {
   return cases;
 }
 
-// The head dims whose Hopper kernels store a partial last 64-column block (TMA fills it with
-// zeros, cp.async leaves it unwritten): every feature at each, in both dtypes.
-std::vector<Problem> partial_block_cases() {
+// The Hopper backward's head dims besides 64 and 128: those whose tiles end in a partial 64-column
+// block (TMA fills it with zeros, cp.async leaves it unwritten) and those above 128 (dK/dV with
+// one gradient per warpgroup, dQ in 32-key steps from 192 on): every feature at each, in both
+// dtypes.
+std::vector<Problem> hopper_head_dim_cases() {
   std::vector<Problem> cases;
-  for (int d : {80, 96, 112}) {
+  for (int d : {80, 96, 112, 144, 192, 256}) {
     for (DType dtype : {bf16, fp16}) {
       cases.push_back(
           Case(dtype, d).varlen({17, 0, 128, 1}, {40, 0, 129, 300}).heads(4, 2).causal());
@@ -169,7 +170,8 @@ std::vector<Problem> large_cases() {
 std::vector<Problem> tile_sweep_cases() {
   return {Case(bf16, 64).bthd(2, 333, 333).heads(4, 2).fast(),
           Case(fp16, 128).padded(300, 300, {300, 150}, {299, 300}).heads(4, 2).causal(),
-          Case(bf16, 80).varlen({300, 0, 129}, {200, 5, 300}).heads(4, 1).score_mod()};
+          Case(bf16, 80).varlen({300, 0, 129}, {200, 5, 300}).heads(4, 1).score_mod(),
+          Case(fp16, 192).bthd(2, 300, 300).heads(4, 2).window(64, 0).fast()};
 }
 
 // Every Hopper dQ tile and the portable family's default dQ tile run these, in the deterministic
@@ -182,7 +184,8 @@ std::vector<Problem> dq_sweep_cases() {
   return {Case(bf16, 64).padded(600, 600, queries, keys).heads(8, 2).score_mod().fast(),
           Case(fp16, 128).varlen(queries, keys).heads(4, 4).causal().fast(),
           Case(bf16, 128).bthd(8, 700, 700).heads(8, 8).window(200, 50).fast(),
-          Case(fp16, 112).padded(600, 600, queries, keys).heads(4, 2).window(64, 64).fast()};
+          Case(fp16, 112).padded(600, 600, queries, keys).heads(4, 2).window(64, 64).fast(),
+          Case(bf16, 256).varlen(queries, keys).heads(4, 1).causal().score_mod().fast()};
 }
 
 // The one-pass calls that run on two streams at once.
@@ -205,9 +208,14 @@ std::vector<Problem> agreement_cases() {
 }
 
 std::vector<std::vector<Problem>> all_reference_tables() {
-  return {head_dim_cases(),     layout_cases(),        mask_cases(),
-          grouped_head_cases(), partial_block_cases(), bias_and_score_mod_cases(),
-          fast_sigmoid_cases(), large_cases()};
+  return {head_dim_cases(),
+          layout_cases(),
+          mask_cases(),
+          grouped_head_cases(),
+          hopper_head_dim_cases(),
+          bias_and_score_mod_cases(),
+          fast_sigmoid_cases(),
+          large_cases()};
 }
 
 struct DeviceGradients {
@@ -529,8 +537,8 @@ INSTANTIATE_TEST_SUITE_P(Layouts, BackwardMatchesReference, testing::ValuesIn(la
 INSTANTIATE_TEST_SUITE_P(Masks, BackwardMatchesReference, testing::ValuesIn(mask_cases()), name_of);
 INSTANTIATE_TEST_SUITE_P(GroupedHeads, BackwardMatchesReference,
                          testing::ValuesIn(grouped_head_cases()), name_of);
-INSTANTIATE_TEST_SUITE_P(PartialBlocks, BackwardMatchesReference,
-                         testing::ValuesIn(partial_block_cases()), name_of);
+INSTANTIATE_TEST_SUITE_P(HopperHeadDims, BackwardMatchesReference,
+                         testing::ValuesIn(hopper_head_dim_cases()), name_of);
 INSTANTIATE_TEST_SUITE_P(BiasAndScoreMod, BackwardMatchesReference,
                          testing::ValuesIn(bias_and_score_mod_cases()), name_of);
 INSTANTIATE_TEST_SUITE_P(FastSigmoid, BackwardMatchesReference,
