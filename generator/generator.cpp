@@ -33,12 +33,13 @@ int smem_bytes(const KernelSpec& spec, const TileConfig& tile) {
   // The kernels take their layouts from the same functions (templates/sigattn/shared_storage.h).
   const int d = spec.head_dim;
   const bool hopper = tile.family == Family::sm90;
+  const bool dynamic = tile.schedule == Schedule::dynamic;
   switch (spec.direction) {
     case Direction::forward:
-      return hopper ? fwd_sm90_storage(d, tile.block_m, tile.block_n, tile.stages).bytes
+      return hopper ? fwd_sm90_storage(d, tile.block_m, tile.block_n, tile.stages, dynamic).bytes
                     : fwd_sm80_storage(d, tile.block_m, tile.block_n, tile.stages).bytes;
     case Direction::dq:
-      return hopper ? bwd_dq_sm90_storage(d, tile.block_m, tile.block_n, tile.stages).bytes
+      return hopper ? bwd_dq_sm90_storage(d, tile.block_m, tile.block_n, tile.stages, dynamic).bytes
                     : bwd_dq_sm80_storage(d, tile.block_m, tile.block_n, tile.stages).bytes;
     case Direction::dkdv:
       return hopper
@@ -157,6 +158,7 @@ GeneratedKernel generate(const Variant& variant) {
       "  static constexpr int kWarps = {warps};\n"
       "  static constexpr int kStages = {stages};\n"
       "{work_split}"
+      "{schedule}"
       "  static constexpr int kSmemBytes = {smem};\n",
       fmt::arg("causal", spec.causal ? "true" : "false"),
       fmt::arg("window", spec.window ? "true" : "false"),
@@ -170,6 +172,11 @@ GeneratedKernel generate(const Variant& variant) {
                spec.direction != Direction::dkdv
                    ? ""
                    : fmt::format("  static constexpr bool kAtomicDq = {};\n", tile.atomic_dq)),
+      // Only the persistent kernels (the sm90 forward and dq) have a schedule to choose.
+      fmt::arg("schedule", tile.family != Family::sm90 || spec.direction == Direction::dkdv
+                               ? ""
+                               : fmt::format("  static constexpr bool kDynamicSchedule = {};\n",
+                                             tile.schedule == Schedule::dynamic)),
       fmt::arg("smem", out.smem_bytes));
   out.source =
       generated_source(out.variant_name, entry, spec.dtype, spec.head_dim, spec.layout, members);

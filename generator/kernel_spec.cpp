@@ -80,6 +80,10 @@ std::string_view to_string(Direction direction) {
   return "?";
 }
 
+std::string_view to_string(Schedule schedule) {
+  return schedule == Schedule::dynamic ? "dynamic" : "strided";
+}
+
 std::string to_string(const KernelSpec& spec) {
   return fmt::format("{}.{}.d{}.{}.{}.{}.{}.{}", to_string(spec.direction), to_string(spec.dtype),
                      spec.head_dim, to_string(spec.layout), mask_name(spec),
@@ -89,8 +93,9 @@ std::string to_string(const KernelSpec& spec) {
 }
 
 std::string to_string(const TileConfig& tile) {
-  return fmt::format("{}.m{}n{}w{}s{}{}", to_string(tile.family), tile.block_m, tile.block_n,
-                     tile.warps, tile.stages, tile.atomic_dq ? ".atomicdq" : "");
+  return fmt::format("{}.m{}n{}w{}s{}{}{}", to_string(tile.family), tile.block_m, tile.block_n,
+                     tile.warps, tile.stages, tile.atomic_dq ? ".atomicdq" : "",
+                     tile.schedule == Schedule::dynamic ? ".dynamic" : "");
 }
 
 std::string to_string(const Variant& variant) {
@@ -168,6 +173,12 @@ KernelSpec parse_spec(std::string_view text) {
   return spec;
 }
 
+Schedule parse_schedule(std::string_view text) {
+  if (text == "strided") return Schedule::strided;
+  if (text == "dynamic") return Schedule::dynamic;
+  bad("schedule", text, "strided or dynamic");
+}
+
 Family parse_family(std::string_view text) {
   if (text == "sm80") return Family::sm80;
   if (text == "sm90") return Family::sm90;
@@ -175,10 +186,11 @@ Family parse_family(std::string_view text) {
 }
 
 TileConfig parse_tile(std::string_view text) {
-  // FAMILY.mMnNwWsS[.atomicdq]
+  // FAMILY.mMnNwWsS[.atomicdq][.dynamic]
   auto fields = split(text, '.');
-  if (fields.size() < 2 || fields.size() > 3) {
-    bad("tile", text, "FAMILY.mBLOCKMnBLOCKNwWARPSsSTAGES[.atomicdq], e.g. sm80.m128n64w4s2");
+  if (fields.size() < 2 || fields.size() > 4) {
+    bad("tile", text,
+        "FAMILY.mBLOCKMnBLOCKNwWARPSsSTAGES[.atomicdq][.dynamic], e.g. sm80.m128n64w4s2");
   }
   TileConfig tile;
   tile.family = parse_family(fields[0]);
@@ -195,15 +207,25 @@ TileConfig parse_tile(std::string_view text) {
     values[i] = parse_int(sizes.substr(pos + 1, end - pos - 1), "tile");
     pos = end;
   }
-  if (pos != sizes.size()) bad("tile", text, "nothing after the stage count but .atomicdq");
+  if (pos != sizes.size()) {
+    bad("tile", text, "nothing after the stage count but .atomicdq and .dynamic");
+  }
   tile.block_m = values[0];
   tile.block_n = values[1];
   tile.warps = values[2];
   tile.stages = values[3];
-  if (fields.size() == 3) {
-    if (fields[2] != "atomicdq") bad("tile", text, "atomicdq as the only suffix");
+  // The suffixes, each at most once and in this order.
+  std::size_t next = 2;
+  if (next < fields.size() && fields[next] == "atomicdq") {
     tile.atomic_dq = true;
+    ++next;
   }
+  if (next < fields.size() && fields[next] == "dynamic") {
+    tile.schedule = Schedule::dynamic;
+    ++next;
+  }
+  if (next != fields.size())
+    bad("tile", text, "the suffixes .atomicdq and .dynamic, in that order");
   return tile;
 }
 
@@ -223,11 +245,12 @@ void to_json(nlohmann::json& j, const TileConfig& tile) {
                      {"warps", tile.warps},
                      {"stages", tile.stages}};
   if (tile.atomic_dq) j["atomic_dq"] = true;
+  if (tile.schedule != Schedule::strided) j["schedule"] = to_string(tile.schedule);
 }
 
 void from_json(const nlohmann::json& j, TileConfig& tile) {
-  static constexpr std::array<std::string_view, 6> kFields = {"family", "block_m", "block_n",
-                                                              "warps",  "stages",  "atomic_dq"};
+  static constexpr std::array<std::string_view, 7> kFields = {
+      "family", "block_m", "block_n", "warps", "stages", "atomic_dq", "schedule"};
   for (const auto& [key, value] : j.items()) {
     if (std::find(kFields.begin(), kFields.end(), key) == kFields.end()) {
       throw std::invalid_argument(fmt::format("unknown tile field '{}'", key));
@@ -239,6 +262,7 @@ void from_json(const nlohmann::json& j, TileConfig& tile) {
   tile.warps = j.at("warps").get<int>();
   tile.stages = j.at("stages").get<int>();
   tile.atomic_dq = j.value("atomic_dq", false);
+  tile.schedule = parse_schedule(j.value("schedule", std::string("strided")));
 }
 
 void to_json(nlohmann::json& j, const KernelSpec& spec) { j = to_string(spec); }

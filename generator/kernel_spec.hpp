@@ -23,6 +23,11 @@ enum class SigmoidMode { fast, accurate };
 enum class SeqLen { anylen, x128 };
 // sm80: mma.sync and cp.async (Ampere and later); sm90: wgmma and TMA (Hopper, sm_90a only).
 enum class Family { sm80, sm90 };
+// How a persistent kernel's CTAs share the work tiles. strided: CTA i takes tiles i, i + grid,
+// i + 2 grid, ... of every (row block, head, sequence) up to max_seqlen. dynamic: CTAs take the
+// next tile from a global counter, over only the row blocks that hold valid rows, each
+// sequence's longest tiles first.
+enum class Schedule { strided, dynamic };
 
 struct KernelSpec {
   Direction direction = Direction::forward;
@@ -39,7 +44,8 @@ struct KernelSpec {
 };
 
 // How a kernel is built: its family and the family's tunable parameters. Canonical string
-// "sm80.m128n64w4s2" ("….atomicdq" for the one-pass backward split).
+// "sm80.m128n64w4s2" ("….atomicdq" for the one-pass backward split, "….dynamic" for the
+// dynamic schedule).
 // In the forward and dq kernels a CTA owns block_m query rows and steps over keys block_n at a
 // time; in the dkdv kernel a CTA owns block_n keys and steps over queries block_m at a time.
 struct TileConfig {
@@ -52,6 +58,8 @@ struct TileConfig {
   // runs give bit-identical gradients. true: the dkdv kernel also adds its share of dQ into an
   // fp32 buffer with atomics, one pass over S and dP instead of two (not bit-reproducible).
   bool atomic_dq = false;
+  // The persistent sm90 forward and dq kernels' schedule (see Schedule); strided elsewhere.
+  Schedule schedule = Schedule::strided;
 
   bool operator==(const TileConfig&) const = default;
 };
@@ -73,11 +81,13 @@ std::string_view to_string(DType dtype);
 std::string_view to_string(Layout layout);
 std::string_view to_string(Family family);
 std::string_view to_string(Direction direction);
+std::string_view to_string(Schedule schedule);
 
 // Parse the canonical strings; throw std::invalid_argument naming the bad field.
 KernelSpec parse_spec(std::string_view text);
 TileConfig parse_tile(std::string_view text);
 Family parse_family(std::string_view text);
+Schedule parse_schedule(std::string_view text);
 // "SPEC" or "SPEC/TILE"; a missing tile part leaves the optional empty.
 struct ParsedVariant {
   KernelSpec spec;

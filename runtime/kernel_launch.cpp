@@ -15,6 +15,7 @@
 #include "generator/generator.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "runtime/errors.hpp"
+#include "runtime/tile_counters.hpp"
 
 namespace sigattn {
 namespace {
@@ -24,7 +25,8 @@ constexpr Operand kDkdvMaps[] = {Operand::q, Operand::grad_out};
 constexpr Operand kDqMaps[] = {Operand::q, Operand::grad_out, Operand::k, Operand::v};
 
 template <class Params>
-KernelArgument without_maps(const DirectionParams& params, std::span<const TmaDescriptor>) {
+KernelArgument without_maps(const DirectionParams& params, std::span<const TmaDescriptor>,
+                            TileCounter*) {
   return std::get<Params>(params);
 }
 
@@ -49,9 +51,9 @@ const InterfaceEntry kInterfaces[] = {
      {.tma_maps = kForwardMaps,
       .rows = TileRows::queries,
       .grid = GridShape::persistent,
-      .argument = [](const DirectionParams& params,
-                     std::span<const TmaDescriptor> maps) -> KernelArgument {
-        return FwdSm90Params{std::get<FwdParams>(params), maps[0], maps[1], maps[2]};
+      .argument = [](const DirectionParams& params, std::span<const TmaDescriptor> maps,
+                     TileCounter* tile_counter) -> KernelArgument {
+        return FwdSm90Params{std::get<FwdParams>(params), maps[0], maps[1], maps[2], tile_counter};
       }}},
     {gen::Direction::dkdv,
      gen::Family::sm80,
@@ -64,8 +66,8 @@ const InterfaceEntry kInterfaces[] = {
      {.tma_maps = kDkdvMaps,
       .rows = TileRows::keys,
       .grid = GridShape::one_cta_per_tile,
-      .argument = [](const DirectionParams& params,
-                     std::span<const TmaDescriptor> maps) -> KernelArgument {
+      .argument = [](const DirectionParams& params, std::span<const TmaDescriptor> maps,
+                     TileCounter*) -> KernelArgument {
         return BwdSm90Params{std::get<BwdParams>(params), maps[0], maps[1]};
       }}},
     {gen::Direction::dq,
@@ -79,9 +81,10 @@ const InterfaceEntry kInterfaces[] = {
      {.tma_maps = kDqMaps,
       .rows = TileRows::queries,
       .grid = GridShape::persistent,
-      .argument = [](const DirectionParams& params,
-                     std::span<const TmaDescriptor> maps) -> KernelArgument {
-        return BwdDqSm90Params{std::get<BwdParams>(params), maps[0], maps[1], maps[2], maps[3]};
+      .argument = [](const DirectionParams& params, std::span<const TmaDescriptor> maps,
+                     TileCounter* tile_counter) -> KernelArgument {
+        return BwdDqSm90Params{
+            std::get<BwdParams>(params), maps[0], maps[1], maps[2], maps[3], tile_counter};
       }}},
 };
 
@@ -144,7 +147,10 @@ void launch_kernel(const LoadedKernel& kernel, const gen::Variant& variant,
     maps.push_back(encode_tma(call, operand, variant.tile, varlen));
   }
   const Grid grid = grid_of(interface, kernel, variant, call.inputs);
-  launch(kernel, interface.argument(params, maps), grid, stream);
+  TileCounter* tile_counter = variant.tile.schedule == gen::Schedule::dynamic
+                                  ? TileCounters::instance().for_launch(stream)
+                                  : nullptr;
+  launch(kernel, interface.argument(params, maps, tile_counter), grid, stream);
 }
 
 void launch(const LoadedKernel& kernel, KernelArgument argument, const Grid& grid,
@@ -158,7 +164,9 @@ void launch(const LoadedKernel& kernel, KernelArgument argument, const Grid& gri
 unsigned persistent_grid(const LoadedKernel& kernel, const gen::TileConfig& tile, long long blocks,
                          int heads, int batch) {
   const long long work_tiles = blocks * heads * batch;
-  if (work_tiles > std::numeric_limits<int>::max()) {
+  // The dynamic schedule's counter runs on past the last tile by one index per CTA, at most as
+  // many as there are tiles.
+  if (work_tiles > std::numeric_limits<int>::max() / 2) {
     throw_unsupported(fmt::format(
         "tile {} numbers its work tiles with int, and {} blocks x {} heads x {} sequences are {} "
         "of them",

@@ -45,8 +45,10 @@ struct KernelInterface {
   std::span<const Operand> tma_maps;
   TileRows rows;
   GridShape grid;
-  // The kernel's argument from the direction's parameters and the maps of tma_maps.
-  KernelArgument (*argument)(const DirectionParams& params, std::span<const TmaDescriptor> maps);
+  // The kernel's argument from the direction's parameters, the maps of tma_maps and the tile
+  // counter of the dynamic schedule (null in the strided one).
+  KernelArgument (*argument)(const DirectionParams& params, std::span<const TmaDescriptor> maps,
+                             TileCounter* tile_counter);
 };
 
 const KernelInterface& kernel_interface(gen::Direction direction, gen::Family family);
@@ -71,7 +73,8 @@ struct Grid {
 void launch(const LoadedKernel& kernel, KernelArgument argument, const Grid& grid, CUstream stream);
 
 // The grid of a persistent sm90 kernel over blocks x heads x batch work tiles: as many CTAs as
-// fit on the GPU at once, at most one per tile. Throws when the tiles outnumber an int.
+// fit on the GPU at once, at most one per tile. Throws when twice the tiles outnumber an int (the
+// dynamic schedule counts past the last tile).
 unsigned persistent_grid(const LoadedKernel& kernel, const gen::TileConfig& tile, long long blocks,
                          int heads, int batch);
 

@@ -22,13 +22,15 @@ void copy_strides(const TensorRef& t, gen::Layout layout, long long& batch_strid
   head_stride = t.head_stride;
 }
 
-// An operand as the TMA encoder sees it: its name, view, heads and token rows per sequence, and
-// whether its boxes span block_n (key) rather than block_m (query) rows.
+// An operand as the TMA encoder sees it: its name, view, heads, token rows per sequence and
+// packed tokens (varlen, 0: unknown), and whether its boxes span block_n (key) rather than
+// block_m (query) rows.
 struct OperandView {
   std::string_view name;
   const TensorRef& tensor;
   int heads;
   int max_seqlen;
+  std::int64_t packed_tokens;
   bool key_side;
 };
 
@@ -37,24 +39,29 @@ OperandView view_of(const CallOperands& call, Operand operand) {
   const std::string_view name = operand_name(operand);
   switch (operand) {
     case Operand::q:
-      return {name, in.q, in.heads_q, in.max_seqlen_q, false};
+      return {name, in.q, in.heads_q, in.max_seqlen_q, call.packed_tokens_q, false};
     case Operand::k:
-      return {name, in.k, in.heads_kv, in.max_seqlen_k, true};
+      return {name, in.k, in.heads_kv, in.max_seqlen_k, call.packed_tokens_k, true};
     case Operand::v:
-      return {name, in.v, in.heads_kv, in.max_seqlen_k, true};
+      return {name, in.v, in.heads_kv, in.max_seqlen_k, call.packed_tokens_k, true};
     case Operand::grad_out:
       break;
   }
-  return {name, *call.grad_out, in.heads_q, in.max_seqlen_q, false};
+  return {name, *call.grad_out, in.heads_q, in.max_seqlen_q, call.packed_tokens_q, false};
 }
 
 // The map of q, k or v for the sm90 kernel: boxes of 64 elements (128 bytes, the swizzle span) by
 // `box_rows` tokens of one head, 128-byte swizzle, zeros outside the tensor. The varlen layout
-// packs every sequence on one token axis of at most batch * max_seqlen tokens (batch extent 1).
+// packs every sequence on one token axis (batch extent 1): the tokens the prefix sums count when
+// the host read them, so a box reaching past the last sequence reads zeros and not past the
+// caller's tensor; else the most there can be, batch * max_seqlen.
 TmaDescriptor encode_map(std::string_view name, const TensorRef& t, DType dtype, int head_dim,
-                         int max_seqlen, int heads, int batch, bool varlen, int box_rows) {
+                         int max_seqlen, std::int64_t packed_tokens, int heads, int batch,
+                         bool varlen, int box_rows) {
   constexpr std::uint64_t kElementBytes = 2;
-  const std::uint64_t tokens = varlen ? std::uint64_t(batch) * max_seqlen : max_seqlen;
+  const std::uint64_t packed = packed_tokens > 0 ? static_cast<std::uint64_t>(packed_tokens)
+                                                 : std::uint64_t(batch) * max_seqlen;
+  const std::uint64_t tokens = varlen ? packed : max_seqlen;
   const auto bytes = [](std::int64_t stride) {
     return stride != 0 ? static_cast<cuuint64_t>(stride) * kElementBytes : cuuint64_t{16};
   };
@@ -177,8 +184,9 @@ TmaDescriptor encode_tma(const CallOperands& call, Operand operand, const gen::T
                          bool varlen) {
   const ForwardArgs& in = call.inputs;
   const OperandView view = view_of(call, operand);
-  return encode_map(view.name, view.tensor, in.dtype, in.head_dim, view.max_seqlen, view.heads,
-                    in.batch, varlen, view.key_side ? tile.block_n : tile.block_m);
+  return encode_map(view.name, view.tensor, in.dtype, in.head_dim, view.max_seqlen,
+                    view.packed_tokens, view.heads, in.batch, varlen,
+                    view.key_side ? tile.block_n : tile.block_m);
 }
 
 }  // namespace sigattn

@@ -29,10 +29,14 @@ enum class Operand { q, k, v, grad_out };
 // "q", "k", "v" or "grad_out": the argument's name.
 std::string_view operand_name(Operand operand);
 
-// The operands of one call: the forward's inputs, and in the backward grad_out.
+// The operands of one call: the forward's inputs, and in the backward grad_out. In the varlen
+// layout, the packed tokens of the query side (q, out, grad_out) and of the key side (k, v) when
+// the host has read the prefix sums; 0 when it has not (then at most batch * max_seqlen).
 struct CallOperands {
   const ForwardArgs& inputs;
   const TensorRef* grad_out = nullptr;
+  std::int64_t packed_tokens_q = 0;
+  std::int64_t packed_tokens_k = 0;
 };
 
 // A tensor an sm90 kernel streams through a TMA map: its name in messages, its view and its heads.

@@ -295,6 +295,7 @@ TokenRows check_lengths_on_device(const ForwardArgs& args, CUstream stream) {
     rows.k =
         check_cu_seqlens("cu_seqlens_k", copy_to_host(args.cu_seqlens_k, args.batch + 1, stream),
                          "max_seqlen_k", args.max_seqlen_k);
+    rows.counted = true;
   }
   return rows;
 }

@@ -31,6 +31,7 @@ void check_tensor(std::string_view name, const TensorRef& tensor, bool varlen);
 struct TokenRows {
   std::int64_t q;
   std::int64_t k;
+  bool counted = false;  // q and k are the packed tokens the prefix sums count (read on the host)
 };
 
 // The rows the host knows before the device lengths are read. The packed tokens of the varlen

@@ -38,8 +38,9 @@ python_env=$build_dir/python-venv
 "$python_env/bin/python" -m pip install --quiet "$repo/python"
 "$python_env/bin/python" -m unittest discover -s "$repo/python/tests" -v
 
-# The benchmark's report module (CSV reading and its errors; no GPU, no torch needed).
-(cd "$repo/bench" && /usr/bin/python3 -m unittest test_report -v)
+# The benchmark's report module (CSV reading and its errors) and its --lengths batch (no GPU, no
+# torch needed).
+(cd "$repo/bench" && /usr/bin/python3 -m unittest test_report test_bench_lengths -v)
 
 # The C++ sources: what git tracks or would track (build directories are ignored), or, outside a
 # git checkout, every source file not under a build directory; the generator's golden outputs

@@ -136,12 +136,12 @@ TEST(BackwardSplit, FastModeTakesTheFasterSplitForEveryHeadDimAndArch) {
       const BackwardTiles fast = default_backward_tiles(specs, target, false);
       const std::string where = arch + " d" + std::to_string(head_dim);
       EXPECT_FALSE(deterministic.dkdv.atomic_dq) << where;
-      // sm_90a keeps the two-kernel split when atomics are allowed wherever the Hopper backward
-      // serves the head dim (multiples of 16 from 64 on) but at d = 64: at d = 128 the Hopper dQ
-      // kernel outruns the one-pass split, elsewhere the Hopper one-pass kernel has no tile.
-      const bool hopper_backward = head_dim % 16 == 0 && head_dim >= 64;
-      EXPECT_EQ(fast.dkdv.atomic_dq, arch != "sm_90a" || !hopper_backward || head_dim == 64)
-          << where;
+      // Only sm_90a at the Hopper backward's head dims above 64, where its dQ kernel outruns
+      // the one-pass split (or the one-pass split has no Hopper tile), keeps the two-kernel
+      // split when atomics are allowed.
+      const bool hopper_split = arch == "sm_90a" && head_dim > 64 && head_dim % 16 == 0 &&
+                                fast.dkdv.family == gen::Family::sm90;
+      EXPECT_EQ(fast.dkdv.atomic_dq, !hopper_split) << where;
       EXPECT_EQ(fast.dkdv.atomic_dq, policy::one_pass_by_default(specs.dkdv, target)) << where;
       EXPECT_FALSE(fast.dq.atomic_dq) << where;
       EXPECT_EQ(policy::rejection(specs.dkdv, fast.dkdv, target), "") << where;

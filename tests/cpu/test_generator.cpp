@@ -60,6 +60,27 @@ TEST(VariantString, FamilyAndWorkSplitRoundTrip) {
   EXPECT_EQ(j.get<TileConfig>(), one_pass);
 }
 
+TEST(VariantString, ScheduleRoundTrips) {
+  TileConfig dynamic{128, 128, 12, 3, Family::sm90};
+  dynamic.schedule = Schedule::dynamic;
+  EXPECT_EQ(to_string(dynamic), "sm90.m128n128w12s3.dynamic");
+  EXPECT_EQ(parse_tile(to_string(dynamic)), dynamic);
+  nlohmann::json j = dynamic;
+  EXPECT_EQ(j["schedule"], "dynamic");
+  EXPECT_EQ(j.get<TileConfig>(), dynamic);
+  // The strided schedule is the default and is not written.
+  const TileConfig strided{128, 128, 12, 3, Family::sm90};
+  EXPECT_EQ(to_string(strided), "sm90.m128n128w12s3");
+  EXPECT_FALSE(nlohmann::json(strided).contains("schedule"));
+  // Both suffixes, in order.
+  TileConfig both = dynamic;
+  both.atomic_dq = true;
+  EXPECT_EQ(to_string(both), "sm90.m128n128w12s3.atomicdq.dynamic");
+  EXPECT_EQ(parse_tile(to_string(both)), both);
+  j["schedule"] = "lpt";
+  EXPECT_THROW(j.get<TileConfig>(), std::invalid_argument);
+}
+
 TEST(VariantString, SpecWithoutTileLeavesTileEmpty) {
   ParsedVariant parsed = parse_variant("fwd.fp16.d64.varlen.window.nosmod.accurate.anylen");
   EXPECT_FALSE(parsed.tile.has_value());
@@ -96,6 +117,11 @@ TEST(VariantString, BadFieldsAreNamed) {
   expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80", "tile");
   expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w4s2.atomic", "tile");
   expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/m128n64w4s2", "FAMILY");
+  expect_rejected(
+      "fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm90.m128n64w12s2.dynamic.atomicdq",
+      "in that order");
+  expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm90.m128n64w12s2.dynamic.dynamic",
+                  "tile");
 }
 
 TEST(TileConfigJson, RoundTripsAndRejectsUnknownFields) {
@@ -231,7 +257,8 @@ TEST(Generate, RejectsSm90DkdvTilesOutsideTheKernel) {
   KernelSpec spec;
   spec.direction = Direction::dkdv;
   EXPECT_NO_THROW(generate({spec, {64, 128, 12, 2, Family::sm90}}));
-  // One consumer warpgroup, a warp count that does not match, 128-query steps at d=128.
+  // One consumer warpgroup, a warp count that does not match, 128-query steps at d=128, a head
+  // dim that is not a multiple of 16.
   EXPECT_THROW(generate({spec, {64, 64, 8, 2, Family::sm90}}), std::invalid_argument);
   EXPECT_THROW(generate({spec, {64, 128, 8, 2, Family::sm90}}), std::invalid_argument);
   EXPECT_THROW(generate({spec, {128, 128, 12, 2, Family::sm90}}), std::invalid_argument);
@@ -266,6 +293,32 @@ TEST(Generate, AtomicDqOnlyForDkdvAndWithItsSharedMemory) {
   Variant dq = one_pass;
   dq.spec.direction = Direction::dq;
   EXPECT_THROW(generate(dq), std::invalid_argument);
+}
+
+TEST(Generate, DynamicScheduleOnlyForThePersistentKernelsAndWithItsSlots) {
+  for (const char* text : {"fwd.bf16.d128.varlen.causal.nosmod.fast.anylen/sm90.m128n128w12s3",
+                           "dq.bf16.d128.padded.nomask.nosmod.fast.anylen/sm90.m128n64w12s3"}) {
+    const Variant strided = variant_of(text);
+    Variant dynamic = strided;
+    dynamic.tile.schedule = Schedule::dynamic;
+    const GeneratedKernel a = generate(dynamic);
+    const GeneratedKernel b = generate(strided);
+    EXPECT_NE(a.source.find("kDynamicSchedule = true;"), std::string::npos) << text;
+    EXPECT_NE(b.source.find("kDynamicSchedule = false;"), std::string::npos) << text;
+    EXPECT_NE(a.content_hash, b.content_hash) << text;
+    // Three 16-byte slots, inside the barriers' 128-byte granule.
+    EXPECT_EQ(a.smem_bytes, b.smem_bytes) << text;
+  }
+  EXPECT_THROW(generate(variant_of(
+                   "dkdv.bf16.d128.dense.nomask.nosmod.fast.anylen/sm90.m64n128w12s2.dynamic")),
+               std::invalid_argument);
+  EXPECT_THROW(generate(variant_of(
+                   "fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w8s2.dynamic")),
+               std::invalid_argument);
+  // The portable kernels have no schedule member.
+  EXPECT_EQ(generate(variant_of("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w8s2"))
+                .source.find("kDynamicSchedule"),
+            std::string::npos);
 }
 
 TEST(Generate, DqConversionDependsOnDtypeHeadDimAndLayoutOnly) {
@@ -314,6 +367,8 @@ TEST(Generate, MatchesGoldenFiles) {
       "fwd.fp16.d64.padded.causal.smod.accurate.anylen/sm80.m128n64w4s3",
       "fwd.bf16.d40.varlen.causal+window.nosmod.fast.anylen/sm80.m64n32w4s2",
       "fwd.bf16.d128.padded.causal.smod.fast.anylen/sm90.m128n128w12s2",
+      "fwd.bf16.d128.varlen.causal.nosmod.fast.anylen/sm90.m128n128w12s3.dynamic",
+      "dq.bf16.d64.padded.window.nosmod.fast.anylen/sm90.m128n64w12s3.dynamic",
       "dkdv.fp16.d96.varlen.causal.smod.accurate.anylen/sm80.m32n128w8s2.atomicdq",
   };
   const bool update = std::getenv("SIGATTN_UPDATE_GOLDENS") != nullptr;

@@ -2,8 +2,9 @@
 // conversion) compiles with NVRTC to CUBIN for sm_80 and sm_90a across head dims, dtypes, layouts,
 // masks, score_mod and sigmoid modes, and the heuristic default configs compile with no
 // local-memory spills (the persistent Hopper forward with masks or score_mod: at most 64 bytes);
-// the Hopper (sm90) family's candidates and defaults of the default specs compile without spills
-// or serialized wgmma. Runs on the CPU: no GPU is needed to compile.
+// the Hopper (sm90) family's candidates (the persistent kernels in both schedules) and defaults
+// of the default specs compile without spills or serialized wgmma. Runs on the CPU: no GPU is
+// needed to compile.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -170,6 +171,10 @@ std::vector<gen::Variant> sm90_variants() {
 
 TEST(KernelCompile, Sm90VariantsCompileWithoutSpillsOrSerializedWgmma) {
   const std::vector<gen::Variant> variants = sm90_variants();
+  const auto dynamic = std::count_if(variants.begin(), variants.end(), [](const gen::Variant& v) {
+    return v.tile.schedule == gen::Schedule::dynamic;
+  });
+  EXPECT_GT(dynamic, 20) << "the sweep lacks the dynamic schedule";
   std::atomic<std::size_t> next{0};
   std::mutex mutex;
   std::vector<std::string> failures;

@@ -71,6 +71,9 @@ std::vector<Illegal> illegal_variants() {
       {unsupported_head_dim, "head_dim"},
       {padded_x128, "x128_layout"},
       {variant_of(fwd + "sm80.m128n64w4s2.atomicdq"), "work_split"},
+      {variant_of(fwd + "sm80.m128n64w4s2.dynamic"), "schedule"},
+      {variant_of("dkdv.bf16.d64.dense.nomask.nosmod.fast.anylen/sm90.m128n128w12s2.dynamic"),
+       "schedule"},
       {variant_of(fwd + "sm80.m64n64w8s2"), "mma_rows"},
       {variant_of("fwd.bf16.d128.dense.nomask.nosmod.fast.x128/sm80.m128n256w8s2"), "x128_divides"},
       {variant_of("fwd.bf16.d40.dense.nomask.nosmod.fast.anylen/sm90.m128n128w12s2"),
@@ -101,6 +104,8 @@ TEST(StructuralRejection, PassesLegalTilesWhateverTheTarget) {
            "fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm90.m128n128w12s3",
            "dkdv.bf16.d64.padded.causal.nosmod.fast.anylen/sm90.m128n128w12s2.atomicdq",
            "dq.fp16.d128.varlen.nomask.smod.fast.anylen/sm90.m128n64w12s3",
+           "fwd.bf16.d128.varlen.causal.nosmod.fast.anylen/sm90.m128n128w12s3.dynamic",
+           "dq.fp16.d64.padded.window.nosmod.fast.anylen/sm90.m128n64w12s2.dynamic",
        }) {
     const gen::Variant variant = variant_of(text);
     EXPECT_EQ(structural_rejection(variant.spec, variant.tile), "") << text;
@@ -247,7 +252,7 @@ TEST(Sm90Family, DqAtHeadDims64To128WithNamedConstraints) {
             std::string::npos);
   int hopper_tiles = 0;
   for (const auto& tile : candidates(dq, hopper)) hopper_tiles += tile.family == gen::Family::sm90;
-  EXPECT_EQ(hopper_tiles, 4);  // block_m 64 or 128, 2 or 3 stages, 64-key steps
+  EXPECT_EQ(hopper_tiles, 8);  // block_m 64 or 128, 2 or 3 stages, 64-key steps, two schedules
 
   for (int head_dim : {80, 96, 112}) {
     gen::KernelSpec partial = dq;
@@ -318,6 +323,55 @@ TEST(DefaultTile, PrefersTheSm90FamilyOnSm90aWhereItApplies) {
   }
   EXPECT_EQ(default_tile(spec_with(40), hopper).tile.family, gen::Family::sm80);
   EXPECT_EQ(default_tile(spec_with(128), target_for_arch("sm_90")).tile.family, gen::Family::sm80);
+}
+
+// The persistent kernels' tuner space has every Hopper tile in both schedules; the default is the
+// dynamic schedule where tiles differ in cost or rows (padded, varlen, masks), strided on dense
+// unmasked shapes.
+TEST(Schedules, AreCandidatesAndDefaultByTheShape) {
+  const Target hopper = target_for_arch("sm_90a");
+  for (auto direction : {gen::Direction::forward, gen::Direction::dq}) {
+    for (auto layout : {gen::Layout::dense, gen::Layout::padded, gen::Layout::varlen}) {
+      for (int mask = 0; mask < 4; ++mask) {
+        gen::KernelSpec spec = spec_with(128);
+        spec.direction = direction;
+        spec.layout = layout;
+        spec.causal = (mask & 1) != 0;
+        spec.window = (mask & 2) != 0;
+        const std::string name = gen::to_string(spec);
+        int strided = 0, dynamic = 0;
+        for (const auto& tile : candidates(spec, hopper)) {
+          if (tile.family != gen::Family::sm90) {
+            EXPECT_EQ(tile.schedule, gen::Schedule::strided) << name;
+            continue;
+          }
+          gen::TileConfig other = tile;
+          other.schedule = tile.schedule == gen::Schedule::dynamic ? gen::Schedule::strided
+                                                                   : gen::Schedule::dynamic;
+          EXPECT_TRUE(rejection(spec, other, hopper).empty()) << name;
+          (tile.schedule == gen::Schedule::dynamic ? dynamic : strided) += 1;
+        }
+        EXPECT_GT(strided, 0) << name;
+        EXPECT_EQ(dynamic, strided) << name;
+        const DefaultChoice choice = default_tile(spec, hopper);
+        const bool uniform = layout == gen::Layout::dense && mask == 0;
+        EXPECT_EQ(choice.tile.schedule, uniform ? gen::Schedule::strided : gen::Schedule::dynamic)
+            << name;
+        EXPECT_EQ(choice.reason.find("dynamic schedule") != std::string::npos, !uniform)
+            << choice.reason;
+      }
+    }
+  }
+  gen::KernelSpec dkdv = spec_with(128);
+  dkdv.direction = gen::Direction::dkdv;
+  dkdv.layout = gen::Layout::varlen;
+  for (const auto& tile : candidates(dkdv, hopper)) {
+    EXPECT_EQ(tile.schedule, gen::Schedule::strided);
+  }
+  EXPECT_EQ(default_tile(dkdv, hopper).tile.schedule, gen::Schedule::strided);
+  gen::KernelSpec padded = spec_with(128);
+  padded.layout = gen::Layout::padded;
+  EXPECT_EQ(default_tile(padded, target_for_arch("sm_80")).tile.schedule, gen::Schedule::strided);
 }
 
 TEST(DefaultTile, IsAPureFunction) {

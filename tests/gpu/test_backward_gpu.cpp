@@ -2,16 +2,18 @@
 // reference (small problems, exact sigmoid) or a plain fp32 GPU kernel (large problems and the
 // fast sigmoid) for every dtype, head dim, layout, mask, head grouping, bias, scale and
 // score_mod, and every feature at each head dim of the Hopper backward; zero gradients on padding;
-// the deterministic split bit-identical from run to run; the one-pass split (atomic dQ) within
-// tolerance of the deterministic one; every one-pass and Hopper dK/dV tile candidate of four
-// specs; every Hopper dQ tile and the portable default on problems with many work tiles per CTA;
-// one-pass calls on two streams at once; and the GPU reference itself against the CPU one.
+// the deterministic split bit-identical from run to run and between the Hopper dQ kernel's two
+// schedules; the one-pass split (atomic dQ) within tolerance of the deterministic one; every
+// one-pass and Hopper dK/dV tile candidate of four specs; every Hopper dQ tile and the portable
+// default on problems with many work tiles per CTA; one-pass calls, and the dQ kernel in the
+// dynamic schedule, on two streams at once; and the GPU reference itself against the CPU one.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <optional>
 #include <random>
 #include <sigattn/sigattn.hpp>
 #include <string>
@@ -313,6 +315,24 @@ GradientBits run_one_pass(DeviceGradients& g, const BackwardTiles& tiles) {
   return run(g, [&] { backward_with_tiles(g.args, nullptr, tiles.dkdv, tiles.dq); });
 }
 
+// The deterministic split's heuristic tiles with the dQ tile in the other schedule, where that is
+// a Hopper tile.
+std::optional<BackwardTiles> other_schedule_tiles(const BackwardSpecs& specs,
+                                                  const policy::Target& target) {
+  BackwardTiles tiles = default_backward_tiles(specs, target, /*deterministic=*/true);
+  if (tiles.dq.family != gen::Family::sm90) return std::nullopt;
+  tiles.dq.schedule =
+      tiles.dq.schedule == gen::Schedule::dynamic ? gen::Schedule::strided : gen::Schedule::dynamic;
+  return tiles;
+}
+
+// The deterministic split's heuristic tiles with a Hopper dQ tile in the dynamic schedule.
+BackwardTiles dynamic_dq_tiles(const BackwardSpecs& specs, const policy::Target& target) {
+  BackwardTiles tiles = default_backward_tiles(specs, target, /*deterministic=*/true);
+  if (tiles.dq.family == gen::Family::sm90) tiles.dq.schedule = gen::Schedule::dynamic;
+  return tiles;
+}
+
 bool use_cpu_reference(const Problem& p) {
   return p.sigmoid == SigmoidMode::accurate && p.work() <= kCpuReferenceWorkLimit;
 }
@@ -424,6 +444,9 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
       variants.push_back({specs.dq, tiles.dq});
     }
     variants.push_back({specs.dkdv, one_pass_tiles(specs, gpu.target).dkdv});
+    if (const auto other = other_schedule_tiles(specs, gpu.target)) {
+      variants.push_back({specs.dq, other->dq});
+    }
   };
   for (const std::vector<Problem>& table : all_reference_tables()) {
     for (const Problem& p : table) {
@@ -449,6 +472,14 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
   if (test_selected("BackwardConcurrency.TwoStreamsInOnePassMode")) {
     for (const Problem& p : concurrent_cases()) add_defaults(p);
   }
+  if (test_selected("BackwardConcurrency.TwoStreamsInTheDynamicSchedule")) {
+    for (const Problem& p : concurrent_cases()) {
+      const BackwardSpecs specs = specs_of(p);
+      const BackwardTiles tiles = dynamic_dq_tiles(specs, gpu.target);
+      variants.push_back({specs.dkdv, tiles.dkdv});
+      variants.push_back({specs.dq, tiles.dq});
+    }
+  }
   return variants;
 });
 
@@ -473,6 +504,15 @@ TEST_P(BackwardMatchesReference, BothSplits) {
   EXPECT_EQ(repeat.dq, deterministic.dq) << "dQ differs between two deterministic runs";
   EXPECT_EQ(repeat.dk, deterministic.dk) << "dK differs between two deterministic runs";
   EXPECT_EQ(repeat.dv, deterministic.dv) << "dV differs between two deterministic runs";
+
+  // A Hopper dQ tile in the other schedule (strided or dynamic): the same tiles on other CTAs,
+  // so the same bits.
+  if (const std::optional<BackwardTiles> other = other_schedule_tiles(specs_of(p), gpu().target)) {
+    const GradientBits rescheduled =
+        run(grads, [&] { backward_with_tiles(grads.args, nullptr, other->dkdv, other->dq); });
+    expect_matches(p, rescheduled, ref, "deterministic split, dQ in the other schedule");
+    EXPECT_EQ(rescheduled.dq, deterministic.dq) << "dQ differs between the two schedules";
+  }
 
   const BackwardTiles one_pass_split = one_pass_tiles(specs_of(p), gpu().target);
   const GradientBits one_pass = run_one_pass(grads, one_pass_split);
@@ -569,17 +609,15 @@ INSTANTIATE_TEST_SUITE_P(PersistentSchedule, EveryHopperDqTile, testing::ValuesI
 
 using BackwardConcurrency = GpuTest;
 
-// Two threads, each with its own stream and problem, call the one-pass backward three times
-// without synchronizing in between: the workspace of one stream must never be the other's.
-TEST_F(BackwardConcurrency, TwoStreamsInOnePassMode) {
-  const std::vector<Problem> problems = concurrent_cases();
-  const std::uint64_t seed = this->seed();
+// Two threads, each with its own stream and problem, call the backward with tiles_of(specs) three
+// times without synchronizing in between; then each result is checked against its reference.
+template <class TilesOf>
+void expect_streams_apart(const std::vector<Problem>& problems, std::uint64_t seed,
+                          const TilesOf& tiles_of, const std::string& what) {
   std::vector<PreparedProblem> prepared;
   prepared.reserve(problems.size());
   for (std::size_t i = 0; i < problems.size(); ++i) {
-    DeviceGradients& grads = prepared.emplace_back(problems[i], seed + i).grads;
-    grads.args.deterministic = false;
-    poison(grads);
+    poison(prepared.emplace_back(problems[i], seed + i).grads);
   }
   synchronize();  // the poison is written on the legacy stream, the calls run on others
   const CUcontext context = cuda::current_context();
@@ -591,7 +629,7 @@ TEST_F(BackwardConcurrency, TwoStreamsInOnePassMode) {
         SIGATTN_CU(cuda::driver().cuCtxSetCurrent(context));
         CUstream stream = nullptr;
         SIGATTN_CU(cuda::driver().cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
-        const BackwardTiles tiles = one_pass_tiles(specs_of(problems[i]), gpu().target);
+        const BackwardTiles tiles = tiles_of(specs_of(problems[i]));
         for (int repeat = 0; repeat < 3; ++repeat) {
           backward_with_tiles(prepared[i].grads.args, stream, tiles.dkdv, tiles.dq);
         }
@@ -609,9 +647,25 @@ TEST_F(BackwardConcurrency, TwoStreamsInOnePassMode) {
     ASSERT_EQ(failures[i], "");
     const DeviceGradients& grads = prepared[i].grads;
     expect_matches(p, {download_bits(grads.dq), download_bits(grads.dk), download_bits(grads.dv)},
-                   reference_for(p, prepared[i]),
-                   "after three one-pass calls on a stream of its own");
+                   reference_for(p, prepared[i]), what);
   }
+}
+
+// The one-pass split's workspace of one stream must never be the other's.
+TEST_F(BackwardConcurrency, TwoStreamsInOnePassMode) {
+  expect_streams_apart(
+      concurrent_cases(), seed(),
+      [&](const BackwardSpecs& specs) { return one_pass_tiles(specs, gpu().target); },
+      "after three one-pass calls on a stream of its own");
+}
+
+// The dQ kernel in the dynamic schedule: each stream's launches take tiles from a counter of
+// their own.
+TEST_F(BackwardConcurrency, TwoStreamsInTheDynamicSchedule) {
+  expect_streams_apart(
+      concurrent_cases(), seed(),
+      [&](const BackwardSpecs& specs) { return dynamic_dq_tiles(specs, gpu().target); },
+      "after three calls with the dynamic dQ schedule on a stream of its own");
 }
 
 class BackwardReference : public GpuTest, public testing::WithParamInterface<Problem> {};
