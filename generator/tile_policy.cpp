@@ -186,12 +186,15 @@ std::string sm90_registers(const KernelSpec& s, const TileConfig& t) {
           needed);
     }
     // Above head dim 128 ptxas spills before that count where masks, score_mod and the accurate
-    // sigmoid add their state: 64-key steps up to d=144 (d=160 spilled 44 bytes), 32-key steps up
-    // to d=192 (d=208 spilled 16 to 24 bytes, d=256 up to 228, with one consumer warpgroup and
-    // with two, and with 256 registers for one).
-    const int widest = t.block_n > 32 ? 144 : 192;
+    // sigmoid add their state: 64-key steps up to d=144 in the strided schedule (d=160 spilled 44
+    // bytes; d=144 in the dynamic schedule 12 to 20), 32-key steps up to d=192 in both (d=208
+    // spilled 16 to 24 bytes, d=256 up to 228, with one consumer warpgroup and with two, and with
+    // 256 registers for one).
+    const bool dynamic = t.schedule == gen::Schedule::dynamic;
+    const int widest = t.block_n > 32 ? (dynamic ? 128 : 144) : 192;
     if (s.head_dim <= widest) return {};
-    return fmt::format("ptxas spills dQ above head_dim {} in {}-key steps", widest, t.block_n);
+    return fmt::format("ptxas spills dQ above head_dim {} in {}-key steps{}", widest, t.block_n,
+                       dynamic ? " of the dynamic schedule" : "");
   }
   const int consumers = t.block_m / 64;
   const bool wide = s.head_dim > 128;

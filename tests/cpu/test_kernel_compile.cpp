@@ -148,6 +148,7 @@ std::vector<gen::Variant> sm90_variants() {
                            "dq.bf16.d80.varlen.causal+window.smod.fast.anylen",
                            "dq.fp16.d96.padded.nomask.nosmod.accurate.anylen",
                            "dq.bf16.d112.dense.causal.nosmod.fast.x128",
+                           "dq.fp16.d144.padded.causal.smod.accurate.anylen",
                            "dq.bf16.d160.dense.nomask.nosmod.fast.x128",
                            "dq.bf16.d192.varlen.causal+window.smod.fast.anylen",
                            "dq.fp16.d176.padded.window.smod.accurate.anylen",
