@@ -186,15 +186,12 @@ std::string sm90_registers(const KernelSpec& s, const TileConfig& t) {
           needed);
     }
     // Above head dim 128 ptxas spills before that count where masks, score_mod and the accurate
-    // sigmoid add their state: 64-key steps up to d=144 in the strided schedule (d=160 spilled 44
-    // bytes; d=144 in the dynamic schedule 12 to 20), 32-key steps up to d=192 in both (d=208
-    // spilled 16 to 24 bytes, d=256 up to 228, with one consumer warpgroup and with two, and with
-    // 256 registers for one).
-    const bool dynamic = t.schedule == gen::Schedule::dynamic;
-    const int widest = t.block_n > 32 ? (dynamic ? 128 : 144) : 192;
+    // sigmoid add their state: 64-key steps at d=144 (16 bytes, padded causal with score_mod;
+    // 44 at d=160), 32-key steps above d=192 (d=208 16 to 24 bytes, d=256 up to 228, with one
+    // consumer warpgroup and with two, and with 256 registers for one).
+    const int widest = t.block_n > 32 ? 128 : 192;
     if (s.head_dim <= widest) return {};
-    return fmt::format("ptxas spills dQ above head_dim {} in {}-key steps{}", widest, t.block_n,
-                       dynamic ? " of the dynamic schedule" : "");
+    return fmt::format("ptxas spills dQ above head_dim {} in {}-key steps", widest, t.block_n);
   }
   const int consumers = t.block_m / 64;
   const bool wide = s.head_dim > 128;
@@ -383,13 +380,13 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
       }
     }
   }
-  // dQ: 64-key steps, and above head dim 128 also 32-key steps (from d=160 to 192 the only ones
-  // that fit the registers; up to 128, 64-key steps fit, and wgmma's N of 64 reads the Q and dO
+  // dQ: 64-key steps up to head dim 128, 32-key steps from 144 to 192 (the only ones that fit
+  // the registers there; up to 128, 64-key steps fit, and wgmma's N of 64 reads the Q and dO
   // operands from shared memory half as often per key as an N of 32).
   if (spec.direction == gen::Direction::dq && target.arch == "sm_90a") {
     for (gen::Schedule schedule : kSchedules) {
       for (int n : {64, 32}) {
-        if (n == 32 && spec.head_dim <= 128) continue;
+        if ((n == 32) != (spec.head_dim > 128)) continue;
         for (int m : {64, 128}) {
           for (int s : {2, 3}) {
             TileConfig tile{m, n, 4 + m / 16, s, gen::Family::sm90};
@@ -508,7 +505,7 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
   // Hopper dQ at head dims 64 to 128: two consumer warpgroups share each K/V tile, 64-key steps
   // (S, dP and the dS fragments beside dQ fit 232 registers up to block_n 64 at d=128), three
   // stages so that TMA runs ahead of the two a consumer holds. d=80 to 112 take d=128's tile
-  // for the reason dK/dV do. From d=160 on, S, dP and the dS fragments of 64 keys beside dQ
+  // for the reason dK/dV do. Above d=128, S, dP and the dS fragments of 64 keys beside dQ
   // exceed the registers: 32-key steps up to d=192; above, the portable family's dQ kernel
   // (sm90_registers).
   static const std::vector<Preference> hopper_dq = {

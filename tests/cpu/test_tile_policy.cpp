@@ -273,7 +273,7 @@ TEST(Sm90Family, BackwardAbove128SplitsTheGradientsAndShortensDqSteps) {
   const gen::TileConfig split_two{64, 64, 12, 2, gen::Family::sm90};
   // dq_block_n 0: the portable family's dQ kernel.
   for (auto [head_dim, dkdv_tile, dq_block_n] :
-       {std::tuple{144, split_three, 64}, std::tuple{192, split_three, 32},
+       {std::tuple{144, split_three, 32}, std::tuple{192, split_three, 32},
         std::tuple{256, split_two, 0}}) {
     gen::KernelSpec dkdv = spec_with(head_dim);
     dkdv.direction = gen::Direction::dkdv;

@@ -114,8 +114,8 @@ std::vector<Problem> bias_and_score_mod_cases() {
 
 // The Hopper backward's head dims besides 64 and 128: those whose tiles end in a partial 64-column
 // block (TMA fills it with zeros, cp.async leaves it unwritten) and those above 128 (dK/dV with
-// one gradient per warpgroup, dQ in 32-key steps from 160 to 192): every feature at each, in
-// both dtypes.
+// one gradient per warpgroup, dQ in 32-key steps up to 192): every feature at each, in both
+// dtypes.
 std::vector<Problem> hopper_head_dim_cases() {
   std::vector<Problem> cases;
   for (int d : {80, 96, 112, 144, 192, 256}) {
