@@ -54,54 +54,51 @@ int affordable_splits(const KvCacheArgs& args, int splits, bool under_capture) {
   return static_cast<int>(std::clamp<std::size_t>(fit, 1, static_cast<std::size_t>(splits)));
 }
 
-void launch_append(const KvCacheArgs& args, const gen::KernelSpec& spec, const DecodeParams& params,
-                   CUstream stream) {
-  const LoadedKernel append = ModuleCache::instance().load(gen::generate_kv_append(spec));
+// The grid of the append: (chunk blocks, batch), see gen::generate_kv_append.
+Grid append_grid(const KvCacheArgs& args) {
   const long long chunks =
       static_cast<long long>(args.seqlen_new) * args.heads_kv * (args.head_dim / 8);
   const long long ctas = (chunks + gen::kCacheHelperThreads - 1) / gen::kCacheHelperThreads;
-  launch(append, params, {static_cast<unsigned>(ctas), 1, static_cast<unsigned>(args.batch)},
-         stream);
+  return {static_cast<unsigned>(ctas), static_cast<unsigned>(args.batch), 1};
 }
 
-void launch_reduce(const KvCacheArgs& args, const gen::KernelSpec& spec, const DecodeParams& params,
-                   CUstream stream) {
-  const LoadedKernel reduce = ModuleCache::instance().load(gen::generate_decode_reduce(spec));
+// The grid of the sum of the splits: a grid-stride loop over 16 bytes of the output per thread.
+Grid reduce_grid(const KvCacheArgs& args) {
   const long long chunks = static_cast<long long>(bytes_per_split(args) / sizeof(float) / 8);
   const long long ctas =
       std::min(kMaxReduceCtas, (chunks + gen::kCacheHelperThreads - 1) / gen::kCacheHelperThreads);
-  launch(reduce, params, {static_cast<unsigned>(ctas), 1, 1}, stream);
+  return {static_cast<unsigned>(ctas), 1, 1};
 }
 
-// Checks the tile and the device arguments, then appends, attends and sums the splits on `stream`.
+// Checks the tile and the device arguments and loads every kernel the call runs, then appends,
+// attends and sums the splits on `stream`.
 void run(const KvCacheArgs& args, const gen::KernelSpec& spec, const policy::Target& target,
          gen::TileConfig tile, const TileOrigin& origin, CUstream stream) {
   check_tile(spec, tile, target);
   check_kvcache_pointers(args);
   check_kvcache_lengths_on_device(args, stream);
 
-  const bool under_capture = capturing(stream);
-  tile.splits = affordable_splits(args, tile.splits, under_capture);
+  tile.splits = affordable_splits(args, tile.splits, capturing(stream));
   const gen::Variant variant{spec, tile};
   const LoadedKernel kernel = load_kernel(variant);
   log_launch(variant, origin, kernel);
+  ModuleCache& modules = ModuleCache::instance();
+  std::optional<LoadedKernel> append;
+  if (args.seqlen_new > 0) append = modules.load(gen::generate_kv_append(spec));
+  std::optional<LoadedKernel> reduce;
+  if (tile.splits > 1) reduce = modules.load(gen::generate_decode_reduce(spec));
 
   DecodeParams params = decode_params(args, tile.splits, decode_row_blocks(args, tile));
-  if (args.seqlen_new > 0) launch_append(args, spec, params, stream);
-  if (tile.splits == 1) {
-    launch_decode_kernel(kernel, variant, params, stream);
-    return;
-  }
-  const std::size_t bytes = tile.splits * bytes_per_split(args);
   std::optional<ScratchPool::Lease> lease;
-  if (args.workspace != nullptr) {
+  if (reduce && args.workspace != nullptr) {
     params.partial = static_cast<float*>(args.workspace);
-  } else {
-    lease.emplace(ScratchPool::instance().acquire(bytes, stream));
+  } else if (reduce) {
+    lease.emplace(ScratchPool::instance().acquire(tile.splits * bytes_per_split(args), stream));
     params.partial = reinterpret_cast<float*>(lease->ptr());
   }
+  if (append) launch(*append, params, append_grid(args), stream);
   launch_decode_kernel(kernel, variant, params, stream);
-  launch_reduce(args, spec, params, stream);
+  if (reduce) launch(*reduce, params, reduce_grid(args), stream);
 }
 
 }  // namespace
