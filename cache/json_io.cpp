@@ -175,7 +175,7 @@ int read_bucket(const Reader& reader) {
 
 gen::TileConfig read_tile(const Reader& reader) {
   reader.expect_object({"family", "block_m", "block_n", "warps", "stages"},
-                       {"atomic_dq", "schedule"});
+                       {"atomic_dq", "schedule", "splits"});
   gen::TileConfig tile;
   try {
     tile.family = gen::parse_family(reader.field("family").string());
@@ -197,6 +197,9 @@ gen::TileConfig read_tile(const Reader& reader) {
     } catch (const std::invalid_argument& error) {
       reader.field("schedule").fail(error.what());
     }
+  }
+  if (reader.has("splits")) {
+    tile.splits = static_cast<int>(reader.field("splits").integer(1, kMaxTileValue));
   }
   return tile;
 }

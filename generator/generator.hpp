@@ -59,4 +59,13 @@ inline constexpr int kDqConvertRowsPerCta = 32;
 inline constexpr int kDqConvertThreads = 128;
 GeneratedKernel generate_dq_convert(const KernelSpec& spec);
 
+// The two helpers of a decode `spec`, each with no tile and kCacheHelperThreads threads per CTA.
+// The append of the new keys and values into the cache, "kvappend.DTYPE.dHEAD.LAYOUT", over a grid
+// of (ceil(seqlen_new * heads_kv * head_dim / 8 / threads), batch): one thread per 16 bytes of a
+// key and of its value. The sum of the split-KV partial outputs, "decodereduce.DTYPE.dHEAD" (the
+// same for both cache layouts), one thread per 16 bytes of the output over a grid-stride loop.
+inline constexpr int kCacheHelperThreads = 128;
+GeneratedKernel generate_kv_append(const KernelSpec& spec);
+GeneratedKernel generate_decode_reduce(const KernelSpec& spec);
+
 }  // namespace sigattn::gen

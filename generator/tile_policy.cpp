@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 #include <stdexcept>
 
@@ -18,14 +19,17 @@ using gen::KernelSpec;
 using gen::TileConfig;
 
 // Parameter grids. Forward and dq: block_m query rows per CTA, block_n keys per main-loop step.
-// dkdv: block_n keys per CTA, block_m query rows per step. warps per CTA; stages of the
-// shared-memory pipeline.
+// dkdv: block_n keys per CTA, block_m query rows per step. decode: block_m (query, group head)
+// rows per CTA, block_n cache keys per step shared out among the warps. warps per CTA; stages of
+// the shared-memory pipeline.
 struct Grid {
   std::vector<int> block_m, block_n, warps, stages;
 };
 const Grid& grid_for(gen::Direction direction) {
   static const Grid rows_split = {{64, 128}, {32, 64, 128}, {4, 8}, {2, 3}};
   static const Grid keys_split = {{16, 32, 64}, {64, 128}, {4, 8}, {2, 3}};
+  static const Grid decode = {{16, 32, 64}, {32, 64, 128}, {2, 4, 8}, {2, 3, 4}};
+  if (direction == gen::Direction::decode) return decode;
   return direction == gen::Direction::dkdv ? keys_split : rows_split;
 }
 
@@ -63,6 +67,12 @@ std::string x128_layout(const KernelSpec& s, const TileConfig&) {
 
 std::string mma_rows(const KernelSpec& s, const TileConfig& t) {
   if (t.family == gen::Family::sm90) return {};
+  if (s.direction == gen::Direction::decode) {
+    // Each warp computes S for 16 keys of a step (one n16 pair of mma tiles): with 32, ptxas
+    // spilled m16n64w2 at d=128 and d=256 (every mask, score_mod and the paged cache on).
+    if (t.block_n == 16 * t.warps) return {};
+    return fmt::format("block_n {} is not 16 keys x {} warps", t.block_n, t.warps);
+  }
   const bool keys = s.direction == gen::Direction::dkdv;
   const int split = keys ? t.block_n : t.block_m;
   if (split % (16 * t.warps) == 0) return {};
@@ -71,9 +81,40 @@ std::string mma_rows(const KernelSpec& s, const TileConfig& t) {
 }
 
 std::string work_split(const KernelSpec& s, const TileConfig& t) {
-  if (!t.atomic_dq || s.direction == gen::Direction::dkdv) return {};
-  return fmt::format("the atomic dQ split applies to dkdv kernels, not {}",
-                     gen::to_string(s.direction));
+  if (t.atomic_dq && s.direction != gen::Direction::dkdv) {
+    return fmt::format("the atomic dQ split applies to dkdv kernels, not {}",
+                       gen::to_string(s.direction));
+  }
+  if (t.splits != 0 && s.direction != gen::Direction::decode) {
+    return fmt::format("the split count applies to decode kernels, not {}",
+                       gen::to_string(s.direction));
+  }
+  if (t.splits < 0 || t.splits > kMaxDecodeSplits) {
+    return fmt::format("splits {} is out of range [0, {}] (0: chosen per call)", t.splits,
+                       kMaxDecodeSplits);
+  }
+  return {};
+}
+
+// The KV-cache layouts belong to the decode kernel: a paged cache, or a contiguous one (padded).
+std::string cache_layout(const KernelSpec& s, const TileConfig&) {
+  const bool decode = s.direction == gen::Direction::decode;
+  if (decode && s.layout != gen::Layout::padded && s.layout != gen::Layout::paged) {
+    return fmt::format("decode reads a contiguous (padded) or paged cache, not {}",
+                       gen::to_string(s.layout));
+  }
+  if (!decode && s.layout == gen::Layout::paged) {
+    return fmt::format("the paged layout is a KV cache, which only decode kernels read, not {}",
+                       gen::to_string(s.direction));
+  }
+  return {};
+}
+
+// The decode kernel is written with mma.sync and cp.async, which every supported GPU runs.
+std::string decode_family(const KernelSpec& s, const TileConfig& t) {
+  if (s.direction != gen::Direction::decode || t.family == gen::Family::sm80) return {};
+  return fmt::format("decode kernels are of family sm80 (sm_80 and later), not {}",
+                     gen::to_string(t.family));
 }
 
 // The dynamic schedule belongs to the persistent kernels: the sm90 forward and dq.
@@ -232,6 +273,12 @@ constexpr int kAccumulatorBudget = 160;
 // fp32 accumulators per thread of each kernel.
 int accumulators(const KernelSpec& s, const TileConfig& t) {
   switch (s.direction) {
+    case gen::Direction::decode: {
+      // S of the warp's keys counts twice (its sigmoid, masks and packing keep as many values
+      // live), then the warp's n8 tiles of O, for every m16 tile of rows.
+      const int o_tiles = (s.head_dim / 8 + t.warps - 1) / t.warps;
+      return t.block_m / 16 * (t.block_n / t.warps + o_tiles * 4);
+    }
     case gen::Direction::forward:  // O and S
       return t.block_m / (16 * t.warps) * (s.head_dim + t.block_n) / 2;
     case gen::Direction::dq: {  // dQ (one head-dim slice of at most 128), S and dP
@@ -264,7 +311,12 @@ int accumulators(const KernelSpec& s, const TileConfig& t) {
 // The one-pass dkdv kernel's dQ accumulators are live only once S and dP are packed, so they
 // cost less than their count: ptxas kept dkdv d128 m32n128w8 (176 counted) without spills, and
 // spilled d96 m64n128w8 (184) and d136 m64n128w8 (168, wide).
+// Decode, counted as above: ptxas spilled m64n64w2 at d=64 (192) and used 240 to 255 registers
+// from 128 to 160 (m64n32w2 at d=64, m32n32w2 at d=256); 112 leaves a margin.
+constexpr int kDecodeAccumulatorBudget = 112;
+
 int accumulator_budget(const KernelSpec& s, const TileConfig& t) {
+  if (s.direction == gen::Direction::decode) return kDecodeAccumulatorBudget;
   const bool wide_backward = s.direction != gen::Direction::forward && s.head_dim > 128;
   return (wide_backward ? kAccumulatorBudget - 16 : kAccumulatorBudget) + (t.atomic_dq ? 16 : 0);
 }
@@ -312,6 +364,7 @@ const std::vector<StructuralConstraint>& constraints() {
   static const std::vector<StructuralConstraint> all = {
       {"tile_shape", tile_shape},     {"head_dim", supported_head_dim},
       {"x128_layout", x128_layout},   {"work_split", work_split},
+      {"cache_layout", cache_layout}, {"decode_family", decode_family},
       {"schedule", schedule_kernel},  {"mma_rows", mma_rows},
       {"x128_divides", x128_divides}, {"sm90_kernel", sm90_kernel},
       {"wgmma_shape", wgmma_shape},   {"sm90_registers", sm90_registers},
@@ -412,6 +465,12 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
     }
   }
   return out;
+}
+
+int decode_splits(long long ctas_per_split, long long key_tiles, int sm_count) {
+  const long long wanted = (2LL * sm_count + ctas_per_split - 1) / std::max(1LL, ctas_per_split);
+  const long long bound = std::min<long long>(key_tiles, kMaxDecodeSplits);
+  return static_cast<int>(std::max(1LL, std::min(wanted, bound)));
 }
 
 bool one_pass_by_default(const KernelSpec& dkdv, const Target& target) {
@@ -519,6 +578,16 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
       {{128, 32, 12, 2, gen::Family::sm90},
        "sm_90a: wgmma/TMA dQ, 2 consumer warpgroups x 64 rows, 32-key steps, 2 stages"},
   };
+  // Decode reads every K/V tile once for all rows of a GQA group (heads_q / heads_kv query heads
+  // times the query rows), 16 of them for decode steps up to GQA 16:1. The kernel is bound by HBM,
+  // so the tile's job is bytes in flight: 64-key steps of 16 keys per warp and three stages keep
+  // two tiles loading while one is used, and two such CTAs fit an SM's shared memory at d=128.
+  // The split count is chosen per call (decode_splits).
+  static const std::vector<Preference> decode = {
+      {{16, 64, 4, 3}, "decode: 16 rows, 64-key steps on 4 warps (16 keys each), 3 stages"},
+      {{16, 64, 4, 2}, "decode: 16 rows, 64-key steps on 4 warps, 2 stages (less shared memory)"},
+      {{16, 32, 2, 2}, "decode: 16 rows, 32-key steps on 2 warps, 2 stages (least shared memory)"},
+  };
   if (spec.direction == gen::Direction::forward && target.arch == "sm_90a") {
     for (const auto& p : hopper) {
       TileConfig tile = p.tile;
@@ -550,10 +619,11 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
       }
     }
   }
-  const auto& preferences = spec.direction == gen::Direction::dq     ? dq
-                            : spec.direction == gen::Direction::dkdv ? dkdv
-                            : spec.head_dim <= 64                    ? small_heads
-                                                                     : large_heads;
+  const auto& preferences = spec.direction == gen::Direction::dq       ? dq
+                            : spec.direction == gen::Direction::dkdv   ? dkdv
+                            : spec.direction == gen::Direction::decode ? decode
+                            : spec.head_dim <= 64                      ? small_heads
+                                                                       : large_heads;
   std::string skipped;
   for (const auto& p : preferences) {
     TileConfig tile = p.tile;

@@ -86,6 +86,13 @@ const InterfaceEntry kInterfaces[] = {
         return BwdDqSm90Params{
             std::get<BwdParams>(params), maps[0], maps[1], maps[2], maps[3], tile_counter};
       }}},
+    // The query rows of a GQA group against the cache, split over the cache's key tiles.
+    {gen::Direction::decode,
+     gen::Family::sm80,
+     {.tma_maps = {},
+      .rows = TileRows::queries,
+      .grid = GridShape::split_kv,
+      .argument = without_maps<DecodeParams>}},
 };
 
 // Generation is a pure function of the variant (the templates are fixed at build time), so each
@@ -106,6 +113,10 @@ gen::GeneratedKernel generate_for_launch(const gen::Variant& variant) {
 
 Grid grid_of(const KernelInterface& interface, const LoadedKernel& kernel,
              const gen::Variant& variant, const ForwardArgs& in) {
+  if (interface.grid == GridShape::split_kv) {
+    throw std::logic_error(
+        fmt::format("{} is launched by launch_decode_kernel", gen::to_string(variant)));
+  }
   const gen::TileConfig& tile = variant.tile;
   const bool keys = interface.rows == TileRows::keys;
   const int rows = keys ? in.max_seqlen_k : in.max_seqlen_q;
@@ -151,6 +162,24 @@ void launch_kernel(const LoadedKernel& kernel, const gen::Variant& variant,
                                   ? TileCounters::instance().for_launch(stream)
                                   : nullptr;
   launch(kernel, interface.argument(params, maps, tile_counter), grid, stream);
+}
+
+void launch_decode_kernel(const LoadedKernel& kernel, const gen::Variant& variant,
+                          const DecodeParams& params, CUstream stream) {
+  const KernelInterface& interface = kernel_interface(variant.spec.direction, variant.tile.family);
+  if (interface.grid != GridShape::split_kv) {
+    throw std::logic_error(
+        fmt::format("{} is not launched over a split-KV grid", gen::to_string(variant)));
+  }
+  const long long ctas = static_cast<long long>(params.row_blocks) * params.splits;
+  if (ctas > std::numeric_limits<int>::max()) {
+    throw_unsupported(fmt::format("{} row blocks x {} splits are more CTAs than a grid holds",
+                                  params.row_blocks, params.splits));
+  }
+  launch(kernel, interface.argument(params, {}, nullptr),
+         {static_cast<unsigned>(ctas), static_cast<unsigned>(params.heads_kv),
+          static_cast<unsigned>(params.batch)},
+         stream);
 }
 
 void launch(const LoadedKernel& kernel, KernelArgument argument, const Grid& grid,

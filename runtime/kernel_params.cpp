@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "runtime/cuda_driver.hpp"
+#include "runtime/validation.hpp"
 
 namespace sigattn {
 namespace {
@@ -150,6 +151,48 @@ BwdParams backward_params(const BackwardArgs& args, gen::Layout layout) {
   params.dv = args.grad_v.data;
   copy_strides(args.grad_v, layout, params.dv_batch_stride, params.dv_seq_stride,
                params.dv_head_stride);
+  return params;
+}
+
+DecodeParams decode_params(const KvCacheArgs& args, int splits, int row_blocks) {
+  DecodeParams params{};
+  params.q = args.q.data;
+  params.o = args.out.data;
+  params.k = args.k_cache.data;
+  params.v = args.v_cache.data;
+  params.k_new = args.k_new.data;
+  params.v_new = args.v_new.data;
+  const gen::Layout dense = gen::Layout::dense;
+  copy_strides(args.q, dense, params.q_batch_stride, params.q_seq_stride, params.q_head_stride);
+  copy_strides(args.out, dense, params.o_batch_stride, params.o_seq_stride, params.o_head_stride);
+  copy_strides(args.k_cache, dense, params.k_batch_stride, params.k_seq_stride,
+               params.k_head_stride);
+  copy_strides(args.v_cache, dense, params.v_batch_stride, params.v_seq_stride,
+               params.v_head_stride);
+  copy_strides(args.k_new, dense, params.k_new_batch_stride, params.k_new_seq_stride,
+               params.k_new_head_stride);
+  copy_strides(args.v_new, dense, params.v_new_batch_stride, params.v_new_seq_stride,
+               params.v_new_head_stride);
+  params.cache_seqlens = args.cache_seqlens;
+  params.block_table = args.block_table;
+  params.block_table_batch_stride = args.block_table_batch_stride;
+  params.block_size = args.block_size;
+  params.num_blocks = args.num_blocks;
+  params.capacity = kvcache_capacity(args);
+  params.seqlen_new = args.seqlen_new;
+  params.score_mod = args.score_mod;
+  params.score_mod_batch_stride = args.score_mod != nullptr ? args.score_mod_batch_stride : 0;
+  params.batch = args.batch;
+  params.heads_q = args.heads_q;
+  params.heads_kv = args.heads_kv;
+  params.seqlen_q = args.seqlen_q;
+  params.splits = splits;
+  params.row_blocks = row_blocks;
+  params.scale = args.scale.value_or(1.0f / std::sqrt(static_cast<float>(args.head_dim)));
+  params.has_bias = args.bias.has_value() ? 1 : 0;
+  params.bias = args.bias.value_or(0.0f);
+  params.window_left = args.window_left;
+  params.window_right = args.window_right;
   return params;
 }
 

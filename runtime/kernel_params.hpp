@@ -11,6 +11,7 @@
 
 #include "generator/kernel_spec.hpp"
 #include "sigattn/bwd_params.h"
+#include "sigattn/decode_params.h"
 #include "sigattn/fwd_params.h"
 #include "sigattn/fwd_sm90_params.h"
 
@@ -21,6 +22,10 @@ FwdParams forward_params(const ForwardArgs& args, gen::Layout layout);
 // The backward parameters: the inputs' (without an output), dO and the gradients. The one-pass
 // split's dQ workspace is left null for its launch to set.
 BwdParams backward_params(const BackwardArgs& args, gen::Layout layout);
+
+// The parameters of a validated KV-cache call with `splits` CTAs per (batch, kv head, row block)
+// and `row_blocks` row blocks; partial (the split-KV workspace) is left null for the launch to set.
+DecodeParams decode_params(const KvCacheArgs& args, int splits, int row_blocks);
 
 // A tensor that a kernel can stream through a TMA map. q and grad_out hold query rows (boxes of
 // block_m tokens, heads_q heads), k and v key rows (boxes of block_n tokens, heads_kv heads).

@@ -1,7 +1,9 @@
 """GPU tests of the sigattn Python package: outputs and gradients against a plain fp64 torch
 implementation (padded, varlen, causal, window, GQA, score_mod, bias, BHTD-strided inputs), the
 same results as TritonSigmoid through its own call signatures (when it is importable),
-torch.compile(fullgraph=True) forward and backward, and CUDA graph capture and replay.
+torch.compile(fullgraph=True) forward and backward, CUDA graph capture and replay, and
+sigmoid_attention_with_kvcache on contiguous and paged caches (appends, splits, graph replays with
+new lengths).
 Skips itself without a CUDA GPU or without libsigattn.so. Fresh random inputs every run; each
 failure message carries the seed.
 """
@@ -446,6 +448,116 @@ def capture_after_warm_up(step, leaves):
     with torch.cuda.graph(graph):
         out = step()
     return graph, out
+
+
+class KvCacheTest(GpuTestCase):
+    """sigmoid_attention_with_kvcache against the fp64 reference on the cache after the append (the
+    reference's bottom-right diagonal is the cache's: query i at position len - seqlen_q + i)."""
+
+    def make(self, dtype=torch.bfloat16, batch=3, capacity=300, heads_q=8, heads_kv=2, dim=128,
+             seqlen_q=1, seqlen_new=1, lens=(0, 1, 250), block_size=None):
+        """Random q, new tokens and cache; a paged cache (block_size) gets a shuffled block
+        table. Returns the call's tensors and the logical cache [B, capacity, Hkv, D] they hold."""
+        lens = torch.tensor(lens, device="cuda", dtype=torch.int32)
+        q = torch.randn(batch, seqlen_q, heads_q, dim, device="cuda", dtype=dtype)
+        new = [torch.randn(batch, seqlen_new, heads_kv, dim, device="cuda", dtype=dtype)
+               for _ in range(2)] if seqlen_new else [None, None]
+        logical = [torch.randn(batch, capacity, heads_kv, dim, device="cuda", dtype=dtype)
+                   for _ in range(2)]
+        table = None
+        if block_size is None:
+            caches = [x.clone() for x in logical]
+        else:
+            blocks_per_sequence = capacity // block_size
+            table = torch.randperm(batch * blocks_per_sequence + 2, device="cuda")[
+                :batch * blocks_per_sequence].view(batch, blocks_per_sequence).to(torch.int32)
+            caches = []
+            for x in logical:
+                paged = torch.full((batch * blocks_per_sequence + 2, block_size, heads_kv, dim),
+                                   float("nan"), device="cuda", dtype=dtype)
+                paged[table.flatten().long()] = x.reshape(-1, block_size, heads_kv, dim)
+                caches.append(paged)
+        return q, caches, lens, new, table, logical
+
+    def check(self, q, caches, lens, new, table, logical, **options):
+        out = sigattn.sigmoid_attention_with_kvcache(q, caches[0], caches[1], lens, k_new=new[0],
+                                                     v_new=new[1], block_table=table, **options)
+        seqlen_new = 0 if new[0] is None else new[0].shape[1]
+        for b, length in enumerate(lens.tolist()):
+            for x, n in zip(logical, new):
+                if n is not None:
+                    x[b, length:length + seqlen_new] = n[b]
+        if table is not None:
+            block_size = caches[0].shape[1]
+            for x, cache in zip(logical, caches):
+                gathered = cache[table.flatten().long()].view(x.shape)
+                filled = torch.arange(x.shape[1], device="cuda") < (lens + seqlen_new).view(-1, 1)
+                self.assertTrue(torch.equal(gathered[filled], x[filled]),
+                                f"the paged cache after the append (block {block_size})")
+        else:
+            for x, cache in zip(logical, caches):
+                self.assertTrue(torch.equal(cache, x), "the cache after the append")
+        ref_options = {key: value for key, value in options.items() if key != "sigmoid"}
+        ref = reference(q, logical[0], logical[1], seq_lens_k=lens + seqlen_new, **ref_options)
+        self.assertFalse(torch.isnan(out).any().item(), "NaN in the output")
+        self.assert_close(out, ref, OUTPUT_REL_L2[q.dtype], f"kvcache output {options}")
+        return out
+
+    def test_contiguous_decode_with_append(self):
+        self.check(*self.make(), is_causal=True)
+
+    def test_paged_decode_on_block_boundaries(self):
+        self.check(*self.make(lens=(15, 16, 31), capacity=16 * 8, block_size=16), is_causal=True)
+
+    def test_speculative_rows_window_score_mod_and_bias(self):
+        q, caches, lens, new, table, logical = self.make(
+            dtype=torch.float16, dim=64, heads_q=16, heads_kv=2, seqlen_q=4, seqlen_new=4,
+            lens=(0, 60, 120), capacity=256, block_size=64)
+        mod = torch.randn(3, 256, device="cuda")
+        self.check(q, caches, lens, new, table, logical, is_causal=True, window=(30, -1),
+                   score_mod=mod, sigmoid_bias=-5.0, sigmoid="accurate")
+
+    def test_one_long_sequence_splits_the_cache(self):
+        # batch 1, GQA 32:8: too few (sequence, kv head) pairs to fill the GPU, so the cache is
+        # split and the partial outputs added.
+        self.check(*self.make(batch=1, heads_q=32, heads_kv=8, capacity=8192, lens=(8000,),
+                              seqlen_new=0), is_causal=True)
+
+    def test_chunked_prefill(self):
+        self.check(*self.make(batch=2, heads_q=8, heads_kv=8, seqlen_q=40, seqlen_new=40,
+                              lens=(0, 100), capacity=192), is_causal=True)
+
+    def test_cuda_graph_replays_with_new_lengths(self):
+        q, caches, lens, new, table, logical = self.make(batch=2, capacity=512, lens=(100, 7),
+                                                         block_size=32)
+        step = lambda: sigattn.sigmoid_attention_with_kvcache(  # noqa: E731
+            q, caches[0], caches[1], lens, k_new=new[0], v_new=new[1], block_table=table)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = step()
+        for lengths in ((101, 8), (300, 0), (479, 64)):
+            lens.copy_(torch.tensor(lengths, device="cuda", dtype=torch.int32))
+            for x in new:
+                x.copy_(torch.randn_like(x))
+            graph.replay()
+            torch.cuda.synchronize()
+            for x, cache in zip(logical, caches):
+                x.copy_(cache[table.flatten().long()].view(x.shape))
+            ref = reference(q, logical[0], logical[1], seq_lens_k=lens + 1, is_causal=True)
+            self.assert_close(static_out, ref, OUTPUT_REL_L2[q.dtype],
+                              f"replayed decode step at lengths {lengths}")
+
+    def test_bad_lengths_are_refused(self):
+        q, caches, lens, new, table, _ = self.make(capacity=64, lens=(0, 63, 5))
+        with self.assertRaisesRegex(sigattn.SigattnError,
+                                    r"cache_seqlens\[1\] = 64 is out of range \[0, 63\]"):
+            sigattn.sigmoid_attention_with_kvcache(q, caches[0], caches[1], lens + 1,
+                                                   k_new=new[0], v_new=new[1])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 // Generator tests: canonical variant strings round-trip and reject bad fields by name, generation
-// is deterministic, the content hash follows every input, and the generated source matches the
-// golden files in tests/data/golden (SIGATTN_UPDATE_GOLDENS=1 rewrites them).
+// is deterministic, the content hash follows every input (the decode split count excepted: it is
+// a launch parameter), and the generated source matches the golden files in tests/data/golden
+// (SIGATTN_UPDATE_GOLDENS=1 rewrites them).
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -81,6 +82,30 @@ TEST(VariantString, ScheduleRoundTrips) {
   EXPECT_THROW(j.get<TileConfig>(), std::invalid_argument);
 }
 
+TEST(VariantString, DecodeSpecsAndSplitCountsRoundTrip) {
+  for (auto layout : {Layout::padded, Layout::paged}) {
+    for (int mask = 0; mask < 4; ++mask) {
+      KernelSpec spec{Direction::decode, DType::fp16,     64,   layout,
+                      (mask & 1) != 0,   (mask & 2) != 0, true, SigmoidMode::accurate,
+                      SeqLen::anylen};
+      for (int splits : {0, 1, 33}) {
+        Variant v{spec, TileConfig{16, 64, 4, 3}};
+        v.tile.splits = splits;
+        EXPECT_EQ(variant_of(to_string(v)), v) << to_string(v);
+      }
+    }
+  }
+  TileConfig split{16, 64, 4, 3};
+  split.splits = 8;
+  EXPECT_EQ(to_string(split), "sm80.m16n64w4s3.splits8");
+  nlohmann::json j = split;
+  EXPECT_EQ(j.at("splits"), 8);
+  EXPECT_EQ(j.get<TileConfig>(), split);
+  EXPECT_FALSE(nlohmann::json(TileConfig{16, 64, 4, 3}).contains("splits"));
+  EXPECT_EQ(to_string(parse_spec("decode.bf16.d128.paged.causal.nosmod.fast.anylen")),
+            "decode.bf16.d128.paged.causal.nosmod.fast.anylen");
+}
+
 TEST(VariantString, SpecWithoutTileLeavesTileEmpty) {
   ParsedVariant parsed = parse_variant("fwd.fp16.d64.varlen.window.nosmod.accurate.anylen");
   EXPECT_FALSE(parsed.tile.has_value());
@@ -122,6 +147,15 @@ TEST(VariantString, BadFieldsAreNamed) {
       "in that order");
   expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm90.m128n64w12s2.dynamic.dynamic",
                   "tile");
+  expect_rejected("fwd.bf16.d128.paged.nomask.nosmod.fast.anylen", "paged applies to decode");
+  expect_rejected("decode.bf16.d128.dense.causal.nosmod.fast.anylen", "padded (a contiguous");
+  expect_rejected("decode.bf16.d128.varlen.causal.nosmod.fast.anylen", "padded (a contiguous");
+  expect_rejected("decode.bf16.d128.paged.causal.nosmod.fast.anylen/sm80.m16n64w4s3.splits0",
+                  "split count");
+  expect_rejected("decode.bf16.d128.paged.causal.nosmod.fast.anylen/sm80.m16n64w4s3.splitsx",
+                  "split count");
+  expect_rejected("decode.bf16.d128.paged.causal.nosmod.fast.anylen/sm80.m16n64w4s3.split4",
+                  "in that order");
 }
 
 TEST(TileConfigJson, RoundTripsAndRejectsUnknownFields) {
@@ -340,6 +374,68 @@ TEST(Generate, DqConversionDependsOnDtypeHeadDimAndLayoutOnly) {
   EXPECT_THROW(generate_dq_convert(spec), std::invalid_argument);
 }
 
+TEST(Generate, DecodeCarriesTheCacheLayoutAndNotTheSplitCount) {
+  const Variant paged =
+      variant_of("decode.bf16.d128.paged.causal+window.smod.fast.anylen/sm80.m16n64w4s3");
+  const GeneratedKernel a = generate(paged);
+  EXPECT_EQ(a.name_expression, "sigattn::decode_sm80_kernel<sigattn_generated::Cfg>");
+  EXPECT_NE(a.source.find("#include \"sigattn/decode_sm80.cuh\""), std::string::npos);
+  EXPECT_NE(a.source.find("kPaged = true;"), std::string::npos);
+  EXPECT_EQ(a.source.find("kLayout"), std::string::npos);
+  EXPECT_EQ(a.threads, 128);
+  // Q: 16 rows, K and V: 3 stages of 64 rows, each row 128 + 8 elements of 2 bytes; P: 16 rows
+  // of 64 + 8.
+  EXPECT_EQ(a.smem_bytes, (16 + 2 * 3 * 64) * 136 * 2 + 16 * 72 * 2);
+  // Every split count runs one program, compiled once.
+  Variant split = paged;
+  split.tile.splits = 12;
+  const GeneratedKernel b = generate(split);
+  EXPECT_EQ(b.variant_name, to_string(split));
+  EXPECT_EQ(b.source, a.source);
+  EXPECT_EQ(b.content_hash, a.content_hash);
+  Variant contiguous = paged;
+  contiguous.spec.layout = Layout::padded;
+  EXPECT_NE(generate(contiguous).source.find("kPaged = false;"), std::string::npos);
+  // The family and the tile rules of the kernel.
+  Variant hopper = paged;
+  hopper.tile = TileConfig{128, 128, 12, 2, Family::sm90};
+  EXPECT_THROW(generate(hopper), std::invalid_argument);
+  Variant uneven = paged;
+  uneven.tile = TileConfig{16, 32, 4, 2};
+  EXPECT_THROW(generate(uneven), std::invalid_argument);
+  Variant forward_split =
+      variant_of("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w8s2");
+  forward_split.tile.splits = 2;
+  EXPECT_THROW(generate(forward_split), std::invalid_argument);
+}
+
+TEST(Generate, CacheHelpersDependOnWhatReachesThem) {
+  const KernelSpec paged = parse_spec("decode.fp16.d96.paged.causal+window.smod.accurate.anylen");
+  const GeneratedKernel append = generate_kv_append(paged);
+  EXPECT_EQ(append.variant_name, "kvappend.fp16.d96.paged");
+  EXPECT_EQ(append.name_expression, "sigattn::kv_append_kernel<sigattn_generated::Cfg>");
+  EXPECT_EQ(append.threads, kCacheHelperThreads);
+  EXPECT_NE(append.source.find("kPaged = true;"), std::string::npos);
+  EXPECT_EQ(generate_kv_append(parse_spec("decode.fp16.d96.paged.nomask.nosmod.fast.anylen"))
+                .content_hash,
+            append.content_hash);
+  KernelSpec contiguous = paged;
+  contiguous.layout = Layout::padded;
+  EXPECT_NE(generate_kv_append(contiguous).content_hash, append.content_hash);
+
+  const GeneratedKernel reduce = generate_decode_reduce(paged);
+  EXPECT_EQ(reduce.variant_name, "decodereduce.fp16.d96");
+  EXPECT_EQ(reduce.name_expression, "sigattn::decode_reduce_kernel<sigattn_generated::Cfg>");
+  EXPECT_EQ(generate_decode_reduce(contiguous).content_hash, reduce.content_hash);
+  KernelSpec bf16 = paged;
+  bf16.dtype = DType::bf16;
+  EXPECT_NE(generate_decode_reduce(bf16).content_hash, reduce.content_hash);
+
+  const KernelSpec forward = parse_spec("fwd.fp16.d96.padded.causal.nosmod.fast.anylen");
+  EXPECT_THROW(generate_kv_append(forward), std::invalid_argument);
+  EXPECT_THROW(generate_decode_reduce(forward), std::invalid_argument);
+}
+
 TEST(TemplateStore, EmbedsTheKernelHeaders) {
   bool found_kernel = false;
   for (const auto& t : embedded_templates()) {
@@ -370,6 +466,7 @@ TEST(Generate, MatchesGoldenFiles) {
       "fwd.bf16.d128.varlen.causal.nosmod.fast.anylen/sm90.m128n128w12s3.dynamic",
       "dq.bf16.d64.padded.window.nosmod.fast.anylen/sm90.m128n64w12s3.dynamic",
       "dkdv.fp16.d96.varlen.causal.smod.accurate.anylen/sm80.m32n128w8s2.atomicdq",
+      "decode.bf16.d128.paged.causal+window.smod.fast.anylen/sm80.m16n64w4s3",
   };
   const bool update = std::getenv("SIGATTN_UPDATE_GOLDENS") != nullptr;
   for (const auto& text : variants) {

@@ -3,14 +3,17 @@
 // masks, score_mod and sigmoid modes, and the heuristic default configs compile with no
 // local-memory spills (the persistent Hopper forward with masks or score_mod: at most 64 bytes);
 // the Hopper (sm90) family's candidates (the persistent kernels in both schedules) and defaults
-// of the default specs compile without spills or serialized wgmma. Runs on the CPU: no GPU is
-// needed to compile.
+// of the default specs compile without spills or serialized wgmma; every decode candidate of the
+// spec with every mask and score_mod, and the decode defaults and KV-cache helpers of every axis,
+// compile without spills for both. Runs on the CPU: no GPU is needed to compile.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "generator/generator.hpp"
@@ -123,11 +126,51 @@ TEST(KernelCompile, RepresentativeVariantsCompileForSm80AndSm90a) {
   EXPECT_GT(jobs.size(), 200u);
 }
 
+// Compiles every variant on its arch, on all hardware threads, and fails each that does not build,
+// spills, or that `check` finds a problem in (its answer, empty when none).
+void expect_compile_cleanly(
+    const std::vector<std::pair<gen::Variant, std::string>>& jobs,
+    const std::function<std::string(const CompiledKernel&)>& check = [](const CompiledKernel&) {
+      return std::string();
+    }) {
+  std::atomic<std::size_t> next{0};
+  std::mutex mutex;
+  std::vector<std::string> failures;
+  auto worker = [&] {
+    for (std::size_t i = next++; i < jobs.size(); i = next++) {
+      const auto& [variant, arch] = jobs[i];
+      const std::string name = gen::to_string(variant) + " for " + arch;
+      std::string problem;
+      try {
+        const CompiledKernel compiled = compile(gen::generate(variant), arch);
+        if (compiled.spills() || compiled.stack_frame_bytes > 0) {
+          problem = std::to_string(compiled.spill_store_bytes) + " bytes spilled, " +
+                    std::to_string(compiled.stack_frame_bytes) + " bytes stack";
+        } else {
+          problem = check(compiled);
+        }
+      } catch (const std::exception& e) {
+        problem = e.what();
+      }
+      if (!problem.empty()) {
+        std::lock_guard lock(mutex);
+        failures.push_back(name + ": " + problem);
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < std::max(2u, std::thread::hardware_concurrency()); ++t) {
+    pool.emplace_back(worker);
+  }
+  for (auto& t : pool) t.join();
+  for (const auto& f : failures) ADD_FAILURE() << f;
+}
+
 // The Hopper family on sm_90a: every sm90 candidate of a few forward, dK/dV and dQ specs (the
-// backward at head dims of whole and of partial 64-column blocks, and above 128) and the default
-// tiles of every default forward, dK/dV (both backward splits) and dQ spec compile with no spills,
-// no ignored setmaxnreg (C7508) and no serialized wgmma (C7514: the accumulators touched while a
-// wgmma is in flight).
+// backward at head dims of whole and of partial 64-column blocks, and above 128, the persistent
+// kernels in both schedules) and the default tiles of every default forward, dK/dV (both backward
+// splits) and dQ spec compile with no spills, no ignored setmaxnreg (C7508) and no serialized
+// wgmma (C7514: the accumulators touched while a wgmma is in flight).
 std::vector<gen::Variant> sm90_variants() {
   const policy::Target target = policy::target_for_arch("sm_90a");
   std::vector<gen::Variant> variants;
@@ -171,42 +214,20 @@ std::vector<gen::Variant> sm90_variants() {
 }
 
 TEST(KernelCompile, Sm90VariantsCompileWithoutSpillsOrSerializedWgmma) {
-  const std::vector<gen::Variant> variants = sm90_variants();
-  const auto dynamic = std::count_if(variants.begin(), variants.end(), [](const gen::Variant& v) {
-    return v.tile.schedule == gen::Schedule::dynamic;
+  std::vector<std::pair<gen::Variant, std::string>> jobs;
+  for (const gen::Variant& variant : sm90_variants()) jobs.push_back({variant, "sm_90a"});
+  const auto dynamic = std::count_if(jobs.begin(), jobs.end(), [](const auto& job) {
+    return job.first.tile.schedule == gen::Schedule::dynamic;
   });
   EXPECT_GT(dynamic, 20) << "the sweep lacks the dynamic schedule";
-  std::atomic<std::size_t> next{0};
-  std::mutex mutex;
-  std::vector<std::string> failures;
-  auto worker = [&] {
-    for (std::size_t i = next++; i < variants.size(); i = next++) {
-      const std::string name = gen::to_string(variants[i]);
-      std::string problem;
-      try {
-        const CompiledKernel compiled = compile(gen::generate(variants[i]), "sm_90a");
-        if (compiled.spills() || compiled.stack_frame_bytes > 0) {
-          problem = std::to_string(compiled.spill_store_bytes) + " bytes spilled";
-        } else if (compiled.log.find("C7514") != std::string::npos ||
-                   compiled.log.find("C7508") != std::string::npos) {
-          problem = "ptxas warning: " + compiled.log;
-        }
-      } catch (const std::exception& e) {
-        problem = e.what();
-      }
-      if (!problem.empty()) {
-        std::lock_guard lock(mutex);
-        failures.push_back(name + ": " + problem);
-      }
+  expect_compile_cleanly(jobs, [](const CompiledKernel& compiled) -> std::string {
+    if (compiled.log.find("C7514") != std::string::npos ||
+        compiled.log.find("C7508") != std::string::npos) {
+      return "ptxas warning: " + compiled.log;
     }
-  };
-  std::vector<std::thread> pool;
-  for (unsigned t = 0; t < std::max(2u, std::thread::hardware_concurrency()); ++t) {
-    pool.emplace_back(worker);
-  }
-  for (auto& t : pool) t.join();
-  for (const auto& f : failures) ADD_FAILURE() << f;
-  EXPECT_GT(variants.size(), 30u);
+    return {};
+  });
+  EXPECT_GT(jobs.size(), 30u);
 }
 
 TEST(KernelCompile, DqConversionCompilesForEveryDtypeAndLayout) {
@@ -224,6 +245,62 @@ TEST(KernelCompile, DqConversionCompilesForEveryDtypeAndLayout) {
           EXPECT_FALSE(compiled.cubin.empty()) << kernel.variant_name << " for " << arch;
           EXPECT_GT(compiled.registers, 0) << kernel.variant_name << " for " << arch;
           EXPECT_FALSE(compiled.spills()) << kernel.variant_name << " for " << arch;
+        }
+      }
+    }
+  }
+}
+
+// Decode: the default tile of a rotation of every axis (head dims, dtypes, both cache layouts,
+// masks, score_mod, sigmoid forms) on both arches, and every candidate of the heaviest spec
+// (paged, causal + window, score_mod, accurate) at head dims 128 and 256.
+TEST(KernelCompile, DecodeVariantsCompileWithoutSpills) {
+  std::vector<std::pair<gen::Variant, std::string>> jobs;
+  int rotation = 0;
+  for (const std::string arch : {"sm_80", "sm_90a"}) {
+    const policy::Target target = policy::target_for_arch(arch);
+    for (int head_dim : {8, 40, 64, 96, 128, 256}) {
+      for (int i = 0; i < 4; ++i, ++rotation) {
+        gen::KernelSpec spec;
+        spec.direction = gen::Direction::decode;
+        spec.head_dim = head_dim;
+        spec.dtype = rotation % 2 ? gen::DType::fp16 : gen::DType::bf16;
+        spec.layout = (rotation / 2) % 2 ? gen::Layout::paged : gen::Layout::padded;
+        spec.causal = (i & 1) != 0;
+        spec.window = (i & 2) != 0;
+        spec.score_mod = (rotation / 3) % 2 != 0;
+        spec.sigmoid = (rotation / 5) % 2 ? gen::SigmoidMode::accurate : gen::SigmoidMode::fast;
+        jobs.push_back({{spec, policy::default_tile(spec, target).tile}, arch});
+      }
+    }
+    for (const char* text : {"decode.bf16.d128.paged.causal+window.smod.accurate.anylen",
+                             "decode.fp16.d256.paged.causal+window.smod.accurate.anylen"}) {
+      const gen::KernelSpec spec = gen::parse_spec(text);
+      for (const gen::TileConfig& tile : policy::candidates(spec, target)) {
+        jobs.push_back({{spec, tile}, arch});
+      }
+    }
+  }
+  expect_compile_cleanly(jobs);
+  EXPECT_GT(jobs.size(), 60u);
+}
+
+TEST(KernelCompile, CacheHelpersCompileForEveryDtypeAndLayout) {
+  for (const std::string arch : {"sm_80", "sm_90a"}) {
+    for (auto dtype : {gen::DType::bf16, gen::DType::fp16}) {
+      for (auto layout : {gen::Layout::padded, gen::Layout::paged}) {
+        for (int head_dim : {8, 40, 128, 256}) {
+          gen::KernelSpec spec;
+          spec.direction = gen::Direction::decode;
+          spec.dtype = dtype;
+          spec.layout = layout;
+          spec.head_dim = head_dim;
+          for (const gen::GeneratedKernel& kernel :
+               {gen::generate_kv_append(spec), gen::generate_decode_reduce(spec)}) {
+            const CompiledKernel compiled = compile(kernel, arch);
+            EXPECT_FALSE(compiled.cubin.empty()) << kernel.variant_name << " for " << arch;
+            EXPECT_FALSE(compiled.spills()) << kernel.variant_name << " for " << arch;
+          }
         }
       }
     }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "generator/generator.hpp"
+#include "sigattn/decode_storage.h"
 #include "sigattn/shared_storage.h"
 
 namespace sigattn {
@@ -149,6 +150,26 @@ TEST(SharedStorage, Sm90BarriersTakeOneGranuleAfterTheTiles) {
   EXPECT_EQ(dkdv.bytes, sm90_base_slack() + dkdv.ds.end() + sm90_barrier_area_granule());
 }
 
+// The decode kernel: Q, the K/V ring and P, sound as the other sm80 layouts, P's rows an odd number
+// of 16-byte units like theirs.
+TEST(SharedStorage, DecodeLayoutsAreAlignedDisjointAndComplete) {
+  for (int head_dim : kHeadDims) {
+    for (int block_m : {16, 32, 64}) {
+      for (int block_n : {32, 64, 128}) {
+        for (int stages : {2, 3, 4}) {
+          const DecodeSm80Storage s = decode_sm80_storage(head_dim, block_m, block_n, stages);
+          const std::string context = tile_context("decode", head_dim, block_m, block_n, stages);
+          expect_sound({{"q", s.q, 16}, {"k", s.k, 16}, {"v", s.v, 16}, {"p", s.p, 16}}, s.bytes,
+                       context);
+          EXPECT_EQ(s.bytes, s.p.end()) << context;
+          EXPECT_EQ(s.p.slot_bytes, block_m * decode_p_row_stride(block_n) * 2) << context;
+          EXPECT_EQ(decode_p_row_stride(block_n) * 2 / 16 % 2, 1) << context;
+        }
+      }
+    }
+  }
+}
+
 // generate() reports the layout's bytes; the tiles are legal ones of each kernel.
 TEST(SharedStorage, TotalsAreWhatTheGeneratorReports) {
   struct Case {
@@ -178,6 +199,10 @@ TEST(SharedStorage, TotalsAreWhatTheGeneratorReports) {
        bwd_dkdv_sm90_storage(128, 64, 128, 2, true).bytes},
       {"dkdv.bf16.d64.dense.nomask.nosmod.fast.anylen/sm90.m128n128w12s4",
        bwd_dkdv_sm90_storage(64, 128, 128, 4, false).bytes},
+      {"decode.bf16.d128.paged.causal.nosmod.fast.anylen/sm80.m16n64w4s3",
+       decode_sm80_storage(128, 16, 64, 3).bytes},
+      {"decode.fp16.d40.padded.nomask.smod.fast.anylen/sm80.m64n32w2s2",
+       decode_sm80_storage(40, 64, 32, 2).bytes},
   };
   for (const Case& c : cases) {
     const gen::ParsedVariant parsed = gen::parse_variant(c.variant);

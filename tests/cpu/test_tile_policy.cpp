@@ -51,6 +51,15 @@ gen::Variant variant_of(const std::string& text) {
   return {parsed.spec, parsed.tile.value()};
 }
 
+gen::Variant decode_variant(const std::string& tile) {
+  return variant_of("decode.bf16.d128.paged.causal.nosmod.fast.anylen/" + tile);
+}
+
+gen::Variant with_layout(gen::Variant variant, gen::Layout layout) {
+  variant.spec.layout = layout;
+  return variant;
+}
+
 // A variant that breaks one structural rule, and the constraint that must name it.
 struct Illegal {
   gen::Variant variant;
@@ -84,6 +93,12 @@ std::vector<Illegal> illegal_variants() {
        "sm90_registers"},
       {variant_of("dkdv.bf16.d128.dense.nomask.nosmod.fast.anylen/sm90.m128n128w12s2"),
        "sm90_registers"},
+      {variant_of(fwd + "sm80.m128n64w8s2.splits4"), "work_split"},
+      {decode_variant("sm80.m16n64w4s3.splits2000"), "work_split"},
+      {with_layout(variant_of(fwd + "sm80.m128n64w8s2"), gen::Layout::paged), "cache_layout"},
+      {with_layout(decode_variant("sm80.m16n64w4s3"), gen::Layout::varlen), "cache_layout"},
+      {decode_variant("sm90.m128n128w12s2"), "decode_family"},
+      {decode_variant("sm80.m16n64w8s3"), "mma_rows"},
   };
 }
 
@@ -379,6 +394,42 @@ TEST(DefaultTile, IsAPureFunction) {
   EXPECT_EQ(default_tile(spec_with(128), target).tile, default_tile(spec_with(128), target).tile);
   EXPECT_EQ(default_tile(spec_with(128), target).reason,
             default_tile(spec_with(128), target).reason);
+}
+
+TEST(DecodeTile, DefaultsToOneRowBlockOfAGqaGroupOnEveryArch) {
+  for (const std::string arch : {"sm_80", "sm_86", "sm_89", "sm_90a"}) {
+    for (int head_dim : {8, 40, 64, 128, 256}) {
+      for (auto layout : {gen::Layout::padded, gen::Layout::paged}) {
+        gen::KernelSpec spec = spec_with(head_dim);
+        spec.direction = gen::Direction::decode;
+        spec.layout = layout;
+        spec.causal = true;
+        const DefaultChoice choice = default_tile(spec, target_for_arch(arch));
+        EXPECT_EQ(choice.tile.family, gen::Family::sm80) << arch;
+        EXPECT_EQ(choice.tile.block_m, 16) << arch;
+        EXPECT_EQ(choice.tile.splits, 0) << arch << ": the split count is chosen per call";
+        EXPECT_EQ(rejection(spec, choice.tile, target_for_arch(arch)), "") << arch;
+        EXPECT_NE(choice.reason.find("decode"), std::string::npos) << choice.reason;
+        for (const gen::TileConfig& tile : candidates(spec, target_for_arch(arch))) {
+          EXPECT_EQ(tile.family, gen::Family::sm80);
+          EXPECT_EQ(tile.block_n, 16 * tile.warps) << gen::to_string(tile);
+        }
+      }
+    }
+  }
+}
+
+TEST(DecodeTile, SplitsFillTheGpuTwiceWithinTheKeyTiles) {
+  // GQA 32:8 at batch 1 on 132 SMs: 8 units, ceil(264 / 8) = 33 splits.
+  EXPECT_EQ(decode_splits(8, 64, 132), 33);
+  // Fewer key tiles than that bound the split count.
+  EXPECT_EQ(decode_splits(8, 16, 132), 16);
+  EXPECT_EQ(decode_splits(8, 0, 132), 1);
+  // A batch that fills the GPU alone runs unsplit.
+  EXPECT_EQ(decode_splits(128 * 8, 2048, 132), 1);
+  EXPECT_EQ(decode_splits(132, 2048, 132), 2);
+  // One unit on a large GPU: never past kMaxDecodeSplits.
+  EXPECT_EQ(decode_splits(1, 1 << 20, 1000), kMaxDecodeSplits);
 }
 
 TEST(DefaultSpecs, CoverBothDtypesLayoutsAndCausal) {
