@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 #include <stdexcept>
 
@@ -182,9 +183,15 @@ std::string sm90_registers(const KernelSpec& s, const TileConfig& t) {
 // accumulator budget, which prunes the search rather than the kernels: beyond it ptxas spills,
 // and the kernel still builds and runs, slower.
 
+bool runs(const Target& target, gen::Family family) {
+  const std::vector<gen::Family> runnable = families(target);
+  return std::find(runnable.begin(), runnable.end(), family) != runnable.end();
+}
+
 std::string family_arch(const KernelSpec&, const TileConfig& t, const Target& target) {
-  if (t.family != gen::Family::sm90 || target.arch == "sm_90a") return {};
-  return fmt::format("family sm90 (wgmma, TMA) needs sm_90a, not {}", target.arch);
+  if (runs(target, t.family)) return {};
+  return fmt::format("family {} needs sm_90a (wgmma, TMA), not {}", gen::to_string(t.family),
+                     target.arch);
 }
 
 std::string shared_memory(const KernelSpec& s, const TileConfig& t, const Target& target) {
@@ -194,10 +201,16 @@ std::string shared_memory(const KernelSpec& s, const TileConfig& t, const Target
                      target.max_smem_optin);
 }
 
-// fp32 accumulator registers per thread: O (m-tiles x head_dim / 2) plus S (m-tiles x
-// block_n / 2). Above this ptxas spilled (m128n64w4 at d=128 and m128n128w4 at d=40/64 with
-// 255 registers) since fragments and addresses need the rest.
-constexpr int kAccumulatorBudget = 160;
+// Registers per thread ptxas may give an sm80 kernel: __launch_bounds__(threads, 1) lets one CTA
+// take the block's register file, up to the per-thread limit (255 wherever 8 warps share 64 K).
+int register_cap(const TileConfig& t, const Target& target) {
+  return std::min(target.max_registers_per_thread, target.registers_per_block / (32 * t.warps));
+}
+
+// Of those, the registers that fragments, addresses and masks need besides the fp32 accumulators
+// (O, S and the like): with more accumulators than 255 less these, ptxas spilled m128n64w4 at
+// d=128 and m128n128w4 at d=40/64.
+constexpr int kRegistersBesideAccumulators = 95;
 
 // fp32 accumulators per thread of each kernel.
 int accumulators(const KernelSpec& s, const TileConfig& t) {
@@ -234,15 +247,16 @@ int accumulators(const KernelSpec& s, const TileConfig& t) {
 // The one-pass dkdv kernel's dQ accumulators are live only once S and dP are packed, so they
 // cost less than their count: ptxas kept dkdv d128 m32n128w8 (176 counted) without spills, and
 // spilled d96 m64n128w8 (184) and d136 m64n128w8 (168, wide).
-int accumulator_budget(const KernelSpec& s, const TileConfig& t) {
+int accumulator_budget(const KernelSpec& s, const TileConfig& t, const Target& target) {
   const bool wide_backward = s.direction != gen::Direction::forward && s.head_dim > 128;
-  return (wide_backward ? kAccumulatorBudget - 16 : kAccumulatorBudget) + (t.atomic_dq ? 16 : 0);
+  const int budget = register_cap(t, target) - kRegistersBesideAccumulators;
+  return (wide_backward ? budget - 16 : budget) + (t.atomic_dq ? 16 : 0);
 }
 
-std::string register_budget(const KernelSpec& s, const TileConfig& t, const Target&) {
+std::string register_budget(const KernelSpec& s, const TileConfig& t, const Target& target) {
   if (t.family == gen::Family::sm90) return {};
   const int count = accumulators(s, t);
-  const int budget = accumulator_budget(s, t);
+  const int budget = accumulator_budget(s, t, target);
   if (count <= budget) return {};
   return fmt::format("{} fp32 accumulators per thread exceed the budget of {}", count, budget);
 }
@@ -250,11 +264,25 @@ std::string register_budget(const KernelSpec& s, const TileConfig& t, const Targ
 }  // namespace
 
 Target target_for_arch(const std::string& arch) {
-  if (arch == "sm_80" || arch == "sm_87") return {arch, 163 * 1024};
-  if (arch == "sm_86" || arch == "sm_89") return {arch, 99 * 1024};
-  if (arch == "sm_90" || arch == "sm_90a") return {arch, 227 * 1024};
-  throw std::invalid_argument(fmt::format(
-      "unknown architecture '{}': expected sm_80, sm_86, sm_87, sm_89, sm_90 or sm_90a", arch));
+  const Architecture* listed = find_architecture(arch);
+  if (listed == nullptr) {
+    throw std::invalid_argument(
+        fmt::format("unknown architecture '{}': expected one of {}", arch, architecture_names()));
+  }
+  return {arch, listed->max_smem_optin, listed->max_registers_per_thread,
+          listed->registers_per_block};
+}
+
+Target target_for_device(const DeviceArch& device, int device_max_smem_optin) {
+  Target target = target_for_arch(device.arch);
+  target.max_smem_optin =
+      device.jit ? device_max_smem_optin : std::min(target.max_smem_optin, device_max_smem_optin);
+  return target;
+}
+
+std::vector<gen::Family> families(const Target& target) {
+  if (target.arch == "sm_90a") return {gen::Family::sm90, gen::Family::sm80};
+  return {gen::Family::sm80};
 }
 
 const std::vector<StructuralConstraint>& constraints() {
@@ -319,7 +347,7 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
   // The Hopper family after the portable tiles: 64-row consumer warpgroups plus the producer
   // warpgroup. Forward: 1 to 3 of 64 query rows, 64 or 128 keys per step. dK/dV: 2 of 64 keys,
   // 64 or 128 query rows per step, both work splits.
-  if (spec.direction == gen::Direction::forward && target.arch == "sm_90a") {
+  if (spec.direction == gen::Direction::forward && runs(target, gen::Family::sm90)) {
     for (int m : {64, 128, 192}) {
       for (int n : {64, 128}) {
         for (int s : {2, 3}) {
@@ -329,7 +357,7 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
       }
     }
   }
-  if (spec.direction == gen::Direction::dq && target.arch == "sm_90a") {
+  if (spec.direction == gen::Direction::dq && runs(target, gen::Family::sm90)) {
     for (int m : {64, 128}) {
       for (int s : {2, 3}) {
         TileConfig tile{m, 64, 4 + m / 16, s, gen::Family::sm90};
@@ -337,7 +365,7 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
       }
     }
   }
-  if (spec.direction == gen::Direction::dkdv && target.arch == "sm_90a") {
+  if (spec.direction == gen::Direction::dkdv && runs(target, gen::Family::sm90)) {
     for (bool atomic_dq : {false, true}) {
       for (int m : {64, 128}) {
         for (int s : {2, 3}) {
@@ -355,7 +383,7 @@ bool one_pass_by_default(const KernelSpec& dkdv, const Target& target) {
   // length (H200, bf16: 417-443 TFLOPS against 378-403 for L = 512..16384): the one-pass dK/dV
   // kernel's dQ turn waits for both warpgroups' dS^T and adds dQ with atomics. At d=64 the two
   // are level (the one-pass 5 % ahead at L = 4096).
-  return !(target.arch == "sm_90a" && dkdv.head_dim == 128);
+  return !(runs(target, gen::Family::sm90) && dkdv.head_dim == 128);
 }
 
 DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool atomic_dq) {
@@ -363,7 +391,7 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
   // tiles per warp), which halves K/V shared-memory reads per query row against one tile per
   // warp. From d=72 on, two m-tiles' O accumulators (head_dim floats) plus S crowd the 255
   // registers (ptxas spilled m128n64w4 at d=128 with every mask on), so 8 warps take one m-tile
-  // each. Smaller K/V steps come next when shared memory is short (sm_86/89 allow 99 KiB).
+  // each. Smaller K/V steps come next when shared memory is short (99 KiB on sm_86/89/120/121).
   struct Preference {
     TileConfig tile;
     const char* why;
@@ -430,7 +458,7 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
       {{128, 64, 12, 2, gen::Family::sm90},
        "sm_90a: wgmma/TMA dQ, 2 consumer warpgroups x 64 rows, 64-key steps, 2 stages"},
   };
-  if (spec.direction == gen::Direction::forward && target.arch == "sm_90a") {
+  if (spec.direction == gen::Direction::forward && runs(target, gen::Family::sm90)) {
     for (const auto& p : hopper) {
       if (rejection(spec, p.tile, target).empty()) {
         return {p.tile, fmt::format("heuristic for {} on {}: {}", gen::to_string(spec), target.arch,
@@ -438,7 +466,7 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
       }
     }
   }
-  if (spec.direction == gen::Direction::dq && target.arch == "sm_90a") {
+  if (spec.direction == gen::Direction::dq && runs(target, gen::Family::sm90)) {
     for (const auto& p : hopper_dq) {
       TileConfig tile = p.tile;
       tile.atomic_dq = atomic_dq;  // rejected: the atomic dQ split is a dK/dV one
@@ -448,7 +476,7 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
       }
     }
   }
-  if (spec.direction == gen::Direction::dkdv && target.arch == "sm_90a") {
+  if (spec.direction == gen::Direction::dkdv && runs(target, gen::Family::sm90)) {
     for (const auto& p : hopper_dkdv) {
       TileConfig tile = p.tile;
       tile.atomic_dq = atomic_dq;
