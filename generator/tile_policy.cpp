@@ -247,14 +247,31 @@ int accumulators(const KernelSpec& s, const TileConfig& t) {
 // The one-pass dkdv kernel's dQ accumulators are live only once S and dP are packed, so they
 // cost less than their count: ptxas kept dkdv d128 m32n128w8 (176 counted) without spills, and
 // spilled d96 m64n128w8 (184) and d136 m64n128w8 (168, wide).
+// Blackwell's ptxas (compute capability 10 and up) keeps more registers than sm_80's beside the
+// accumulators of the dK/dV kernel on the varlen layout. Its register use there follows the
+// count less closely, so two measured limits, on sm_100a and sm_120a: at most 144 accumulators
+// at any head dim (it spilled 4 to 24 bytes of d128 m32n64w4, 160 counted, 254-255 registers
+// where sm_80 takes 246, and with both masks and score_mod of d128 m32n128w8), and above d = 128
+// at most 32 queries per step (it spilled d160 m64n64w4 and m64n128w8, 144 counted, with both
+// masks and score_mod; d256 m32n64w4, 160 counted, kept 252 registers).
+bool blackwell_varlen_dkdv(const KernelSpec& s, const Target& target) {
+  return target.cc_major >= 10 && s.direction == gen::Direction::dkdv &&
+         s.layout == gen::Layout::varlen;
+}
+
 int accumulator_budget(const KernelSpec& s, const TileConfig& t, const Target& target) {
   const bool wide_backward = s.direction != gen::Direction::forward && s.head_dim > 128;
   const int budget = register_cap(t, target) - kRegistersBesideAccumulators;
-  return (wide_backward ? budget - 16 : budget) + (t.atomic_dq ? 16 : 0);
+  return (wide_backward || blackwell_varlen_dkdv(s, target) ? budget - 16 : budget) +
+         (t.atomic_dq ? 16 : 0);
 }
 
 std::string register_budget(const KernelSpec& s, const TileConfig& t, const Target& target) {
   if (t.family == gen::Family::sm90) return {};
+  if (blackwell_varlen_dkdv(s, target) && s.head_dim > 128 && t.block_m > 32) {
+    return fmt::format("{}-query steps of the varlen dK/dV kernel above d=128 spill on {}",
+                       t.block_m, target.arch);
+  }
   const int count = accumulators(s, t);
   const int budget = accumulator_budget(s, t, target);
   if (count <= budget) return {};
@@ -270,7 +287,7 @@ Target target_for_arch(const std::string& arch) {
         fmt::format("unknown architecture '{}': expected one of {}", arch, architecture_names()));
   }
   return {arch, listed->max_smem_optin, listed->max_registers_per_thread,
-          listed->registers_per_block};
+          listed->registers_per_block, listed->cc_major};
 }
 
 Target target_for_device(const DeviceArch& device, int device_max_smem_optin) {

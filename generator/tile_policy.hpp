@@ -13,12 +13,14 @@
 
 namespace sigattn::policy {
 
-// What the constraints know of an architecture: its name and its per-block budgets.
+// What the constraints know of an architecture: its name, compute capability and per-block
+// budgets.
 struct Target {
   std::string arch;        // "sm_80", "sm_90a", "sm_100a", "sm_120a", "compute_121" (PTX)
   int max_smem_optin = 0;  // bytes one CTA may use
   int max_registers_per_thread = 255;
   int registers_per_block = 64 * 1024;
+  int cc_major = 0;  // of the architecture (for PTX: of the one it is written for)
 };
 
 // The limits of a listed architecture (generator/architecture.hpp): e.g. 163 KiB of shared memory

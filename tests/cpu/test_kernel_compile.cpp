@@ -3,11 +3,13 @@
 // masks, score_mod and sigmoid modes, and the heuristic default configs compile with no
 // local-memory spills (the persistent Hopper forward with masks or score_mod: at most 64 bytes);
 // the Hopper (sm90) family's candidates and defaults of the default specs compile without spills
-// or serialized wgmma. Runs on the CPU: no GPU is needed to compile.
+// or serialized wgmma; the defaults of every head dim compile without spills for Blackwell
+// (sm_100a, sm_120a). Runs on the CPU: no GPU is needed to compile.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -188,6 +190,67 @@ TEST(KernelCompile, Sm90VariantsCompileWithoutSpillsOrSerializedWgmma) {
   for (auto& t : pool) t.join();
   for (const auto& f : failures) ADD_FAILURE() << f;
   EXPECT_GT(variants.size(), 30u);
+}
+
+// Compiles `jobs` on one thread per hardware thread; each failure, or what `problem` finds in a
+// compiled kernel, as "variant for arch: what".
+std::vector<std::string> compile_problems(
+    const std::vector<Job>& jobs,
+    const std::function<std::string(const Job&, const CompiledKernel&)>& problem) {
+  std::atomic<std::size_t> next{0};
+  std::mutex mutex;
+  std::vector<std::string> problems;
+  auto worker = [&] {
+    for (std::size_t i = next++; i < jobs.size(); i = next++) {
+      std::string what;
+      try {
+        what = problem(jobs[i], compile(gen::generate(jobs[i].variant), jobs[i].arch));
+      } catch (const std::exception& e) {
+        what = e.what();
+      }
+      if (what.empty()) continue;
+      std::lock_guard lock(mutex);
+      problems.push_back(gen::to_string(jobs[i].variant) + " for " + jobs[i].arch + ": " + what);
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < std::max(2u, std::thread::hardware_concurrency()); ++t) {
+    pool.emplace_back(worker);
+  }
+  for (auto& t : pool) t.join();
+  return problems;
+}
+
+// Blackwell runs the sm80 family: the default tiles of the forward and both backward splits at
+// head dims from 8 to 256, with every mask and score_mod on the varlen layout (the most
+// registers), compile for sm_100a and sm_120a without spills. (Every candidate of the default
+// specs is the CLI's compile_default_space tests.) With 99 KiB the backward stops at d = 160.
+TEST(KernelCompile, BlackwellDefaultsCompileWithoutSpillsAtEveryHeadDim) {
+  std::vector<Job> jobs;
+  for (const std::string arch : {"sm_100a", "sm_120a"}) {
+    const policy::Target target = policy::target_for_arch(arch);
+    for (int head_dim : {8, 32, 40, 64, 96, 128, 160, 192, 256}) {
+      gen::KernelSpec spec = gen::parse_spec("fwd.bf16.d64.varlen.causal+window.smod.fast.anylen");
+      spec.head_dim = head_dim;
+      jobs.push_back({{spec, policy::default_tile(spec, target).tile}, arch, true});
+      if (head_dim > 160 && target.max_smem_optin < 160 * 1024) continue;
+      for (auto direction : {gen::Direction::dkdv, gen::Direction::dq}) {
+        spec.direction = direction;
+        jobs.push_back({{spec, policy::default_tile(spec, target).tile}, arch, true});
+      }
+      spec.direction = gen::Direction::dkdv;
+      jobs.push_back({{spec, policy::default_tile(spec, target, true).tile}, arch, true});
+    }
+  }
+  const std::vector<std::string> problems =
+      compile_problems(jobs, [](const Job&, const CompiledKernel& compiled) {
+        if (compiled.cubin.empty() || compiled.registers <= 0) return std::string("no CUBIN");
+        if (!compiled.spills() && compiled.stack_frame_bytes == 0) return std::string();
+        return std::to_string(compiled.spill_store_bytes) + " bytes spilled, " +
+               std::to_string(compiled.stack_frame_bytes) + " bytes stack";
+      });
+  for (const auto& p : problems) ADD_FAILURE() << p;
+  EXPECT_EQ(jobs.size(), 2u * 9 * 4 - 2 * 3);
 }
 
 TEST(KernelCompile, DqConversionCompilesForEveryDtypeAndLayout) {

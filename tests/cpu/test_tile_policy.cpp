@@ -30,6 +30,23 @@ TEST(Targets, KnowTheSharedMemoryLimits) {
   EXPECT_THROW(target_for_arch("sm_75"), std::invalid_argument);
 }
 
+// Blackwell's ptxas needs more registers beside the accumulators of the varlen dK/dV kernel than
+// sm_80's: the register rule asks the target's compute capability.
+TEST(Targets, BlackwellVarlenDkdvGetsASmallerRegisterBudget) {
+  gen::KernelSpec dkdv = spec_with(128);
+  dkdv.direction = gen::Direction::dkdv;
+  dkdv.layout = gen::Layout::varlen;
+  const gen::TileConfig tile{32, 64, 4, 2};
+  EXPECT_EQ(rejection(dkdv, tile, target_for_arch("sm_80")), "");
+  for (const char* arch : {"sm_100a", "sm_120a", "compute_121"}) {
+    EXPECT_NE(rejection(dkdv, tile, target_for_arch(arch)).find("register_budget"),
+              std::string::npos)
+        << arch;
+  }
+  dkdv.layout = gen::Layout::dense;
+  EXPECT_EQ(rejection(dkdv, tile, target_for_arch("sm_100a")), "");
+}
+
 // Every architecture the list names: its constraints, candidates and defaults are asked below.
 std::vector<std::string> every_arch() {
   std::vector<std::string> names;
