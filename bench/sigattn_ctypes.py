@@ -29,7 +29,8 @@ def _bthd(t):
     return _library.Tensor(t.data_ptr(), t.stride(0), t.stride(1), t.stride(2))
 
 
-def _fill(args, q, k, v, causal, seq_lens_q, seq_lens_k, trust_lengths, sigmoid_accurate):
+def _fill(args, q, k, v, causal, seq_lens_q, seq_lens_k, trust_lengths, sigmoid_accurate,
+          window=None, packed=None):
     args.dtype = _DTYPES[q.dtype]
     args.batch, args.max_seqlen_q, args.heads_q, args.head_dim = q.shape
     args.max_seqlen_k, args.heads_kv = k.shape[1], k.shape[2]
@@ -38,17 +39,28 @@ def _fill(args, q, k, v, causal, seq_lens_q, seq_lens_k, trust_lengths, sigmoid_
         args.seq_lens_q = seq_lens_q.data_ptr()
     if seq_lens_k is not None:
         args.seq_lens_k = seq_lens_k.data_ptr()
+    if packed is not None:
+        # Packed varlen: q, k, v are [1, total_tokens, H, D]; packed = (cu_seqlens, max_seqlen)
+        # for both sides.
+        cu_seqlens, max_seqlen = packed
+        args.batch = cu_seqlens.numel() - 1
+        args.max_seqlen_q = args.max_seqlen_k = max_seqlen
+        args.cu_seqlens_q = args.cu_seqlens_k = cu_seqlens.data_ptr()
+    if window is not None:
+        args.window_left, args.window_right = window
     args.causal = int(causal)
     args.sigmoid = _library.SIGMOID_ACCURATE if sigmoid_accurate else _library.SIGMOID_FAST
     args.trust_lengths = int(trust_lengths)
 
 
 def forward(lib, q, k, v, out, *, causal=False, seq_lens_q=None, seq_lens_k=None,
-            trust_lengths=True, sigmoid_accurate=False):
-    """Sigmoid attention on [B, T, H, D] tensors into `out`; seq_lens_* are int32 cuda tensors."""
+            trust_lengths=True, sigmoid_accurate=False, window=None, packed=None):
+    """Sigmoid attention on [B, T, H, D] tensors into `out`; seq_lens_* are int32 cuda tensors,
+    window (left, right) keys, packed (int32 cu_seqlens, max_seqlen) for [1, tokens, H, D]."""
     args = _library.ForwardArgs()
     lib.sigattn_forward_args_init(ctypes.byref(args))
-    _fill(args, q, k, v, causal, seq_lens_q, seq_lens_k, trust_lengths, sigmoid_accurate)
+    _fill(args, q, k, v, causal, seq_lens_q, seq_lens_k, trust_lengths, sigmoid_accurate, window,
+          packed)
     args.out = _bthd(out)
     stream = torch.cuda.current_stream().cuda_stream
     _library.check(lib.sigattn_forward(ctypes.byref(args), ctypes.c_void_p(stream)),
@@ -57,11 +69,13 @@ def forward(lib, q, k, v, out, *, causal=False, seq_lens_q=None, seq_lens_k=None
 
 
 def backward(lib, q, k, v, dout, dq, dk, dv, *, causal=False, seq_lens_q=None, seq_lens_k=None,
-             trust_lengths=True, sigmoid_accurate=False, deterministic=True):
+             trust_lengths=True, sigmoid_accurate=False, deterministic=True, window=None,
+             packed=None):
     """Gradients of sigmoid attention into dq, dk, dv for upstream gradient dout."""
     args = _library.BackwardArgs()
     lib.sigattn_backward_args_init(ctypes.byref(args))
-    _fill(args.inputs, q, k, v, causal, seq_lens_q, seq_lens_k, trust_lengths, sigmoid_accurate)
+    _fill(args.inputs, q, k, v, causal, seq_lens_q, seq_lens_k, trust_lengths, sigmoid_accurate,
+          window, packed)
     args.grad_out, args.grad_q, args.grad_k, args.grad_v = (_bthd(t) for t in (dout, dq, dk, dv))
     args.deterministic = int(deterministic)
     stream = torch.cuda.current_stream().cuda_stream

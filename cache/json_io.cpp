@@ -174,7 +174,8 @@ int read_bucket(const Reader& reader) {
 }
 
 gen::TileConfig read_tile(const Reader& reader) {
-  reader.expect_object({"family", "block_m", "block_n", "warps", "stages"}, {"atomic_dq"});
+  reader.expect_object({"family", "block_m", "block_n", "warps", "stages"},
+                       {"atomic_dq", "schedule", "splits"});
   gen::TileConfig tile;
   try {
     tile.family = gen::parse_family(reader.field("family").string());
@@ -189,6 +190,16 @@ gen::TileConfig read_tile(const Reader& reader) {
     const json& atomic = reader.field("atomic_dq").value();
     if (!atomic.is_boolean()) reader.field("atomic_dq").fail("expected true or false");
     tile.atomic_dq = atomic.get<bool>();
+  }
+  if (reader.has("schedule")) {
+    try {
+      tile.schedule = gen::parse_schedule(reader.field("schedule").string());
+    } catch (const std::invalid_argument& error) {
+      reader.field("schedule").fail(error.what());
+    }
+  }
+  if (reader.has("splits")) {
+    tile.splits = static_cast<int>(reader.field("splits").integer(1, kMaxTileValue));
   }
   return tile;
 }

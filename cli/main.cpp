@@ -128,10 +128,13 @@ int run_gen(const std::string& text, const std::string& arch) {
   // remains a valid program.
   fmt::print("{}", kernel.source);
   fmt::print("\n// kernel: {}\n", kernel.name_expression);
-  fmt::print(
-      "// launch: grid (ceil(max_seqlen_q / {}), heads_q, batch), {} threads, {} bytes of "
-      "dynamic shared memory\n",
-      tile.block_m, kernel.threads, kernel.smem_bytes);
+  const std::string grid =
+      parsed.spec.direction == sigattn::gen::Direction::decode
+          ? fmt::format("ceil(heads_q / heads_kv x seqlen_q / {}) x splits, heads_kv, batch",
+                        tile.block_m)
+          : fmt::format("ceil(max_seqlen_q / {}), heads_q, batch", tile.block_m);
+  fmt::print("// launch: grid ({}), {} threads, {} bytes of dynamic shared memory\n", grid,
+             kernel.threads, kernel.smem_bytes);
   fmt::print("// NVRTC options: {} --gpu-architecture={}\n", fmt::join(kernel.options, " "), arch);
   fmt::print("// tile: {}\n", tile_origin);
   return kExitOk;

@@ -7,9 +7,12 @@
 #include <sigattn/version.h>
 
 #include <stdexcept>
+#include <string>
+#include <utility>
 
 #include "generator/template_store.hpp"
 #include "generator/tile_policy.hpp"
+#include "sigattn/decode_storage.h"
 #include "sigattn/shared_storage.h"
 
 namespace sigattn::gen {
@@ -23,8 +26,19 @@ std::string_view layout_enum(Layout layout) {
       return "sigattn::Layout::kPadded";
     case Layout::varlen:
       return "sigattn::Layout::kVarlen";
+    case Layout::paged:
+      break;
   }
   return "";
+}
+
+// The traits member that carries the layout: the templates' Layout enum (sequence.cuh), or for
+// the KV-cache kernels whether the cache is paged (a contiguous cache is the padded layout).
+std::string layout_member(Direction direction, Layout layout) {
+  if (direction == Direction::decode) {
+    return fmt::format("  static constexpr bool kPaged = {};\n", layout == Layout::paged);
+  }
+  return fmt::format("  static constexpr sigattn::Layout kLayout = {};\n", layout_enum(layout));
 }
 
 }  // namespace
@@ -33,12 +47,13 @@ int smem_bytes(const KernelSpec& spec, const TileConfig& tile) {
   // The kernels take their layouts from the same functions (templates/sigattn/shared_storage.h).
   const int d = spec.head_dim;
   const bool hopper = tile.family == Family::sm90;
+  const bool dynamic = tile.schedule == Schedule::dynamic;
   switch (spec.direction) {
     case Direction::forward:
-      return hopper ? fwd_sm90_storage(d, tile.block_m, tile.block_n, tile.stages).bytes
+      return hopper ? fwd_sm90_storage(d, tile.block_m, tile.block_n, tile.stages, dynamic).bytes
                     : fwd_sm80_storage(d, tile.block_m, tile.block_n, tile.stages).bytes;
     case Direction::dq:
-      return hopper ? bwd_dq_sm90_storage(d, tile.block_m, tile.block_n, tile.stages).bytes
+      return hopper ? bwd_dq_sm90_storage(d, tile.block_m, tile.block_n, tile.stages, dynamic).bytes
                     : bwd_dq_sm80_storage(d, tile.block_m, tile.block_n, tile.stages).bytes;
     case Direction::dkdv:
       return hopper
@@ -46,12 +61,17 @@ int smem_bytes(const KernelSpec& spec, const TileConfig& tile) {
                        .bytes
                  : bwd_dkdv_sm80_storage(d, tile.block_m, tile.block_n, tile.stages, tile.atomic_dq)
                        .bytes;
+    case Direction::decode:
+      return decode_sm80_storage(d, tile.block_m, tile.block_n, tile.stages).bytes;
   }
   return 0;
 }
 
-int grid_slices(const KernelSpec& spec) {
-  return spec.direction == Direction::forward ? 1 : (spec.head_dim + 127) / 128;
+int grid_slices(const Variant& variant) {
+  const Direction direction = variant.spec.direction;
+  const bool backward = direction == Direction::dkdv || direction == Direction::dq;
+  const bool sliced = backward && variant.tile.family == Family::sm80;
+  return sliced ? sm80_slices(variant.spec.head_dim) : 1;
 }
 
 namespace {
@@ -67,10 +87,10 @@ std::string content_hash(const GeneratedKernel& kernel) {
 }
 
 // The program of a variant: where it comes from, the include of its entry template, and the traits
-// struct Cfg, whose dtype, head dim and layout members come first and `members` (whole lines)
-// after.
+// struct Cfg, whose dtype, head dim and layout (layout_member) members come first and `members`
+// (whole lines) after.
 std::string generated_source(std::string_view variant_name, std::string_view entry, DType dtype,
-                             int head_dim, Layout layout, std::string_view members) {
+                             int head_dim, std::string_view layout, std::string_view members) {
   return fmt::format(
       "// sigattn generated kernel {variant}\n"
       "// generator version {gen}, templates {templates}\n"
@@ -80,14 +100,14 @@ std::string generated_source(std::string_view variant_name, std::string_view ent
       "struct Cfg {{\n"
       "  static constexpr bool kBf16 = {bf16};\n"
       "  static constexpr int kHeadDim = {head_dim};\n"
-      "  static constexpr sigattn::Layout kLayout = {layout};\n"
+      "{layout}"
       "{members}"
       "}};\n"
       "}}  // namespace sigattn_generated\n",
       fmt::arg("variant", variant_name), fmt::arg("entry", entry),
       fmt::arg("gen", kGeneratorVersion), fmt::arg("templates", template_hash()),
       fmt::arg("bf16", dtype == DType::bf16 ? "true" : "false"), fmt::arg("head_dim", head_dim),
-      fmt::arg("layout", layout_enum(layout)), fmt::arg("members", members));
+      fmt::arg("layout", layout), fmt::arg("members", members));
 }
 
 // The kernel's name stem, which is also its template's file name: "fwd_sm90".
@@ -100,6 +120,8 @@ std::string entry_name(const Variant& variant) {
       return hopper ? "bwd_dq_sm90" : "bwd_dq_sm80";
     case Direction::dkdv:
       return hopper ? "bwd_dkdv_sm90" : "bwd_dkdv_sm80";
+    case Direction::decode:
+      return "decode_sm80";
   }
   return "";
 }
@@ -155,6 +177,7 @@ GeneratedKernel generate(const Variant& variant) {
       "  static constexpr int kWarps = {warps};\n"
       "  static constexpr int kStages = {stages};\n"
       "{work_split}"
+      "{schedule}"
       "  static constexpr int kSmemBytes = {smem};\n",
       fmt::arg("causal", spec.causal ? "true" : "false"),
       fmt::arg("window", spec.window ? "true" : "false"),
@@ -168,9 +191,17 @@ GeneratedKernel generate(const Variant& variant) {
                spec.direction != Direction::dkdv
                    ? ""
                    : fmt::format("  static constexpr bool kAtomicDq = {};\n", tile.atomic_dq)),
+      // Only the persistent kernels (the sm90 forward and dq) have a schedule to choose.
+      fmt::arg("schedule", tile.family != Family::sm90 || spec.direction == Direction::dkdv
+                               ? ""
+                               : fmt::format("  static constexpr bool kDynamicSchedule = {};\n",
+                                             tile.schedule == Schedule::dynamic)),
       fmt::arg("smem", out.smem_bytes));
-  out.source =
-      generated_source(out.variant_name, entry, spec.dtype, spec.head_dim, spec.layout, members);
+  // The split count is a launch parameter: every count runs the program of splits 0, compiled once.
+  Variant program = variant;
+  program.tile.splits = 0;
+  out.source = generated_source(to_string(program), entry, spec.dtype, spec.head_dim,
+                                layout_member(spec.direction, spec.layout), members);
   out.content_hash = content_hash(out);
   return out;
 }
@@ -199,12 +230,65 @@ GeneratedKernel generate_dq_convert(const KernelSpec& spec) {
   out.name_expression = "sigattn::bwd_dq_convert_kernel<sigattn_generated::Cfg>";
   out.options = {"-std=c++17", "--fmad=true"};
   out.source = generated_source(
-      out.variant_name, "bwd_dq_convert", key.dtype, key.head_dim, key.layout,
+      out.variant_name, "bwd_dq_convert", key.dtype, key.head_dim,
+      layout_member(key.direction, key.layout),
       fmt::format(
           "  static constexpr int kRowsPerCta = {};\n  static constexpr int kThreads = {};\n",
           kDqConvertRowsPerCta, kDqConvertThreads));
   out.content_hash = content_hash(out);
   return out;
+}
+
+namespace {
+
+// A KV-cache helper kernel of `spec`'s dtype and head dim, `threads` per CTA, with no tile:
+// `name` (the kernel's stem and template) and its variant name.
+GeneratedKernel generate_cache_helper(const KernelSpec& spec, std::string_view name,
+                                      std::string variant_name, int threads) {
+  if (spec.direction != Direction::decode) {
+    throw std::invalid_argument(
+        fmt::format("{} belongs to decode, not to {}", name, to_string(spec.direction)));
+  }
+  if (const std::string why = policy::structural_rejection(spec, TileConfig{}); !why.empty()) {
+    throw std::invalid_argument(why);
+  }
+  GeneratedKernel out;
+  out.variant = Variant{spec, TileConfig{}};
+  out.variant_name = std::move(variant_name);
+  out.threads = threads;
+  out.smem_bytes = 0;
+  out.name_expression = fmt::format("sigattn::{}_kernel<sigattn_generated::Cfg>", name);
+  out.options = {"-std=c++17", "--fmad=true"};
+  out.source = generated_source(out.variant_name, name, spec.dtype, spec.head_dim,
+                                layout_member(spec.direction, spec.layout),
+                                fmt::format("  static constexpr int kThreads = {};\n", threads));
+  out.content_hash = content_hash(out);
+  return out;
+}
+
+}  // namespace
+
+GeneratedKernel generate_kv_append(const KernelSpec& spec) {
+  return generate_cache_helper(spec, "kv_append",
+                               fmt::format("kvappend.{}.d{}.{}", to_string(spec.dtype),
+                                           spec.head_dim, to_string(spec.layout)),
+                               kCacheHelperThreads);
+}
+
+GeneratedKernel generate_decode_reduce(const KernelSpec& spec) {
+  if (spec.direction != Direction::decode) {
+    throw std::invalid_argument(
+        fmt::format("decode_reduce belongs to decode, not to {}", to_string(spec.direction)));
+  }
+  // The sum reads the fp32 partials and writes the output: the cache's layout does not reach it.
+  KernelSpec key;
+  key.direction = Direction::decode;
+  key.dtype = spec.dtype;
+  key.head_dim = spec.head_dim;
+  key.layout = Layout::padded;
+  return generate_cache_helper(
+      key, "decode_reduce", fmt::format("decodereduce.{}.d{}", to_string(key.dtype), key.head_dim),
+      kCacheHelperThreads);
 }
 
 }  // namespace sigattn::gen

@@ -28,8 +28,9 @@ struct GeneratedKernel {
 // Bytes of dynamic shared memory the variant's kernel needs.
 int smem_bytes(const KernelSpec& spec, const TileConfig& tile);
 
-// CTAs per row block along grid x: the backward kernels split head dims above 128 into slices.
-int grid_slices(const KernelSpec& spec);
+// CTAs per row block along grid x: the sm80 backward kernels split head dims above 128 into
+// slices; the sm90 kernels hold whole rows.
+int grid_slices(const Variant& variant);
 
 // Throws std::invalid_argument naming the structural constraint (generator/tile_policy.hpp) that
 // the spec or tile violates.
@@ -57,5 +58,14 @@ std::string kernel_source_hash(const Variant& variant,
 inline constexpr int kDqConvertRowsPerCta = 32;
 inline constexpr int kDqConvertThreads = 128;
 GeneratedKernel generate_dq_convert(const KernelSpec& spec);
+
+// The two helpers of a decode `spec`, each with no tile and kCacheHelperThreads threads per CTA.
+// The append of the new keys and values into the cache, "kvappend.DTYPE.dHEAD.LAYOUT", over a grid
+// of (ceil(seqlen_new * heads_kv * head_dim / 8 / threads), batch): one thread per 16 bytes of a
+// key and of its value. The sum of the split-KV partial outputs, "decodereduce.DTYPE.dHEAD" (the
+// same for both cache layouts), one thread per 16 bytes of the output over a grid-stride loop.
+inline constexpr int kCacheHelperThreads = 128;
+GeneratedKernel generate_kv_append(const KernelSpec& spec);
+GeneratedKernel generate_decode_reduce(const KernelSpec& spec);
 
 }  // namespace sigattn::gen

@@ -1,5 +1,6 @@
 // Canonical variant strings and JSON for KernelSpec and TileConfig. The string fields appear in a
-// fixed order: direction.dtype.dHEAD.layout.mask.scoremod.sigmoid.seqlen[/family.mMnNwWsS].
+// fixed order:
+// direction.dtype.dHEAD.layout.mask.scoremod.sigmoid.seqlen[/family.mMnNwWsS[.suffix]].
 #include "generator/kernel_spec.hpp"
 
 #include <fmt/format.h>
@@ -62,6 +63,8 @@ std::string_view to_string(Layout layout) {
       return "padded";
     case Layout::varlen:
       return "varlen";
+    case Layout::paged:
+      return "paged";
   }
   return "?";
 }
@@ -76,8 +79,14 @@ std::string_view to_string(Direction direction) {
       return "dkdv";
     case Direction::dq:
       return "dq";
+    case Direction::decode:
+      return "decode";
   }
   return "?";
+}
+
+std::string_view to_string(Schedule schedule) {
+  return schedule == Schedule::dynamic ? "dynamic" : "strided";
 }
 
 std::string to_string(const KernelSpec& spec) {
@@ -89,8 +98,10 @@ std::string to_string(const KernelSpec& spec) {
 }
 
 std::string to_string(const TileConfig& tile) {
-  return fmt::format("{}.m{}n{}w{}s{}{}", to_string(tile.family), tile.block_m, tile.block_n,
-                     tile.warps, tile.stages, tile.atomic_dq ? ".atomicdq" : "");
+  const std::string splits = tile.splits != 0 ? fmt::format(".splits{}", tile.splits) : "";
+  return fmt::format("{}.m{}n{}w{}s{}{}{}{}", to_string(tile.family), tile.block_m, tile.block_n,
+                     tile.warps, tile.stages, tile.atomic_dq ? ".atomicdq" : "",
+                     tile.schedule == Schedule::dynamic ? ".dynamic" : "", splits);
 }
 
 std::string to_string(const Variant& variant) {
@@ -111,8 +122,10 @@ KernelSpec parse_spec(std::string_view text) {
     spec.direction = Direction::dkdv;
   } else if (f[0] == "dq") {
     spec.direction = Direction::dq;
+  } else if (f[0] == "decode") {
+    spec.direction = Direction::decode;
   } else {
-    bad("direction", f[0], "fwd, dkdv or dq");
+    bad("direction", f[0], "fwd, dkdv, dq or decode");
   }
   if (f[1] == "bf16") {
     spec.dtype = DType::bf16;
@@ -130,8 +143,10 @@ KernelSpec parse_spec(std::string_view text) {
     spec.layout = Layout::padded;
   } else if (f[3] == "varlen") {
     spec.layout = Layout::varlen;
+  } else if (f[3] == "paged") {
+    spec.layout = Layout::paged;
   } else {
-    bad("layout", f[3], "dense, padded or varlen");
+    bad("layout", f[3], "dense, padded, varlen or paged");
   }
   if (f[4] == "nomask") {
   } else if (f[4] == "causal") {
@@ -165,7 +180,20 @@ KernelSpec parse_spec(std::string_view text) {
   if (spec.seqlen == SeqLen::x128 && spec.layout != Layout::dense) {
     bad("seqlen", f[7], "anylen: x128 applies to the dense layout only");
   }
+  const bool decode = spec.direction == Direction::decode;
+  if (decode && spec.layout != Layout::padded && spec.layout != Layout::paged) {
+    bad("layout", f[3], "padded (a contiguous cache) or paged for decode");
+  }
+  if (!decode && spec.layout == Layout::paged) {
+    bad("layout", f[3], "dense, padded or varlen: paged applies to decode only");
+  }
   return spec;
+}
+
+Schedule parse_schedule(std::string_view text) {
+  if (text == "strided") return Schedule::strided;
+  if (text == "dynamic") return Schedule::dynamic;
+  bad("schedule", text, "strided or dynamic");
 }
 
 Family parse_family(std::string_view text) {
@@ -175,10 +203,11 @@ Family parse_family(std::string_view text) {
 }
 
 TileConfig parse_tile(std::string_view text) {
-  // FAMILY.mMnNwWsS[.atomicdq]
+  // FAMILY.mMnNwWsS[.atomicdq][.dynamic][.splitsN]
   auto fields = split(text, '.');
-  if (fields.size() < 2 || fields.size() > 3) {
-    bad("tile", text, "FAMILY.mBLOCKMnBLOCKNwWARPSsSTAGES[.atomicdq], e.g. sm80.m128n64w4s2");
+  if (fields.size() < 2 || fields.size() > 5) {
+    bad("tile", text,
+        "FAMILY.mBLOCKMnBLOCKNwWARPSsSTAGES[.atomicdq][.dynamic][.splitsN], e.g. sm80.m128n64w4s2");
   }
   TileConfig tile;
   tile.family = parse_family(fields[0]);
@@ -195,14 +224,31 @@ TileConfig parse_tile(std::string_view text) {
     values[i] = parse_int(sizes.substr(pos + 1, end - pos - 1), "tile");
     pos = end;
   }
-  if (pos != sizes.size()) bad("tile", text, "nothing after the stage count but .atomicdq");
+  if (pos != sizes.size()) {
+    bad("tile", text, "nothing after the stage count but .atomicdq, .dynamic and .splitsN");
+  }
   tile.block_m = values[0];
   tile.block_n = values[1];
   tile.warps = values[2];
   tile.stages = values[3];
-  if (fields.size() == 3) {
-    if (fields[2] != "atomicdq") bad("tile", text, "atomicdq as the only suffix");
+  // The suffixes, each at most once and in this order.
+  std::size_t next = 2;
+  if (next < fields.size() && fields[next] == "atomicdq") {
     tile.atomic_dq = true;
+    ++next;
+  }
+  if (next < fields.size() && fields[next] == "dynamic") {
+    tile.schedule = Schedule::dynamic;
+    ++next;
+  }
+  constexpr std::string_view kSplits = "splits";
+  if (next < fields.size() && fields[next].starts_with(kSplits)) {
+    tile.splits = parse_int(fields[next].substr(kSplits.size()), "split count");
+    if (tile.splits < 1) bad("split count", fields[next], "splitsN with N >= 1");
+    ++next;
+  }
+  if (next != fields.size()) {
+    bad("tile", text, "the suffixes .atomicdq, .dynamic and .splitsN, in that order");
   }
   return tile;
 }
@@ -223,11 +269,13 @@ void to_json(nlohmann::json& j, const TileConfig& tile) {
                      {"warps", tile.warps},
                      {"stages", tile.stages}};
   if (tile.atomic_dq) j["atomic_dq"] = true;
+  if (tile.schedule != Schedule::strided) j["schedule"] = to_string(tile.schedule);
+  if (tile.splits != 0) j["splits"] = tile.splits;
 }
 
 void from_json(const nlohmann::json& j, TileConfig& tile) {
-  static constexpr std::array<std::string_view, 6> kFields = {"family", "block_m", "block_n",
-                                                              "warps",  "stages",  "atomic_dq"};
+  static constexpr std::array<std::string_view, 8> kFields = {
+      "family", "block_m", "block_n", "warps", "stages", "atomic_dq", "schedule", "splits"};
   for (const auto& [key, value] : j.items()) {
     if (std::find(kFields.begin(), kFields.end(), key) == kFields.end()) {
       throw std::invalid_argument(fmt::format("unknown tile field '{}'", key));
@@ -239,6 +287,8 @@ void from_json(const nlohmann::json& j, TileConfig& tile) {
   tile.warps = j.at("warps").get<int>();
   tile.stages = j.at("stages").get<int>();
   tile.atomic_dq = j.value("atomic_dq", false);
+  tile.schedule = parse_schedule(j.value("schedule", std::string("strided")));
+  tile.splits = j.value("splits", 0);
 }
 
 void to_json(nlohmann::json& j, const KernelSpec& spec) { j = to_string(spec); }

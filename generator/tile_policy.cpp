@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "generator/generator.hpp"
+#include "sigattn/shared_storage.h"
 
 namespace sigattn::policy {
 namespace {
@@ -18,14 +19,17 @@ using gen::KernelSpec;
 using gen::TileConfig;
 
 // Parameter grids. Forward and dq: block_m query rows per CTA, block_n keys per main-loop step.
-// dkdv: block_n keys per CTA, block_m query rows per step. warps per CTA; stages of the
-// shared-memory pipeline.
+// dkdv: block_n keys per CTA, block_m query rows per step. decode: block_m (query, group head)
+// rows per CTA, block_n cache keys per step shared out among the warps. warps per CTA; stages of
+// the shared-memory pipeline.
 struct Grid {
   std::vector<int> block_m, block_n, warps, stages;
 };
 const Grid& grid_for(gen::Direction direction) {
   static const Grid rows_split = {{64, 128}, {32, 64, 128}, {4, 8}, {2, 3}};
   static const Grid keys_split = {{16, 32, 64}, {64, 128}, {4, 8}, {2, 3}};
+  static const Grid decode = {{16, 32, 64}, {32, 64, 128}, {2, 4, 8}, {2, 3, 4}};
+  if (direction == gen::Direction::decode) return decode;
   return direction == gen::Direction::dkdv ? keys_split : rows_split;
 }
 
@@ -63,6 +67,12 @@ std::string x128_layout(const KernelSpec& s, const TileConfig&) {
 
 std::string mma_rows(const KernelSpec& s, const TileConfig& t) {
   if (t.family == gen::Family::sm90) return {};
+  if (s.direction == gen::Direction::decode) {
+    // Each warp computes S for 16 keys of a step (one n16 pair of mma tiles): with 32, ptxas
+    // spilled m16n64w2 at d=128 and d=256 (every mask, score_mod and the paged cache on).
+    if (t.block_n == 16 * t.warps) return {};
+    return fmt::format("block_n {} is not 16 keys x {} warps", t.block_n, t.warps);
+  }
   const bool keys = s.direction == gen::Direction::dkdv;
   const int split = keys ? t.block_n : t.block_m;
   if (split % (16 * t.warps) == 0) return {};
@@ -71,9 +81,53 @@ std::string mma_rows(const KernelSpec& s, const TileConfig& t) {
 }
 
 std::string work_split(const KernelSpec& s, const TileConfig& t) {
-  if (!t.atomic_dq || s.direction == gen::Direction::dkdv) return {};
-  return fmt::format("the atomic dQ split applies to dkdv kernels, not {}",
-                     gen::to_string(s.direction));
+  if (t.atomic_dq && s.direction != gen::Direction::dkdv) {
+    return fmt::format("the atomic dQ split applies to dkdv kernels, not {}",
+                       gen::to_string(s.direction));
+  }
+  if (t.splits != 0 && s.direction != gen::Direction::decode) {
+    return fmt::format("the split count applies to decode kernels, not {}",
+                       gen::to_string(s.direction));
+  }
+  if (t.splits < 0 || t.splits > kMaxDecodeSplits) {
+    return fmt::format("splits {} is out of range [0, {}] (0: chosen per call)", t.splits,
+                       kMaxDecodeSplits);
+  }
+  return {};
+}
+
+// The KV-cache layouts belong to the decode kernel: a paged cache, or a contiguous one (padded).
+std::string cache_layout(const KernelSpec& s, const TileConfig&) {
+  const bool decode = s.direction == gen::Direction::decode;
+  if (decode && s.layout != gen::Layout::padded && s.layout != gen::Layout::paged) {
+    return fmt::format("decode reads a contiguous (padded) or paged cache, not {}",
+                       gen::to_string(s.layout));
+  }
+  if (!decode && s.layout == gen::Layout::paged) {
+    return fmt::format("the paged layout is a KV cache, which only decode kernels read, not {}",
+                       gen::to_string(s.direction));
+  }
+  return {};
+}
+
+// The decode kernel is written with mma.sync and cp.async, which every supported GPU runs.
+std::string decode_family(const KernelSpec& s, const TileConfig& t) {
+  if (s.direction != gen::Direction::decode || t.family == gen::Family::sm80) return {};
+  return fmt::format("decode kernels are of family sm80 (sm_80 and later), not {}",
+                     gen::to_string(t.family));
+}
+
+// The dynamic schedule belongs to the persistent kernels: the sm90 forward and dq.
+std::string schedule_kernel(const KernelSpec& s, const TileConfig& t) {
+  if (t.schedule == gen::Schedule::strided) return {};
+  if (t.family == gen::Family::sm90 &&
+      (s.direction == gen::Direction::forward || s.direction == gen::Direction::dq)) {
+    return {};
+  }
+  return fmt::format(
+      "the {} schedule applies to the persistent sm90 fwd and dq kernels, not {} of "
+      "family {}",
+      gen::to_string(t.schedule), gen::to_string(s.direction), gen::to_string(t.family));
 }
 
 std::string x128_divides(const KernelSpec& s, const TileConfig& t) {
@@ -82,19 +136,12 @@ std::string x128_divides(const KernelSpec& s, const TileConfig& t) {
                      t.block_n);
 }
 
-// The sm90 family: a forward kernel with head dims in wgmma k-steps of 16 and at least one
-// 64-element TMA box (128 bytes, the swizzle span) wide; dK/dV and dQ kernels for head dims of
-// whole boxes whose gradient accumulators fit beside the score tiles (64 and 128).
+// The sm90 family: kernels with head dims in wgmma k-steps of 16 and at least one 64-element TMA
+// box (128 bytes, the swizzle span) wide; the last box may be partial (d=80: one whole box and 16
+// columns of the next, which TMA fills with zeros and no wgmma reads). Which tiles fit a head dim
+// is sm90_registers' rule.
 std::string sm90_kernel(const KernelSpec& s, const TileConfig& t) {
   if (t.family != gen::Family::sm90) return {};
-  if (s.direction == gen::Direction::dkdv || s.direction == gen::Direction::dq) {
-    if (s.head_dim == 64 || s.head_dim == 128) return {};
-    return fmt::format("family sm90 has a {} kernel for head_dim 64 and 128, not {}",
-                       gen::to_string(s.direction), s.head_dim);
-  }
-  if (s.direction != gen::Direction::forward) {
-    return fmt::format("family sm90 has no {} kernel", gen::to_string(s.direction));
-  }
   if (s.head_dim % 16 != 0 || s.head_dim < 64) {
     return fmt::format("family sm90 needs head_dim a multiple of 16 from 64 to 256, not {}",
                        s.head_dim);
@@ -103,20 +150,28 @@ std::string sm90_kernel(const KernelSpec& s, const TileConfig& t) {
 }
 
 // sm90 CTAs: a producer warpgroup plus one consumer warpgroup per 64 rows of wgmma's M, query
-// rows in the forward (block_m, up to 3) and keys in dK/dV (block_n, two); the other block is
-// the N of S = Q K^T (forward: at most 256) or of S^T = K Q^T (dK/dV: 64 or 128).
+// rows in the forward (block_m, up to 3); in dK/dV two consumer warpgroups, of 64 keys each
+// (block_n 128) or both on the same 64 keys, one per gradient (block_n 64, the gradient split of
+// templates/sigattn/shared_storage.h). The other block is the N of S = Q K^T (forward: at most
+// 256) or of S^T = K Q^T (dK/dV: 64 or 128).
 std::string wgmma_shape(const KernelSpec& s, const TileConfig& t) {
   if (t.family != gen::Family::sm90) return {};
   if (s.direction == gen::Direction::dkdv) {
-    if (t.block_n != 128) {
-      return fmt::format("block_n {} is not 128 (two 64-key warpgroups taking turns)", t.block_n);
+    if (t.block_n != 128 && t.block_n != 64) {
+      return fmt::format(
+          "block_n {} is not 128 (two 64-key warpgroups taking turns) or 64 (two warpgroups on "
+          "the same keys, one per gradient)",
+          t.block_n);
     }
-    if (t.warps != 4 + t.block_n / 16) {
-      return fmt::format("warps {} is not {} (a producer warpgroup plus {} consumer warpgroups)",
-                         t.warps, 4 + t.block_n / 16, t.block_n / 64);
+    if (t.warps != 12) {
+      return fmt::format("warps {} is not 12 (a producer warpgroup plus 2 consumer warpgroups)",
+                         t.warps);
     }
     if (t.block_m != 64 && t.block_m != 128) {
       return fmt::format("block_m {} is not 64 or 128 query rows per step", t.block_m);
+    }
+    if (t.atomic_dq && dkdv_sm90_gradient_split(t.block_n)) {
+      return "the one-pass split needs block_n 128 (its dQ reads both warpgroups' dS^T keys)";
     }
     if (t.atomic_dq && (t.block_m > t.block_n || s.head_dim * t.block_m / t.block_n % 64 != 0)) {
       return fmt::format(
@@ -147,22 +202,40 @@ std::string wgmma_shape(const KernelSpec& s, const TileConfig& t) {
 // fp32 accumulators and the bf16 P fragments (block_n / 4) must leave 64 for addresses and masks:
 // ptxas spilled d=256 m128n64w12 with 176 of 232 (every mask, score_mod, varlen) and not with 240.
 // dK/dV: dK and dV (head_dim / 2 each) and S^T and dP^T (block_m / 2 each) at most 192, which
-// leaves 48 for the P^T and dS^T fragments, the dQ part's accumulators and addresses. dQ: dQ
-// (head_dim / 2), S and dP (block_n / 2 each) and the dS fragments (block_n / 4) must leave 64.
+// leaves 48 for the P^T and dS^T fragments, the dQ part's accumulators and addresses; in the
+// gradient split (block_n 64) one gradient and one score tile, head_dim / 2 + block_m / 2, at most
+// 192 likewise. dQ: dQ (head_dim / 2), S and dP (block_n / 2 each) and the dS fragments
+// (block_n / 4) must leave 64, and above head dim 128 the measured limits below.
 std::string sm90_registers(const KernelSpec& s, const TileConfig& t) {
   if (t.family != gen::Family::sm90) return {};
   if (s.direction == gen::Direction::dkdv) {
+    if (dkdv_sm90_gradient_split(t.block_n)) {
+      if (s.head_dim / 2 + t.block_m / 2 <= 192) return {};
+      return fmt::format("dK or dV and S^T or dP^T take {} registers per thread, above 192",
+                         s.head_dim / 2 + t.block_m / 2);
+    }
     if (s.head_dim + t.block_m <= 192) return {};
     return fmt::format("dK, dV, S^T and dP^T take {} registers per thread, above 192",
                        s.head_dim + t.block_m);
   }
   if (s.direction == gen::Direction::dq) {
     const int needed = s.head_dim / 2 + t.block_n + t.block_n / 4;
-    if (needed + 64 <= 232) return {};
+    if (needed + 64 > 232) {
+      return fmt::format(
+          "dQ, S, dP and the dS fragments take {} registers per thread, leaving less than 64 of "
+          "232",
+          needed);
+    }
+    // Above head dim 128 ptxas spills before that count (fp16 varlen with every mask, score_mod
+    // and the accurate sigmoid): 64-key steps up to d=144 (d=160 spilled 44 bytes), 32-key steps
+    // up to d=192 with two consumer warpgroups (d=208 spilled 24 bytes, d=256 228) and up to
+    // d=256 with one.
+    const int widest = t.block_n > 32 ? 144 : t.block_m > 64 ? 192 : 256;
+    if (s.head_dim <= widest) return {};
     return fmt::format(
-        "dQ, S, dP and the dS fragments take {} registers per thread, leaving less than 64 of "
-        "232",
-        needed);
+        "ptxas spills dQ above head_dim {} in {}-key steps with {} consumer "
+        "warpgroup(s)",
+        widest, t.block_n, t.block_m / 64);
   }
   const int consumers = t.block_m / 64;
   const bool wide = s.head_dim > 128;
@@ -215,6 +288,12 @@ constexpr int kRegistersBesideAccumulators = 95;
 // fp32 accumulators per thread of each kernel.
 int accumulators(const KernelSpec& s, const TileConfig& t) {
   switch (s.direction) {
+    case gen::Direction::decode: {
+      // S of the warp's keys counts twice (its sigmoid, masks and packing keep as many values
+      // live), then the warp's n8 tiles of O, for every m16 tile of rows.
+      const int o_tiles = (s.head_dim / 8 + t.warps - 1) / t.warps;
+      return t.block_m / 16 * (t.block_n / t.warps + o_tiles * 4);
+    }
     case gen::Direction::forward:  // O and S
       return t.block_m / (16 * t.warps) * (s.head_dim + t.block_n) / 2;
     case gen::Direction::dq: {  // dQ (one head-dim slice of at most 128), S and dP
@@ -259,7 +338,14 @@ bool blackwell_varlen_dkdv(const KernelSpec& s, const Target& target) {
          s.layout == gen::Layout::varlen;
 }
 
+// Decode, counted as above: ptxas spilled m64n64w2 at d=64 (192) and used 240 to 255 registers
+// from 128 to 160 (m64n32w2 at d=64, m32n32w2 at d=256); 112 of 255 leaves a margin.
+constexpr int kDecodeRegistersBesideAccumulators = 143;
+
 int accumulator_budget(const KernelSpec& s, const TileConfig& t, const Target& target) {
+  if (s.direction == gen::Direction::decode) {
+    return register_cap(t, target) - kDecodeRegistersBesideAccumulators;
+  }
   const bool wide_backward = s.direction != gen::Direction::forward && s.head_dim > 128;
   const int budget = register_cap(t, target) - kRegistersBesideAccumulators;
   return (wide_backward || blackwell_varlen_dkdv(s, target) ? budget - 16 : budget) +
@@ -276,6 +362,26 @@ std::string register_budget(const KernelSpec& s, const TileConfig& t, const Targ
   const int budget = accumulator_budget(s, t, target);
   if (count <= budget) return {};
   return fmt::format("{} fp32 accumulators per thread exceed the budget of {}", count, budget);
+}
+
+// The schedule of the persistent sm90 forward and dq kernels when no measurement says otherwise.
+// bench/schedule_model.py (132 CTAs; a tile costs its K/V steps plus one for fill and epilogue)
+// leaves the mean CTA's work at 0.77 to 0.86 of the busiest one's in the strided schedule on
+// heavy-tailed packed batches (it also deals out the empty row blocks of short sequences) and at
+// 0.84 to 0.93 on causal L = 2048 to 8192, against 0.975 to 0.996 in the dynamic schedule, which
+// hands out only row blocks with valid rows, each sequence's longest first, to whichever CTA is
+// free. On dense unmasked shapes every tile costs the same and both are bound alike by the last
+// partial round (0.97): strided stays there, without the counter's atomics and keeping the
+// tunings measured with it.
+gen::Schedule default_schedule(const KernelSpec& spec) {
+  const bool uniform = spec.layout == gen::Layout::dense && !spec.causal && !spec.window;
+  return uniform ? gen::Schedule::strided : gen::Schedule::dynamic;
+}
+
+std::string schedule_reason(const KernelSpec& spec) {
+  return default_schedule(spec) == gen::Schedule::dynamic
+             ? ", dynamic schedule (valid row blocks only, longest first)"
+             : "";
 }
 
 }  // namespace
@@ -305,15 +411,12 @@ std::vector<gen::Family> families(const Target& target) {
 const std::vector<StructuralConstraint>& constraints() {
   // tile_shape first: the others divide by the warps and step in whole mma tiles.
   static const std::vector<StructuralConstraint> all = {
-      {"tile_shape", tile_shape},
-      {"head_dim", supported_head_dim},
-      {"x128_layout", x128_layout},
-      {"work_split", work_split},
-      {"mma_rows", mma_rows},
-      {"x128_divides", x128_divides},
-      {"sm90_kernel", sm90_kernel},
-      {"wgmma_shape", wgmma_shape},
-      {"sm90_registers", sm90_registers},
+      {"tile_shape", tile_shape},     {"head_dim", supported_head_dim},
+      {"x128_layout", x128_layout},   {"work_split", work_split},
+      {"cache_layout", cache_layout}, {"decode_family", decode_family},
+      {"schedule", schedule_kernel},  {"mma_rows", mma_rows},
+      {"x128_divides", x128_divides}, {"sm90_kernel", sm90_kernel},
+      {"wgmma_shape", wgmma_shape},   {"sm90_registers", sm90_registers},
   };
   return all;
 }
@@ -363,31 +466,49 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
   }
   // The Hopper family after the portable tiles: 64-row consumer warpgroups plus the producer
   // warpgroup. Forward: 1 to 3 of 64 query rows, 64 or 128 keys per step. dK/dV: 2 of 64 keys,
-  // 64 or 128 query rows per step, both work splits.
+  // 64 or 128 query rows per step, both work splits. The persistent forward and dq: every tile in
+  // both schedules.
+  constexpr gen::Schedule kSchedules[] = {gen::Schedule::strided, gen::Schedule::dynamic};
   if (spec.direction == gen::Direction::forward && runs(target, gen::Family::sm90)) {
-    for (int m : {64, 128, 192}) {
-      for (int n : {64, 128}) {
-        for (int s : {2, 3}) {
-          TileConfig tile{m, n, 4 + m / 16, s, gen::Family::sm90};
-          if (rejection(spec, tile, target).empty()) out.push_back(tile);
+    for (gen::Schedule schedule : kSchedules) {
+      for (int m : {64, 128, 192}) {
+        for (int n : {64, 128}) {
+          for (int s : {2, 3}) {
+            TileConfig tile{m, n, 4 + m / 16, s, gen::Family::sm90};
+            tile.schedule = schedule;
+            if (rejection(spec, tile, target).empty()) out.push_back(tile);
+          }
         }
       }
     }
   }
+  // dQ: 64-key steps, and above head dim 128 also 32-key steps (from d=160 on the only ones that
+  // fit the registers; up to 128, 64-key steps fit, and wgmma's N of 64 reads the Q and dO
+  // operands from shared memory half as often per key as an N of 32).
   if (spec.direction == gen::Direction::dq && runs(target, gen::Family::sm90)) {
-    for (int m : {64, 128}) {
-      for (int s : {2, 3}) {
-        TileConfig tile{m, 64, 4 + m / 16, s, gen::Family::sm90};
-        if (rejection(spec, tile, target).empty()) out.push_back(tile);
+    for (gen::Schedule schedule : kSchedules) {
+      for (int n : {64, 32}) {
+        if (n == 32 && spec.head_dim <= 128) continue;
+        for (int m : {64, 128}) {
+          for (int s : {2, 3}) {
+            TileConfig tile{m, n, 4 + m / 16, s, gen::Family::sm90};
+            tile.schedule = schedule;
+            if (rejection(spec, tile, target).empty()) out.push_back(tile);
+          }
+        }
       }
     }
   }
+  // dK/dV: two warpgroups of 64 keys in both work splits, then two warpgroups on the same 64
+  // keys, one per gradient.
   if (spec.direction == gen::Direction::dkdv && runs(target, gen::Family::sm90)) {
-    for (bool atomic_dq : {false, true}) {
-      for (int m : {64, 128}) {
-        for (int s : {2, 3}) {
-          TileConfig tile{m, 128, 12, s, gen::Family::sm90, atomic_dq};
-          if (rejection(spec, tile, target).empty()) out.push_back(tile);
+    for (int n : {128, 64}) {
+      for (bool atomic_dq : {false, true}) {
+        for (int m : {64, 128}) {
+          for (int s : {2, 3}) {
+            TileConfig tile{m, n, 12, s, gen::Family::sm90, atomic_dq};
+            if (rejection(spec, tile, target).empty()) out.push_back(tile);
+          }
         }
       }
     }
@@ -395,12 +516,22 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
   return out;
 }
 
+int decode_splits(long long ctas_per_split, long long key_tiles, int sm_count) {
+  const long long wanted = (2LL * sm_count + ctas_per_split - 1) / std::max(1LL, ctas_per_split);
+  const long long bound = std::min<long long>(key_tiles, kMaxDecodeSplits);
+  return static_cast<int>(std::max(1LL, std::min(wanted, bound)));
+}
+
 bool one_pass_by_default(const KernelSpec& dkdv, const Target& target) {
   // On sm_90a at d=128 the Hopper dQ kernel makes the two-kernel split the faster one at every
   // length (H200, bf16: 417-443 TFLOPS against 378-403 for L = 512..16384): the one-pass dK/dV
   // kernel's dQ turn waits for both warpgroups' dS^T and adds dQ with atomics. At d=64 the two
-  // are level (the one-pass 5 % ahead at L = 4096).
-  return !(runs(target, gen::Family::sm90) && dkdv.head_dim == 128);
+  // are level (the one-pass 5 % ahead at L = 4096). At the other head dims of the Hopper
+  // backward its one-pass kernel has no tile (whole 64-column dQ parts per warpgroup need d=128),
+  // and the portable family's one-pass kernel would be the slower default: the portable backward
+  // ran d=96 at 200 TFLOPS on an H200, where the d=128 Hopper split runs 455.
+  if (!runs(target, gen::Family::sm90) || dkdv.head_dim == 64) return true;
+  return default_tile(dkdv, target).tile.family != gen::Family::sm90;
 }
 
 DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool atomic_dq) {
@@ -456,30 +587,67 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
        "sm_90a: wgmma/TMA family, 1 consumer warpgroup x 64 rows (240 registers for wide "
        "heads), 64-key steps"},
   };
-  // Hopper dK/dV at head dims 64 and 128: two consumer warpgroups share each Q/dO tile. 128-query
+  // Hopper dK/dV at head dims 64 to 128: two consumer warpgroups share each Q/dO tile. 128-query
   // steps where dK, dV, S^T and dP^T fit the registers (d=64): the S^T and dP^T wgmmas then read
   // each K/V operand once per 128 queries, and the one-pass split needs them there for whole
-  // 64-column dQ parts. 64-query steps otherwise (d=128).
+  // 64-column dQ parts. 64-query steps otherwise (d=80 to 128): head dims 80, 96 and 112 are
+  // stored as two 64-column blocks like 128, so they take its shared memory and its tile, the
+  // one tuned best at d=128 (data/h200.json). Above d=128 dK and dV of 64 keys no longer fit one
+  // warpgroup's registers: two warpgroups share 64 keys, one accumulating dV and one dK
+  // (head_dim / 2 registers each; FlashAttention-3 likewise spreads a key block's dK and dV over
+  // more warpgroups at d=192 and 256), 64-query steps, three stages where they fit (d <= 192: a
+  // consumer holds two, the third lets TMA run ahead), else two (from d=208 on, Q and dO tiles
+  // of 64 KiB per stage).
   static const std::vector<Preference> hopper_dkdv = {
       {{128, 128, 12, 2, gen::Family::sm90},
        "sm_90a: wgmma/TMA dK/dV, 2 consumer warpgroups x 64 keys, 128-query steps"},
       {{64, 128, 12, 2, gen::Family::sm90},
        "sm_90a: wgmma/TMA dK/dV, 2 consumer warpgroups x 64 keys, 64-query steps"},
+      {{64, 64, 12, 3, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dK/dV, 2 consumer warpgroups on 64 keys (dV in one, dK in the other), "
+       "64-query steps, 3 stages"},
+      {{64, 64, 12, 2, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dK/dV, 2 consumer warpgroups on 64 keys (dV in one, dK in the other), "
+       "64-query steps, 2 stages (less shared memory)"},
   };
-  // Hopper dQ at head dims 64 and 128: two consumer warpgroups share each K/V tile, 64-key steps
+  // Hopper dQ at head dims 64 to 128: two consumer warpgroups share each K/V tile, 64-key steps
   // (S, dP and the dS fragments beside dQ fit 232 registers up to block_n 64 at d=128), three
-  // stages so that TMA runs ahead of the two a consumer holds.
+  // stages so that TMA runs ahead of the two a consumer holds. d=80 to 112 take d=128's tile
+  // for the reason dK/dV do. From d=160 on, S, dP and the dS fragments of 64 keys beside dQ
+  // exceed the registers: 32-key steps; from d=208 on with one consumer warpgroup
+  // (sm90_registers).
   static const std::vector<Preference> hopper_dq = {
       {{128, 64, 12, 3, gen::Family::sm90},
        "sm_90a: wgmma/TMA dQ, 2 consumer warpgroups x 64 rows, 64-key steps, 3 stages"},
       {{128, 64, 12, 2, gen::Family::sm90},
        "sm_90a: wgmma/TMA dQ, 2 consumer warpgroups x 64 rows, 64-key steps, 2 stages"},
+      {{128, 32, 12, 3, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dQ, 2 consumer warpgroups x 64 rows, 32-key steps (fewer S and dP "
+       "registers), 3 stages"},
+      {{128, 32, 12, 2, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dQ, 2 consumer warpgroups x 64 rows, 32-key steps, 2 stages"},
+      {{64, 32, 8, 3, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dQ, 1 consumer warpgroup x 64 rows, 32-key steps, 3 stages"},
+      {{64, 32, 8, 2, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dQ, 1 consumer warpgroup x 64 rows, 32-key steps, 2 stages"},
+  };
+  // Decode reads every K/V tile once for all rows of a GQA group (heads_q / heads_kv query heads
+  // times the query rows), 16 of them for decode steps up to GQA 16:1. The kernel is bound by HBM,
+  // so the tile's job is bytes in flight: 64-key steps of 16 keys per warp and three stages keep
+  // two tiles loading while one is used, and two such CTAs fit an SM's shared memory at d=128.
+  // The split count is chosen per call (decode_splits).
+  static const std::vector<Preference> decode = {
+      {{16, 64, 4, 3}, "decode: 16 rows, 64-key steps on 4 warps (16 keys each), 3 stages"},
+      {{16, 64, 4, 2}, "decode: 16 rows, 64-key steps on 4 warps, 2 stages (less shared memory)"},
+      {{16, 32, 2, 2}, "decode: 16 rows, 32-key steps on 2 warps, 2 stages (least shared memory)"},
   };
   if (spec.direction == gen::Direction::forward && runs(target, gen::Family::sm90)) {
     for (const auto& p : hopper) {
-      if (rejection(spec, p.tile, target).empty()) {
-        return {p.tile, fmt::format("heuristic for {} on {}: {}", gen::to_string(spec), target.arch,
-                                    p.why)};
+      TileConfig tile = p.tile;
+      tile.schedule = default_schedule(spec);
+      if (rejection(spec, tile, target).empty()) {
+        return {tile, fmt::format("heuristic for {} on {}: {}{}", gen::to_string(spec), target.arch,
+                                  p.why, schedule_reason(spec))};
       }
     }
   }
@@ -487,9 +655,10 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
     for (const auto& p : hopper_dq) {
       TileConfig tile = p.tile;
       tile.atomic_dq = atomic_dq;  // rejected: the atomic dQ split is a dK/dV one
+      tile.schedule = default_schedule(spec);
       if (rejection(spec, tile, target).empty()) {
-        return {tile, fmt::format("heuristic for {} on {}: {}", gen::to_string(spec), target.arch,
-                                  p.why)};
+        return {tile, fmt::format("heuristic for {} on {}: {}{}", gen::to_string(spec), target.arch,
+                                  p.why, schedule_reason(spec))};
       }
     }
   }
@@ -503,10 +672,11 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
       }
     }
   }
-  const auto& preferences = spec.direction == gen::Direction::dq     ? dq
-                            : spec.direction == gen::Direction::dkdv ? dkdv
-                            : spec.head_dim <= 64                    ? small_heads
-                                                                     : large_heads;
+  const auto& preferences = spec.direction == gen::Direction::dq       ? dq
+                            : spec.direction == gen::Direction::dkdv   ? dkdv
+                            : spec.direction == gen::Direction::decode ? decode
+                            : spec.head_dim <= 64                      ? small_heads
+                                                                       : large_heads;
   std::string skipped;
   for (const auto& p : preferences) {
     TileConfig tile = p.tile;

@@ -77,6 +77,16 @@ struct DefaultChoice {
 DefaultChoice default_tile(const gen::KernelSpec& spec, const Target& target,
                            bool atomic_dq = false);
 
+// The most CTAs a decode call splits one (batch, kv head, row block)'s cache into.
+inline constexpr int kMaxDecodeSplits = 1024;
+
+// The split count of a decode call whose tile leaves it open (splits 0): enough CTAs to fill every
+// SM twice, ceil(2 * sm_count / ctas_per_split) where ctas_per_split counts the (batch, kv head,
+// row block) work units, but no more than the key tiles of the cache (key_tiles) or
+// kMaxDecodeSplits, and at least 1. Sigmoid attention needs no normalizer, so the splits' partial
+// outputs simply add.
+int decode_splits(long long ctas_per_split, long long key_tiles, int sm_count);
+
 // Whether a backward call that allows atomics (deterministic = false) defaults to the one-pass
 // split (atomic dQ) for `dkdv` on `target`, rather than to the two-kernel split.
 bool one_pass_by_default(const gen::KernelSpec& dkdv, const Target& target);

@@ -36,7 +36,7 @@ void check_gradients(const BackwardArgs& args, const TokenRows& rows, bool varle
 
 // The one-pass split: dK/dV with dQ added atomically into a zeroed fp32 workspace, then its
 // conversion into grad_q.
-void launch_one_pass(const BackwardArgs& args, const BackwardSpecs& specs,
+void launch_one_pass(const BackwardArgs& args, const BackwardSpecs& specs, const CallOperands& call,
                      const LoadedKernel& dkdv_kernel, const gen::Variant& dkdv, BwdParams params,
                      CUstream stream) {
   const ForwardArgs& in = args.inputs;
@@ -54,7 +54,7 @@ void launch_one_pass(const BackwardArgs& args, const BackwardSpecs& specs,
   params.dq_accum_head_stride = in.head_dim;
   SIGATTN_CU(
       cuda::driver().cuMemsetD32Async(workspace.ptr(), 0, static_cast<std::size_t>(words), stream));
-  launch_kernel(dkdv_kernel, dkdv, {in, &args.grad_out}, params, stream);
+  launch_kernel(dkdv_kernel, dkdv, call, params, stream);
   const unsigned convert_blocks = static_cast<unsigned>(
       (in.max_seqlen_q + gen::kDqConvertRowsPerCta - 1) / gen::kDqConvertRowsPerCta);
   launch(convert, params,
@@ -88,7 +88,7 @@ void launch_backward(const BackwardArgs& args, const BackwardSpecs& specs,
   const gen::TileConfig& dq = tiles.dq;
   const policy::Target target = current_target();
   const ForwardArgs& in = args.inputs;
-  const CallOperands call{in, &args.grad_out};
+  CallOperands call{in, &args.grad_out};
   // Every tile is checked before anything is compiled or launched, so a rejected call leaves the
   // gradients as they were.
   check_tile(specs.dkdv, dkdv, target, call);
@@ -109,13 +109,17 @@ void launch_backward(const BackwardArgs& args, const BackwardSpecs& specs,
   // The host check left the packed token axis out: it spans the tokens the prefix sums count, or
   // max_seqlen rows when they were not read.
   if (varlen) check_gradients(args, rows, varlen);
+  if (rows.counted) {
+    call.packed_tokens_q = rows.q;
+    call.packed_tokens_k = rows.k;
+  }
 
   const BwdParams params = backward_params(args, specs.dq.layout);
   const gen::Variant dkdv_variant{specs.dkdv, dkdv};
   const LoadedKernel dkdv_kernel = load_kernel(dkdv_variant);
   log_launch(dkdv_variant, tiles.dkdv_origin, dkdv_kernel);
   if (dkdv.atomic_dq) {
-    launch_one_pass(args, specs, dkdv_kernel, dkdv_variant, params, stream);
+    launch_one_pass(args, specs, call, dkdv_kernel, dkdv_variant, params, stream);
     return;
   }
   const gen::Variant dq_variant{specs.dq, dq};

@@ -1,4 +1,5 @@
-// The C ABI: sigattn_forward_args / sigattn_backward_args -> the C++ argument structs, exceptions
+// The C ABI: sigattn_forward_args / sigattn_backward_args / sigattn_kvcache_args -> the C++
+// argument structs, exceptions
 // -> status codes, and the message of the last failure kept per thread for sigattn_last_error().
 #include <sigattn/sigattn.h>
 
@@ -27,23 +28,17 @@ sigattn::TensorRef to_tensor(const sigattn_tensor& tensor) {
   return {tensor.data, tensor.batch_stride, tensor.seq_stride, tensor.head_stride};
 }
 
-sigattn::ForwardArgs to_forward_args(const sigattn_forward_args& c) {
-  sigattn::ForwardArgs args;
+// The fields that forward and KV-cache calls share, under the same names in the C and C++
+// structs: the problem's sizes and the score options.
+template <class CArgs, class Args>
+void copy_common(const CArgs& c, Args& args) {
   args.dtype = static_cast<sigattn::DType>(raw_value(c.dtype));
   args.batch = c.batch;
   args.heads_q = c.heads_q;
   args.heads_kv = c.heads_kv;
   args.head_dim = c.head_dim;
-  args.max_seqlen_q = c.max_seqlen_q;
-  args.max_seqlen_k = c.max_seqlen_k;
   args.q = to_tensor(c.q);
-  args.k = to_tensor(c.k);
-  args.v = to_tensor(c.v);
   args.out = to_tensor(c.out);
-  args.seq_lens_q = c.seq_lens_q;
-  args.seq_lens_k = c.seq_lens_k;
-  args.cu_seqlens_q = c.cu_seqlens_q;
-  args.cu_seqlens_k = c.cu_seqlens_k;
   args.score_mod = c.score_mod;
   args.score_mod_batch_stride = c.score_mod_batch_stride;
   args.causal = c.causal != 0;
@@ -53,6 +48,40 @@ sigattn::ForwardArgs to_forward_args(const sigattn_forward_args& c) {
   if (c.has_bias != 0) args.bias = c.bias;
   args.sigmoid = static_cast<sigattn::SigmoidMode>(raw_value(c.sigmoid));
   args.trust_lengths = c.trust_lengths != 0;
+}
+
+sigattn::ForwardArgs to_forward_args(const sigattn_forward_args& c) {
+  sigattn::ForwardArgs args;
+  copy_common(c, args);
+  args.max_seqlen_q = c.max_seqlen_q;
+  args.max_seqlen_k = c.max_seqlen_k;
+  args.k = to_tensor(c.k);
+  args.v = to_tensor(c.v);
+  args.seq_lens_q = c.seq_lens_q;
+  args.seq_lens_k = c.seq_lens_k;
+  args.cu_seqlens_q = c.cu_seqlens_q;
+  args.cu_seqlens_k = c.cu_seqlens_k;
+  return args;
+}
+
+sigattn::KvCacheArgs to_kvcache_args(const sigattn_kvcache_args& c) {
+  sigattn::KvCacheArgs args;
+  copy_common(c, args);
+  args.seqlen_q = c.seqlen_q;
+  args.k_cache = to_tensor(c.k_cache);
+  args.v_cache = to_tensor(c.v_cache);
+  args.max_cache_len = c.max_cache_len;
+  args.block_table = c.block_table;
+  args.block_table_batch_stride = c.block_table_batch_stride;
+  args.max_blocks = c.max_blocks;
+  args.num_blocks = c.num_blocks;
+  args.block_size = c.block_size;
+  args.cache_seqlens = c.cache_seqlens;
+  args.k_new = to_tensor(c.k_new);
+  args.v_new = to_tensor(c.v_new);
+  args.seqlen_new = c.seqlen_new;
+  args.workspace = c.workspace;
+  args.workspace_bytes = c.workspace_bytes;
   return args;
 }
 
@@ -112,7 +141,6 @@ void sigattn_backward_args_init(sigattn_backward_args* args) {
   if (args == nullptr) return;
   std::memset(args, 0, sizeof(*args));
   sigattn_forward_args_init(&args->inputs);
-  args->deterministic = 1;
 }
 
 sigattn_status sigattn_backward(const sigattn_backward_args* args, CUstream stream) {
@@ -128,6 +156,29 @@ sigattn_status sigattn_backward(const sigattn_backward_args* args, CUstream stre
     backward.deterministic = args->deterministic != 0;
     sigattn::backward(backward, stream);
   });
+}
+
+void sigattn_kvcache_args_init(sigattn_kvcache_args* args) {
+  if (args == nullptr) return;
+  std::memset(args, 0, sizeof(*args));
+  args->dtype = SIGATTN_BF16;
+  args->sigmoid = SIGATTN_SIGMOID_FAST;
+  args->causal = 1;
+  args->window_left = -1;
+  args->window_right = -1;
+}
+
+sigattn_status sigattn_forward_with_kvcache(const sigattn_kvcache_args* args, CUstream stream) {
+  last_error.clear();
+  if (args == nullptr) return fail(SIGATTN_INVALID_ARGUMENT, "args is null");
+  return guarded([&] { sigattn::forward_with_kvcache(to_kvcache_args(*args), stream); });
+}
+
+sigattn_status sigattn_kvcache_workspace_bytes(const sigattn_kvcache_args* args, size_t* bytes) {
+  last_error.clear();
+  if (args == nullptr) return fail(SIGATTN_INVALID_ARGUMENT, "args is null");
+  if (bytes == nullptr) return fail(SIGATTN_INVALID_ARGUMENT, "bytes is null");
+  return guarded([&] { *bytes = sigattn::kvcache_workspace_bytes(to_kvcache_args(*args)); });
 }
 
 sigattn_status sigattn_set_database_path(const char* path) {

@@ -88,6 +88,8 @@ DriverApi resolve_all(void* library) {
   SIGATTN_RESOLVE(cuStreamWaitEvent);
   SIGATTN_RESOLVE(cuStreamSynchronize);
   SIGATTN_RESOLVE(cuStreamIsCapturing);
+  SIGATTN_RESOLVE(cuStreamGetId);
+  SIGATTN_RESOLVE(cuThreadExchangeStreamCaptureMode);
   SIGATTN_RESOLVE(cuPointerGetAttribute);
   SIGATTN_RESOLVE(cuEventCreate);
   SIGATTN_RESOLVE(cuEventDestroy);

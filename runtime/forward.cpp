@@ -42,7 +42,7 @@ void check_output(const ForwardArgs& args, const TokenRows& rows, bool varlen) {
 
 void launch(const ForwardArgs& args, const gen::KernelSpec& spec, const policy::Target& target,
             const gen::TileConfig& tile, const TileOrigin& origin, CUstream stream) {
-  const CallOperands call{args};
+  CallOperands call{args};
   check_tile(spec, tile, target, call);
   check_device_pointers(args, {{"out.data", args.out.data}});
   const TokenRows rows = check_lengths_on_device(args, stream);
@@ -50,6 +50,10 @@ void launch(const ForwardArgs& args, const gen::KernelSpec& spec, const policy::
   // The host check left the packed token axis out: it spans the tokens the prefix sums count, or
   // max_seqlen rows when they were not read.
   if (varlen) check_output(args, rows, varlen);
+  if (rows.counted) {
+    call.packed_tokens_q = rows.q;
+    call.packed_tokens_k = rows.k;
+  }
 
   const gen::Variant variant{spec, tile};
   const LoadedKernel kernel = load_kernel(variant);

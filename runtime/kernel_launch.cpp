@@ -15,6 +15,7 @@
 #include "generator/generator.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "runtime/errors.hpp"
+#include "runtime/tile_counters.hpp"
 
 namespace sigattn {
 namespace {
@@ -24,7 +25,8 @@ constexpr Operand kDkdvMaps[] = {Operand::q, Operand::grad_out};
 constexpr Operand kDqMaps[] = {Operand::q, Operand::grad_out, Operand::k, Operand::v};
 
 template <class Params>
-KernelArgument without_maps(const DirectionParams& params, std::span<const TmaDescriptor>) {
+KernelArgument without_maps(const DirectionParams& params, std::span<const TmaDescriptor>,
+                            TileCounter*) {
   return std::get<Params>(params);
 }
 
@@ -49,9 +51,9 @@ const InterfaceEntry kInterfaces[] = {
      {.tma_maps = kForwardMaps,
       .rows = TileRows::queries,
       .grid = GridShape::persistent,
-      .argument = [](const DirectionParams& params,
-                     std::span<const TmaDescriptor> maps) -> KernelArgument {
-        return FwdSm90Params{std::get<FwdParams>(params), maps[0], maps[1], maps[2]};
+      .argument = [](const DirectionParams& params, std::span<const TmaDescriptor> maps,
+                     TileCounter* tile_counter) -> KernelArgument {
+        return FwdSm90Params{std::get<FwdParams>(params), maps[0], maps[1], maps[2], tile_counter};
       }}},
     {gen::Direction::dkdv,
      gen::Family::sm80,
@@ -64,8 +66,8 @@ const InterfaceEntry kInterfaces[] = {
      {.tma_maps = kDkdvMaps,
       .rows = TileRows::keys,
       .grid = GridShape::one_cta_per_tile,
-      .argument = [](const DirectionParams& params,
-                     std::span<const TmaDescriptor> maps) -> KernelArgument {
+      .argument = [](const DirectionParams& params, std::span<const TmaDescriptor> maps,
+                     TileCounter*) -> KernelArgument {
         return BwdSm90Params{std::get<BwdParams>(params), maps[0], maps[1]};
       }}},
     {gen::Direction::dq,
@@ -79,10 +81,18 @@ const InterfaceEntry kInterfaces[] = {
      {.tma_maps = kDqMaps,
       .rows = TileRows::queries,
       .grid = GridShape::persistent,
-      .argument = [](const DirectionParams& params,
-                     std::span<const TmaDescriptor> maps) -> KernelArgument {
-        return BwdDqSm90Params{std::get<BwdParams>(params), maps[0], maps[1], maps[2], maps[3]};
+      .argument = [](const DirectionParams& params, std::span<const TmaDescriptor> maps,
+                     TileCounter* tile_counter) -> KernelArgument {
+        return BwdDqSm90Params{
+            std::get<BwdParams>(params), maps[0], maps[1], maps[2], maps[3], tile_counter};
       }}},
+    // The query rows of a GQA group against the cache, split over the cache's key tiles.
+    {gen::Direction::decode,
+     gen::Family::sm80,
+     {.tma_maps = {},
+      .rows = TileRows::queries,
+      .grid = GridShape::split_kv,
+      .argument = without_maps<DecodeParams>}},
 };
 
 // Generation is a pure function of the variant (the templates are fixed at build time), so each
@@ -103,6 +113,10 @@ gen::GeneratedKernel generate_for_launch(const gen::Variant& variant) {
 
 Grid grid_of(const KernelInterface& interface, const LoadedKernel& kernel,
              const gen::Variant& variant, const ForwardArgs& in) {
+  if (interface.grid == GridShape::split_kv) {
+    throw std::logic_error(
+        fmt::format("{} is launched by launch_decode_kernel", gen::to_string(variant)));
+  }
   const gen::TileConfig& tile = variant.tile;
   const bool keys = interface.rows == TileRows::keys;
   const int rows = keys ? in.max_seqlen_k : in.max_seqlen_q;
@@ -112,8 +126,8 @@ Grid grid_of(const KernelInterface& interface, const LoadedKernel& kernel,
   if (interface.grid == GridShape::persistent) {
     return {persistent_grid(kernel, tile, blocks, heads, in.batch), 1, 1};
   }
-  return {static_cast<unsigned>(blocks * gen::grid_slices(variant.spec)),
-          static_cast<unsigned>(heads), static_cast<unsigned>(in.batch)};
+  return {static_cast<unsigned>(blocks * gen::grid_slices(variant)), static_cast<unsigned>(heads),
+          static_cast<unsigned>(in.batch)};
 }
 
 }  // namespace
@@ -144,7 +158,28 @@ void launch_kernel(const LoadedKernel& kernel, const gen::Variant& variant,
     maps.push_back(encode_tma(call, operand, variant.tile, varlen));
   }
   const Grid grid = grid_of(interface, kernel, variant, call.inputs);
-  launch(kernel, interface.argument(params, maps), grid, stream);
+  TileCounter* tile_counter = variant.tile.schedule == gen::Schedule::dynamic
+                                  ? TileCounters::instance().for_launch(stream)
+                                  : nullptr;
+  launch(kernel, interface.argument(params, maps, tile_counter), grid, stream);
+}
+
+void launch_decode_kernel(const LoadedKernel& kernel, const gen::Variant& variant,
+                          const DecodeParams& params, CUstream stream) {
+  const KernelInterface& interface = kernel_interface(variant.spec.direction, variant.tile.family);
+  if (interface.grid != GridShape::split_kv) {
+    throw std::logic_error(
+        fmt::format("{} is not launched over a split-KV grid", gen::to_string(variant)));
+  }
+  const long long ctas = static_cast<long long>(params.row_blocks) * params.splits;
+  if (ctas > std::numeric_limits<int>::max()) {
+    throw_unsupported(fmt::format("{} row blocks x {} splits are more CTAs than a grid holds",
+                                  params.row_blocks, params.splits));
+  }
+  launch(kernel, interface.argument(params, {}),
+         {static_cast<unsigned>(ctas), static_cast<unsigned>(params.heads_kv),
+          static_cast<unsigned>(params.batch)},
+         stream);
 }
 
 void launch(const LoadedKernel& kernel, KernelArgument argument, const Grid& grid,
@@ -158,7 +193,9 @@ void launch(const LoadedKernel& kernel, KernelArgument argument, const Grid& gri
 unsigned persistent_grid(const LoadedKernel& kernel, const gen::TileConfig& tile, long long blocks,
                          int heads, int batch) {
   const long long work_tiles = blocks * heads * batch;
-  if (work_tiles > std::numeric_limits<int>::max()) {
+  // The dynamic schedule's counter runs on past the last tile by one index per CTA, at most as
+  // many as there are tiles.
+  if (work_tiles > std::numeric_limits<int>::max() / 2) {
     throw_unsupported(fmt::format(
         "tile {} numbers its work tiles with int, and {} blocks x {} heads x {} sequences are {} "
         "of them",

@@ -17,22 +17,27 @@
 #include "runtime/module_cache.hpp"
 #include "sigattn/bwd_params.h"
 #include "sigattn/bwd_sm90_params.h"
+#include "sigattn/decode_params.h"
 #include "sigattn/fwd_params.h"
 #include "sigattn/fwd_sm90_params.h"
 
 namespace sigattn {
 
-// The parameters of a call in its direction: forward, or backward (dK/dV, dQ and the conversion).
-using DirectionParams = std::variant<FwdParams, BwdParams>;
+// The parameters of a call in its direction: forward, backward (dK/dV, dQ and the conversion), or
+// decode (the append, the attention and the sum of its splits).
+using DirectionParams = std::variant<FwdParams, BwdParams, DecodeParams>;
 // The one argument a kernel takes.
 using KernelArgument =
-    std::variant<FwdParams, FwdSm90Params, BwdParams, BwdSm90Params, BwdDqSm90Params>;
+    std::variant<FwdParams, FwdSm90Params, BwdParams, BwdSm90Params, BwdDqSm90Params, DecodeParams>;
 
 enum class GridShape {
   // (row blocks x grid_slices, heads, batch): one CTA per work tile.
   one_cta_per_tile,
   // (CTAs resident on the GPU at once, 1, 1), each walking work tiles with stride gridDim.x.
   persistent,
+  // (row blocks x splits, heads_kv, batch): one CTA per split of a (batch, kv head, row block)'s
+  // cache, the decode kernel's grid.
+  split_kv,
 };
 
 // What a kernel's work tiles are blocks of, times heads and batch: query rows (block_m rows,
@@ -45,8 +50,10 @@ struct KernelInterface {
   std::span<const Operand> tma_maps;
   TileRows rows;
   GridShape grid;
-  // The kernel's argument from the direction's parameters and the maps of tma_maps.
-  KernelArgument (*argument)(const DirectionParams& params, std::span<const TmaDescriptor> maps);
+  // The kernel's argument from the direction's parameters, the maps of tma_maps and the tile
+  // counter of the dynamic schedule (null in the strided one).
+  KernelArgument (*argument)(const DirectionParams& params, std::span<const TmaDescriptor> maps,
+                             TileCounter* tile_counter);
 };
 
 const KernelInterface& kernel_interface(gen::Direction direction, gen::Family family);
@@ -67,11 +74,16 @@ struct Grid {
   unsigned x, y, z;
 };
 
+// Launches the decode kernel of `variant` over the split-KV grid of `params`.
+void launch_decode_kernel(const LoadedKernel& kernel, const gen::Variant& variant,
+                          const DecodeParams& params, CUstream stream);
+
 // Launches `kernel` with `argument` over `grid`, with the kernel's threads and shared memory.
 void launch(const LoadedKernel& kernel, KernelArgument argument, const Grid& grid, CUstream stream);
 
 // The grid of a persistent sm90 kernel over blocks x heads x batch work tiles: as many CTAs as
-// fit on the GPU at once, at most one per tile. Throws when the tiles outnumber an int.
+// fit on the GPU at once, at most one per tile. Throws when twice the tiles outnumber an int (the
+// dynamic schedule counts past the last tile).
 unsigned persistent_grid(const LoadedKernel& kernel, const gen::TileConfig& tile, long long blocks,
                          int heads, int batch);
 

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "runtime/cuda_driver.hpp"
+#include "runtime/validation.hpp"
 
 namespace sigattn {
 namespace {
@@ -22,13 +23,15 @@ void copy_strides(const TensorRef& t, gen::Layout layout, long long& batch_strid
   head_stride = t.head_stride;
 }
 
-// An operand as the TMA encoder sees it: its name, view, heads and token rows per sequence, and
-// whether its boxes span block_n (key) rather than block_m (query) rows.
+// An operand as the TMA encoder sees it: its name, view, heads, token rows per sequence and
+// packed tokens (varlen, 0: unknown), and whether its boxes span block_n (key) rather than
+// block_m (query) rows.
 struct OperandView {
   std::string_view name;
   const TensorRef& tensor;
   int heads;
   int max_seqlen;
+  std::int64_t packed_tokens;
   bool key_side;
 };
 
@@ -37,24 +40,29 @@ OperandView view_of(const CallOperands& call, Operand operand) {
   const std::string_view name = operand_name(operand);
   switch (operand) {
     case Operand::q:
-      return {name, in.q, in.heads_q, in.max_seqlen_q, false};
+      return {name, in.q, in.heads_q, in.max_seqlen_q, call.packed_tokens_q, false};
     case Operand::k:
-      return {name, in.k, in.heads_kv, in.max_seqlen_k, true};
+      return {name, in.k, in.heads_kv, in.max_seqlen_k, call.packed_tokens_k, true};
     case Operand::v:
-      return {name, in.v, in.heads_kv, in.max_seqlen_k, true};
+      return {name, in.v, in.heads_kv, in.max_seqlen_k, call.packed_tokens_k, true};
     case Operand::grad_out:
       break;
   }
-  return {name, *call.grad_out, in.heads_q, in.max_seqlen_q, false};
+  return {name, *call.grad_out, in.heads_q, in.max_seqlen_q, call.packed_tokens_q, false};
 }
 
 // The map of q, k or v for the sm90 kernel: boxes of 64 elements (128 bytes, the swizzle span) by
 // `box_rows` tokens of one head, 128-byte swizzle, zeros outside the tensor. The varlen layout
-// packs every sequence on one token axis of at most batch * max_seqlen tokens (batch extent 1).
+// packs every sequence on one token axis (batch extent 1): the tokens the prefix sums count when
+// the host read them, so a box reaching past the last sequence reads zeros and not past the
+// caller's tensor; else the most there can be, batch * max_seqlen.
 TmaDescriptor encode_map(std::string_view name, const TensorRef& t, DType dtype, int head_dim,
-                         int max_seqlen, int heads, int batch, bool varlen, int box_rows) {
+                         int max_seqlen, std::int64_t packed_tokens, int heads, int batch,
+                         bool varlen, int box_rows) {
   constexpr std::uint64_t kElementBytes = 2;
-  const std::uint64_t tokens = varlen ? std::uint64_t(batch) * max_seqlen : max_seqlen;
+  const std::uint64_t packed = packed_tokens > 0 ? static_cast<std::uint64_t>(packed_tokens)
+                                                 : std::uint64_t(batch) * max_seqlen;
+  const std::uint64_t tokens = varlen ? packed : max_seqlen;
   const auto bytes = [](std::int64_t stride) {
     return stride != 0 ? static_cast<cuuint64_t>(stride) * kElementBytes : cuuint64_t{16};
   };
@@ -146,6 +154,48 @@ BwdParams backward_params(const BackwardArgs& args, gen::Layout layout) {
   return params;
 }
 
+DecodeParams decode_params(const KvCacheArgs& args, int splits, int row_blocks) {
+  DecodeParams params{};
+  params.q = args.q.data;
+  params.o = args.out.data;
+  params.k = args.k_cache.data;
+  params.v = args.v_cache.data;
+  params.k_new = args.k_new.data;
+  params.v_new = args.v_new.data;
+  const gen::Layout dense = gen::Layout::dense;
+  copy_strides(args.q, dense, params.q_batch_stride, params.q_seq_stride, params.q_head_stride);
+  copy_strides(args.out, dense, params.o_batch_stride, params.o_seq_stride, params.o_head_stride);
+  copy_strides(args.k_cache, dense, params.k_batch_stride, params.k_seq_stride,
+               params.k_head_stride);
+  copy_strides(args.v_cache, dense, params.v_batch_stride, params.v_seq_stride,
+               params.v_head_stride);
+  copy_strides(args.k_new, dense, params.k_new_batch_stride, params.k_new_seq_stride,
+               params.k_new_head_stride);
+  copy_strides(args.v_new, dense, params.v_new_batch_stride, params.v_new_seq_stride,
+               params.v_new_head_stride);
+  params.cache_seqlens = args.cache_seqlens;
+  params.block_table = args.block_table;
+  params.block_table_batch_stride = args.block_table_batch_stride;
+  params.block_size = args.block_size;
+  params.num_blocks = args.num_blocks;
+  params.capacity = kvcache_capacity(args);
+  params.seqlen_new = args.seqlen_new;
+  params.score_mod = args.score_mod;
+  params.score_mod_batch_stride = args.score_mod != nullptr ? args.score_mod_batch_stride : 0;
+  params.batch = args.batch;
+  params.heads_q = args.heads_q;
+  params.heads_kv = args.heads_kv;
+  params.seqlen_q = args.seqlen_q;
+  params.splits = splits;
+  params.row_blocks = row_blocks;
+  params.scale = args.scale.value_or(1.0f / std::sqrt(static_cast<float>(args.head_dim)));
+  params.has_bias = args.bias.has_value() ? 1 : 0;
+  params.bias = args.bias.value_or(0.0f);
+  params.window_left = args.window_left;
+  params.window_right = args.window_right;
+  return params;
+}
+
 // A TMA tensor map over (head_dim, tokens, heads, batch) needs every stride a nonzero multiple of
 // 16 bytes: a zero stride over more than one head or sequence (one K/V row broadcast to every
 // head, say) has none. Strides of extent-1 dimensions are never used and are replaced.
@@ -177,8 +227,9 @@ TmaDescriptor encode_tma(const CallOperands& call, Operand operand, const gen::T
                          bool varlen) {
   const ForwardArgs& in = call.inputs;
   const OperandView view = view_of(call, operand);
-  return encode_map(view.name, view.tensor, in.dtype, in.head_dim, view.max_seqlen, view.heads,
-                    in.batch, varlen, view.key_side ? tile.block_n : tile.block_m);
+  return encode_map(view.name, view.tensor, in.dtype, in.head_dim, view.max_seqlen,
+                    view.packed_tokens, view.heads, in.batch, varlen,
+                    view.key_side ? tile.block_n : tile.block_m);
 }
 
 }  // namespace sigattn

@@ -11,6 +11,7 @@
 
 #include "generator/kernel_spec.hpp"
 #include "sigattn/bwd_params.h"
+#include "sigattn/decode_params.h"
 #include "sigattn/fwd_params.h"
 #include "sigattn/fwd_sm90_params.h"
 
@@ -22,6 +23,10 @@ FwdParams forward_params(const ForwardArgs& args, gen::Layout layout);
 // split's dQ workspace is left null for its launch to set.
 BwdParams backward_params(const BackwardArgs& args, gen::Layout layout);
 
+// The parameters of a validated KV-cache call with `splits` CTAs per (batch, kv head, row block)
+// and `row_blocks` row blocks; partial (the split-KV workspace) is left null for the launch to set.
+DecodeParams decode_params(const KvCacheArgs& args, int splits, int row_blocks);
+
 // A tensor that a kernel can stream through a TMA map. q and grad_out hold query rows (boxes of
 // block_m tokens, heads_q heads), k and v key rows (boxes of block_n tokens, heads_kv heads).
 enum class Operand { q, k, v, grad_out };
@@ -29,10 +34,14 @@ enum class Operand { q, k, v, grad_out };
 // "q", "k", "v" or "grad_out": the argument's name.
 std::string_view operand_name(Operand operand);
 
-// The operands of one call: the forward's inputs, and in the backward grad_out.
+// The operands of one call: the forward's inputs, and in the backward grad_out. In the varlen
+// layout, the packed tokens of the query side (q, out, grad_out) and of the key side (k, v) when
+// the host has read the prefix sums; 0 when it has not (then at most batch * max_seqlen).
 struct CallOperands {
   const ForwardArgs& inputs;
   const TensorRef* grad_out = nullptr;
+  std::int64_t packed_tokens_q = 0;
+  std::int64_t packed_tokens_k = 0;
 };
 
 // A tensor an sm90 kernel streams through a TMA map: its name in messages, its view and its heads.

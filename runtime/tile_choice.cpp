@@ -15,6 +15,7 @@
 #include "runtime/log.hpp"
 #include "runtime/online_tuning_hook.hpp"
 #include "runtime/persistent_cache.hpp"
+#include "runtime/validation.hpp"
 
 namespace sigattn {
 namespace {
@@ -89,12 +90,17 @@ void log_launch(const gen::Variant& variant, const TileOrigin& origin, const Loa
 }
 
 void check_tile(const gen::KernelSpec& spec, const gen::TileConfig& tile,
-                const policy::Target& target, const CallOperands& call) {
-  const gen::Variant variant{spec, tile};
+                const policy::Target& target) {
   if (const std::string why = policy::rejection(spec, tile, target); !why.empty()) {
     throw_invalid(fmt::format("tile {} cannot run {} on {}: {}", gen::to_string(tile),
-                              gen::to_string(variant), target.arch, why));
+                              gen::to_string(gen::Variant{spec, tile}), target.arch, why));
   }
+}
+
+void check_tile(const gen::KernelSpec& spec, const gen::TileConfig& tile,
+                const policy::Target& target, const CallOperands& call) {
+  const gen::Variant variant{spec, tile};
+  check_tile(spec, tile, target);
   if (const std::string obstacles = tma_obstacles(variant, call); !obstacles.empty()) {
     const KernelInterface& kernel = kernel_interface(spec.direction, tile.family);
     throw_invalid(fmt::format(
@@ -126,6 +132,30 @@ cache::TileChoice forward_tile_for_launch(const ForwardArgs& args, const gen::Ke
   cache::TileChoice choice = choose_forward_tile(args, spec, target, current_device(target));
   if (choice.served_by == cache::ServedBy::heuristic) request_online_tuning(args, spec);
   return choice;
+}
+
+int decode_row_blocks(const KvCacheArgs& args, const gen::TileConfig& tile) {
+  const long long rows = static_cast<long long>(args.heads_q / args.heads_kv) * args.seqlen_q;
+  return static_cast<int>((rows + tile.block_m - 1) / tile.block_m);
+}
+
+cache::TileChoice choose_decode_tile(const KvCacheArgs& args, const gen::KernelSpec& spec,
+                                     const policy::Target& target, const cache::DeviceKey& device) {
+  const int capacity = kvcache_capacity(args);
+  cache::TileChoice choice =
+      PersistentCache::instance().choose_tile(spec, device, args.seqlen_q, capacity, target);
+  if (choice.tile.splits != 0) return choice;
+  choice.tile.splits = decode_split_count(args, choice.tile, device.sm_count);
+  choice.reason += fmt::format("; {} splits on {} SMs (policy::decode_splits)", choice.tile.splits,
+                               device.sm_count);
+  return choice;
+}
+
+int decode_split_count(const KvCacheArgs& args, const gen::TileConfig& tile, int sm_count) {
+  const long long units =
+      static_cast<long long>(args.batch) * args.heads_kv * decode_row_blocks(args, tile);
+  const long long key_tiles = (kvcache_capacity(args) + tile.block_n - 1) / tile.block_n;
+  return policy::decode_splits(units, key_tiles, sm_count);
 }
 
 BackwardTiles default_backward_tiles(const BackwardSpecs& specs, const policy::Target& target,

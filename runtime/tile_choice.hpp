@@ -38,6 +38,9 @@ void log_launch(const gen::Variant& variant, const TileOrigin& origin, const Loa
 // or a kernel that streams operands of `call` through TMA maps that cannot describe them.
 void check_tile(const gen::KernelSpec& spec, const gen::TileConfig& tile,
                 const policy::Target& target, const CallOperands& call);
+// The constraints alone, for kernels that stream nothing through TMA maps (decode).
+void check_tile(const gen::KernelSpec& spec, const gen::TileConfig& tile,
+                const policy::Target& target);
 
 // The tile of a forward call on `device` through the lookup chain. A call whose strides no TMA
 // map can describe runs the portable family's default instead of an sm90 tile.
@@ -47,6 +50,19 @@ cache::TileChoice choose_forward_tile(const ForwardArgs& args, const gen::Kernel
 // online tuning (runtime/online_tuning_hook.hpp).
 cache::TileChoice forward_tile_for_launch(const ForwardArgs& args, const gen::KernelSpec& spec,
                                           const policy::Target& target);
+
+// The row blocks of a decode call with `tile`: its (query, GQA group head) rows, heads_q /
+// heads_kv per query, in blocks of block_m.
+int decode_row_blocks(const KvCacheArgs& args, const gen::TileConfig& tile);
+
+// The split count policy::decode_splits gives a decode call with `tile` on `sm_count` SMs.
+int decode_split_count(const KvCacheArgs& args, const gen::TileConfig& tile, int sm_count);
+
+// The tile of a decode call on `device` through the lookup chain (keyed by seqlen_q and the cache
+// capacity), with the split count chosen per call (policy::decode_splits over the device's SMs)
+// where the tile leaves it open.
+cache::TileChoice choose_decode_tile(const KvCacheArgs& args, const gen::KernelSpec& spec,
+                                     const policy::Target& target, const cache::DeviceKey& device);
 
 struct BackwardSpecs {
   gen::KernelSpec dkdv;

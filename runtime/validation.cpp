@@ -8,6 +8,8 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -41,7 +43,8 @@ void check_lengths_pointer(std::string_view name, const std::int32_t* pointer) {
 }
 
 // Sorting the dimensions by stride, each stride must step over the whole previous dimension.
-void check_does_not_overlap(std::string_view name, const TensorRef& out, int batch,
+// `outer` is the extent of the batch stride (sequences, or the blocks of a paged cache).
+void check_does_not_overlap(std::string_view name, const TensorRef& out, std::int64_t outer,
                             std::int64_t rows, int heads, int head_dim, bool varlen) {
   struct Dim {
     std::string_view name;
@@ -54,7 +57,7 @@ void check_does_not_overlap(std::string_view name, const TensorRef& out, int bat
   std::vector<Dim> dims = {{"head_dim", 1, head_dim},
                            {seq_name, out.seq_stride, rows},
                            {head_name, out.head_stride, heads}};
-  if (!varlen) dims.push_back({batch_name, out.batch_stride, batch});
+  if (!varlen) dims.push_back({batch_name, out.batch_stride, outer});
   std::erase_if(dims, [](const Dim& dim) { return dim.extent == 1; });
   for (const Dim& dim : dims) {
     if (dim.stride == 0) {
@@ -113,28 +116,58 @@ void check_seq_lens(std::string_view name, const std::int32_t* device, int batch
   }
 }
 
+// The problem's sizes, whatever the layout: dtype, batch, heads and head dim.
+void check_problem(DType dtype, int batch, int heads_q, int heads_kv, int head_dim) {
+  if (dtype != DType::bf16 && dtype != DType::fp16) {
+    throw_invalid(fmt::format("dtype = {} is not a valid dtype (expected bf16 = {} or fp16 = {})",
+                              static_cast<int>(dtype), SIGATTN_BF16, SIGATTN_FP16));
+  }
+  check_range("batch", batch, 1, kMaxGridExtent);
+  check_range("heads_q", heads_q, 1, kMaxGridExtent);
+  check_range("heads_kv", heads_kv, 1, heads_q);
+  if (heads_q % heads_kv != 0) {
+    throw_invalid(
+        fmt::format("heads_q = {} is not a multiple of heads_kv = {}", heads_q, heads_kv));
+  }
+  if (head_dim < 1) throw_invalid(fmt::format("head_dim = {} must be positive", head_dim));
+  if (!gen::head_dim_supported(head_dim)) {
+    throw_unsupported(fmt::format(
+        "head_dim = {} is not supported: head_dim must be a multiple of 8 from 8 to 256",
+        head_dim));
+  }
+}
+
+// The score options: window, scale, bias and the sigmoid's form.
+void check_options(int window_left, int window_right, const std::optional<float>& scale,
+                   const std::optional<float>& bias, SigmoidMode sigmoid) {
+  if (window_left < -1) {
+    throw_invalid(fmt::format("window_left = {} must be -1 (unbounded) or >= 0", window_left));
+  }
+  if (window_right < -1) {
+    throw_invalid(fmt::format("window_right = {} must be -1 (unbounded) or >= 0", window_right));
+  }
+  if (scale && !(std::isfinite(*scale) && *scale > 0.0f)) {
+    throw_invalid(fmt::format("scale = {} must be finite and > 0", *scale));
+  }
+  if (bias && !std::isfinite(*bias)) {
+    throw_invalid(fmt::format("bias = {} must be finite", *bias));
+  }
+  if (sigmoid != SigmoidMode::fast && sigmoid != SigmoidMode::accurate) {
+    throw_invalid(
+        fmt::format("sigmoid = {} is not a valid mode (expected fast = {} or "
+                    "accurate = {})",
+                    static_cast<int>(sigmoid), SIGATTN_SIGMOID_FAST, SIGATTN_SIGMOID_ACCURATE));
+  }
+}
+
+gen::SigmoidMode spec_sigmoid(SigmoidMode sigmoid) {
+  return sigmoid == SigmoidMode::fast ? gen::SigmoidMode::fast : gen::SigmoidMode::accurate;
+}
+
 }  // namespace
 
 gen::KernelSpec check_inputs(const ForwardArgs& args) {
-  if (args.dtype != DType::bf16 && args.dtype != DType::fp16) {
-    throw_invalid(fmt::format("dtype = {} is not a valid dtype (expected bf16 = {} or fp16 = {})",
-                              static_cast<int>(args.dtype), SIGATTN_BF16, SIGATTN_FP16));
-  }
-  check_range("batch", args.batch, 1, kMaxGridExtent);
-  check_range("heads_q", args.heads_q, 1, kMaxGridExtent);
-  check_range("heads_kv", args.heads_kv, 1, args.heads_q);
-  if (args.heads_q % args.heads_kv != 0) {
-    throw_invalid(fmt::format("heads_q = {} is not a multiple of heads_kv = {}", args.heads_q,
-                              args.heads_kv));
-  }
-  if (args.head_dim < 1) {
-    throw_invalid(fmt::format("head_dim = {} must be positive", args.head_dim));
-  }
-  if (!gen::head_dim_supported(args.head_dim)) {
-    throw_unsupported(fmt::format(
-        "head_dim = {} is not supported: head_dim must be a multiple of 8 from 8 to 256",
-        args.head_dim));
-  }
+  check_problem(args.dtype, args.batch, args.heads_q, args.heads_kv, args.head_dim);
   check_range("max_seqlen_q", args.max_seqlen_q, 1, kMaxSeqLen);
   check_range("max_seqlen_k", args.max_seqlen_k, 1, kMaxSeqLen);
 
@@ -166,25 +199,7 @@ gen::KernelSpec check_inputs(const ForwardArgs& args) {
                                 args.score_mod_batch_stride, args.max_seqlen_k));
     }
   }
-  if (args.window_left < -1) {
-    throw_invalid(fmt::format("window_left = {} must be -1 (unbounded) or >= 0", args.window_left));
-  }
-  if (args.window_right < -1) {
-    throw_invalid(
-        fmt::format("window_right = {} must be -1 (unbounded) or >= 0", args.window_right));
-  }
-  if (args.scale && !(std::isfinite(*args.scale) && *args.scale > 0.0f)) {
-    throw_invalid(fmt::format("scale = {} must be finite and > 0", *args.scale));
-  }
-  if (args.bias && !std::isfinite(*args.bias)) {
-    throw_invalid(fmt::format("bias = {} must be finite", *args.bias));
-  }
-  if (args.sigmoid != SigmoidMode::fast && args.sigmoid != SigmoidMode::accurate) {
-    throw_invalid(fmt::format(
-        "sigmoid = {} is not a valid mode (expected fast = {} or "
-        "accurate = {})",
-        static_cast<int>(args.sigmoid), SIGATTN_SIGMOID_FAST, SIGATTN_SIGMOID_ACCURATE));
-  }
+  check_options(args.window_left, args.window_right, args.scale, args.bias, args.sigmoid);
 
   gen::KernelSpec spec;
   spec.direction = gen::Direction::forward;
@@ -194,8 +209,7 @@ gen::KernelSpec check_inputs(const ForwardArgs& args) {
   spec.causal = args.causal;
   spec.window = args.window_left >= 0 || args.window_right >= 0;
   spec.score_mod = args.score_mod != nullptr;
-  spec.sigmoid =
-      args.sigmoid == SigmoidMode::fast ? gen::SigmoidMode::fast : gen::SigmoidMode::accurate;
+  spec.sigmoid = spec_sigmoid(args.sigmoid);
   const bool whole_tiles = args.max_seqlen_q % 128 == 0 && args.max_seqlen_k % 128 == 0;
   spec.seqlen =
       spec.layout == gen::Layout::dense && whole_tiles ? gen::SeqLen::x128 : gen::SeqLen::anylen;
@@ -295,8 +309,163 @@ TokenRows check_lengths_on_device(const ForwardArgs& args, CUstream stream) {
     rows.k =
         check_cu_seqlens("cu_seqlens_k", copy_to_host(args.cu_seqlens_k, args.batch + 1, stream),
                          "max_seqlen_k", args.max_seqlen_k);
+    rows.counted = true;
   }
   return rows;
+}
+
+int kvcache_capacity(const KvCacheArgs& args) {
+  return args.block_table != nullptr ? args.max_blocks * args.block_size : args.max_cache_len;
+}
+
+gen::KernelSpec check_kvcache(const KvCacheArgs& args) {
+  check_problem(args.dtype, args.batch, args.heads_q, args.heads_kv, args.head_dim);
+  check_range("seqlen_q", args.seqlen_q, 1, kMaxSeqLen);
+  const bool paged = args.block_table != nullptr;
+  if (paged) {
+    check_lengths_pointer("block_table", args.block_table);
+    if (args.max_cache_len != 0) {
+      throw_invalid(fmt::format(
+          "max_cache_len = {} is set with block_table: a paged cache holds max_blocks * "
+          "block_size positions per sequence (leave max_cache_len 0)",
+          args.max_cache_len));
+    }
+    check_range("block_size", args.block_size, 1, kMaxSeqLen);
+    check_range("num_blocks", args.num_blocks, 1, std::numeric_limits<std::int32_t>::max());
+    check_range("max_blocks", args.max_blocks, 1, kMaxSeqLen / args.block_size);
+    // The rows may be apart by any stride, as long as the table fits the 2^31 entries an int
+    // counts.
+    if (args.batch > 1) {
+      check_range("block_table_batch_stride", args.block_table_batch_stride, args.max_blocks,
+                  (std::numeric_limits<std::int32_t>::max() - args.max_blocks) / (args.batch - 1));
+    }
+  } else {
+    if (args.max_blocks != 0 || args.num_blocks != 0 || args.block_size != 0) {
+      throw_invalid(
+          "max_blocks, num_blocks and block_size describe a paged cache, but block_table is "
+          "null: set block_table, or leave them 0 for a contiguous cache");
+    }
+    check_range("max_cache_len", args.max_cache_len, 1, kMaxSeqLen);
+  }
+  const int capacity = kvcache_capacity(args);
+  if (args.cache_seqlens == nullptr) {
+    throw_invalid(
+        "cache_seqlens is null: every call needs the cache lengths (device int32[batch])");
+  }
+  check_lengths_pointer("cache_seqlens", args.cache_seqlens);
+
+  check_tensor("q", args.q, false);
+  check_tensor("out", args.out, false);
+  check_tensor("k_cache", args.k_cache, false);
+  check_tensor("v_cache", args.v_cache, false);
+  check_does_not_overlap("out", args.out, args.batch, args.seqlen_q, args.heads_q, args.head_dim,
+                         false);
+
+  const bool appends = args.k_new.data != nullptr || args.v_new.data != nullptr;
+  if (appends) {
+    if (args.k_new.data == nullptr || args.v_new.data == nullptr) {
+      throw_invalid(fmt::format("{}.data is set but {}.data is null: an append needs both",
+                                args.k_new.data != nullptr ? "k_new" : "v_new",
+                                args.k_new.data != nullptr ? "v_new" : "k_new"));
+    }
+    check_range("seqlen_new", args.seqlen_new, 1, capacity);
+    if (std::int64_t{args.seqlen_new} * args.heads_kv * (args.head_dim / 8) >
+        std::numeric_limits<std::int32_t>::max()) {
+      throw_unsupported(fmt::format(
+          "seqlen_new = {} x heads_kv = {} x head_dim / 8 = {} chunks exceed the 2^31 the append "
+          "numbers",
+          args.seqlen_new, args.heads_kv, args.head_dim / 8));
+    }
+    check_tensor("k_new", args.k_new, false);
+    check_tensor("v_new", args.v_new, false);
+    // The append writes the cache: rows of distinct positions must not share memory.
+    const std::int64_t outer = paged ? args.num_blocks : args.batch;
+    const int rows = paged ? args.block_size : args.max_cache_len;
+    check_does_not_overlap("k_cache", args.k_cache, outer, rows, args.heads_kv, args.head_dim,
+                           false);
+    check_does_not_overlap("v_cache", args.v_cache, outer, rows, args.heads_kv, args.head_dim,
+                           false);
+  } else if (args.seqlen_new != 0) {
+    throw_invalid(fmt::format(
+        "seqlen_new = {} but k_new.data and v_new.data are null: set them, or seqlen_new = 0",
+        args.seqlen_new));
+  }
+
+  if (args.score_mod != nullptr) {
+    check_aligned("score_mod", args.score_mod, alignof(float));
+    if (args.batch > 1 && args.score_mod_batch_stride < capacity) {
+      throw_invalid(fmt::format(
+          "score_mod_batch_stride = {} is smaller than the cache capacity {} (score_mod is "
+          "[batch, capacity] by cache position)",
+          args.score_mod_batch_stride, capacity));
+    }
+  }
+  check_options(args.window_left, args.window_right, args.scale, args.bias, args.sigmoid);
+  if (args.workspace != nullptr) {
+    check_aligned("workspace", args.workspace, kTensorAlignment);
+  } else if (args.workspace_bytes != 0) {
+    throw_invalid(fmt::format("workspace_bytes = {} but workspace is null", args.workspace_bytes));
+  }
+
+  gen::KernelSpec spec;
+  spec.direction = gen::Direction::decode;
+  spec.dtype = args.dtype == DType::bf16 ? gen::DType::bf16 : gen::DType::fp16;
+  spec.head_dim = args.head_dim;
+  spec.layout = paged ? gen::Layout::paged : gen::Layout::padded;
+  spec.causal = args.causal;
+  spec.window = args.window_left >= 0 || args.window_right >= 0;
+  spec.score_mod = args.score_mod != nullptr;
+  spec.sigmoid = spec_sigmoid(args.sigmoid);
+  return spec;
+}
+
+void check_kvcache_pointers(const KvCacheArgs& args) {
+  check_device_pointer("q.data", args.q.data);
+  check_device_pointer("out.data", args.out.data);
+  check_device_pointer("k_cache.data", args.k_cache.data);
+  check_device_pointer("v_cache.data", args.v_cache.data);
+  check_device_pointer("k_new.data", args.k_new.data);
+  check_device_pointer("v_new.data", args.v_new.data);
+  check_device_pointer("cache_seqlens", args.cache_seqlens);
+  check_device_pointer("block_table", args.block_table);
+  check_device_pointer("score_mod", args.score_mod);
+  check_device_pointer("workspace", args.workspace);
+}
+
+void check_cache_contents(const KvCacheArgs& args, const std::vector<std::int32_t>& cache_seqlens,
+                          const std::vector<std::int32_t>& block_table) {
+  const int capacity = kvcache_capacity(args);
+  const int most_before = capacity - args.seqlen_new;
+  for (int b = 0; b < args.batch; ++b) {
+    if (cache_seqlens[b] < 0 || cache_seqlens[b] > most_before) {
+      throw_invalid(fmt::format(
+          "cache_seqlens[{}] = {} is out of range [0, {}]: the cache holds {} positions per "
+          "sequence, {} of them for the seqlen_new new tokens",
+          b, cache_seqlens[b], most_before, capacity, args.seqlen_new));
+    }
+    if (args.block_table == nullptr) continue;
+    const int used = (cache_seqlens[b] + args.seqlen_new + args.block_size - 1) / args.block_size;
+    for (int i = 0; i < used; ++i) {
+      const std::int32_t block = block_table[b * args.block_table_batch_stride + i];
+      if (block < 0 || block >= args.num_blocks) {
+        throw_invalid(fmt::format(
+            "block_table[{}][{}] = {} is out of range [0, {}) (num_blocks); sequence {} uses "
+            "its first {} entries",
+            b, i, block, args.num_blocks, b, used));
+      }
+    }
+  }
+}
+
+void check_kvcache_lengths_on_device(const KvCacheArgs& args, CUstream stream) {
+  if (args.trust_lengths || capturing(stream)) return;
+  const std::vector<std::int32_t> lengths = copy_to_host(args.cache_seqlens, args.batch, stream);
+  std::vector<std::int32_t> table;
+  if (args.block_table != nullptr) {
+    const std::int64_t entries = (args.batch - 1) * args.block_table_batch_stride + args.max_blocks;
+    table = copy_to_host(args.block_table, static_cast<int>(entries), stream);
+  }
+  check_cache_contents(args, lengths, table);
 }
 
 }  // namespace sigattn

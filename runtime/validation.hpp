@@ -31,6 +31,7 @@ void check_tensor(std::string_view name, const TensorRef& tensor, bool varlen);
 struct TokenRows {
   std::int64_t q;
   std::int64_t k;
+  bool counted = false;  // q and k are the packed tokens the prefix sums count (read on the host)
 };
 
 // The rows the host knows before the device lengths are read. The packed tokens of the varlen
@@ -72,5 +73,28 @@ TokenRows check_lengths_on_device(const ForwardArgs& args, CUstream stream);
 // step by at most `max_seqlen`. Returns the packed tokens, offsets[batch].
 std::int64_t check_cu_seqlens(std::string_view name, const std::vector<std::int32_t>& offsets,
                               std::string_view max_name, int max_seqlen);
+
+// ---- KV-cache calls (forward_with_kvcache)
+
+// Positions per sequence of the cache: max_cache_len, or max_blocks * block_size when paged.
+int kvcache_capacity(const KvCacheArgs& args);
+
+// Checks everything about a KV-cache call that the host can check and returns the decode spec it
+// calls for: padded (a contiguous cache) or paged.
+gen::KernelSpec check_kvcache(const KvCacheArgs& args);
+
+// Every device pointer of a KV-cache call.
+void check_kvcache_pointers(const KvCacheArgs& args);
+
+// Checks cache lengths and block table entries read from the device: every cache_seqlens[b] in
+// [0, capacity - seqlen_new], and the block table entries that sequence b's positions after the
+// append use in [0, num_blocks). block_table holds (batch - 1) * block_table_batch_stride +
+// max_blocks entries, or none for a contiguous cache.
+void check_cache_contents(const KvCacheArgs& args, const std::vector<std::int32_t>& cache_seqlens,
+                          const std::vector<std::int32_t>& block_table);
+
+// Reads cache_seqlens and block_table on `stream` and checks them (check_cache_contents), unless
+// args.trust_lengths is set or the stream is capturing a CUDA graph (the kernels clamp them then).
+void check_kvcache_lengths_on_device(const KvCacheArgs& args, CUstream stream);
 
 }  // namespace sigattn

@@ -28,7 +28,7 @@ cmake --fresh -S "$repo" -B "$sanitize_dir" -G Ninja -DSIGATTN_SANITIZE=ON
 cmake --build "$sanitize_dir" --target sigattn_cli libsigattn.so sigattn_cpu_tests
 (cd "$sanitize_dir" &&
   ctest -L cpu --output-on-failure -j2 \
-    -E '^(KernelCompile\.(RepresentativeVariantsCompileForSm80AndSm90a|Sm90VariantsCompileWithoutSpillsOrSerializedWgmma)|cli_compile_default_space_.*)$')
+    -E '^(KernelCompile\.(RepresentativeVariantsCompileForSm80AndSm90a|Sm90VariantsCompileWithoutSpillsOrSerializedWgmma|BlackwellDefaultsCompileWithoutSpillsAtEveryHeadDim)|cli_compile_default_space_.*)$')
 
 # The Python package as a user gets it: `pip install ./python` (which builds its own copy of the
 # library) into a virtual environment that sees Debian's python3-torch, then its tests, run from
@@ -38,8 +38,9 @@ python_env=$build_dir/python-venv
 "$python_env/bin/python" -m pip install --quiet "$repo/python"
 "$python_env/bin/python" -m unittest discover -s "$repo/python/tests" -v
 
-# The benchmark's report module (CSV reading and its errors; no GPU, no torch needed).
-(cd "$repo/bench" && /usr/bin/python3 -m unittest test_report -v)
+# The benchmark's report module (CSV reading and its errors) and its --lengths batch (no GPU, no
+# torch needed).
+(cd "$repo/bench" && /usr/bin/python3 -m unittest test_report test_bench_lengths -v)
 
 # The C++ sources: what git tracks or would track (build directories are ignored), or, outside a
 # git checkout, every source file not under a build directory; the generator's golden outputs

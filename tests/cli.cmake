@@ -160,7 +160,7 @@ cli_test(db_import_shipped_h200 EXIT 0 ARGS db import ${PROJECT_SOURCE_DIR}/data
          --db ${cli_db_dir}/shipped.db STDOUT "results kept: [0-9]+ .*not kept: [0-9]+ .*candidates: [1-9][0-9]*$")
 cli_test(db_import_unknown_field EXIT 2
          ARGS --db ${cli_db_dir}/rejected.db db import ${cli_tuning}/unknown_field.json
-         STDERR "results\\[0\\]\\.tile: unknown field 'splits'")
+         STDERR "results\\[0\\]\\.tile: unknown field 'block_k'")
 cli_test(db_verify_not_a_database EXIT 1
          ARGS --db ${cli_tuning}/not_a_database.db db verify STDOUT "problem: .*1 problem$")
 cli_test(db_export_missing EXIT 2 ARGS --db ${cli_db_dir}/missing.db db export STDERR "no database")

@@ -181,7 +181,11 @@ void GpuRunner::run(const gen::TileConfig& tile, const InputSet& set) {
     case gen::Direction::dq:
       backward_with_tiles(backward_args(set), nullptr, default_dkdv_, tile);
       return;
+    case gen::Direction::decode:
+      break;
   }
+  throw std::invalid_argument(fmt::format("{} kernels are not tuned: no shape describes them",
+                                          gen::to_string(task_->direction)));
 }
 
 std::vector<float> GpuRunner::widened(const cuda::DeviceBuffer& buffer, std::int64_t count) {

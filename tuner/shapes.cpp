@@ -474,6 +474,8 @@ std::optional<Task> task_for_problem(const cache::ProblemKey& problem) {
   } catch (const std::invalid_argument&) {
     return std::nullopt;
   }
+  // No shape describes a KV cache yet: decode kernels run their heuristic tiles.
+  if (spec.direction == gen::Direction::decode) return std::nullopt;
   Shape shape;
   shape.pass = spec.direction == gen::Direction::forward ? Pass::forward : Pass::backward;
   shape.dtype = spec.dtype;

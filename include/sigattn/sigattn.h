@@ -96,19 +96,86 @@ typedef struct sigattn_backward_args {
   sigattn_tensor grad_q;
   sigattn_tensor grad_k;
   sigattn_tensor grad_v;
-  /* Non-zero (the default): the same inputs give bit-identical gradients. Zero allows the
-   * one-pass split, in which dQ is accumulated in fp32 with atomics: grad_q may then differ in
-   * the last bits between runs. Its workspace (4 * batch * max_seqlen_q * heads_q * head_dim
-   * bytes) is device memory the library keeps per CUDA context and reuses. On a stream that is
-   * capturing a CUDA graph the deterministic split runs either way. */
+  /* Zero (the default): the fastest split for the problem, which may be the one-pass split, in
+   * which dQ is accumulated in fp32 with atomics: grad_q may then differ in the last bits
+   * between runs. Non-zero: the same inputs give bit-identical gradients. The one-pass
+   * workspace (4 * batch * max_seqlen_q * heads_q * head_dim bytes) is device memory the
+   * library keeps per CUDA context and reuses. On a stream that is capturing a CUDA graph the
+   * deterministic split runs either way. */
   int32_t deterministic;
 } sigattn_backward_args;
 
 /* Fills args->inputs with the forward defaults, every gradient tensor with NULL and
- * deterministic with 1. */
+ * deterministic with 0. */
 SIGATTN_API void sigattn_backward_args_init(sigattn_backward_args* args);
 
 SIGATTN_API sigattn_status sigattn_backward(const sigattn_backward_args* args, CUstream stream);
+
+/* Attention of a few query rows against a KV cache (sigattn::KvCacheArgs in sigattn.hpp tells
+ * every field in full). Sequence b's cache holds cache_seqlens[b] positions; the call writes
+ * seqlen_new new keys and values at the positions after them, then attends its seqlen_q queries,
+ * the last positions of the cache after the append, to it. */
+typedef struct sigattn_kvcache_args {
+  sigattn_dtype dtype;
+  int32_t batch;
+  int32_t heads_q;
+  int32_t heads_kv;
+  int32_t head_dim;
+  int32_t seqlen_q;
+  /* [batch, seqlen_q, heads_q, head_dim] */
+  sigattn_tensor q;
+  sigattn_tensor out;
+  /* Contiguous cache (block_table NULL): [batch, max_cache_len, heads_kv, head_dim]. Paged:
+   * [num_blocks, block_size, heads_kv, head_dim] (batch_stride steps over blocks) with the device
+   * int32 block_table [batch, max_blocks], rows block_table_batch_stride elements apart. */
+  sigattn_tensor k_cache;
+  sigattn_tensor v_cache;
+  int32_t max_cache_len;
+  const int32_t* block_table;
+  int64_t block_table_batch_stride;
+  int32_t max_blocks;
+  int32_t num_blocks;
+  int32_t block_size;
+  /* Device int32 [batch]: cache lengths before the append. Not updated by the call. */
+  const int32_t* cache_seqlens;
+  /* New keys and values [batch, seqlen_new, heads_kv, head_dim]; data NULL and seqlen_new 0 for
+   * none. */
+  sigattn_tensor k_new;
+  sigattn_tensor v_new;
+  int32_t seqlen_new;
+  /* Optional fp32 [batch, capacity] additive bias by cache position, row stride in elements. */
+  const float* score_mod;
+  int64_t score_mod_batch_stride;
+  int32_t causal;
+  int32_t window_left;
+  int32_t window_right;
+  /* Non-zero has_scale / has_bias select the given values over 1/sqrt(d) and -log(len), len the
+   * cache length after the append (a model trained with a fixed -log(n) needs that bias at every
+   * step). */
+  int32_t has_scale;
+  float scale;
+  int32_t has_bias;
+  float bias;
+  sigattn_sigmoid sigmoid;
+  /* Device memory for the split-KV partial outputs (sigattn_kvcache_workspace_bytes); less lowers
+   * the split count; NULL: the library's own outside graph capture, no split under capture. */
+  void* workspace;
+  size_t workspace_bytes;
+  /* Non-zero skips the host check of cache_seqlens and block_table; they are then clamped in the
+   * kernels (always so under CUDA graph capture). */
+  int32_t trust_lengths;
+} sigattn_kvcache_args;
+
+/* Fills args with the defaults: causal, fast sigmoid, window -1/-1, all pointers NULL. */
+SIGATTN_API void sigattn_kvcache_args_init(sigattn_kvcache_args* args);
+
+SIGATTN_API sigattn_status sigattn_forward_with_kvcache(const sigattn_kvcache_args* args,
+                                                        CUstream stream);
+
+/* The workspace bytes that let sigattn_forward_with_kvcache(args) on the current device split as
+ * its tile says (0: it runs unsplit). */
+SIGATTN_API sigattn_status sigattn_kvcache_workspace_bytes(const sigattn_kvcache_args* args,
+                                                           size_t* bytes);
 
 /* The user database (compiled kernels and tuning results) of this process, replacing
  * $SIGATTN_DB and the default location; NULL or "" restores them. */

@@ -5,6 +5,7 @@
 
 #include <sigattn/sigattn.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -77,6 +78,73 @@ struct ForwardArgs {
 // Runs the forward pass. Compiles the kernel on first use of a variant (cached in memory after).
 SIGATTN_API void forward(const ForwardArgs& args, CUstream stream);
 
+// Attention of a few query rows against a KV cache, for inference (decode: seqlen_q = 1;
+// speculative decoding and chunked prefill: more), in the spirit of flash_attn_with_kvcache.
+// Sequence b's cache holds cache_seqlens[b] positions before the call; the call first writes
+// seqlen_new new keys and values (k_new, v_new) at positions cache_seqlens[b] .. + seqlen_new - 1,
+// then attends its queries to the cache_seqlens[b] + seqlen_new positions after that append.
+// Query i of sequence b sits at position len - seqlen_q + i, len being that length after the
+// append: causal hides keys after it, the window keys more than window_left before or
+// window_right after it. cache_seqlens is not updated: advancing it is the caller's step.
+struct KvCacheArgs {
+  DType dtype = DType::bf16;
+  int batch = 0;
+  int heads_q = 0;
+  int heads_kv = 0;  // heads_q must be a multiple of it (GQA/MQA)
+  int head_dim = 0;
+  int seqlen_q = 0;  // query rows per sequence
+  // [batch, seqlen_q, heads_q, head_dim] views.
+  TensorRef q, out;
+  // The cache. Contiguous (block_table null): [batch, max_cache_len, heads_kv, head_dim] views.
+  // Paged: [num_blocks, block_size, heads_kv, head_dim] views, whose batch_stride steps from one
+  // block to the next, and block_table, device int32 [batch, max_blocks] (row stride
+  // block_table_batch_stride elements): entry [b][i] is the block that holds positions
+  // [i * block_size, (i + 1) * block_size) of sequence b (vLLM's layout).
+  TensorRef k_cache, v_cache;
+  int max_cache_len = 0;
+  const std::int32_t* block_table = nullptr;
+  std::int64_t block_table_batch_stride = 0;
+  int max_blocks = 0;
+  int num_blocks = 0;
+  int block_size = 0;
+  // Device int32 [batch]: each sequence's cache length before this call's append.
+  const std::int32_t* cache_seqlens = nullptr;
+  // New keys and values, [batch, seqlen_new, heads_kv, head_dim] views; data null and seqlen_new
+  // 0 when the call appends nothing.
+  TensorRef k_new, v_new;
+  int seqlen_new = 0;
+  // Optional fp32 [batch, capacity] additive bias by cache position (capacity: max_cache_len, or
+  // max_blocks * block_size).
+  const float* score_mod = nullptr;
+  std::int64_t score_mod_batch_stride = 0;
+  bool causal = true;
+  int window_left = -1;  // -1: unbounded
+  int window_right = -1;
+  std::optional<float> scale;  // default 1/sqrt(head_dim)
+  // Default -log(len), len the cache length after the append, per sequence. A model trained
+  // with a fixed bias -log(n) needs that value at every decode step: pass it here.
+  std::optional<float> bias;
+  SigmoidMode sigmoid = SigmoidMode::fast;
+  // Device memory (16-byte aligned) for the split-KV partial outputs: kvcache_workspace_bytes(args)
+  // bytes lets the call split as its tile says; less lowers the split count to what fits. Null:
+  // the library's own memory outside CUDA graph capture, and no split under capture.
+  void* workspace = nullptr;
+  std::size_t workspace_bytes = 0;
+  // Skip the host check of cache_seqlens and block_table (one copy and stream sync per call);
+  // lengths are then clamped to [0, capacity - seqlen_new] and block table entries to
+  // [0, num_blocks) inside the kernels. Under CUDA graph capture the check is always skipped.
+  bool trust_lengths = false;
+};
+
+// Appends k_new/v_new into the cache and runs the attention, on `stream`, without synchronizing
+// the host when trust_lengths is set or the stream is capturing: lengths are read on the device, so
+// a captured graph replays with whatever cache_seqlens and block_table hold then.
+SIGATTN_API void forward_with_kvcache(const KvCacheArgs& args, CUstream stream);
+
+// The workspace bytes that let forward_with_kvcache(args) on the current device split the cache as
+// its tile says (0 when it runs unsplit).
+SIGATTN_API std::size_t kvcache_workspace_bytes(const KvCacheArgs& args);
+
 // How forward() chose the kernel of a call: the variant launched, its tile, which level of the
 // tuning lookup chose the tile ("user_db", "shipped_db", "nearest_bucket" or "heuristic") and why.
 struct Dispatch {
@@ -122,13 +190,14 @@ SIGATTN_API void set_online_tuning(bool enabled);
 struct BackwardArgs {
   ForwardArgs inputs;
   TensorRef grad_out, grad_q, grad_k, grad_v;
-  // true: the same inputs give bit-identical gradients (a dK/dV kernel, then a dQ kernel).
-  // false allows the one-pass split, in which the dK/dV kernel also adds dQ into an fp32
-  // workspace with atomics: grad_q may then differ in the last bits between runs (grad_k and
-  // grad_v stay bit-identical). The workspace (4 * batch * max_seqlen_q * heads_q * head_dim
-  // bytes) is device memory the library keeps per CUDA context and reuses across calls. On a
-  // stream that is capturing a CUDA graph the deterministic split runs either way.
-  bool deterministic = true;
+  // false (the default): the fastest split for the problem, which may be the one-pass split, in
+  // which the dK/dV kernel also adds dQ into an fp32 workspace with atomics: grad_q may then
+  // differ in the last bits between runs (grad_k and grad_v stay bit-identical). The workspace
+  // (4 * batch * max_seqlen_q * heads_q * head_dim bytes) is device memory the library keeps per
+  // CUDA context and reuses across calls. true: the same inputs give bit-identical gradients (a
+  // dK/dV kernel, then a dQ kernel). On a stream that is capturing a CUDA graph the
+  // deterministic split runs either way.
+  bool deterministic = false;
 };
 
 SIGATTN_API void backward(const BackwardArgs& args, CUstream stream);

@@ -6,12 +6,15 @@ Eager calls reach the C ABI directly (through a torch.autograd.Function when an 
 grad). With torch >= 2.4, traced calls are the torch.library custom op sigattn::forward
 (backward: sigattn::backward), which torch.compile(fullgraph=True) traces without graph breaks;
 CUDA graphs capture both. sigattn.integrations.transformers plugs it into Hugging Face models.
+sigmoid_attention_with_kvcache serves inference: decode steps against a contiguous or paged KV
+cache.
 """
 
 from ._library import SigattnError, library_path, version
 from ._ops import REGISTERED_AS_TORCH_OP
 from .attention import sigmoid_attention, sigmoid_attention_padded, sigmoid_attention_varlen
 from .diagnostics import explain, get_log_level, set_log_level
+from .kvcache import sigmoid_attention_with_kvcache
 from .tuning import find_executable, set_database_path, set_online_tuning, tune
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "sigmoid_attention",
     "sigmoid_attention_padded",
     "sigmoid_attention_varlen",
+    "sigmoid_attention_with_kvcache",
     "tune",
     "version",
 ]

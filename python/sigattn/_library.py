@@ -97,6 +97,46 @@ class BackwardArgs(ctypes.Structure):
     ]
 
 
+class KvCacheArgs(ctypes.Structure):
+    """sigattn_kvcache_args."""
+
+    _fields_ = [
+        ("dtype", ctypes.c_int),
+        ("batch", ctypes.c_int32),
+        ("heads_q", ctypes.c_int32),
+        ("heads_kv", ctypes.c_int32),
+        ("head_dim", ctypes.c_int32),
+        ("seqlen_q", ctypes.c_int32),
+        ("q", Tensor),
+        ("out", Tensor),
+        ("k_cache", Tensor),
+        ("v_cache", Tensor),
+        ("max_cache_len", ctypes.c_int32),
+        ("block_table", ctypes.c_void_p),
+        ("block_table_batch_stride", ctypes.c_int64),
+        ("max_blocks", ctypes.c_int32),
+        ("num_blocks", ctypes.c_int32),
+        ("block_size", ctypes.c_int32),
+        ("cache_seqlens", ctypes.c_void_p),
+        ("k_new", Tensor),
+        ("v_new", Tensor),
+        ("seqlen_new", ctypes.c_int32),
+        ("score_mod", ctypes.c_void_p),
+        ("score_mod_batch_stride", ctypes.c_int64),
+        ("causal", ctypes.c_int32),
+        ("window_left", ctypes.c_int32),
+        ("window_right", ctypes.c_int32),
+        ("has_scale", ctypes.c_int32),
+        ("scale", ctypes.c_float),
+        ("has_bias", ctypes.c_int32),
+        ("bias", ctypes.c_float),
+        ("sigmoid", ctypes.c_int),
+        ("workspace", ctypes.c_void_p),
+        ("workspace_bytes", ctypes.c_size_t),
+        ("trust_lengths", ctypes.c_int32),
+    ]
+
+
 class Dispatch(ctypes.Structure):
     """sigattn_dispatch: the library's strings, valid until its next explain call on the thread."""
 
@@ -127,6 +167,13 @@ def _declare(lib):
     lib.sigattn_backward_args_init.restype = None
     lib.sigattn_backward.argtypes = [ctypes.POINTER(BackwardArgs), ctypes.c_void_p]
     lib.sigattn_backward.restype = ctypes.c_int
+    lib.sigattn_kvcache_args_init.argtypes = [ctypes.POINTER(KvCacheArgs)]
+    lib.sigattn_kvcache_args_init.restype = None
+    lib.sigattn_forward_with_kvcache.argtypes = [ctypes.POINTER(KvCacheArgs), ctypes.c_void_p]
+    lib.sigattn_forward_with_kvcache.restype = ctypes.c_int
+    lib.sigattn_kvcache_workspace_bytes.argtypes = [ctypes.POINTER(KvCacheArgs),
+                                                    ctypes.POINTER(ctypes.c_size_t)]
+    lib.sigattn_kvcache_workspace_bytes.restype = ctypes.c_int
     lib.sigattn_set_database_path.argtypes = [ctypes.c_char_p]
     lib.sigattn_set_database_path.restype = ctypes.c_int
     lib.sigattn_set_online_tuning.argtypes = [ctypes.c_int]

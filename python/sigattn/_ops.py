@@ -44,6 +44,11 @@ class _CAbi:
         backward_args = _library.BackwardArgs()
         lib.sigattn_backward_args_init(ctypes.byref(backward_args))
         self.backward_defaults = bytes(backward_args)
+        self.forward_with_kvcache = lib.sigattn_forward_with_kvcache
+        self.kvcache_workspace_bytes = lib.sigattn_kvcache_workspace_bytes
+        kvcache_args = _library.KvCacheArgs()
+        lib.sigattn_kvcache_args_init(ctypes.byref(kvcache_args))
+        self.kvcache_defaults = bytes(kvcache_args)
 
 
 _c_abi = None
@@ -116,11 +121,17 @@ def _fill(args, q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, sco
         args.cu_seqlens_q, args.cu_seqlens_k = cu_seqlens_q.data_ptr(), cu_seqlens_k.data_ptr()
     else:
         args.seq_lens_q, args.seq_lens_k = _pointer(seq_lens_q), _pointer(seq_lens_k)
+    _fill_options(args, score_mod, max_seqlen_k, causal, window_left, window_right, scale, bias,
+                  accurate_sigmoid, trust_lengths)
+
+
+def _fill_options(args, score_mod, keys, causal, window_left, window_right, scale, bias,
+                  accurate_sigmoid, trust_lengths):
+    """The fields forward and KV-cache calls share: score_mod over `keys` keys and the options."""
     if score_mod is not None:
         args.score_mod = score_mod.data_ptr()
-        # A single row's stride is never stepped over; the runtime still wants it >= max_seqlen_k.
-        rows = score_mod.shape[0]
-        args.score_mod_batch_stride = max_seqlen_k if rows == 1 else score_mod.stride(0)
+        # A single row's stride is never stepped over; the runtime still wants it >= the keys.
+        args.score_mod_batch_stride = keys if score_mod.shape[0] == 1 else score_mod.stride(0)
     args.causal = causal
     args.window_left, args.window_right = window_left, window_right
     if scale is not None:

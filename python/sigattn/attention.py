@@ -25,7 +25,7 @@ _INT_TYPES = (numbers.Integral,) + ((torch.SymInt,) if hasattr(torch, "SymInt") 
 
 def sigmoid_attention(query, key, value, is_causal=False, scale=None, sigmoid_bias=None,
                       score_mod=None, *, window=None, seq_lens_q=None, seq_lens_k=None,
-                      sigmoid="fast", trust_lengths=False, deterministic=True):
+                      sigmoid="fast", trust_lengths=False, deterministic=None):
     """Sigmoid attention on [batch, seq, heads, head_dim] (BTHD) tensors, with autograd.
 
     out[b, i, h] = sum_j sigmoid(scale * <q_i, k_j> + bias_b + score_mod[b, j]) * v_j over the
@@ -52,9 +52,10 @@ def sigmoid_attention(query, key, value, is_causal=False, scale=None, sigmoid_bi
         trust_lengths: skip the runtime's host check of the length tensors (one device-to-host
             copy and stream synchronization per call); out-of-range lengths are then clamped.
             The check is always skipped while a CUDA graph is being captured.
-        deterministic: True (default): the backward gives bit-identical gradients from run to
-            run. False allows its one-pass split (dQ accumulated with fp32 atomics; the
-            gradients of q may then differ in the last bits between runs).
+        deterministic: None (default): as torch.are_deterministic_algorithms_enabled() says.
+            True: the backward gives bit-identical gradients from run to run. False: the
+            fastest split, which may be the one-pass split (dQ accumulated with fp32 atomics;
+            the gradients of q may then differ in the last bits between runs).
 
     Returns:
         [B, Tq, Hq, D] contiguous tensor of the query's dtype.
@@ -65,7 +66,7 @@ def sigmoid_attention(query, key, value, is_causal=False, scale=None, sigmoid_bi
 
 def sigmoid_attention_padded(query, key, value, seq_lens_k=None, seq_lens_q=None, is_causal=False,
                              scale=None, sigmoid_bias=None, score_mod=None, *, window=None,
-                             sigmoid="fast", trust_lengths=False, deterministic=True):
+                             sigmoid="fast", trust_lengths=False, deterministic=None):
     """TritonSigmoid's padded entry point (same argument order): sigmoid_attention with
     seq_lens_k / seq_lens_q. With seq_lens_q != seq_lens_k the causal diagonal is aligned
     bottom-right, where TritonSigmoid aligns it top-left."""
@@ -78,7 +79,7 @@ def sigmoid_attention_padded(query, key, value, seq_lens_k=None, seq_lens_q=None
 def sigmoid_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
                              is_causal=False, window=None, scale=None, sigmoid_bias=None,
                              score_mod=None, sigmoid="fast", trust_lengths=False,
-                             deterministic=True):
+                             deterministic=None):
     """Sigmoid attention on packed [total_tokens, heads, head_dim] tensors, with autograd.
 
     Sequence b holds rows cu_seqlens_q[b]:cu_seqlens_q[b + 1] of q (and likewise of k and v with
@@ -134,6 +135,18 @@ def _checked(q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, batch,
     if score_mod is not None:
         score_mod = _score_mod(score_mod, batch, max_seqlen_k)
     window_left, window_right = _window(window)
+    scale, sigmoid_bias = _scale_and_bias(scale, sigmoid_bias)
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+    elif not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be None, True or False, got {deterministic!r}")
+    return (q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, score_mod, max_seqlen_q,
+            max_seqlen_k, bool(is_causal), window_left, window_right, scale, sigmoid_bias,
+            _accurate_sigmoid(sigmoid), bool(trust_lengths), deterministic)
+
+
+def _scale_and_bias(scale, sigmoid_bias):
+    """scale and sigmoid_bias as floats (None stays None: the defaults), checked."""
     if scale is not None:
         scale = float(scale)
         if not (math.isfinite(scale) and scale > 0.0):
@@ -142,13 +155,14 @@ def _checked(q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, batch,
         sigmoid_bias = float(sigmoid_bias)
         if not math.isfinite(sigmoid_bias):
             raise ValueError(f"sigmoid_bias = {sigmoid_bias} must be finite")
-    if not isinstance(deterministic, bool):
-        raise TypeError(f"deterministic must be True or False, got {deterministic!r}")
+    return scale, sigmoid_bias
+
+
+def _accurate_sigmoid(sigmoid):
+    """Whether `sigmoid` names the accurate form; anything but "fast" or "accurate" is an error."""
     if sigmoid not in _SIGMOID_MODES:
         raise ValueError(f"sigmoid = {sigmoid!r} must be one of {_SIGMOID_MODES}")
-    return (q, k, v, seq_lens_q, seq_lens_k, cu_seqlens_q, cu_seqlens_k, score_mod, max_seqlen_q,
-            max_seqlen_k, bool(is_causal), window_left, window_right, scale, sigmoid_bias,
-            sigmoid == "accurate", bool(trust_lengths), deterministic)
+    return sigmoid == "accurate"
 
 
 def _check_range(name, value, low, high):
@@ -226,14 +240,16 @@ def _lengths(name, tensor, shape):
     return tensor if tensor.is_contiguous() else tensor.contiguous()
 
 
-def _score_mod(score_mod, batch, max_seqlen_k):
+def _score_mod(score_mod, batch, max_seqlen_k, keys="max_seqlen_k"):
+    """score_mod as the runtime reads it: float32 [batch, max_seqlen_k], contiguous; `keys` names
+    the key count in errors."""
     if not isinstance(score_mod, torch.Tensor):
         raise TypeError(f"score_mod must be a torch.Tensor, got {type(score_mod).__name__}")
     if not score_mod.dtype.is_floating_point:
         raise TypeError(f"score_mod must be a floating tensor (float32), got {score_mod.dtype}")
     if tuple(score_mod.shape) != (batch, max_seqlen_k):
         raise ValueError(f"score_mod must have shape ({batch}, {max_seqlen_k}) = (batch, "
-                         f"max_seqlen_k), got {tuple(score_mod.shape)}")
+                         f"{keys}), got {tuple(score_mod.shape)}")
     if score_mod.dtype != torch.float32:
         score_mod = score_mod.to(torch.float32)
     return score_mod if score_mod.is_contiguous() else score_mod.contiguous()

@@ -31,7 +31,7 @@ def get_log_level():
 
 def explain(query, key, value, is_causal=False, scale=None, sigmoid_bias=None, score_mod=None, *,
             window=None, seq_lens_q=None, seq_lens_k=None, sigmoid="fast", trust_lengths=False,
-            deterministic=True, arch=None, device_name=None, sm_count=0):
+            deterministic=None, arch=None, device_name=None, sm_count=0):
     """Which kernel sigmoid_attention(query, key, value, ...) would run, with the same arguments,
     as a dict: "variant" (the kernel's canonical name, tile included), "tile", "served_by" (the
     level of the tuning lookup that chose the tile: "user_db", "shipped_db", "nearest_bucket" or

@@ -21,7 +21,7 @@ from unittest import mock
 import torch
 
 import sigattn
-from sigattn import _library, _ops, attention, tuning
+from sigattn import _library, _ops, attention, kvcache, tuning
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HEADER = os.path.join(REPO, "include", "sigattn", "sigattn.h")
@@ -131,7 +131,7 @@ class ValidationTest(unittest.TestCase):
                              sigmoid_bias=float("inf"))
         self.assert_rejected(ValueError, "sigmoid = 'exact' must be one of", q, q, q,
                              sigmoid="exact")
-        self.assert_rejected(TypeError, "deterministic must be True or False", q, q, q,
+        self.assert_rejected(TypeError, "deterministic must be None, True or False", q, q, q,
                              deterministic=1)
 
     def test_lengths_and_score_mod(self):
@@ -204,7 +204,12 @@ class StubbedLibrary:
         backward_args = _library.BackwardArgs(inputs=forward_args, deterministic=1)
         self.forward_defaults = bytes(forward_args)
         self.backward_defaults = bytes(backward_args)
+        self.kvcache_defaults = bytes(_library.KvCacheArgs(causal=1, window_left=-1,
+                                                           window_right=-1))
+        self.workspace = 0
         self.patches = [
+            mock.patch.object(kvcache, "_check_devices", lambda names, tensors: None),
+            mock.patch.object(kvcache, "_workspace_bytes", {}),
             mock.patch.object(_ops, "_c_abi", self),
             mock.patch.object(_ops, "_current_device", lambda: -1),
             mock.patch.object(_ops, "_current_raw_stream", lambda index: self.STREAM),
@@ -218,6 +223,15 @@ class StubbedLibrary:
 
     def backward(self, args, stream):
         self.calls.append(("backward", _library.BackwardArgs.from_buffer_copy(args), stream))
+        return 0
+
+    def forward_with_kvcache(self, args, stream):
+        self.calls.append(("kvcache", _library.KvCacheArgs.from_buffer_copy(args), stream))
+        return 0
+
+    def kvcache_workspace_bytes(self, args, size):
+        self.calls.append(("workspace", _library.KvCacheArgs.from_buffer_copy(args), None))
+        ctypes.cast(size, ctypes.POINTER(ctypes.c_size_t))[0] = self.workspace
         return 0
 
     def __enter__(self):
@@ -264,6 +278,20 @@ class EagerPathTest(unittest.TestCase):
         args = library.calls[0][1]
         self.assertEqual((args.q.batch_stride, args.q.seq_stride, args.q.head_stride), (0, 64, 0))
 
+    def test_default_split_follows_torch_deterministic_algorithms(self):
+        q, k, v = (bthd().requires_grad_(True) for _ in range(3))
+        enabled = torch.are_deterministic_algorithms_enabled()
+        splits = []
+        try:
+            for deterministic in (False, True):
+                torch.use_deterministic_algorithms(deterministic)
+                with StubbedLibrary() as library:
+                    sigattn.sigmoid_attention(q, k, v).backward(torch.randn_like(q))
+                splits.append(library.calls[1][1].deterministic)
+        finally:
+            torch.use_deterministic_algorithms(enabled)
+        self.assertEqual(splits, [0, 1])
+
     def test_autograd_path_saves_the_inputs_for_the_backward(self):
         q, k, v = (bthd(dtype=torch.float16).requires_grad_(True) for _ in range(3))
         lens = torch.tensor([5, 16])
@@ -303,6 +331,134 @@ class EagerPathTest(unittest.TestCase):
         result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(result.stdout.strip(), "[]")
+
+
+def cache(batch=2, length=32, heads=2, dim=64, dtype=torch.bfloat16):
+    return torch.randn(batch, length, heads, dim).to(dtype)
+
+
+class KvCacheValidationTest(unittest.TestCase):
+    """Every check of sigmoid_attention_with_kvcache runs before the device check, so CPU tensors
+    reach each of them."""
+
+    def assert_rejected(self, error, pattern, q, k_cache, v_cache, cache_seqlens, **kwargs):
+        with self.assertRaisesRegex(error, pattern):
+            sigattn.sigmoid_attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, **kwargs)
+
+    def setUp(self):
+        self.q = bthd(seq=1, heads=8)
+        self.k, self.v = cache(), cache()
+        self.lens = torch.tensor([3, 7], dtype=torch.int32)
+
+    def test_tensors(self):
+        q, k, v, lens = self.q, self.k, self.v, self.lens
+        self.assert_rejected(TypeError, "q must be a torch.Tensor", [1.0], k, v, lens)
+        self.assert_rejected(ValueError, r"k_cache must be 4-D", q, k[0], v, lens)
+        self.assert_rejected(TypeError, r"v_cache has dtype torch.float16, q has torch.bfloat16",
+                             q, k, v.half(), lens)
+        self.assert_rejected(TypeError, "sigattn supports", q.float(), k, v, lens)
+        self.assert_rejected(ValueError, "k_cache and v_cache must have the same shape", q, k,
+                             cache(length=16), lens)
+        self.assert_rejected(ValueError, "head dim mismatch", bthd(seq=1, heads=8, dim=32), k, v,
+                             lens)
+        self.assert_rejected(ValueError, "q has 6 heads, which is not a multiple of the 4 heads",
+                             bthd(seq=1, heads=6), cache(heads=4), cache(heads=4), lens)
+        self.assert_rejected(ValueError, "head_dim = 12 is not supported",
+                             bthd(seq=1, dim=12), cache(dim=12), cache(dim=12), lens)
+        self.assert_rejected(ValueError, r"k_cache.stride\(1\) = 130 must be a non-negative",
+                             q, torch.randn(2, 32, 2, 65).bfloat16()[..., :64], v, lens)
+        self.assert_rejected(ValueError, "batch size mismatch: q has 2, the contiguous k_cache",
+                             q, cache(batch=3), cache(batch=3), lens)
+
+    def test_lengths_and_block_table(self):
+        q, k, v, lens = self.q, self.k, self.v, self.lens
+        self.assert_rejected(ValueError, r"cache_seqlens must have shape \(2,\)", q, k, v,
+                             torch.tensor([1, 2, 3], dtype=torch.int32))
+        self.assert_rejected(TypeError, "cache_seqlens must be an integer tensor", q, k, v,
+                             torch.tensor([1.0, 2.0]))
+        self.assert_rejected(ValueError, "cache_seqlens is required", q, k, v, None)
+        self.assert_rejected(ValueError, r"block_table must be \[batch, max_blocks\]", q, k, v,
+                             lens, block_table=torch.zeros(3, 4, dtype=torch.int32))
+        self.assert_rejected(TypeError, "block_table must be an integer tensor", q, k, v, lens,
+                             block_table=torch.zeros(2, 4))
+        # A paged cache may hold any number of blocks: the batch need not match.
+        self.assert_rejected(ValueError, "is on cpu", q, cache(batch=9, length=16),
+                             cache(batch=9, length=16), lens,
+                             block_table=torch.zeros(2, 4, dtype=torch.int64))
+
+    def test_new_tokens_and_options(self):
+        q, k, v, lens = self.q, self.k, self.v, self.lens
+        new = cache(length=2)
+        self.assert_rejected(ValueError, "k_new and v_new must be given together", q, k, v, lens,
+                             k_new=new)
+        self.assert_rejected(ValueError, r"v_new must have shape \(2, 2, 2, 64\)", q, k, v, lens,
+                             k_new=new, v_new=cache(length=2, heads=1))
+        self.assert_rejected(ValueError, "seqlen_new = 33 new tokens do not fit a cache of 32",
+                             q, k, v, lens, k_new=cache(length=33), v_new=cache(length=33))
+        self.assert_rejected(ValueError, r"score_mod must have shape \(2, 32\) = \(batch, cache "
+                             r"capacity\)", q, k, v, lens, score_mod=torch.zeros(2, 16))
+        self.assert_rejected(ValueError, "window left = -2", q, k, v, lens, window=(-2, 0))
+        self.assert_rejected(ValueError, "scale = 0.0 must be finite and > 0", q, k, v, lens,
+                             scale=0.0)
+        self.assert_rejected(ValueError, "sigmoid_bias = nan must be finite", q, k, v, lens,
+                             sigmoid_bias=float("nan"))
+        self.assert_rejected(ValueError, "sigmoid = 'exact' must be one of", q, k, v, lens,
+                             sigmoid="exact")
+        self.assert_rejected(ValueError, "q is on cpu", q, k, v, lens, k_new=new, v_new=new)
+
+
+class KvCacheCallTest(unittest.TestCase):
+    """What sigmoid_attention_with_kvcache passes to the C ABI (the library stubbed)."""
+
+    def test_contiguous_cache_with_new_tokens(self):
+        q = bthd(seq=1, heads=8, dtype=torch.float16)
+        k, v = cache(dtype=torch.float16), cache(dtype=torch.float16)
+        new = cache(length=3, dtype=torch.float16)
+        lens = torch.tensor([3, 7])
+        with StubbedLibrary() as library:
+            library.workspace = 4096
+            out = sigattn.sigmoid_attention_with_kvcache(q, k, v, lens, k_new=new, v_new=new,
+                                                         window=(8, -1), sigmoid_bias=-3.0,
+                                                         sigmoid="accurate")
+        self.assertEqual([call[0] for call in library.calls], ["workspace", "kvcache"])
+        _, args, stream = library.calls[1]
+        self.assertEqual(stream, StubbedLibrary.STREAM)
+        self.assertEqual(out.shape, q.shape)
+        self.assertEqual((args.dtype, args.batch, args.seqlen_q, args.heads_q, args.heads_kv,
+                          args.head_dim), (_library.DTYPE_FP16, 2, 1, 8, 2, 64))
+        self.assertEqual((args.max_cache_len, args.block_table, args.seqlen_new), (32, None, 3))
+        self.assertEqual((args.k_cache.batch_stride, args.k_cache.seq_stride,
+                          args.k_cache.head_stride), (32 * 2 * 64, 2 * 64, 64))
+        self.assertEqual((args.q.seq_stride, args.out.data), (0, out.data_ptr()))
+        self.assertEqual((args.k_new.data, args.v_new.data), (new.data_ptr(), new.data_ptr()))
+        self.assertNotEqual(args.cache_seqlens, None)
+        self.assertEqual((args.causal, args.window_left, args.window_right), (1, 8, -1))
+        self.assertEqual((args.has_bias, args.bias, args.has_scale), (1, -3.0, 0))
+        self.assertEqual(args.sigmoid, _library.SIGMOID_ACCURATE)
+        self.assertEqual(args.workspace_bytes, 4096)
+        self.assertNotEqual(args.workspace, None)
+
+    def test_paged_cache_without_new_tokens_needs_no_workspace_when_unsplit(self):
+        q = bthd(batch=3, seq=2, heads=4)
+        k, v = cache(batch=10, length=16), cache(batch=10, length=16)
+        table = torch.arange(12).view(3, 4)
+        mod = torch.zeros(3, 64, dtype=torch.float64)
+        with StubbedLibrary() as library:
+            sigattn.sigmoid_attention_with_kvcache(q, k, v, torch.tensor([0, 16, 40]),
+                                                   block_table=table, score_mod=mod,
+                                                   is_causal=False)
+            sigattn.sigmoid_attention_with_kvcache(q, k, v, torch.tensor([1, 2, 3]),
+                                                   block_table=table, score_mod=mod,
+                                                   is_causal=False)
+        # The workspace size is asked once per shape and options.
+        self.assertEqual([call[0] for call in library.calls], ["workspace", "kvcache", "kvcache"])
+        args = library.calls[1][1]
+        self.assertEqual((args.max_cache_len, args.max_blocks, args.num_blocks, args.block_size),
+                         (0, 4, 10, 16))
+        self.assertEqual(args.block_table_batch_stride, 4)
+        self.assertEqual((args.seqlen_new, args.k_new.data, args.causal), (0, None, 0))
+        self.assertEqual(args.score_mod_batch_stride, 64)
+        self.assertEqual((args.workspace, args.workspace_bytes), (None, 0))
 
 
 @unittest.skipUnless(sigattn.REGISTERED_AS_TORCH_OP, "torch < 2.4: no torch.library custom op")
@@ -532,6 +688,7 @@ class TuneTest(unittest.TestCase):
 # ctypes structure -> C type name in sigattn.h.
 STRUCTS = [(_library.Tensor, "sigattn_tensor"), (_library.ForwardArgs, "sigattn_forward_args"),
            (_library.BackwardArgs, "sigattn_backward_args"),
+           (_library.KvCacheArgs, "sigattn_kvcache_args"),
            (_library.Dispatch, "sigattn_dispatch"), (_library.Device, "sigattn_device")]
 CONSTANTS = dict({name: code for code, name in _library.STATUS_NAMES.items()},
                  SIGATTN_BF16=_library.DTYPE_BF16, SIGATTN_FP16=_library.DTYPE_FP16,

@@ -1,7 +1,9 @@
 """GPU tests of the sigattn Python package: outputs and gradients against a plain fp64 torch
 implementation (padded, varlen, causal, window, GQA, score_mod, bias, BHTD-strided inputs), the
 same results as TritonSigmoid through its own call signatures (when it is importable),
-torch.compile(fullgraph=True) forward and backward, and CUDA graph capture and replay.
+torch.compile(fullgraph=True) forward and backward, CUDA graph capture and replay, and
+sigmoid_attention_with_kvcache on contiguous and paged caches (appends, splits, graph replays with
+new lengths).
 Skips itself without a CUDA GPU or without libsigattn.so. Fresh random inputs every run; each
 failure message carries the seed.
 """
@@ -354,18 +356,7 @@ class CudaGraphTest(GpuTestCase):
             out.backward(grad_out)
             return out
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            step()
-        torch.cuda.current_stream().wait_stream(side)
-        for x in static:
-            x.grad = None
-
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = step()
-
+        graph, static_out = capture_after_warm_up(step, static)
         with torch.no_grad():
             for x in static:
                 x.copy_(torch.randn(*shape, device="cuda", dtype=torch.bfloat16))
@@ -378,9 +369,195 @@ class CudaGraphTest(GpuTestCase):
         expected = sigattn.sigmoid_attention(*eager, is_causal=True, seq_lens_q=lens,
                                              seq_lens_k=lens)
         expected.backward(grad_out)
-        self.assertTrue(torch.equal(static_out, expected), "replayed output differs from eager")
+        self.assertTrue(torch.equal(static_out, expected),
+                        "replayed output differs from eager")
         for name, x, e in zip("qkv", static, eager):
             self.assertTrue(torch.equal(x.grad, e.grad), f"replayed d{name} differs from eager")
+
+    def test_padded_lengths_out_of_range_are_clamped_on_replay(self):
+        # Under capture the host never sees the lengths: replayed with lengths below 0 and above
+        # the padded length, the kernels clamp them to [0, 192] (README, torch.compile and CUDA
+        # graphs), forward and backward.
+        shape = (2, 192, 4, 64)
+        static = [torch.randn(*shape, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                  for _ in range(3)]
+        lens_q = torch.tensor([192, 100], device="cuda", dtype=torch.int32)
+        lens_k = torch.tensor([150, 192], device="cuda", dtype=torch.int32)
+        grad_out = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
+
+        def step():
+            out = sigattn.sigmoid_attention(*static, seq_lens_q=lens_q, seq_lens_k=lens_k)
+            out.backward(grad_out)
+            return out
+
+        graph, static_out = capture_after_warm_up(step, static)
+        lens_q.copy_(torch.tensor([-5, 1 << 30], dtype=torch.int32))
+        lens_k.copy_(torch.tensor([1000, -1], dtype=torch.int32))
+        graph.replay()
+        torch.cuda.synchronize()
+
+        clamped_q = torch.tensor([0, 192], device="cuda", dtype=torch.int32)
+        clamped_k = torch.tensor([192, 0], device="cuda", dtype=torch.int32)
+        ref_inputs = [x.detach().double().requires_grad_(True) for x in static]
+        expected = reference(*ref_inputs, seq_lens_q=clamped_q, seq_lens_k=clamped_k)
+        expected.backward(grad_out.double())
+        self.assertLess(rel_l2(static_out, expected), 2e-2)
+        for name, x, e in zip("qkv", static, ref_inputs):
+            self.assertTrue(torch.isfinite(x.grad).all(), f"d{name} is not finite")
+            self.assertLess(rel_l2(x.grad, e.grad), 3e-2, f"d{name}")
+
+    def test_varlen_lengths_out_of_range_are_clamped_on_replay(self):
+        # Packed 300 tokens, max_seqlen 128: replayed with a sequence longer than max_seqlen, one
+        # whose end lies before its start and one of 128, every length is clamped to [0, 128]
+        # from the sequence's start; rows no clamped sequence covers keep what the call's
+        # zero-initialized output holds.
+        heads, dim, max_seqlen = 4, 64, 128
+        q, k, v = (torch.randn(300, heads, dim, device="cuda", dtype=torch.bfloat16)
+                   for _ in range(3))
+        cu = torch.tensor([0, 100, 200, 300], device="cuda", dtype=torch.int32)
+
+        def step():
+            return sigattn.sigmoid_attention_varlen(q, k, v, cu, cu, max_seqlen, max_seqlen)
+
+        graph, static_out = capture_after_warm_up(step, [])
+        cu.copy_(torch.tensor([0, 200, 150, 278], dtype=torch.int32))
+        graph.replay()
+        torch.cuda.synchronize()
+
+        out = static_out.double()
+        for start, length in ((0, 128), (150, 128)):
+            rows = slice(start, start + length)
+            expected = reference(q[rows].unsqueeze(0), k[rows].unsqueeze(0),
+                                 v[rows].unsqueeze(0))[0]
+            self.assertLess(rel_l2(out[rows], expected), 2e-2, f"sequence at {start}")
+        self.assertTrue(torch.equal(out[128:150], torch.zeros_like(out[128:150])))
+        self.assertTrue(torch.equal(out[278:], torch.zeros_like(out[278:])))
+
+
+def capture_after_warm_up(step, leaves):
+    """Runs step once on a side stream (compiling its kernels), clears the leaves' gradients and
+    captures step in a CUDA graph; returns the graph and the output tensor its replays write."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    for x in leaves:
+        x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    return graph, out
+
+
+class KvCacheTest(GpuTestCase):
+    """sigmoid_attention_with_kvcache against the fp64 reference on the cache after the append (the
+    reference's bottom-right diagonal is the cache's: query i at position len - seqlen_q + i)."""
+
+    def make(self, dtype=torch.bfloat16, batch=3, capacity=300, heads_q=8, heads_kv=2, dim=128,
+             seqlen_q=1, seqlen_new=1, lens=(0, 1, 250), block_size=None):
+        """Random q, new tokens and cache; a paged cache (block_size) gets a shuffled block
+        table. Returns the call's tensors and the logical cache [B, capacity, Hkv, D] they hold."""
+        lens = torch.tensor(lens, device="cuda", dtype=torch.int32)
+        q = torch.randn(batch, seqlen_q, heads_q, dim, device="cuda", dtype=dtype)
+        new = [torch.randn(batch, seqlen_new, heads_kv, dim, device="cuda", dtype=dtype)
+               for _ in range(2)] if seqlen_new else [None, None]
+        logical = [torch.randn(batch, capacity, heads_kv, dim, device="cuda", dtype=dtype)
+                   for _ in range(2)]
+        table = None
+        if block_size is None:
+            caches = [x.clone() for x in logical]
+        else:
+            blocks_per_sequence = capacity // block_size
+            table = torch.randperm(batch * blocks_per_sequence + 2, device="cuda")[
+                :batch * blocks_per_sequence].view(batch, blocks_per_sequence).to(torch.int32)
+            caches = []
+            for x in logical:
+                paged = torch.full((batch * blocks_per_sequence + 2, block_size, heads_kv, dim),
+                                   float("nan"), device="cuda", dtype=dtype)
+                paged[table.flatten().long()] = x.reshape(-1, block_size, heads_kv, dim)
+                caches.append(paged)
+        return q, caches, lens, new, table, logical
+
+    def check(self, q, caches, lens, new, table, logical, **options):
+        out = sigattn.sigmoid_attention_with_kvcache(q, caches[0], caches[1], lens, k_new=new[0],
+                                                     v_new=new[1], block_table=table, **options)
+        seqlen_new = 0 if new[0] is None else new[0].shape[1]
+        for b, length in enumerate(lens.tolist()):
+            for x, n in zip(logical, new):
+                if n is not None:
+                    x[b, length:length + seqlen_new] = n[b]
+        if table is not None:
+            block_size = caches[0].shape[1]
+            for x, cache in zip(logical, caches):
+                gathered = cache[table.flatten().long()].view(x.shape)
+                filled = torch.arange(x.shape[1], device="cuda") < (lens + seqlen_new).view(-1, 1)
+                self.assertTrue(torch.equal(gathered[filled], x[filled]),
+                                f"the paged cache after the append (block {block_size})")
+        else:
+            for x, cache in zip(logical, caches):
+                self.assertTrue(torch.equal(cache, x), "the cache after the append")
+        ref_options = {key: value for key, value in options.items() if key != "sigmoid"}
+        ref = reference(q, logical[0], logical[1], seq_lens_k=lens + seqlen_new, **ref_options)
+        self.assertFalse(torch.isnan(out).any().item(), "NaN in the output")
+        self.assert_close(out, ref, OUTPUT_REL_L2[q.dtype], f"kvcache output {options}")
+        return out
+
+    def test_contiguous_decode_with_append(self):
+        self.check(*self.make(), is_causal=True)
+
+    def test_paged_decode_on_block_boundaries(self):
+        self.check(*self.make(lens=(15, 16, 31), capacity=16 * 8, block_size=16), is_causal=True)
+
+    def test_speculative_rows_window_score_mod_and_bias(self):
+        q, caches, lens, new, table, logical = self.make(
+            dtype=torch.float16, dim=64, heads_q=16, heads_kv=2, seqlen_q=4, seqlen_new=4,
+            lens=(0, 60, 120), capacity=256, block_size=64)
+        mod = torch.randn(3, 256, device="cuda")
+        self.check(q, caches, lens, new, table, logical, is_causal=True, window=(30, -1),
+                   score_mod=mod, sigmoid_bias=-5.0, sigmoid="accurate")
+
+    def test_one_long_sequence_splits_the_cache(self):
+        # batch 1, GQA 32:8: too few (sequence, kv head) pairs to fill the GPU, so the cache is
+        # split and the partial outputs added.
+        self.check(*self.make(batch=1, heads_q=32, heads_kv=8, capacity=8192, lens=(8000,),
+                              seqlen_new=0), is_causal=True)
+
+    def test_chunked_prefill(self):
+        self.check(*self.make(batch=2, heads_q=8, heads_kv=8, seqlen_q=40, seqlen_new=40,
+                              lens=(0, 100), capacity=192), is_causal=True)
+
+    def test_cuda_graph_replays_with_new_lengths(self):
+        q, caches, lens, new, table, logical = self.make(batch=2, capacity=512, lens=(100, 7),
+                                                         block_size=32)
+        step = lambda: sigattn.sigmoid_attention_with_kvcache(  # noqa: E731
+            q, caches[0], caches[1], lens, k_new=new[0], v_new=new[1], block_table=table)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = step()
+        for lengths in ((101, 8), (300, 0), (479, 64)):
+            lens.copy_(torch.tensor(lengths, device="cuda", dtype=torch.int32))
+            for x in new:
+                x.copy_(torch.randn_like(x))
+            graph.replay()
+            torch.cuda.synchronize()
+            for x, cache in zip(logical, caches):
+                x.copy_(cache[table.flatten().long()].view(x.shape))
+            ref = reference(q, logical[0], logical[1], seq_lens_k=lens + 1, is_causal=True)
+            self.assert_close(static_out, ref, OUTPUT_REL_L2[q.dtype],
+                              f"replayed decode step at lengths {lengths}")
+
+    def test_bad_lengths_are_refused(self):
+        q, caches, lens, new, table, _ = self.make(capacity=64, lens=(0, 63, 5))
+        with self.assertRaisesRegex(sigattn.SigattnError,
+                                    r"cache_seqlens\[1\] = 64 is out of range \[0, 63\]"):
+            sigattn.sigmoid_attention_with_kvcache(q, caches[0], caches[1], lens + 1,
+                                                   k_new=new[0], v_new=new[1])
 
 
 if __name__ == "__main__":

@@ -6,13 +6,16 @@
 // dV += P^T dO and dK += dS^T Q. Two consumer warpgroups take turns on the tensor cores. With
 // Cfg::kAtomicDq (the one-pass split) the consumers also stage dS^T in shared memory and compute
 // the step's dQ = dS K in a turn of its own, each a 64-row part, adding it into the fp32
-// workspace with atomics.
+// workspace with atomics. Above head dim 128 the gradient split (block_n 64) keeps dK and dV of 64
+// keys in registers: both warpgroups own the same keys, one computing S^T, P^T and dV, the other
+// dP^T, dS^T and dK.
 #pragma once
 
 #include "sigattn/bwd_atomic_dq_sm80.cuh"
 #include "sigattn/bwd_sm90_params.h"
 #include "sigattn/hopper_sm90.cuh"
 #include "sigattn/ptx_sm80.cuh"
+#include "sigattn/row_blocks_sm90.cuh"
 #include "sigattn/sequence.cuh"
 #include "sigattn/shared_storage.h"
 #include "sigattn/sigmoid.cuh"
@@ -28,19 +31,27 @@ struct BwdDkdvSm90Shape {
   static constexpr int kBN = Cfg::kBlockN;  // keys per CTA
   static constexpr int kStages = Cfg::kStages;
   static constexpr bool kAtomicDq = Cfg::kAtomicDq;
-  static constexpr int kConsumers = kBN / 64;  // consumer warpgroups, 64 keys each
+  // Two consumer warpgroups: 64 keys and both gradients each, or the same 64 keys and one
+  // gradient each (shared_storage.h).
+  static constexpr bool kGradientSplit = dkdv_sm90_gradient_split(kBN);
+  static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (1 + kConsumers);
   // Tiles are stored as column blocks of 64 elements (128-byte rows, the swizzle span).
   static constexpr int kSlabs = sm90_column_blocks(kD);
   static constexpr BwdDkdvSm90Storage kSmem =
       bwd_dkdv_sm90_storage(kD, kBM, kBN, kStages, kAtomicDq);
   static constexpr int kRowBytes = kSmem.q.slot_bytes;  // one Q or one dO tile
-  // One step's dS^T: kBN key rows of kBM queries, in column blocks of 64 queries.
+  // One step's dS^T (kBN key rows of kBM queries, in column blocks of 64 queries), or its slopes.
   static constexpr int kDsBytes = kSmem.ds.slot_bytes;
-  // The step's dQ (kBM x kD) is split over the consumers: 64-row blocks, then head-dim columns.
+  // Arrivals that fill a dS^T or slope buffer and that empty it: every consumer thread, or in the
+  // gradient split the one warpgroup that writes it and the one that reads it.
+  static constexpr int kDsArrivals = kGradientSplit ? 128 : 128 * kConsumers;
+  // The one-pass split's dQ of a step (kBM x kD) is split over the consumers: 64-row blocks, then
+  // head-dim columns. Without that split no dQ is computed, and kDqWidth is any width wgmma has
+  // (kD / 2 of d=80 is not), so that the kernel's unused dQ code still compiles.
   static constexpr int kDqRowBlocks = kBM / 64;
   static constexpr int kDqColParts = kConsumers >= kDqRowBlocks ? kConsumers / kDqRowBlocks : 1;
-  static constexpr int kDqWidth = kD / kDqColParts;
+  static constexpr int kDqWidth = kAtomicDq ? kD / kDqColParts : 64;
   static constexpr int kSmemBytes = kSmem.bytes;
   // Registers per thread after setmaxnreg: the producer gives its share to the consumers. The
   // consumers' increase waits until the pool allocated at launch (the per-thread count ptxas
@@ -50,12 +61,19 @@ struct BwdDkdvSm90Shape {
   static constexpr int kLaunchRegisters =
       65536 / kThreads / 8 * 8 < 248 ? 65536 / kThreads / 8 * 8 : 248;
 
-  static_assert(kD == 64 || kD == 128, "head_dim must be 64 or 128");
-  static_assert(kBN == 128, "block_n must be 128 (two warpgroups taking turns)");
+  static_assert(kD % 16 == 0 && kD >= 64 && kD <= 256,
+                "head_dim must be a multiple of 16 in [64, 256]");
+  static_assert(kBN == 128 || kBN == 64,
+                "block_n must be 128 (two warpgroups of 64 keys taking turns) or 64 (two "
+                "warpgroups on the same keys, one per gradient)");
   static_assert(kBM == 64 || kBM == 128, "block_m must be 64 or 128");
-  static_assert(Cfg::kWarps * 32 == kThreads, "warps must be 4 per consumer warpgroup plus 4");
+  static_assert(Cfg::kWarps * 32 == kThreads, "warps must be 12: two consumer warpgroups plus 4");
   static_assert(kStages >= 2 && kStages <= 4, "stages must be 2, 3 or 4");
-  static_assert(kD + kBM <= 192, "dK, dV, S^T and dP^T accumulators exceed the registers");
+  static_assert(kGradientSplit || kD + kBM <= 192,
+                "dK, dV, S^T and dP^T accumulators exceed the registers");
+  static_assert(!kGradientSplit || kD / 2 + kBM / 2 <= 192,
+                "one gradient and the step's scores exceed the registers");
+  static_assert(!(kAtomicDq && kGradientSplit), "the one-pass split needs block_n 128");
   static_assert(!kAtomicDq || (kConsumers % kDqRowBlocks == 0 && kDqWidth % 64 == 0),
                 "the dQ split needs whole 64-row blocks and 64-column blocks per warpgroup");
   static_assert(kSmemBytes == Cfg::kSmemBytes, "generator and kernel disagree on shared memory");
@@ -85,6 +103,191 @@ __device__ __forceinline__ void key_probabilities(float (&acc_s)[Cfg::kBlockM / 
       acc_s[nt * 4 + e] = prob;
     }
   }
+}
+
+// The bias and score_mod of the thread's two keys `key` and key + 8, in the sigmoid's form.
+template <class Cfg>
+__device__ __forceinline__ void key_shifts(float (&shift)[2],
+                                           const Sigmoid<Cfg::kAccurateSigmoid>& sigmoid,
+                                           const FwdParams& p, const SeqInfo& seq, int batch,
+                                           int key) {
+  const float bias = sequence_bias(p, seq);
+  const float* score_mod = p.score_mod + batch * p.score_mod_batch_stride;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    shift[h] = sigmoid.template key_shift<Cfg::kScoreMod>(bias, score_mod, key + 8 * h, seq.len_k);
+  }
+}
+
+// key_probabilities over a step's fragment (the block_m queries from m0) of the warpgroup's 64
+// keys from wg_key, unmasked where no mask touches them.
+template <class Cfg, class Mask>
+__device__ __forceinline__ void step_probabilities(float (&acc_s)[Cfg::kBlockM / 2],
+                                                   const Sigmoid<Cfg::kAccurateSigmoid>& sigmoid,
+                                                   const float (&shift)[2], const Mask& mask,
+                                                   int m0, int len_q, int wg_key, int key,
+                                                   int lane) {
+  if ((Cfg::kSeqLenX128 && !Cfg::kCausal && !Cfg::kWindow) ||
+      (m0 + Cfg::kBlockM <= len_q &&
+       mask.tile_unmasked(m0, m0 + Cfg::kBlockM - 1, wg_key, wg_key + 63))) {
+    key_probabilities<Cfg, false>(acc_s, sigmoid, shift, mask, m0, len_q, key, lane);
+  } else {
+    key_probabilities<Cfg, true>(acc_s, sigmoid, shift, mask, m0, len_q, key, lane);
+  }
+}
+
+// The gradient split's slopes P^T (1 - P^T) of a 64 x kN fragment, as fp16 pairs (P^T (1 - P^T)
+// lies in [0, 1/4], where fp16 is at least as precise as the 16-bit dS^T they become), into a
+// shared buffer: each thread's 16-byte vectors 2 KiB apart, so that the 32 threads of a warp store
+// and load 512 consecutive bytes. The same thread of the other warpgroup, whose fragment holds the
+// same elements, reads them back.
+template <int kN>
+__device__ __forceinline__ void store_slopes(unsigned buffer, const float (&probs)[kN / 2],
+                                             int thread) {
+#pragma unroll
+  for (int v = 0; v < kN / 16; ++v) {
+    unsigned pairs[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      pairs[j] = pack2<false>(sigmoid_slope(probs[8 * v + 2 * j]),
+                              sigmoid_slope(probs[8 * v + 2 * j + 1]));
+    }
+    asm volatile(
+        "st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(buffer + (v * 128 + thread) * 16),
+        "r"(pairs[0]), "r"(pairs[1]), "r"(pairs[2]), "r"(pairs[3])
+        : "memory");
+  }
+}
+
+// acc *= the slopes store_slopes left for this thread: dS^T = dP^T P^T (1 - P^T).
+template <int kN>
+__device__ __forceinline__ void multiply_by_slopes(float (&acc)[kN / 2], unsigned buffer,
+                                                   int thread) {
+#pragma unroll
+  for (int v = 0; v < kN / 16; ++v) {
+    unsigned pairs[4];
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(pairs[0]), "=r"(pairs[1]), "=r"(pairs[2]), "=r"(pairs[3])
+                 : "r"(buffer + (v * 128 + thread) * 16)
+                 : "memory");
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float lo, hi;
+      asm("{\n.reg .f16 l, h;\nmov.b32 {l, h}, %2;\ncvt.f32.f16 %0, l;\ncvt.f32.f16 %1, h;\n}\n"
+          : "=f"(lo), "=f"(hi)
+          : "r"(pairs[j]));
+      acc[8 * v + 2 * j] *= lo;
+      acc[8 * v + 2 * j + 1] *= hi;
+    }
+  }
+}
+
+// A consumer warpgroup of the gradient split (block_n 64): both own the CTA's 64 keys. Consumer 0
+// (kValues) computes S^T = K Q^T, P^T and dV += P^T dO; consumer 1 dP^T = V dO^T,
+// dS^T = dP^T P^T (1 - P^T) and dK += dS^T Q. Each holds one gradient (head_dim / 2 registers per
+// thread, which lets head dims up to 256 fit) and runs the same two GEMM shapes, the score GEMM
+// of step j + 1 and the update of step j in flight while step j + 1's elementwise work runs.
+// The slopes of step j pass from consumer 0 to consumer 1 through buffer j % 2 with its full and
+// empty barriers; the dependence staggers the two warpgroups, so one's elementwise work runs
+// while the other's GEMMs hold the tensor cores.
+template <class Cfg, bool kValues>
+__device__ __forceinline__ void consume_gradient_split(const BwdSm90Params& params, unsigned base,
+                                                       int n0, int head_kv, int batch, int thread) {
+  using S = BwdDkdvSm90Shape<Cfg>;
+  constexpr bool kBf16 = Cfg::kBf16;
+  constexpr Layout kLayout = Cfg::kLayout;
+  const BwdParams& bp = params.base;
+  const FwdParams& p = bp.fwd;
+  const SeqInfo seq = sequence_info<kLayout>(p, batch);
+  const KeyMask<Cfg::kCausal, Cfg::kWindow> mask(p, seq);
+  const QuerySteps qs = query_steps<S::kBM, S::kBN>(mask, seq, n0, p.heads_q / p.heads_kv);
+  const int lane = thread % 32;
+  const int key0 = 16 * (thread / 32) + lane / 4;  // this thread's keys: key0 and key0 + 8
+  const unsigned slopes = base + S::kSmem.ds.offset;
+  const unsigned bar_slopes_full = base + S::kSmem.bar_ds_full.offset;
+  const unsigned bar_slopes_empty = base + S::kSmem.bar_ds_empty.offset;
+  const unsigned bar_full = base + S::kSmem.bar_full.offset;
+  const unsigned bar_empty = base + S::kSmem.bar_empty.offset;
+  // The score GEMM's A (K or V) and the stage rows its B comes from (Q or dO), and the stage rows
+  // of the update's B (dO or Q).
+  const unsigned keys = base + (kValues ? S::kSmem.k.offset : S::kSmem.v.offset);
+  const unsigned score_rows = base + (kValues ? S::kSmem.q.offset : S::kSmem.dout.offset);
+  const unsigned update_rows = base + (kValues ? S::kSmem.dout.offset : S::kSmem.q.offset);
+
+  float acc[S::kD / 2];  // dV or dK
+#pragma unroll
+  for (int i = 0; i < S::kD / 2; ++i) acc[i] = 0.0f;
+
+  if (qs.steps > 0) {
+    const Sigmoid<Cfg::kAccurateSigmoid> sigmoid(p.scale);
+    float shift[2];
+    if constexpr (kValues) key_shifts<Cfg>(shift, sigmoid, p, seq, batch, n0 + key0);
+    float acc_s[S::kBM / 2];  // S^T, then P^T (consumer 0); dP^T, then dS^T (consumer 1)
+    unsigned frag[S::kBM / 16][4];
+    const auto issue_scores = [&](int stage) {
+      wgmma_fence();
+      wgmma_ss_k_major<kBf16, S::kBM, S::kD, S::kBN, S::kBM>(acc_s, keys,
+                                                             score_rows + stage * S::kRowBytes);
+      wgmma_commit();
+    };
+    const auto issue_update = [&](int stage) {
+      wgmma_fence();
+      wgmma_rs_n_major<kBf16, S::kD, S::kBM>(acc, frag, update_rows + stage * S::kRowBytes);
+      wgmma_commit();
+    };
+    const auto elementwise = [&](int step) {
+      fence_operands(acc_s);
+      const unsigned buffer = slopes + (step & 1) * S::kDsBytes;
+      if constexpr (kValues) {
+        const int m0 = qs.row0(step, S::kBM);
+        step_probabilities<Cfg>(acc_s, sigmoid, shift, mask, m0, seq.len_q, n0, n0 + key0, lane);
+        if (step >= 2) mbarrier_wait(bar_slopes_empty + 8 * (step & 1), ((step >> 1) - 1) & 1);
+        store_slopes<S::kBM>(buffer, acc_s, thread);
+        mbarrier_arrive(bar_slopes_full + 8 * (step & 1));
+      } else {
+        mbarrier_wait(bar_slopes_full + 8 * (step & 1), (step >> 1) & 1);
+        multiply_by_slopes<S::kBM>(acc_s, buffer, thread);
+        mbarrier_arrive(bar_slopes_empty + 8 * (step & 1));
+      }
+    };
+
+    mbarrier_wait(base + S::kSmem.bar_kv.offset, 0);
+    RingPosition<S::kStages> ring;
+    mbarrier_wait(bar_full + 8 * ring.stage, ring.phase);
+    issue_scores(ring.stage);
+    wgmma_wait<0>();
+    elementwise(0);
+    pack_wgmma_a<kBf16, S::kBM>(frag, acc_s);
+    for (int step = 0; step + 1 < qs.steps; ++step) {
+      const int stage = ring.stage;
+      ring.advance();
+      mbarrier_wait(bar_full + 8 * ring.stage, ring.phase);
+      issue_scores(ring.stage);
+      issue_update(stage);
+      wgmma_wait<1>();
+      elementwise(step + 1);
+      wgmma_wait<0>();
+      fence_operands(acc);
+      if (lane == 0) mbarrier_arrive(bar_empty + 8 * stage);
+      pack_wgmma_a<kBf16, S::kBM>(frag, acc_s);
+    }
+    issue_update(ring.stage);
+    wgmma_wait<0>();
+    fence_operands(acc);
+    if (lane == 0) mbarrier_arrive(bar_empty + 8 * ring.stage);
+  }
+
+  // Epilogue: dV, or dK = scale dS^T Q; key rows past len_k are zeros in the padded layout and
+  // absent in varlen.
+  const long long batch_stride = kValues ? bp.dv_batch_stride : bp.dk_batch_stride;
+  const long long seq_stride = kValues ? bp.dv_seq_stride : bp.dk_seq_stride;
+  const long long head_stride = kValues ? bp.dv_head_stride : bp.dk_head_stride;
+  unsigned short* rows = static_cast<unsigned short*>(kValues ? bp.dv : bp.dk) +
+                         seq.k_offset(batch_stride, seq_stride, batch) + head_kv * head_stride +
+                         n0 * seq_stride;
+  store_fragment_rows<kBf16, S::kD>(
+      rows, seq_stride, acc, kValues ? 1.0f : p.scale, key0, seq.len_k - n0,
+      (kLayout == Layout::kVarlen ? seq.len_k : p.max_seqlen_k) - n0, lane);
 }
 
 template <class Cfg>
@@ -127,8 +330,8 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
     }
     mbarrier_init(bar_kv, 1);
     for (int b = 0; b < 2; ++b) {
-      mbarrier_init(bar_ds_full + 8 * b, 128 * S::kConsumers);
-      mbarrier_init(bar_ds_empty + 8 * b, 128 * S::kConsumers);
+      mbarrier_init(bar_ds_full + 8 * b, S::kDsArrivals);
+      mbarrier_init(bar_ds_empty + 8 * b, S::kDsArrivals);
     }
     fence_barrier_init();
   }
@@ -213,9 +416,18 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
     return;
   }
 
-  // Consumers: warpgroup c owns keys [n0 + 64 c, +64); each warp 16 of them, laid out as the
-  // mma.sync m16n8 accumulator fragment repeated over the N/8 column blocks.
+  // Consumers: warpgroup c owns keys [n0 + 64 c, +64) (in the gradient split both own the 64
+  // keys, consume_gradient_split); each warp 16 of them, laid out as the mma.sync m16n8
+  // accumulator fragment repeated over the N/8 column blocks.
   setmaxnreg_increase<S::kConsumerRegisters>();
+  if constexpr (S::kGradientSplit) {
+    if (warpgroup == 1) {
+      consume_gradient_split<Cfg, true>(params, base, n0, head_kv, batch, tid - 128);
+    } else {
+      consume_gradient_split<Cfg, false>(params, base, n0, head_kv, batch, tid - 256);
+    }
+    return;
+  }
   const SeqInfo seq = sequence_info<kLayout>(p, batch);
   const KeyMask<Cfg::kCausal, Cfg::kWindow> mask(p, seq);
   const QuerySteps qs = query_steps<S::kBM, S::kBN>(mask, seq, n0, group);
@@ -233,15 +445,9 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   for (int i = 0; i < S::kD / 2; ++i) acc_dk[i] = acc_dv[i] = 0.0f;
 
   if (steps > 0) {
-    const float bias = sequence_bias(p, seq);
     const Sigmoid<Cfg::kAccurateSigmoid> sigmoid(p.scale);
-    const float* score_mod = p.score_mod + batch * p.score_mod_batch_stride;
-    float shift[2];  // bias + score_mod of the thread's two keys, in the sigmoid's form
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      shift[h] =
-          sigmoid.template key_shift<Cfg::kScoreMod>(bias, score_mod, n0 + key0 + 8 * h, seq.len_k);
-    }
+    float shift[2];
+    key_shifts<Cfg>(shift, sigmoid, p, seq, batch, n0 + key0);
     const unsigned k_rows = smem_k + wg_key0 * 128;
     const unsigned v_rows = smem_v + wg_key0 * 128;
 
@@ -327,13 +533,8 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       // dS^T = dP^T P^T (1 - P^T).
       wgmma_wait<1>();
       fence_operands(acc_s);
-      if ((Cfg::kSeqLenX128 && !Cfg::kCausal && !Cfg::kWindow) ||
-          (m0 + S::kBM <= seq.len_q &&
-           mask.tile_unmasked(m0, m0 + S::kBM - 1, n0 + wg_key0, n0 + wg_key0 + 63))) {
-        key_probabilities<Cfg, false>(acc_s, sigmoid, shift, mask, m0, seq.len_q, n0 + key0, lane);
-      } else {
-        key_probabilities<Cfg, true>(acc_s, sigmoid, shift, mask, m0, seq.len_q, n0 + key0, lane);
-      }
+      step_probabilities<Cfg>(acc_s, sigmoid, shift, mask, m0, seq.len_q, n0 + wg_key0, n0 + key0,
+                              lane);
       wgmma_wait<0>();
       fence_operands(acc_dp);
 #pragma unroll

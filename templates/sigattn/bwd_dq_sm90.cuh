@@ -1,11 +1,12 @@
 // The Hopper dQ kernel of the deterministic backward (sm_90a), persistent like the forward:
-// each CTA walks work tiles (query row block, head, batch). One producer warpgroup loads each
-// tile's Q and dO and streams its K/V tiles through a multi-stage ring with TMA; each of
-// block_m / 64 consumer warpgroups owns 64 query rows and per K/V tile computes S = Q K^T and
-// dP = dO V^T with wgmma from shared memory, dS = dP P (1 - P) with P = sigma(S) in registers,
-// and dQ += dS K with dS as the register A operand. The S and dP of tile j+1 and the dQ update
-// of tile j are in flight while tile j+1's sigmoid runs, and two consumer warpgroups alternate
-// their GEMMs. Each row block's dQ is stored once, scaled: no atomics, no workspace.
+// each CTA walks work tiles (query row block, head, batch) in the strided or the dynamic schedule.
+// One producer warpgroup loads each tile's Q and dO and streams its K/V tiles through a multi-stage
+// ring with TMA; each of block_m / 64 consumer warpgroups owns 64 query rows and per K/V tile
+// computes S = Q K^T and dP = dO V^T with wgmma from shared memory, dS = dP P (1 - P) with P =
+// sigma(S) in registers, and dQ += dS K with dS as the register A operand. The S and dP of tile j+1
+// and the dQ update of tile j are in flight while tile j+1's sigmoid runs, and two consumer
+// warpgroups alternate their GEMMs. Each row block's dQ is stored once, scaled: no atomics, no
+// workspace.
 #pragma once
 
 #include "sigattn/bwd_sm90_params.h"
@@ -30,7 +31,8 @@ struct BwdDqSm90Shape {
   static constexpr int kThreads = 128 * (1 + kConsumers);
   // Tiles are stored as column blocks of 64 elements (128-byte rows, the swizzle span).
   static constexpr int kSlabs = sm90_column_blocks(kD);
-  static constexpr RowBlockSm90Storage kSmem = bwd_dq_sm90_storage(kD, kBM, kBN, kStages);
+  static constexpr RowBlockSm90Storage kSmem =
+      bwd_dq_sm90_storage(kD, kBM, kBN, kStages, Cfg::kDynamicSchedule);
   static constexpr int kQBytes = kSmem.q.bytes();      // Q or dO
   static constexpr int kKVBytes = kSmem.k.slot_bytes;  // one K or one V tile
   static constexpr int kSmemBytes = kSmem.bytes;
@@ -40,7 +42,8 @@ struct BwdDqSm90Shape {
   static constexpr int kProducerRegisters = 40;
   static constexpr int kConsumerRegisters = 232;
 
-  static_assert(kD == 64 || kD == 128, "head_dim must be 64 or 128");
+  static_assert(kD % 16 == 0 && kD >= 64 && kD <= 256,
+                "head_dim must be a multiple of 16 in [64, 256]");
   static_assert(kConsumers == 1 || kConsumers == 2, "block_m must be 64 or 128");
   static_assert(Cfg::kWarps * 32 == kThreads, "warps must be 4 per consumer warpgroup plus 4");
   static_assert(kBN % 16 == 0 && kBN >= 16, "block_n must be a multiple of 16");
@@ -70,6 +73,7 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   const unsigned bar_q = base + S::kSmem.bar_q.offset;  // Q and dO landed
   // The consumers are done with Q and dO.
   const unsigned bar_q_empty = base + S::kSmem.bar_q_empty.offset;
+  const unsigned work_tiles = base + S::kSmem.work_tiles.offset;  // dynamic schedule only
   const KvRing kv{base + S::kSmem.k.offset, base + S::kSmem.v.offset,
                   base + S::kSmem.bar_full.offset, base + S::kSmem.bar_empty.offset};
 
@@ -93,8 +97,8 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
     RingPosition<S::kStages> ring;
     // Each work tile's Q and dO, then its K/V tiles; each part derives the tile's geometry
     // itself, so that no more than the loop's position stays in registers between them.
-    const auto load_q_do = [&](int index) {
-      const RowBlockWork w = describe_row_block<Cfg>(p, index);
+    const auto load_q_do = [&](const WorkTile& tile) {
+      const RowBlockWork w = describe_row_block<Cfg>(p, tile);
       if (w.tile_end <= w.tile_begin) return false;
       const auto tma = [&](int row, int batch_coord) {
 #pragma unroll
@@ -118,12 +122,8 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
                           copy_tail);
       return true;
     };
-    for (int index = blockIdx.x; index < row_block_work_tiles<S::kBM>(p); index += gridDim.x) {
-      if (load_q_do(index)) {
-        load_kv_tiles<Cfg>(p, &params.k, &params.v, describe_row_block<Cfg>(p, index), kv, ring,
-                           tid);
-      }
-    }
+    produce_row_blocks<Cfg>(p, params.tile_counter, &params.k, &params.v, work_tiles, bar_q,
+                            bar_q_empty, q_free_parity, kv, ring, tid, load_q_do);
     return;
   }
 
@@ -166,10 +166,24 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   turns.begin();
   unsigned q_parity = 0;  // phase of the next Q and dO
   RingPosition<S::kStages> ring;
-  for (int index = blockIdx.x; index < row_block_work_tiles<S::kBM>(p); index += gridDim.x) {
+  // The work tile at `index` of the strided schedule, or the one `published` in the dynamic one:
+  // derived again where used in the strided schedule rather than kept in registers through the
+  // main loop; kept in the dynamic one, whose slot the producer writes again while the tile's
+  // epilogue may still run.
+  const auto tile_of = [&](int index, const WorkTile& published) {
+    if constexpr (Cfg::kDynamicSchedule) {
+      return published;
+    } else {
+      return strided_work_tile<Cfg>(p, index);
+    }
+  };
+  // One work tile. In the strided schedule it waits for its Q and dO here, when it has keys to
+  // visit; in the dynamic one they were waited for with its publication, and a tile with no keys to
+  // visit releases them at once.
+  const auto run_tile = [&](int index, const WorkTile& published) {
 #pragma unroll
     for (int i = 0; i < S::kD / 2; ++i) acc_dq[i] = 0.0f;
-    const RowBlockWork w = describe_row_block<Cfg>(p, index);
+    const RowBlockWork w = describe_row_block<Cfg>(p, tile_of(index, published));
     if (w.tile_end > w.tile_begin) {
       const int wg_row0 = w.m0 + 64 * consumer;         // first row of the warpgroup
       const int row0 = wg_row0 + 16 * warp + lane / 4;  // this thread's rows: row0 and row0 + 8
@@ -190,20 +204,35 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
 
       // S and dP of the next tile and the dQ update of this one in flight while the next tile's
       // sigmoid runs.
-      consume_row_block(w, kv, bar_q, bar_q_empty, q_parity, ring, turns, lane, acc_dq,
-                        issue_scores, scores_to_ds, pack_ds, issue_dq);
+      if constexpr (!Cfg::kDynamicSchedule) wait_row_tiles(bar_q, q_parity);
+      consume_row_block(w, kv, bar_q_empty, ring, turns, lane, acc_dq, issue_scores, scores_to_ds,
+                        pack_ds, issue_dq);
+    } else if constexpr (Cfg::kDynamicSchedule) {
+      release_row_tiles(bar_q_empty, lane);
     }
 
     // Epilogue: dQ = scale dS K; rows past len_q are zeros in the padded layout and absent in
-    // varlen. The tile's geometry is derived again rather than kept in registers through the
-    // main loop.
-    const RowBlockWork e = describe_row_block<Cfg>(p, index);
+    // varlen.
+    const RowBlockWork e = describe_row_block<Cfg>(p, tile_of(index, published));
     store_fragment_rows<kBf16, S::kD>(
         static_cast<unsigned short*>(bp.dq) +
             e.seq.q_offset(bp.dq_batch_stride, bp.dq_seq_stride, e.batch) +
             e.head * bp.dq_head_stride + e.m0 * bp.dq_seq_stride,
         bp.dq_seq_stride, acc_dq, p.scale, 64 * consumer + 16 * warp + lane / 4, e.seq.len_q - e.m0,
         (kLayout == Layout::kVarlen ? e.seq.len_q : p.max_seqlen_q) - e.m0, lane);
+  };
+  // Every work tile of the CTA in Cfg's schedule. (In a helper shared with the other kernel, this
+  // loop compiled to other code for the strided schedule.)
+  if constexpr (Cfg::kDynamicSchedule) {
+    for (int t = 0;; ++t) {
+      const WorkTile tile = next_published_tile(work_tiles, t, bar_q, q_parity);
+      if (tile.batch < 0) break;
+      run_tile(t, tile);
+    }
+  } else {
+    for (int index = blockIdx.x; index < row_block_work_tiles<S::kBM>(p); index += gridDim.x) {
+      run_tile(index, WorkTile{});
+    }
   }
   turns.end();
 }

@@ -1,7 +1,8 @@
 // Launch parameters of the sm90 backward kernels: the backward parameters plus TMA tensor maps,
 // encoded on the host over (head_dim, tokens, heads, batch) with 128-byte swizzle: Q and dO in
-// boxes of block_m rows for both kernels, and K and V in boxes of block_n rows for dQ. Shared by
-// the host runtime and the generated programs.
+// boxes of block_m rows for both kernels, and K and V in boxes of block_n rows for dQ; the dQ
+// kernel's dynamic schedule takes a tile counter. Shared by the host runtime and the generated
+// programs.
 #pragma once
 
 #include "sigattn/bwd_params.h"
@@ -21,6 +22,7 @@ struct BwdDqSm90Params {
   TmaDescriptor dout;
   TmaDescriptor k;
   TmaDescriptor v;
+  TileCounter* tile_counter;  // dynamic schedule only, else null
 };
 
 }  // namespace sigattn

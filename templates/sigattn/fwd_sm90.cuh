@@ -1,11 +1,12 @@
 // The Hopper forward kernel (sm_90a), persistent: each CTA walks work tiles (query row block,
-// head, batch). One producer warpgroup loads each tile's Q and its K/V tiles into a multi-stage
-// shared-memory ring with TMA (128-byte swizzle, completion on mbarriers), running ahead into the
-// next work tile while the consumers finish this one; each of block_m / 64 consumer warpgroups
-// owns 64 query rows, computes S = Q K^T with wgmma from shared memory, P = sigma(S) in
-// registers, and O += P V with P as the register A operand. The QK^T of tile j+1 and the PV of
-// tile j are in flight while the sigmoid of tile j+1 runs, and two consumer warpgroups alternate
-// their GEMMs (ping-pong). Sigmoid attention needs no running max, no rescaling and no row sum.
+// head, batch), in the strided or the dynamic schedule (tile_scheduler.cuh). One producer warpgroup
+// loads each tile's Q and its K/V tiles into a multi-stage shared-memory ring with TMA (128-byte
+// swizzle, completion on mbarriers), running ahead into the next work tile while the consumers
+// finish this one; each of block_m / 64 consumer warpgroups owns 64 query rows, computes S = Q K^T
+// with wgmma from shared memory, P = sigma(S) in registers, and O += P V with P as the register A
+// operand. The QK^T of tile j+1 and the PV of tile j are in flight while the sigmoid of tile j+1
+// runs, and two consumer warpgroups alternate their GEMMs (ping-pong). Sigmoid attention needs no
+// running max, no rescaling and no row sum.
 #pragma once
 
 #include "sigattn/fwd_sm90_params.h"
@@ -30,7 +31,8 @@ struct FwdSm90Shape {
   static constexpr int kThreads = 128 * (1 + kConsumers);
   // Tiles are stored as column blocks of 64 elements (128-byte rows, the swizzle span).
   static constexpr int kSlabs = sm90_column_blocks(kD);
-  static constexpr RowBlockSm90Storage kSmem = fwd_sm90_storage(kD, kBM, kBN, kStages);
+  static constexpr RowBlockSm90Storage kSmem =
+      fwd_sm90_storage(kD, kBM, kBN, kStages, Cfg::kDynamicSchedule);
   static constexpr int kQBytes = kSmem.q.bytes();
   static constexpr int kKVBytes = kSmem.k.slot_bytes;  // one K or one V tile
   static constexpr int kSmemBytes = kSmem.bytes;
@@ -69,6 +71,7 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   const unsigned smem_q = base + S::kSmem.q.offset;
   const unsigned bar_q = base + S::kSmem.bar_q.offset;              // Q landed
   const unsigned bar_q_empty = base + S::kSmem.bar_q_empty.offset;  // the consumers are done with Q
+  const unsigned work_tiles = base + S::kSmem.work_tiles.offset;    // dynamic schedule only
   const KvRing kv{base + S::kSmem.k.offset, base + S::kSmem.v.offset,
                   base + S::kSmem.bar_full.offset, base + S::kSmem.bar_empty.offset};
 
@@ -92,8 +95,8 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
     RingPosition<S::kStages> ring;
     // Each work tile's Q, then its K/V tiles; each part derives the tile's geometry itself, so
     // that no more than the loop's position stays in registers between them.
-    const auto load_q = [&](int index) {
-      const RowBlockWork w = describe_row_block<Cfg>(p, index);
+    const auto load_q = [&](const WorkTile& tile) {
+      const RowBlockWork w = describe_row_block<Cfg>(p, tile);
       if (w.tile_end <= w.tile_begin) return false;
       const auto tma = [&](int row, int batch_coord) {
 #pragma unroll
@@ -110,12 +113,8 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       load_row_tiles<Cfg>(w, bar_q, bar_q_empty, q_free_parity, S::kQBytes, leader, tma, copy_tail);
       return true;
     };
-    for (int index = blockIdx.x; index < row_block_work_tiles<S::kBM>(p); index += gridDim.x) {
-      if (load_q(index)) {
-        load_kv_tiles<Cfg>(p, &params.k, &params.v, describe_row_block<Cfg>(p, index), kv, ring,
-                           tid);
-      }
-    }
+    produce_row_blocks<Cfg>(p, params.tile_counter, &params.k, &params.v, work_tiles, bar_q,
+                            bar_q_empty, q_free_parity, kv, ring, tid, load_q);
     return;
   }
 
@@ -154,10 +153,24 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
   turns.begin();
   unsigned q_parity = 0;  // phase of the next Q
   RingPosition<S::kStages> ring;
-  for (int index = blockIdx.x; index < row_block_work_tiles<S::kBM>(p); index += gridDim.x) {
+  // The work tile at `index` of the strided schedule, or the one `published` in the dynamic one:
+  // derived again where used in the strided schedule rather than kept in registers through the
+  // main loop; kept in the dynamic one, whose slot the producer writes again while the tile's
+  // epilogue may still run.
+  const auto tile_of = [&](int index, const WorkTile& published) {
+    if constexpr (Cfg::kDynamicSchedule) {
+      return published;
+    } else {
+      return strided_work_tile<Cfg>(p, index);
+    }
+  };
+  // One work tile. In the strided schedule it waits for its Q here, when it has keys to visit;
+  // in the dynamic one Q was waited for with the tile's publication, and a tile with no keys to
+  // visit releases it at once.
+  const auto run_tile = [&](int index, const WorkTile& published) {
 #pragma unroll
     for (int i = 0; i < S::kD / 2; ++i) acc_o[i] = 0.0f;
-    const RowBlockWork w = describe_row_block<Cfg>(p, index);
+    const RowBlockWork w = describe_row_block<Cfg>(p, tile_of(index, published));
     if (w.tile_end > w.tile_begin) {
       const int wg_row0 = w.m0 + 64 * consumer;         // first row of the warpgroup
       const int row0 = wg_row0 + 16 * warp + lane / 4;  // this thread's rows: row0 and row0 + 8
@@ -175,18 +188,33 @@ __global__ void __launch_bounds__(Cfg::kWarps * 32, 1)
       };
 
       // QK^T of the next tile and PV of this one in flight while the next tile's sigmoid runs.
-      consume_row_block(w, kv, bar_q, bar_q_empty, q_parity, ring, turns, lane, acc_o, issue_scores,
-                        scores_to_probs, pack_probs, issue_values);
+      if constexpr (!Cfg::kDynamicSchedule) wait_row_tiles(bar_q, q_parity);
+      consume_row_block(w, kv, bar_q_empty, ring, turns, lane, acc_o, issue_scores, scores_to_probs,
+                        pack_probs, issue_values);
+    } else if constexpr (Cfg::kDynamicSchedule) {
+      release_row_tiles(bar_q_empty, lane);
     }
 
-    // Epilogue: rows past len_q are zeros in the padded layout and absent in varlen. The tile's
-    // geometry is derived again rather than kept in registers through the main loop.
-    const RowBlockWork e = describe_row_block<Cfg>(p, index);
+    // Epilogue: rows past len_q are zeros in the padded layout and absent in varlen.
+    const RowBlockWork e = describe_row_block<Cfg>(p, tile_of(index, published));
     store_fragment_rows<kBf16, S::kD>(
         static_cast<unsigned short*>(p.o) + e.seq.o_start + e.head * p.o_head_stride +
             e.m0 * p.o_seq_stride,
         p.o_seq_stride, acc_o, 1.0f, 64 * consumer + 16 * warp + lane / 4, e.seq.len_q - e.m0,
         (kLayout == Layout::kVarlen ? e.seq.len_q : p.max_seqlen_q) - e.m0, lane);
+  };
+  // Every work tile of the CTA in Cfg's schedule. (In a helper shared with the other kernel, this
+  // loop compiled to other code for the strided schedule.)
+  if constexpr (Cfg::kDynamicSchedule) {
+    for (int t = 0;; ++t) {
+      const WorkTile tile = next_published_tile(work_tiles, t, bar_q, q_parity);
+      if (tile.batch < 0) break;
+      run_tile(t, tile);
+    }
+  } else {
+    for (int index = blockIdx.x; index < row_block_work_tiles<S::kBM>(p); index += gridDim.x) {
+      run_tile(index, WorkTile{});
+    }
   }
   turns.end();
 }

@@ -1,7 +1,8 @@
 // What the persistent Hopper kernels that walk query row blocks (the forward and dQ) share: the
-// geometry of a work tile, the barriers, the producer's loads of the row tiles and its K/V stream
-// into the ring, the consumers' main loop over a work tile, the sigmoid over a consumer
-// warpgroup's score fragment and the store of its rows.
+// geometry of a work tile, the barriers, the dynamic schedule's hand-off of work tiles, the
+// producer's loads of the row tiles and its K/V stream into the ring, the consumers' main loop
+// over a work tile, the sigmoid over a consumer warpgroup's score fragment and the store of its
+// rows.
 #pragma once
 
 #include "sigattn/fwd_sm90_params.h"
@@ -34,10 +35,16 @@ struct RowBlockWork {
   int m0, head, batch, tile_begin, tile_end;
 };
 
+// The work tile of `index` in the strided schedule.
 template <class Cfg>
-__device__ __forceinline__ RowBlockWork describe_row_block(const FwdParams& p, int index) {
+__device__ __forceinline__ WorkTile strided_work_tile(const FwdParams& p, int index) {
+  return work_tile<Cfg::kCausal>(index, row_block_count<Cfg::kBlockM>(p), p.heads_q);
+}
+
+template <class Cfg>
+__device__ __forceinline__ RowBlockWork describe_row_block(const FwdParams& p,
+                                                           const WorkTile& tile) {
   constexpr int kBM = Cfg::kBlockM, kBN = Cfg::kBlockN;
-  const WorkTile tile = work_tile<Cfg::kCausal>(index, row_block_count<kBM>(p), p.heads_q);
   RowBlockWork w;
   w.seq = sequence_info<Cfg::kLayout>(p, tile.batch);
   w.m0 = tile.block * kBM;
@@ -53,6 +60,88 @@ __device__ __forceinline__ RowBlockWork describe_row_block(const FwdParams& p, i
   w.tile_begin = key_lo / kBN;
   w.tile_end = key_hi > key_lo ? (key_hi + kBN - 1) / kBN : w.tile_begin;
   return w;
+}
+
+// The dynamic schedule. The producer's leader (thread 0) takes work tile indices from the
+// counter, maps each to its tile and publishes the tile in slot t % 2 of the three `slots` (the
+// CTA's t-th tile): to the producer warpgroup through named barrier 1, to the consumers through
+// bar_q, whose phase the tile's row tiles (or, without them, the leader's plain arrival) complete.
+// A slot is written again two tiles later, once the consumers have released the row tiles of the
+// tile in between, and so have read it. After the last tile, a tile of batch -1 tells both roles to
+// stop.
+
+// Row blocks of sequence b that hold valid rows.
+template <class Cfg>
+__device__ __forceinline__ int sequence_row_blocks(const FwdParams& p, int b) {
+  return (sequence_info<Cfg::kLayout>(p, b).len_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
+}
+
+// Publishes a tile that brings no row tiles: a plain arrival on bar_q once the consumers released
+// the previous row tiles.
+__device__ __forceinline__ void publish_without_rows(unsigned bar_q, unsigned bar_q_empty,
+                                                     unsigned& free_parity, bool leader) {
+  if (leader) {
+    mbarrier_wait(bar_q_empty, free_parity);
+    mbarrier_arrive(bar_q);
+  }
+  free_parity ^= 1;
+}
+
+// Producer, dynamic schedule: every work tile of the CTA, published, and loaded by load_tile(tile),
+// which returns false for a tile with no keys to visit (it then loads nothing). The leader takes
+// the next index as soon as it has published a tile, so that the atomic's latency hides behind
+// the tile's loads, and keeps that index and its walk over the sequences in the third slot rather
+// than in the producer's few registers.
+template <class Cfg, class LoadTile>
+__device__ __forceinline__ void produce_dynamic(const FwdParams& p, TileCounter* counter,
+                                                unsigned slots, unsigned bar_q,
+                                                unsigned bar_q_empty, unsigned& free_parity,
+                                                bool leader, LoadTile&& load_tile) {
+  const unsigned position = slots + 2 * sm90_work_tile_bytes();
+  if (leader) store_shared_ints(position, take_work_tile(counter), 0, 0);
+  for (int t = 0;; ++t) {
+    const unsigned slot = slots + (t & 1) * sm90_work_tile_bytes();
+    if (leader) {
+      int index;
+      ScheduleCursor cursor;
+      load_shared_ints(position, index, cursor.batch, cursor.first);
+      const WorkTile next = dynamic_work_tile<Cfg::kCausal>(
+          index, p.heads_q, p.batch, cursor, [&](int b) { return sequence_row_blocks<Cfg>(p, b); });
+      store_work_tile(slot, next);
+      if (next.batch >= 0) {
+        store_shared_ints(position, take_work_tile(counter), cursor.batch, cursor.first);
+      } else {
+        finish_work_tiles(counter);
+      }
+    }
+    named_barrier_sync(1, 128);
+    const WorkTile tile = load_work_tile(slot);
+    if (tile.batch < 0) {
+      publish_without_rows(bar_q, bar_q_empty, free_parity, leader);
+      return;
+    }
+    if (!load_tile(tile)) publish_without_rows(bar_q, bar_q_empty, free_parity, leader);
+  }
+}
+
+// Consumers: wait for the phase q_parity of the row tiles' barrier (the row tiles landed, or in
+// the dynamic schedule a tile was published).
+__device__ __forceinline__ void wait_row_tiles(unsigned bar_q, unsigned& q_parity) {
+  mbarrier_wait(bar_q, q_parity);
+  q_parity ^= 1;
+}
+
+// Consumers, dynamic schedule: the CTA's t-th work tile, once published.
+__device__ __forceinline__ WorkTile next_published_tile(unsigned slots, int t, unsigned bar_q,
+                                                        unsigned& q_parity) {
+  wait_row_tiles(bar_q, q_parity);
+  return load_work_tile(slots + (t & 1) * sm90_work_tile_bytes());
+}
+
+// Consumers, dynamic schedule: a tile with no keys to visit releases its (absent) row tiles at
+// once; lane 0 of each warp arrives.
+__device__ __forceinline__ void release_row_tiles(unsigned bar_q_empty, int lane) {
+  if (lane == 0) mbarrier_arrive(bar_q_empty);
 }
 
 // The ring of K/V stages in shared memory: stage s holds K at k + s * kKVBytes and V at
@@ -162,8 +251,38 @@ __device__ __forceinline__ void load_kv_tiles(const FwdParams& p, const TmaDescr
   }
 }
 
-// A consumer warpgroup's pass over the K/V tiles [tile_begin, tile_end) of work tile w: waits for
-// its row tiles (phase q_parity), then per K/V tile issues the score GEMMs (issue_scores(stage),
+// Producer: every work tile of the CTA in Cfg's schedule, each loaded by load_rows(tile) (its row
+// tiles, as load_row_tiles; false for a tile with no keys to visit, which loads nothing) and then
+// its K/V tiles into the ring. The ring position runs on across work tiles.
+template <class Cfg, int kStages, class LoadRows>
+__device__ __forceinline__ void produce_row_blocks(const FwdParams& p, TileCounter* counter,
+                                                   const TmaDescriptor* k_map,
+                                                   const TmaDescriptor* v_map, unsigned slots,
+                                                   unsigned bar_q, unsigned bar_q_empty,
+                                                   unsigned& free_parity, const KvRing& kv,
+                                                   RingPosition<kStages>& ring, int tid,
+                                                   LoadRows&& load_rows) {
+  if constexpr (Cfg::kDynamicSchedule) {
+    produce_dynamic<Cfg>(
+        p, counter, slots, bar_q, bar_q_empty, free_parity, tid == 0, [&](const WorkTile& tile) {
+          if (!load_rows(tile)) return false;
+          load_kv_tiles<Cfg>(p, k_map, v_map, describe_row_block<Cfg>(p, tile), kv, ring, tid);
+          return true;
+        });
+  } else {
+    for (int index = blockIdx.x; index < row_block_work_tiles<Cfg::kBlockM>(p);
+         index += gridDim.x) {
+      if (load_rows(strided_work_tile<Cfg>(p, index))) {
+        load_kv_tiles<Cfg>(p, k_map, v_map,
+                           describe_row_block<Cfg>(p, strided_work_tile<Cfg>(p, index)), kv, ring,
+                           tid);
+      }
+    }
+  }
+}
+
+// A consumer warpgroup's pass over the K/V tiles [tile_begin, tile_end) of work tile w, whose row
+// tiles have landed (wait_row_tiles): per K/V tile issues the score GEMMs (issue_scores(stage),
 // committed), runs the elementwise step on their results (elementwise(tile), which first fences
 // the score accumulators), packs the update's A fragments (pack()) and issues the update GEMM into
 // `acc` (issue_update(stage), committed). The score GEMMs of tile j + 1 and the update of tile j
@@ -173,14 +292,11 @@ __device__ __forceinline__ void load_kv_tiles(const FwdParams& p, const TmaDescr
 template <int kStages, bool kTurns, int kAcc, class Scores, class Elementwise, class Pack,
           class Update>
 __device__ __forceinline__ void consume_row_block(const RowBlockWork& w, const KvRing& kv,
-                                                  unsigned bar_q, unsigned bar_q_empty,
-                                                  unsigned& q_parity, RingPosition<kStages>& ring,
+                                                  unsigned bar_q_empty, RingPosition<kStages>& ring,
                                                   const Turns<kTurns>& turns, int lane,
                                                   float (&acc)[kAcc], Scores&& issue_scores,
                                                   Elementwise&& elementwise, Pack&& pack,
                                                   Update&& issue_update) {
-  mbarrier_wait(bar_q, q_parity);
-  q_parity ^= 1;
   mbarrier_wait(kv.full + 8 * ring.stage, ring.phase);
   issue_scores(ring.stage);
   wgmma_wait<0>();

@@ -156,18 +156,23 @@ SIGATTN_LAYOUT_FN int sm90_total_bytes(int end) {
   return sm90_base_slack() + round_up(end, sm90_barrier_area_granule());
 }
 
+// The dynamic schedule's 16-byte slots of three ints: two alternating ones that hand a work tile
+// (row block, head, sequence) from the producer to the consumers, and the producer's position.
+SIGATTN_LAYOUT_FN int sm90_work_tile_bytes() { return 16; }
+
 // The kernels that walk query row blocks (forward: Q; dQ: Q and dO) and stream K/V tiles through
 // a ring: each stage's full barrier (K and V landed) and empty barrier (the consumers are done
-// with it), and the row tiles' own pair.
+// with it), and the row tiles' own pair. The dynamic schedule adds its three slots.
 struct RowBlockSm90Storage {
   SmemBuffer q, dout, k, v;
-  SmemBuffer bar_full, bar_empty, bar_q, bar_q_empty;
+  SmemBuffer bar_full, bar_empty, bar_q, bar_q_empty, work_tiles;
   int bytes;
 };
 
 // row_tiles: 1 for the forward (Q), 2 for dQ (Q and dO; `dout` has count 0 in the forward).
 SIGATTN_LAYOUT_FN RowBlockSm90Storage row_block_sm90_storage(int head_dim, int block_m, int block_n,
-                                                             int stages, int row_tiles) {
+                                                             int stages, int row_tiles,
+                                                             bool dynamic_schedule) {
   SmemPlacer at;
   RowBlockSm90Storage s{};
   s.q = at.place(sm90_tile_bytes(head_dim, block_m), 1, sm90_tile_alignment());
@@ -178,24 +183,32 @@ SIGATTN_LAYOUT_FN RowBlockSm90Storage row_block_sm90_storage(int head_dim, int b
   s.bar_empty = at.place(sm90_barrier_bytes(), stages, sm90_barrier_bytes());
   s.bar_q = at.place(sm90_barrier_bytes(), 1, sm90_barrier_bytes());
   s.bar_q_empty = at.place(sm90_barrier_bytes(), 1, sm90_barrier_bytes());
+  s.work_tiles = at.place(sm90_work_tile_bytes(), dynamic_schedule ? 3 : 0, sm90_work_tile_bytes());
   s.bytes = sm90_total_bytes(at.end);
   return s;
 }
 
 SIGATTN_LAYOUT_FN RowBlockSm90Storage fwd_sm90_storage(int head_dim, int block_m, int block_n,
-                                                       int stages) {
-  return row_block_sm90_storage(head_dim, block_m, block_n, stages, 1);
+                                                       int stages, bool dynamic_schedule) {
+  return row_block_sm90_storage(head_dim, block_m, block_n, stages, 1, dynamic_schedule);
 }
 
 SIGATTN_LAYOUT_FN RowBlockSm90Storage bwd_dq_sm90_storage(int head_dim, int block_m, int block_n,
-                                                          int stages) {
-  return row_block_sm90_storage(head_dim, block_m, block_n, stages, 2);
+                                                          int stages, bool dynamic_schedule) {
+  return row_block_sm90_storage(head_dim, block_m, block_n, stages, 2, dynamic_schedule);
 }
+
+// The dK/dV kernel's two consumer warpgroups own 64 keys and both gradients each (block_n 128),
+// or share 64 keys with one gradient each (block_n 64: dV in one, dK in the other), which halves
+// the accumulators per thread for head dims above 128.
+SIGATTN_LAYOUT_FN bool dkdv_sm90_gradient_split(int block_n) { return block_n == 64; }
 
 // dK/dV: K and V once; Q and dO per stage with the stage's full and empty barriers; K/V's barrier.
 // The one-pass split adds two dS^T buffers (block_n key rows of block_m queries, in column blocks
 // of 64 queries), which alternate so that a step's stores never meet the other warpgroup's reads
-// of the step before, each with a full and an empty barrier.
+// of the step before, each with a full and an empty barrier. The gradient split passes each
+// step's sigmoid slopes P^T (1 - P^T), 16-bit, from the dV warpgroup to the dK warpgroup through
+// two buffers of the same size and barriers.
 struct BwdDkdvSm90Storage {
   SmemBuffer k, v, q, dout, ds;
   SmemBuffer bar_full, bar_empty, bar_kv, bar_ds_full, bar_ds_empty;
@@ -210,7 +223,8 @@ SIGATTN_LAYOUT_FN BwdDkdvSm90Storage bwd_dkdv_sm90_storage(int head_dim, int blo
   s.v = at.place(sm90_tile_bytes(head_dim, block_n), 1, sm90_tile_alignment());
   s.q = at.place(sm90_tile_bytes(head_dim, block_m), stages, sm90_tile_alignment());
   s.dout = at.place(sm90_tile_bytes(head_dim, block_m), stages, sm90_tile_alignment());
-  s.ds = at.place(block_n * block_m * element_bytes(), atomic_dq ? 2 : 0, sm90_tile_alignment());
+  const bool staged = atomic_dq || dkdv_sm90_gradient_split(block_n);
+  s.ds = at.place(block_n * block_m * element_bytes(), staged ? 2 : 0, sm90_tile_alignment());
   s.bar_full = at.place(sm90_barrier_bytes(), stages, sm90_barrier_bytes());
   s.bar_empty = at.place(sm90_barrier_bytes(), stages, sm90_barrier_bytes());
   s.bar_kv = at.place(sm90_barrier_bytes(), 1, sm90_barrier_bytes());

@@ -111,9 +111,9 @@ TEST(BackwardValidation, InputRulesStillApply) {
   expect_rejected(args, "heads_q = 4 is not a multiple of heads_kv = 3");
 }
 
-TEST(BackwardSplit, DeterministicByDefault) {
-  EXPECT_TRUE(BackwardArgs{}.deterministic);
-  EXPECT_TRUE(valid_args().deterministic);
+TEST(BackwardSplit, FastestSplitByDefault) {
+  EXPECT_FALSE(BackwardArgs{}.deterministic);
+  EXPECT_FALSE(valid_args().deterministic);
 }
 
 TEST(BackwardSplit, FastModeTakesTheFasterSplitForEveryHeadDimAndArch) {
@@ -136,9 +136,12 @@ TEST(BackwardSplit, FastModeTakesTheFasterSplitForEveryHeadDimAndArch) {
       const BackwardTiles fast = default_backward_tiles(specs, target, false);
       const std::string where = arch + " d" + std::to_string(head_dim);
       EXPECT_FALSE(deterministic.dkdv.atomic_dq) << where;
-      // Only sm_90a at d = 128, where the Hopper dQ kernel outruns the one-pass split, keeps the
-      // two-kernel split when atomics are allowed.
-      EXPECT_EQ(fast.dkdv.atomic_dq, arch != "sm_90a" || head_dim != 128) << where;
+      // Only sm_90a at the Hopper backward's head dims above 64, where its dQ kernel outruns
+      // the one-pass split (or the one-pass split has no Hopper tile), keeps the two-kernel
+      // split when atomics are allowed.
+      const bool hopper_split = arch == "sm_90a" && head_dim > 64 && head_dim % 16 == 0 &&
+                                fast.dkdv.family == gen::Family::sm90;
+      EXPECT_EQ(fast.dkdv.atomic_dq, !hopper_split) << where;
       EXPECT_EQ(fast.dkdv.atomic_dq, policy::one_pass_by_default(specs.dkdv, target)) << where;
       EXPECT_FALSE(fast.dq.atomic_dq) << where;
       EXPECT_EQ(policy::rejection(specs.dkdv, fast.dkdv, target), "") << where;
@@ -163,13 +166,13 @@ TEST(BackwardSplit, AtomicDqIsADkdvSplitOnly) {
   for (const gen::TileConfig& t : policy::candidates(specs.dq, target)) EXPECT_FALSE(t.atomic_dq);
 }
 
-TEST(BackwardCApi, DeterministicIsTheLastFieldAndDefaultsToOne) {
+TEST(BackwardCApi, DeterministicIsTheLastFieldAndDefaultsToZero) {
   EXPECT_EQ(offsetof(sigattn_backward_args, deterministic),
             offsetof(sigattn_backward_args, grad_v) + sizeof(sigattn_tensor));
   sigattn_backward_args args;
   std::memset(&args, 0x7f, sizeof(args));
   sigattn_backward_args_init(&args);
-  EXPECT_EQ(args.deterministic, 1);
+  EXPECT_EQ(args.deterministic, 0);
 }
 
 TEST(BackwardCApi, EitherSplitValidatesTheSameWay) {

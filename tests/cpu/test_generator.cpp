@@ -1,6 +1,7 @@
 // Generator tests: canonical variant strings round-trip and reject bad fields by name, generation
-// is deterministic, the content hash follows every input, and the generated source matches the
-// golden files in tests/data/golden (SIGATTN_UPDATE_GOLDENS=1 rewrites them).
+// is deterministic, the content hash follows every input (the decode split count excepted: it is
+// a launch parameter), and the generated source matches the golden files in tests/data/golden
+// (SIGATTN_UPDATE_GOLDENS=1 rewrites them).
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -60,6 +61,51 @@ TEST(VariantString, FamilyAndWorkSplitRoundTrip) {
   EXPECT_EQ(j.get<TileConfig>(), one_pass);
 }
 
+TEST(VariantString, ScheduleRoundTrips) {
+  TileConfig dynamic{128, 128, 12, 3, Family::sm90};
+  dynamic.schedule = Schedule::dynamic;
+  EXPECT_EQ(to_string(dynamic), "sm90.m128n128w12s3.dynamic");
+  EXPECT_EQ(parse_tile(to_string(dynamic)), dynamic);
+  nlohmann::json j = dynamic;
+  EXPECT_EQ(j["schedule"], "dynamic");
+  EXPECT_EQ(j.get<TileConfig>(), dynamic);
+  // The strided schedule is the default and is not written.
+  const TileConfig strided{128, 128, 12, 3, Family::sm90};
+  EXPECT_EQ(to_string(strided), "sm90.m128n128w12s3");
+  EXPECT_FALSE(nlohmann::json(strided).contains("schedule"));
+  // Both suffixes, in order.
+  TileConfig both = dynamic;
+  both.atomic_dq = true;
+  EXPECT_EQ(to_string(both), "sm90.m128n128w12s3.atomicdq.dynamic");
+  EXPECT_EQ(parse_tile(to_string(both)), both);
+  j["schedule"] = "lpt";
+  EXPECT_THROW(j.get<TileConfig>(), std::invalid_argument);
+}
+
+TEST(VariantString, DecodeSpecsAndSplitCountsRoundTrip) {
+  for (auto layout : {Layout::padded, Layout::paged}) {
+    for (int mask = 0; mask < 4; ++mask) {
+      KernelSpec spec{Direction::decode, DType::fp16,     64,   layout,
+                      (mask & 1) != 0,   (mask & 2) != 0, true, SigmoidMode::accurate,
+                      SeqLen::anylen};
+      for (int splits : {0, 1, 33}) {
+        Variant v{spec, TileConfig{16, 64, 4, 3}};
+        v.tile.splits = splits;
+        EXPECT_EQ(variant_of(to_string(v)), v) << to_string(v);
+      }
+    }
+  }
+  TileConfig split{16, 64, 4, 3};
+  split.splits = 8;
+  EXPECT_EQ(to_string(split), "sm80.m16n64w4s3.splits8");
+  nlohmann::json j = split;
+  EXPECT_EQ(j.at("splits"), 8);
+  EXPECT_EQ(j.get<TileConfig>(), split);
+  EXPECT_FALSE(nlohmann::json(TileConfig{16, 64, 4, 3}).contains("splits"));
+  EXPECT_EQ(to_string(parse_spec("decode.bf16.d128.paged.causal.nosmod.fast.anylen")),
+            "decode.bf16.d128.paged.causal.nosmod.fast.anylen");
+}
+
 TEST(VariantString, SpecWithoutTileLeavesTileEmpty) {
   ParsedVariant parsed = parse_variant("fwd.fp16.d64.varlen.window.nosmod.accurate.anylen");
   EXPECT_FALSE(parsed.tile.has_value());
@@ -96,6 +142,20 @@ TEST(VariantString, BadFieldsAreNamed) {
   expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80", "tile");
   expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w4s2.atomic", "tile");
   expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/m128n64w4s2", "FAMILY");
+  expect_rejected(
+      "fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm90.m128n64w12s2.dynamic.atomicdq",
+      "in that order");
+  expect_rejected("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm90.m128n64w12s2.dynamic.dynamic",
+                  "tile");
+  expect_rejected("fwd.bf16.d128.paged.nomask.nosmod.fast.anylen", "paged applies to decode");
+  expect_rejected("decode.bf16.d128.dense.causal.nosmod.fast.anylen", "padded (a contiguous");
+  expect_rejected("decode.bf16.d128.varlen.causal.nosmod.fast.anylen", "padded (a contiguous");
+  expect_rejected("decode.bf16.d128.paged.causal.nosmod.fast.anylen/sm80.m16n64w4s3.splits0",
+                  "split count");
+  expect_rejected("decode.bf16.d128.paged.causal.nosmod.fast.anylen/sm80.m16n64w4s3.splitsx",
+                  "split count");
+  expect_rejected("decode.bf16.d128.paged.causal.nosmod.fast.anylen/sm80.m16n64w4s3.split4",
+                  "in that order");
 }
 
 TEST(TileConfigJson, RoundTripsAndRejectsUnknownFields) {
@@ -212,12 +272,12 @@ TEST(Generate, RejectsSm90DqTilesOutsideTheKernel) {
   EXPECT_NO_THROW(generate({spec, {128, 64, 12, 3, Family::sm90}}));
   EXPECT_NO_THROW(generate({spec, {64, 64, 8, 2, Family::sm90}}));
   // Three consumer warpgroups, a warp count that does not match, S and dP of 128 keys beside dQ,
-  // the one-pass split, a head dim that is not 64 or 128.
+  // the one-pass split, a head dim that is not a multiple of 16.
   EXPECT_THROW(generate({spec, {192, 64, 16, 2, Family::sm90}}), std::invalid_argument);
   EXPECT_THROW(generate({spec, {128, 64, 8, 2, Family::sm90}}), std::invalid_argument);
   EXPECT_THROW(generate({spec, {128, 128, 12, 2, Family::sm90}}), std::invalid_argument);
   EXPECT_THROW(generate({spec, {128, 64, 12, 2, Family::sm90, true}}), std::invalid_argument);
-  spec.head_dim = 96;
+  spec.head_dim = 72;
   EXPECT_THROW(generate({spec, {128, 64, 12, 2, Family::sm90}}), std::invalid_argument);
 }
 
@@ -225,11 +285,12 @@ TEST(Generate, RejectsSm90DkdvTilesOutsideTheKernel) {
   KernelSpec spec;
   spec.direction = Direction::dkdv;
   EXPECT_NO_THROW(generate({spec, {64, 128, 12, 2, Family::sm90}}));
-  // One consumer warpgroup, a warp count that does not match, 128-query steps at d=128.
+  // One consumer warpgroup, a warp count that does not match, 128-query steps at d=128, a head
+  // dim that is not a multiple of 16.
   EXPECT_THROW(generate({spec, {64, 64, 8, 2, Family::sm90}}), std::invalid_argument);
   EXPECT_THROW(generate({spec, {64, 128, 8, 2, Family::sm90}}), std::invalid_argument);
   EXPECT_THROW(generate({spec, {128, 128, 12, 2, Family::sm90}}), std::invalid_argument);
-  spec.head_dim = 96;
+  spec.head_dim = 72;
   EXPECT_THROW(generate({spec, {64, 128, 12, 2, Family::sm90}}), std::invalid_argument);
   // d=64: the one-pass split needs 128-query steps for whole 64-column dQ parts.
   spec.head_dim = 64;
@@ -257,6 +318,32 @@ TEST(Generate, AtomicDqOnlyForDkdvAndWithItsSharedMemory) {
   EXPECT_THROW(generate(dq), std::invalid_argument);
 }
 
+TEST(Generate, DynamicScheduleOnlyForThePersistentKernelsAndWithItsSlots) {
+  for (const char* text : {"fwd.bf16.d128.varlen.causal.nosmod.fast.anylen/sm90.m128n128w12s3",
+                           "dq.bf16.d128.padded.nomask.nosmod.fast.anylen/sm90.m128n64w12s3"}) {
+    const Variant strided = variant_of(text);
+    Variant dynamic = strided;
+    dynamic.tile.schedule = Schedule::dynamic;
+    const GeneratedKernel a = generate(dynamic);
+    const GeneratedKernel b = generate(strided);
+    EXPECT_NE(a.source.find("kDynamicSchedule = true;"), std::string::npos) << text;
+    EXPECT_NE(b.source.find("kDynamicSchedule = false;"), std::string::npos) << text;
+    EXPECT_NE(a.content_hash, b.content_hash) << text;
+    // Three 16-byte slots, inside the barriers' 128-byte granule.
+    EXPECT_EQ(a.smem_bytes, b.smem_bytes) << text;
+  }
+  EXPECT_THROW(generate(variant_of(
+                   "dkdv.bf16.d128.dense.nomask.nosmod.fast.anylen/sm90.m64n128w12s2.dynamic")),
+               std::invalid_argument);
+  EXPECT_THROW(generate(variant_of(
+                   "fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w8s2.dynamic")),
+               std::invalid_argument);
+  // The portable kernels have no schedule member.
+  EXPECT_EQ(generate(variant_of("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w8s2"))
+                .source.find("kDynamicSchedule"),
+            std::string::npos);
+}
+
 TEST(Generate, DqConversionDependsOnDtypeHeadDimAndLayoutOnly) {
   KernelSpec spec = parse_spec("dkdv.fp16.d136.varlen.causal+window.smod.accurate.anylen");
   const GeneratedKernel kernel = generate_dq_convert(spec);
@@ -274,6 +361,68 @@ TEST(Generate, DqConversionDependsOnDtypeHeadDimAndLayoutOnly) {
   }
   spec.direction = Direction::forward;
   EXPECT_THROW(generate_dq_convert(spec), std::invalid_argument);
+}
+
+TEST(Generate, DecodeCarriesTheCacheLayoutAndNotTheSplitCount) {
+  const Variant paged =
+      variant_of("decode.bf16.d128.paged.causal+window.smod.fast.anylen/sm80.m16n64w4s3");
+  const GeneratedKernel a = generate(paged);
+  EXPECT_EQ(a.name_expression, "sigattn::decode_sm80_kernel<sigattn_generated::Cfg>");
+  EXPECT_NE(a.source.find("#include \"sigattn/decode_sm80.cuh\""), std::string::npos);
+  EXPECT_NE(a.source.find("kPaged = true;"), std::string::npos);
+  EXPECT_EQ(a.source.find("kLayout"), std::string::npos);
+  EXPECT_EQ(a.threads, 128);
+  // Q: 16 rows, K and V: 3 stages of 64 rows, each row 128 + 8 elements of 2 bytes; P: 16 rows
+  // of 64 + 8.
+  EXPECT_EQ(a.smem_bytes, (16 + 2 * 3 * 64) * 136 * 2 + 16 * 72 * 2);
+  // Every split count runs one program, compiled once.
+  Variant split = paged;
+  split.tile.splits = 12;
+  const GeneratedKernel b = generate(split);
+  EXPECT_EQ(b.variant_name, to_string(split));
+  EXPECT_EQ(b.source, a.source);
+  EXPECT_EQ(b.content_hash, a.content_hash);
+  Variant contiguous = paged;
+  contiguous.spec.layout = Layout::padded;
+  EXPECT_NE(generate(contiguous).source.find("kPaged = false;"), std::string::npos);
+  // The family and the tile rules of the kernel.
+  Variant hopper = paged;
+  hopper.tile = TileConfig{128, 128, 12, 2, Family::sm90};
+  EXPECT_THROW(generate(hopper), std::invalid_argument);
+  Variant uneven = paged;
+  uneven.tile = TileConfig{16, 32, 4, 2};
+  EXPECT_THROW(generate(uneven), std::invalid_argument);
+  Variant forward_split =
+      variant_of("fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w8s2");
+  forward_split.tile.splits = 2;
+  EXPECT_THROW(generate(forward_split), std::invalid_argument);
+}
+
+TEST(Generate, CacheHelpersDependOnWhatReachesThem) {
+  const KernelSpec paged = parse_spec("decode.fp16.d96.paged.causal+window.smod.accurate.anylen");
+  const GeneratedKernel append = generate_kv_append(paged);
+  EXPECT_EQ(append.variant_name, "kvappend.fp16.d96.paged");
+  EXPECT_EQ(append.name_expression, "sigattn::kv_append_kernel<sigattn_generated::Cfg>");
+  EXPECT_EQ(append.threads, kCacheHelperThreads);
+  EXPECT_NE(append.source.find("kPaged = true;"), std::string::npos);
+  EXPECT_EQ(generate_kv_append(parse_spec("decode.fp16.d96.paged.nomask.nosmod.fast.anylen"))
+                .content_hash,
+            append.content_hash);
+  KernelSpec contiguous = paged;
+  contiguous.layout = Layout::padded;
+  EXPECT_NE(generate_kv_append(contiguous).content_hash, append.content_hash);
+
+  const GeneratedKernel reduce = generate_decode_reduce(paged);
+  EXPECT_EQ(reduce.variant_name, "decodereduce.fp16.d96");
+  EXPECT_EQ(reduce.name_expression, "sigattn::decode_reduce_kernel<sigattn_generated::Cfg>");
+  EXPECT_EQ(generate_decode_reduce(contiguous).content_hash, reduce.content_hash);
+  KernelSpec bf16 = paged;
+  bf16.dtype = DType::bf16;
+  EXPECT_NE(generate_decode_reduce(bf16).content_hash, reduce.content_hash);
+
+  const KernelSpec forward = parse_spec("fwd.fp16.d96.padded.causal.nosmod.fast.anylen");
+  EXPECT_THROW(generate_kv_append(forward), std::invalid_argument);
+  EXPECT_THROW(generate_decode_reduce(forward), std::invalid_argument);
 }
 
 TEST(TemplateStore, EmbedsTheKernelHeaders) {
@@ -303,7 +452,10 @@ TEST(Generate, MatchesGoldenFiles) {
       "fwd.fp16.d64.padded.causal.smod.accurate.anylen/sm80.m128n64w4s3",
       "fwd.bf16.d40.varlen.causal+window.nosmod.fast.anylen/sm80.m64n32w4s2",
       "fwd.bf16.d128.padded.causal.smod.fast.anylen/sm90.m128n128w12s2",
+      "fwd.bf16.d128.varlen.causal.nosmod.fast.anylen/sm90.m128n128w12s3.dynamic",
+      "dq.bf16.d64.padded.window.nosmod.fast.anylen/sm90.m128n64w12s3.dynamic",
       "dkdv.fp16.d96.varlen.causal.smod.accurate.anylen/sm80.m32n128w8s2.atomicdq",
+      "decode.bf16.d128.paged.causal+window.smod.fast.anylen/sm80.m16n64w4s3",
   };
   const bool update = std::getenv("SIGATTN_UPDATE_GOLDENS") != nullptr;
   for (const auto& text : variants) {

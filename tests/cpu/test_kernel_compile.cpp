@@ -2,9 +2,11 @@
 // conversion) compiles with NVRTC to CUBIN for sm_80 and sm_90a across head dims, dtypes, layouts,
 // masks, score_mod and sigmoid modes, and the heuristic default configs compile with no
 // local-memory spills (the persistent Hopper forward with masks or score_mod: at most 64 bytes);
-// the Hopper (sm90) family's candidates and defaults of the default specs compile without spills
-// or serialized wgmma; the defaults of every head dim compile without spills for Blackwell
-// (sm_100a, sm_120a). Runs on the CPU: no GPU is needed to compile.
+// the Hopper (sm90) family's candidates (the persistent kernels in both schedules) and defaults
+// of the default specs compile without spills or serialized wgmma; every decode candidate of the
+// spec with every mask and score_mod, and the decode defaults and KV-cache helpers of every axis,
+// compile without spills for both; the defaults of every head dim compile without spills for
+// Blackwell (sm_100a, sm_120a). Runs on the CPU: no GPU is needed to compile.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "generator/generator.hpp"
@@ -124,10 +127,51 @@ TEST(KernelCompile, RepresentativeVariantsCompileForSm80AndSm90a) {
   EXPECT_GT(jobs.size(), 200u);
 }
 
-// The Hopper family on sm_90a: every sm90 candidate of a few forward, dK/dV and dQ specs and the
-// default tiles of every default forward, dK/dV (both backward splits) and dQ spec compile with no
-// spills, no ignored setmaxnreg (C7508) and no serialized wgmma (C7514: the accumulators touched
-// while a wgmma is in flight).
+// Compiles every variant on its arch, on all hardware threads, and fails each that does not build,
+// spills, or that `check` finds a problem in (its answer, empty when none).
+void expect_compile_cleanly(
+    const std::vector<std::pair<gen::Variant, std::string>>& jobs,
+    const std::function<std::string(const CompiledKernel&)>& check = [](const CompiledKernel&) {
+      return std::string();
+    }) {
+  std::atomic<std::size_t> next{0};
+  std::mutex mutex;
+  std::vector<std::string> failures;
+  auto worker = [&] {
+    for (std::size_t i = next++; i < jobs.size(); i = next++) {
+      const auto& [variant, arch] = jobs[i];
+      const std::string name = gen::to_string(variant) + " for " + arch;
+      std::string problem;
+      try {
+        const CompiledKernel compiled = compile(gen::generate(variant), arch);
+        if (compiled.spills() || compiled.stack_frame_bytes > 0) {
+          problem = std::to_string(compiled.spill_store_bytes) + " bytes spilled, " +
+                    std::to_string(compiled.stack_frame_bytes) + " bytes stack";
+        } else {
+          problem = check(compiled);
+        }
+      } catch (const std::exception& e) {
+        problem = e.what();
+      }
+      if (!problem.empty()) {
+        std::lock_guard lock(mutex);
+        failures.push_back(name + ": " + problem);
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < std::max(2u, std::thread::hardware_concurrency()); ++t) {
+    pool.emplace_back(worker);
+  }
+  for (auto& t : pool) t.join();
+  for (const auto& f : failures) ADD_FAILURE() << f;
+}
+
+// The Hopper family on sm_90a: every sm90 candidate of a few forward, dK/dV and dQ specs (the
+// backward at head dims of whole and of partial 64-column blocks, and above 128, the persistent
+// kernels in both schedules) and the default tiles of every default forward, dK/dV (both backward
+// splits) and dQ spec compile with no spills, no ignored setmaxnreg (C7508) and no serialized
+// wgmma (C7514: the accumulators touched while a wgmma is in flight).
 std::vector<gen::Variant> sm90_variants() {
   const policy::Target target = policy::target_for_arch("sm_90a");
   std::vector<gen::Variant> variants;
@@ -138,7 +182,19 @@ std::vector<gen::Variant> sm90_variants() {
                            "dkdv.bf16.d128.dense.nomask.nosmod.fast.x128",
                            "dkdv.fp16.d64.padded.causal.smod.accurate.anylen",
                            "dkdv.bf16.d64.varlen.causal+window.nosmod.fast.anylen",
+                           "dkdv.bf16.d80.padded.causal.smod.fast.anylen",
+                           "dkdv.fp16.d96.varlen.window.nosmod.accurate.anylen",
+                           "dkdv.bf16.d112.dense.nomask.nosmod.fast.x128",
+                           "dkdv.bf16.d144.dense.nomask.nosmod.fast.x128",
+                           "dkdv.bf16.d192.padded.causal.smod.fast.anylen",
+                           "dkdv.fp16.d256.varlen.causal+window.nosmod.accurate.anylen",
                            "dq.bf16.d128.dense.nomask.nosmod.fast.x128",
+                           "dq.bf16.d80.varlen.causal+window.smod.fast.anylen",
+                           "dq.fp16.d96.padded.nomask.nosmod.accurate.anylen",
+                           "dq.bf16.d112.dense.causal.nosmod.fast.x128",
+                           "dq.bf16.d160.dense.nomask.nosmod.fast.x128",
+                           "dq.bf16.d192.varlen.causal+window.smod.fast.anylen",
+                           "dq.fp16.d256.padded.window.smod.accurate.anylen",
                            "dq.fp16.d64.padded.causal.smod.accurate.anylen",
                            "dq.bf16.d128.varlen.causal+window.smod.fast.anylen"}) {
     const gen::KernelSpec spec = gen::parse_spec(text);
@@ -158,99 +214,50 @@ std::vector<gen::Variant> sm90_variants() {
 }
 
 TEST(KernelCompile, Sm90VariantsCompileWithoutSpillsOrSerializedWgmma) {
-  const std::vector<gen::Variant> variants = sm90_variants();
-  std::atomic<std::size_t> next{0};
-  std::mutex mutex;
-  std::vector<std::string> failures;
-  auto worker = [&] {
-    for (std::size_t i = next++; i < variants.size(); i = next++) {
-      const std::string name = gen::to_string(variants[i]);
-      std::string problem;
-      try {
-        const CompiledKernel compiled = compile(gen::generate(variants[i]), "sm_90a");
-        if (compiled.spills() || compiled.stack_frame_bytes > 0) {
-          problem = std::to_string(compiled.spill_store_bytes) + " bytes spilled";
-        } else if (compiled.log.find("C7514") != std::string::npos ||
-                   compiled.log.find("C7508") != std::string::npos) {
-          problem = "ptxas warning: " + compiled.log;
-        }
-      } catch (const std::exception& e) {
-        problem = e.what();
-      }
-      if (!problem.empty()) {
-        std::lock_guard lock(mutex);
-        failures.push_back(name + ": " + problem);
-      }
+  std::vector<std::pair<gen::Variant, std::string>> jobs;
+  for (const gen::Variant& variant : sm90_variants()) jobs.push_back({variant, "sm_90a"});
+  const auto dynamic = std::count_if(jobs.begin(), jobs.end(), [](const auto& job) {
+    return job.first.tile.schedule == gen::Schedule::dynamic;
+  });
+  EXPECT_GT(dynamic, 20) << "the sweep lacks the dynamic schedule";
+  expect_compile_cleanly(jobs, [](const CompiledKernel& compiled) -> std::string {
+    if (compiled.log.find("C7514") != std::string::npos ||
+        compiled.log.find("C7508") != std::string::npos) {
+      return "ptxas warning: " + compiled.log;
     }
-  };
-  std::vector<std::thread> pool;
-  for (unsigned t = 0; t < std::max(2u, std::thread::hardware_concurrency()); ++t) {
-    pool.emplace_back(worker);
-  }
-  for (auto& t : pool) t.join();
-  for (const auto& f : failures) ADD_FAILURE() << f;
-  EXPECT_GT(variants.size(), 30u);
+    return {};
+  });
+  EXPECT_GT(jobs.size(), 30u);
 }
 
-// Compiles `jobs` on one thread per hardware thread; each failure, or what `problem` finds in a
-// compiled kernel, as "variant for arch: what".
-std::vector<std::string> compile_problems(
-    const std::vector<Job>& jobs,
-    const std::function<std::string(const Job&, const CompiledKernel&)>& problem) {
-  std::atomic<std::size_t> next{0};
-  std::mutex mutex;
-  std::vector<std::string> problems;
-  auto worker = [&] {
-    for (std::size_t i = next++; i < jobs.size(); i = next++) {
-      std::string what;
-      try {
-        what = problem(jobs[i], compile(gen::generate(jobs[i].variant), jobs[i].arch));
-      } catch (const std::exception& e) {
-        what = e.what();
-      }
-      if (what.empty()) continue;
-      std::lock_guard lock(mutex);
-      problems.push_back(gen::to_string(jobs[i].variant) + " for " + jobs[i].arch + ": " + what);
-    }
-  };
-  std::vector<std::thread> pool;
-  for (unsigned t = 0; t < std::max(2u, std::thread::hardware_concurrency()); ++t) {
-    pool.emplace_back(worker);
-  }
-  for (auto& t : pool) t.join();
-  return problems;
-}
-
-// Blackwell runs the sm80 family: the default tiles of the forward and both backward splits at
-// head dims from 8 to 256, with every mask and score_mod on the varlen layout (the most
-// registers), compile for sm_100a and sm_120a without spills. (Every candidate of the default
-// specs is the CLI's compile_default_space tests.) With 99 KiB the backward stops at d = 160.
+// Blackwell runs the sm80 family: the default tiles of the forward, both backward splits and
+// decode at head dims from 8 to 256, with every mask and score_mod on the varlen layout (decode:
+// paged), the most registers, compile for sm_100a and sm_120a without spills. (Every candidate
+// of the default specs is the CLI's compile_default_space tests.) With 99 KiB the backward stops
+// at d = 160.
 TEST(KernelCompile, BlackwellDefaultsCompileWithoutSpillsAtEveryHeadDim) {
-  std::vector<Job> jobs;
+  std::vector<std::pair<gen::Variant, std::string>> jobs;
   for (const std::string arch : {"sm_100a", "sm_120a"}) {
     const policy::Target target = policy::target_for_arch(arch);
     for (int head_dim : {8, 32, 40, 64, 96, 128, 160, 192, 256}) {
+      gen::KernelSpec decode =
+          gen::parse_spec("decode.bf16.d64.paged.causal+window.smod.fast.anylen");
+      decode.head_dim = head_dim;
+      jobs.push_back({{decode, policy::default_tile(decode, target).tile}, arch});
       gen::KernelSpec spec = gen::parse_spec("fwd.bf16.d64.varlen.causal+window.smod.fast.anylen");
       spec.head_dim = head_dim;
-      jobs.push_back({{spec, policy::default_tile(spec, target).tile}, arch, true});
+      jobs.push_back({{spec, policy::default_tile(spec, target).tile}, arch});
       if (head_dim > 160 && target.max_smem_optin < 160 * 1024) continue;
       for (auto direction : {gen::Direction::dkdv, gen::Direction::dq}) {
         spec.direction = direction;
-        jobs.push_back({{spec, policy::default_tile(spec, target).tile}, arch, true});
+        jobs.push_back({{spec, policy::default_tile(spec, target).tile}, arch});
       }
       spec.direction = gen::Direction::dkdv;
-      jobs.push_back({{spec, policy::default_tile(spec, target, true).tile}, arch, true});
+      jobs.push_back({{spec, policy::default_tile(spec, target, true).tile}, arch});
     }
   }
-  const std::vector<std::string> problems =
-      compile_problems(jobs, [](const Job&, const CompiledKernel& compiled) {
-        if (compiled.cubin.empty() || compiled.registers <= 0) return std::string("no CUBIN");
-        if (!compiled.spills() && compiled.stack_frame_bytes == 0) return std::string();
-        return std::to_string(compiled.spill_store_bytes) + " bytes spilled, " +
-               std::to_string(compiled.stack_frame_bytes) + " bytes stack";
-      });
-  for (const auto& p : problems) ADD_FAILURE() << p;
-  EXPECT_EQ(jobs.size(), 2u * 9 * 4 - 2 * 3);
+  expect_compile_cleanly(jobs);
+  EXPECT_EQ(jobs.size(), 2u * 9 * 5 - 2 * 3);
 }
 
 TEST(KernelCompile, DqConversionCompilesForEveryDtypeAndLayout) {
@@ -268,6 +275,62 @@ TEST(KernelCompile, DqConversionCompilesForEveryDtypeAndLayout) {
           EXPECT_FALSE(compiled.cubin.empty()) << kernel.variant_name << " for " << arch;
           EXPECT_GT(compiled.registers, 0) << kernel.variant_name << " for " << arch;
           EXPECT_FALSE(compiled.spills()) << kernel.variant_name << " for " << arch;
+        }
+      }
+    }
+  }
+}
+
+// Decode: the default tile of a rotation of every axis (head dims, dtypes, both cache layouts,
+// masks, score_mod, sigmoid forms) on both arches, and every candidate of the heaviest spec
+// (paged, causal + window, score_mod, accurate) at head dims 128 and 256.
+TEST(KernelCompile, DecodeVariantsCompileWithoutSpills) {
+  std::vector<std::pair<gen::Variant, std::string>> jobs;
+  int rotation = 0;
+  for (const std::string arch : {"sm_80", "sm_90a"}) {
+    const policy::Target target = policy::target_for_arch(arch);
+    for (int head_dim : {8, 40, 64, 96, 128, 256}) {
+      for (int i = 0; i < 4; ++i, ++rotation) {
+        gen::KernelSpec spec;
+        spec.direction = gen::Direction::decode;
+        spec.head_dim = head_dim;
+        spec.dtype = rotation % 2 ? gen::DType::fp16 : gen::DType::bf16;
+        spec.layout = (rotation / 2) % 2 ? gen::Layout::paged : gen::Layout::padded;
+        spec.causal = (i & 1) != 0;
+        spec.window = (i & 2) != 0;
+        spec.score_mod = (rotation / 3) % 2 != 0;
+        spec.sigmoid = (rotation / 5) % 2 ? gen::SigmoidMode::accurate : gen::SigmoidMode::fast;
+        jobs.push_back({{spec, policy::default_tile(spec, target).tile}, arch});
+      }
+    }
+    for (const char* text : {"decode.bf16.d128.paged.causal+window.smod.accurate.anylen",
+                             "decode.fp16.d256.paged.causal+window.smod.accurate.anylen"}) {
+      const gen::KernelSpec spec = gen::parse_spec(text);
+      for (const gen::TileConfig& tile : policy::candidates(spec, target)) {
+        jobs.push_back({{spec, tile}, arch});
+      }
+    }
+  }
+  expect_compile_cleanly(jobs);
+  EXPECT_GT(jobs.size(), 60u);
+}
+
+TEST(KernelCompile, CacheHelpersCompileForEveryDtypeAndLayout) {
+  for (const std::string arch : {"sm_80", "sm_90a"}) {
+    for (auto dtype : {gen::DType::bf16, gen::DType::fp16}) {
+      for (auto layout : {gen::Layout::padded, gen::Layout::paged}) {
+        for (int head_dim : {8, 40, 128, 256}) {
+          gen::KernelSpec spec;
+          spec.direction = gen::Direction::decode;
+          spec.dtype = dtype;
+          spec.layout = layout;
+          spec.head_dim = head_dim;
+          for (const gen::GeneratedKernel& kernel :
+               {gen::generate_kv_append(spec), gen::generate_decode_reduce(spec)}) {
+            const CompiledKernel compiled = compile(kernel, arch);
+            EXPECT_FALSE(compiled.cubin.empty()) << kernel.variant_name << " for " << arch;
+            EXPECT_FALSE(compiled.spills()) << kernel.variant_name << " for " << arch;
+          }
         }
       }
     }

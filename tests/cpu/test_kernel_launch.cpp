@@ -1,6 +1,7 @@
 // The kernel interfaces by family and direction: every kernel has one; the sm80 kernels stream
 // nothing through TMA maps and take the direction's parameters as they are; the sm90 kernels take
-// them followed by one map per streamed operand, in order; the grids are those the kernels expect.
+// them followed by one map per streamed operand, in order, and the persistent ones the dynamic
+// schedule's tile counter; the grids are those the kernels expect.
 #include <gtest/gtest.h>
 
 #include <initializer_list>
@@ -32,10 +33,11 @@ DirectionParams params_of(gen::Direction direction) {
   return params;
 }
 
-// The batch and the first words of the maps that `argument` carries.
+// The batch, the first words of the maps and the tile counter that `argument` carries.
 struct Carried {
   int batch;
   std::vector<unsigned long long> maps;
+  const TileCounter* tile_counter = nullptr;
 };
 
 Carried carried(const KernelArgument& argument) {
@@ -46,17 +48,18 @@ Carried carried(const KernelArgument& argument) {
   };
   if (const auto* p = std::get_if<FwdParams>(&argument)) return {p->batch, {}};
   if (const auto* p = std::get_if<FwdSm90Params>(&argument)) {
-    return {p->base.batch, words({p->q, p->k, p->v})};
+    return {p->base.batch, words({p->q, p->k, p->v}), p->tile_counter};
   }
   if (const auto* p = std::get_if<BwdParams>(&argument)) return {p->fwd.batch, {}};
   if (const auto* p = std::get_if<BwdSm90Params>(&argument)) {
     return {p->base.fwd.batch, words({p->q, p->dout})};
   }
   const auto& p = std::get<BwdDqSm90Params>(argument);
-  return {p.base.fwd.batch, words({p.q, p.dout, p.k, p.v})};
+  return {p.base.fwd.batch, words({p.q, p.dout, p.k, p.v}), p.tile_counter};
 }
 
 TEST(KernelInterface, EachKernelTakesItsParametersAndOneMapPerStreamedOperand) {
+  TileCounter counter{};
   for (const gen::Direction direction :
        {gen::Direction::forward, gen::Direction::dkdv, gen::Direction::dq}) {
     for (const gen::Family family : {gen::Family::sm80, gen::Family::sm90}) {
@@ -70,9 +73,10 @@ TEST(KernelInterface, EachKernelTakesItsParametersAndOneMapPerStreamedOperand) {
         maps.push_back(map_numbered(100 + i));
         numbers.push_back(100 + i);
       }
-      const Carried result = carried(kernel.argument(params_of(direction), maps));
+      const Carried result = carried(kernel.argument(params_of(direction), maps, &counter));
       EXPECT_EQ(result.batch, 7);
       EXPECT_EQ(result.maps, numbers);
+      EXPECT_EQ(result.tile_counter, kernel.grid == GridShape::persistent ? &counter : nullptr);
     }
   }
 }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "generator/generator.hpp"
+#include "sigattn/decode_storage.h"
 #include "sigattn/shared_storage.h"
 
 namespace sigattn {
@@ -92,23 +93,28 @@ TEST(SharedStorage, Sm90LayoutsAreAlignedDisjointAndComplete) {
     for (int m : {64, 128, 192}) {
       for (int n : {16, 32, 48, 64, 128, 176, 256}) {
         for (int stages = 2; stages <= 4; ++stages) {
-          for (const RowBlockSm90Storage& s :
-               {fwd_sm90_storage(d, m, n, stages), bwd_dq_sm90_storage(d, m, n, stages)}) {
-            const std::string context = tile_context("row block sm90", d, m, n, stages);
-            // The slack before the base is not part of the layout's offsets.
-            expect_sound({{"q", s.q, t},
-                          {"dout", s.dout, t},
-                          {"k", s.k, t},
-                          {"v", s.v, t},
-                          {"bar_full", s.bar_full, b},
-                          {"bar_empty", s.bar_empty, b},
-                          {"bar_q", s.bar_q, b},
-                          {"bar_q_empty", s.bar_q_empty, b}},
-                         s.bytes - sm90_base_slack(), context);
-            // Each 64-column block of a tile starts on a swizzle atom.
-            EXPECT_EQ(m * 128 % t, 0) << context;
-            EXPECT_EQ(n * 128 % t, 0) << context;
-            EXPECT_EQ(s.bar_full.count, stages) << context;
+          for (bool dynamic : {false, true}) {
+            for (const RowBlockSm90Storage& s : {fwd_sm90_storage(d, m, n, stages, dynamic),
+                                                 bwd_dq_sm90_storage(d, m, n, stages, dynamic)}) {
+              const std::string context =
+                  tile_context("row block sm90", d, m, n, stages) + (dynamic ? " dynamic" : "");
+              // The slack before the base is not part of the layout's offsets.
+              expect_sound({{"q", s.q, t},
+                            {"dout", s.dout, t},
+                            {"k", s.k, t},
+                            {"v", s.v, t},
+                            {"bar_full", s.bar_full, b},
+                            {"bar_empty", s.bar_empty, b},
+                            {"bar_q", s.bar_q, b},
+                            {"bar_q_empty", s.bar_q_empty, b},
+                            {"work_tiles", s.work_tiles, sm90_work_tile_bytes()}},
+                           s.bytes - sm90_base_slack(), context);
+              // Each 64-column block of a tile starts on a swizzle atom.
+              EXPECT_EQ(m * 128 % t, 0) << context;
+              EXPECT_EQ(n * 128 % t, 0) << context;
+              EXPECT_EQ(s.bar_full.count, stages) << context;
+              EXPECT_EQ(s.work_tiles.count, dynamic ? 3 : 0) << context;
+            }
           }
           for (bool atomic_dq : {false, true}) {
             if (n != 128) continue;
@@ -133,12 +139,35 @@ TEST(SharedStorage, Sm90LayoutsAreAlignedDisjointAndComplete) {
   }
 }
 
-// The barriers of the deepest ring still fit in the 128 bytes after the tiles.
+// The barriers of the deepest ring, and the dynamic schedule's work tile slots, still fit in the
+// 128 bytes after the tiles.
 TEST(SharedStorage, Sm90BarriersTakeOneGranuleAfterTheTiles) {
-  const RowBlockSm90Storage row = bwd_dq_sm90_storage(128, 128, 64, 4);
-  EXPECT_EQ(row.bytes, sm90_base_slack() + row.v.end() + sm90_barrier_area_granule());
+  for (bool dynamic : {false, true}) {
+    const RowBlockSm90Storage row = bwd_dq_sm90_storage(128, 128, 64, 4, dynamic);
+    EXPECT_EQ(row.bytes, sm90_base_slack() + row.v.end() + sm90_barrier_area_granule());
+  }
   const BwdDkdvSm90Storage dkdv = bwd_dkdv_sm90_storage(128, 64, 128, 4, true);
   EXPECT_EQ(dkdv.bytes, sm90_base_slack() + dkdv.ds.end() + sm90_barrier_area_granule());
+}
+
+// The decode kernel: Q, the K/V ring and P, sound as the other sm80 layouts, P's rows an odd number
+// of 16-byte units like theirs.
+TEST(SharedStorage, DecodeLayoutsAreAlignedDisjointAndComplete) {
+  for (int head_dim : kHeadDims) {
+    for (int block_m : {16, 32, 64}) {
+      for (int block_n : {32, 64, 128}) {
+        for (int stages : {2, 3, 4}) {
+          const DecodeSm80Storage s = decode_sm80_storage(head_dim, block_m, block_n, stages);
+          const std::string context = tile_context("decode", head_dim, block_m, block_n, stages);
+          expect_sound({{"q", s.q, 16}, {"k", s.k, 16}, {"v", s.v, 16}, {"p", s.p, 16}}, s.bytes,
+                       context);
+          EXPECT_EQ(s.bytes, s.p.end()) << context;
+          EXPECT_EQ(s.p.slot_bytes, block_m * decode_p_row_stride(block_n) * 2) << context;
+          EXPECT_EQ(decode_p_row_stride(block_n) * 2 / 16 % 2, 1) << context;
+        }
+      }
+    }
+  }
 }
 
 // generate() reports the layout's bytes; the tiles are legal ones of each kernel.
@@ -159,13 +188,21 @@ TEST(SharedStorage, TotalsAreWhatTheGeneratorReports) {
       {"dkdv.bf16.d200.dense.nomask.nosmod.fast.anylen/sm80.m32n64w4s3",
        bwd_dkdv_sm80_storage(200, 32, 64, 3, false).bytes},
       {"fwd.bf16.d256.dense.causal.nosmod.fast.anylen/sm90.m128n64w12s2",
-       fwd_sm90_storage(256, 128, 64, 2).bytes},
+       fwd_sm90_storage(256, 128, 64, 2, false).bytes},
+      {"fwd.bf16.d128.varlen.causal.nosmod.fast.anylen/sm90.m128n128w12s3.dynamic",
+       fwd_sm90_storage(128, 128, 128, 3, true).bytes},
       {"dq.fp16.d64.varlen.nomask.nosmod.fast.anylen/sm90.m64n64w8s3",
-       bwd_dq_sm90_storage(64, 64, 64, 3).bytes},
+       bwd_dq_sm90_storage(64, 64, 64, 3, false).bytes},
+      {"dq.bf16.d128.padded.window.nosmod.fast.anylen/sm90.m128n64w12s3.dynamic",
+       bwd_dq_sm90_storage(128, 128, 64, 3, true).bytes},
       {"dkdv.bf16.d128.padded.causal.nosmod.fast.anylen/sm90.m64n128w12s2.atomicdq",
        bwd_dkdv_sm90_storage(128, 64, 128, 2, true).bytes},
       {"dkdv.bf16.d64.dense.nomask.nosmod.fast.anylen/sm90.m128n128w12s4",
        bwd_dkdv_sm90_storage(64, 128, 128, 4, false).bytes},
+      {"decode.bf16.d128.paged.causal.nosmod.fast.anylen/sm80.m16n64w4s3",
+       decode_sm80_storage(128, 16, 64, 3).bytes},
+      {"decode.fp16.d40.padded.nomask.smod.fast.anylen/sm80.m64n32w2s2",
+       decode_sm80_storage(40, 64, 32, 2).bytes},
   };
   for (const Case& c : cases) {
     const gen::ParsedVariant parsed = gen::parse_variant(c.variant);

@@ -5,6 +5,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "generator/generator.hpp"
@@ -88,6 +89,15 @@ gen::Variant variant_of(const std::string& text) {
   return {parsed.spec, parsed.tile.value()};
 }
 
+gen::Variant decode_variant(const std::string& tile) {
+  return variant_of("decode.bf16.d128.paged.causal.nosmod.fast.anylen/" + tile);
+}
+
+gen::Variant with_layout(gen::Variant variant, gen::Layout layout) {
+  variant.spec.layout = layout;
+  return variant;
+}
+
 // A variant that breaks one structural rule, and the constraint that must name it.
 struct Illegal {
   gen::Variant variant;
@@ -108,6 +118,9 @@ std::vector<Illegal> illegal_variants() {
       {unsupported_head_dim, "head_dim"},
       {padded_x128, "x128_layout"},
       {variant_of(fwd + "sm80.m128n64w4s2.atomicdq"), "work_split"},
+      {variant_of(fwd + "sm80.m128n64w4s2.dynamic"), "schedule"},
+      {variant_of("dkdv.bf16.d64.dense.nomask.nosmod.fast.anylen/sm90.m128n128w12s2.dynamic"),
+       "schedule"},
       {variant_of(fwd + "sm80.m64n64w8s2"), "mma_rows"},
       {variant_of("fwd.bf16.d128.dense.nomask.nosmod.fast.x128/sm80.m128n256w8s2"), "x128_divides"},
       {variant_of("fwd.bf16.d40.dense.nomask.nosmod.fast.anylen/sm90.m128n128w12s2"),
@@ -118,6 +131,12 @@ std::vector<Illegal> illegal_variants() {
        "sm90_registers"},
       {variant_of("dkdv.bf16.d128.dense.nomask.nosmod.fast.anylen/sm90.m128n128w12s2"),
        "sm90_registers"},
+      {variant_of(fwd + "sm80.m128n64w8s2.splits4"), "work_split"},
+      {decode_variant("sm80.m16n64w4s3.splits2000"), "work_split"},
+      {with_layout(variant_of(fwd + "sm80.m128n64w8s2"), gen::Layout::paged), "cache_layout"},
+      {with_layout(decode_variant("sm80.m16n64w4s3"), gen::Layout::varlen), "cache_layout"},
+      {decode_variant("sm90.m128n128w12s2"), "decode_family"},
+      {decode_variant("sm80.m16n64w8s3"), "mma_rows"},
   };
 }
 
@@ -138,6 +157,8 @@ TEST(StructuralRejection, PassesLegalTilesWhateverTheTarget) {
            "fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm90.m128n128w12s3",
            "dkdv.bf16.d64.padded.causal.nosmod.fast.anylen/sm90.m128n128w12s2.atomicdq",
            "dq.fp16.d128.varlen.nomask.smod.fast.anylen/sm90.m128n64w12s3",
+           "fwd.bf16.d128.varlen.causal.nosmod.fast.anylen/sm90.m128n128w12s3.dynamic",
+           "dq.fp16.d64.padded.window.nosmod.fast.anylen/sm90.m128n64w12s2.dynamic",
        }) {
     const gen::Variant variant = variant_of(text);
     EXPECT_EQ(structural_rejection(variant.spec, variant.tile), "") << text;
@@ -252,7 +273,7 @@ TEST(Sm90Family, ForwardOnSm90aOnlyWithNamedConstraints) {
   }
 }
 
-TEST(Sm90Family, DkdvAtHeadDims64And128WithNamedConstraints) {
+TEST(Sm90Family, DkdvAtHeadDims64To128WithNamedConstraints) {
   const Target hopper = target_for_arch("sm_90a");
   gen::KernelSpec dkdv = spec_with(128);
   dkdv.direction = gen::Direction::dkdv;
@@ -282,14 +303,30 @@ TEST(Sm90Family, DkdvAtHeadDims64And128WithNamedConstraints) {
   EXPECT_EQ(default_tile(narrow, hopper, /*atomic_dq=*/true).tile,
             (gen::TileConfig{128, 128, 12, 2, gen::Family::sm90, true}));
 
+  // Head dims of a whole and a partial 64-column block take d=128's tile; their one-pass split
+  // has no Hopper tile, so a call that allows atomics keeps the Hopper two-kernel split.
+  for (int head_dim : {80, 96, 112}) {
+    gen::KernelSpec partial = dkdv;
+    partial.head_dim = head_dim;
+    EXPECT_EQ(default_tile(partial, hopper).tile, steps64) << head_dim;
+    EXPECT_NE(rejection(partial, steps64_one_pass, hopper).find("wgmma_shape"), std::string::npos)
+        << head_dim;
+    EXPECT_EQ(default_tile(partial, hopper, /*atomic_dq=*/true).tile.family, gen::Family::sm80);
+    EXPECT_FALSE(one_pass_by_default(partial, hopper)) << head_dim;
+  }
+  EXPECT_TRUE(one_pass_by_default(narrow, hopper));
+  EXPECT_FALSE(one_pass_by_default(dkdv, hopper));
+  EXPECT_TRUE(one_pass_by_default(dkdv, target_for_arch("sm_90")));
+
   gen::KernelSpec other = dkdv;
-  other.head_dim = 96;
+  other.head_dim = 72;
   EXPECT_NE(rejection(other, steps64, hopper).find("sm90_kernel"), std::string::npos);
   for (const auto& tile : candidates(other, hopper)) EXPECT_EQ(tile.family, gen::Family::sm80);
   EXPECT_EQ(default_tile(other, hopper).tile.family, gen::Family::sm80);
+  EXPECT_TRUE(one_pass_by_default(other, hopper));
 }
 
-TEST(Sm90Family, DqAtHeadDims64And128WithNamedConstraints) {
+TEST(Sm90Family, DqAtHeadDims64To128WithNamedConstraints) {
   const Target hopper = target_for_arch("sm_90a");
   gen::KernelSpec dq = spec_with(128);
   dq.direction = gen::Direction::dq;
@@ -304,13 +341,60 @@ TEST(Sm90Family, DqAtHeadDims64And128WithNamedConstraints) {
             std::string::npos);
   int hopper_tiles = 0;
   for (const auto& tile : candidates(dq, hopper)) hopper_tiles += tile.family == gen::Family::sm90;
-  EXPECT_EQ(hopper_tiles, 4);  // block_m 64 or 128, 2 or 3 stages, 64-key steps
+  EXPECT_EQ(hopper_tiles, 8);  // block_m 64 or 128, 2 or 3 stages, 64-key steps, two schedules
+
+  for (int head_dim : {80, 96, 112}) {
+    gen::KernelSpec partial = dq;
+    partial.head_dim = head_dim;
+    EXPECT_EQ(default_tile(partial, hopper).tile, two_consumers) << head_dim;
+  }
 
   gen::KernelSpec other = dq;
-  other.head_dim = 96;
+  other.head_dim = 72;
   EXPECT_NE(rejection(other, two_consumers, hopper).find("sm90_kernel"), std::string::npos);
   for (const auto& tile : candidates(other, hopper)) EXPECT_EQ(tile.family, gen::Family::sm80);
   EXPECT_EQ(default_tile(other, hopper).tile.family, gen::Family::sm80);
+}
+
+TEST(Sm90Family, BackwardAbove128SplitsTheGradientsAndShortensDqSteps) {
+  const Target hopper = target_for_arch("sm_90a");
+  const gen::TileConfig split_three{64, 64, 12, 3, gen::Family::sm90};
+  const gen::TileConfig split_two{64, 64, 12, 2, gen::Family::sm90};
+  for (auto [head_dim, dkdv_tile, dq_block_n] :
+       {std::tuple{144, split_three, 64}, std::tuple{192, split_three, 32},
+        std::tuple{256, split_two, 32}}) {
+    gen::KernelSpec dkdv = spec_with(head_dim);
+    dkdv.direction = gen::Direction::dkdv;
+    EXPECT_EQ(default_tile(dkdv, hopper).tile, dkdv_tile) << head_dim;
+    EXPECT_NE(rejection(dkdv, {64, 128, 12, 2, gen::Family::sm90}, hopper).find("sm90_registers"),
+              std::string::npos)
+        << head_dim;
+    gen::TileConfig one_pass = split_two;
+    one_pass.atomic_dq = true;
+    EXPECT_NE(rejection(dkdv, one_pass, hopper).find("wgmma_shape"), std::string::npos);
+    EXPECT_FALSE(one_pass_by_default(dkdv, hopper)) << head_dim;
+    EXPECT_EQ(gen::grid_slices({dkdv, split_two}), 1);
+    EXPECT_EQ(gen::grid_slices({dkdv, default_tile(dkdv, target_for_arch("sm_90")).tile}), 2);
+
+    gen::KernelSpec dq = dkdv;
+    dq.direction = gen::Direction::dq;
+    const gen::TileConfig dq_tile = default_tile(dq, hopper).tile;
+    EXPECT_EQ(dq_tile.family, gen::Family::sm90) << head_dim;
+    EXPECT_EQ(dq_tile.block_n, dq_block_n) << head_dim;
+  }
+  gen::KernelSpec wide = spec_with(192);
+  wide.direction = gen::Direction::dq;
+  EXPECT_NE(rejection(wide, {128, 64, 12, 3, gen::Family::sm90}, hopper).find("sm90_registers"),
+            std::string::npos);
+  // Below d=128 the gradient split is a candidate the tuner may take, not the default.
+  gen::KernelSpec narrow = spec_with(128);
+  narrow.direction = gen::Direction::dkdv;
+  int split_tiles = 0;
+  for (const auto& tile : candidates(narrow, hopper)) {
+    split_tiles += tile.family == gen::Family::sm90 && tile.block_n == 64;
+  }
+  EXPECT_GT(split_tiles, 0);
+  EXPECT_EQ(default_tile(narrow, hopper).tile.block_n, 128);
 }
 
 TEST(DefaultTile, PrefersTheSm90FamilyOnSm90aWhereItApplies) {
@@ -324,11 +408,96 @@ TEST(DefaultTile, PrefersTheSm90FamilyOnSm90aWhereItApplies) {
   EXPECT_EQ(default_tile(spec_with(128), target_for_arch("sm_90")).tile.family, gen::Family::sm80);
 }
 
+// The persistent kernels' tuner space has every Hopper tile in both schedules; the default is the
+// dynamic schedule where tiles differ in cost or rows (padded, varlen, masks), strided on dense
+// unmasked shapes.
+TEST(Schedules, AreCandidatesAndDefaultByTheShape) {
+  const Target hopper = target_for_arch("sm_90a");
+  for (auto direction : {gen::Direction::forward, gen::Direction::dq}) {
+    for (auto layout : {gen::Layout::dense, gen::Layout::padded, gen::Layout::varlen}) {
+      for (int mask = 0; mask < 4; ++mask) {
+        gen::KernelSpec spec = spec_with(128);
+        spec.direction = direction;
+        spec.layout = layout;
+        spec.causal = (mask & 1) != 0;
+        spec.window = (mask & 2) != 0;
+        const std::string name = gen::to_string(spec);
+        int strided = 0, dynamic = 0;
+        for (const auto& tile : candidates(spec, hopper)) {
+          if (tile.family != gen::Family::sm90) {
+            EXPECT_EQ(tile.schedule, gen::Schedule::strided) << name;
+            continue;
+          }
+          gen::TileConfig other = tile;
+          other.schedule = tile.schedule == gen::Schedule::dynamic ? gen::Schedule::strided
+                                                                   : gen::Schedule::dynamic;
+          EXPECT_TRUE(rejection(spec, other, hopper).empty()) << name;
+          (tile.schedule == gen::Schedule::dynamic ? dynamic : strided) += 1;
+        }
+        EXPECT_GT(strided, 0) << name;
+        EXPECT_EQ(dynamic, strided) << name;
+        const DefaultChoice choice = default_tile(spec, hopper);
+        const bool uniform = layout == gen::Layout::dense && mask == 0;
+        EXPECT_EQ(choice.tile.schedule, uniform ? gen::Schedule::strided : gen::Schedule::dynamic)
+            << name;
+        EXPECT_EQ(choice.reason.find("dynamic schedule") != std::string::npos, !uniform)
+            << choice.reason;
+      }
+    }
+  }
+  gen::KernelSpec dkdv = spec_with(128);
+  dkdv.direction = gen::Direction::dkdv;
+  dkdv.layout = gen::Layout::varlen;
+  for (const auto& tile : candidates(dkdv, hopper)) {
+    EXPECT_EQ(tile.schedule, gen::Schedule::strided);
+  }
+  EXPECT_EQ(default_tile(dkdv, hopper).tile.schedule, gen::Schedule::strided);
+  gen::KernelSpec padded = spec_with(128);
+  padded.layout = gen::Layout::padded;
+  EXPECT_EQ(default_tile(padded, target_for_arch("sm_80")).tile.schedule, gen::Schedule::strided);
+}
+
 TEST(DefaultTile, IsAPureFunction) {
   Target target = target_for_arch("sm_90a");
   EXPECT_EQ(default_tile(spec_with(128), target).tile, default_tile(spec_with(128), target).tile);
   EXPECT_EQ(default_tile(spec_with(128), target).reason,
             default_tile(spec_with(128), target).reason);
+}
+
+TEST(DecodeTile, DefaultsToOneRowBlockOfAGqaGroupOnEveryArch) {
+  for (const std::string arch : {"sm_80", "sm_86", "sm_89", "sm_90a"}) {
+    for (int head_dim : {8, 40, 64, 128, 256}) {
+      for (auto layout : {gen::Layout::padded, gen::Layout::paged}) {
+        gen::KernelSpec spec = spec_with(head_dim);
+        spec.direction = gen::Direction::decode;
+        spec.layout = layout;
+        spec.causal = true;
+        const DefaultChoice choice = default_tile(spec, target_for_arch(arch));
+        EXPECT_EQ(choice.tile.family, gen::Family::sm80) << arch;
+        EXPECT_EQ(choice.tile.block_m, 16) << arch;
+        EXPECT_EQ(choice.tile.splits, 0) << arch << ": the split count is chosen per call";
+        EXPECT_EQ(rejection(spec, choice.tile, target_for_arch(arch)), "") << arch;
+        EXPECT_NE(choice.reason.find("decode"), std::string::npos) << choice.reason;
+        for (const gen::TileConfig& tile : candidates(spec, target_for_arch(arch))) {
+          EXPECT_EQ(tile.family, gen::Family::sm80);
+          EXPECT_EQ(tile.block_n, 16 * tile.warps) << gen::to_string(tile);
+        }
+      }
+    }
+  }
+}
+
+TEST(DecodeTile, SplitsFillTheGpuTwiceWithinTheKeyTiles) {
+  // GQA 32:8 at batch 1 on 132 SMs: 8 units, ceil(264 / 8) = 33 splits.
+  EXPECT_EQ(decode_splits(8, 64, 132), 33);
+  // Fewer key tiles than that bound the split count.
+  EXPECT_EQ(decode_splits(8, 16, 132), 16);
+  EXPECT_EQ(decode_splits(8, 0, 132), 1);
+  // A batch that fills the GPU alone runs unsplit.
+  EXPECT_EQ(decode_splits(128 * 8, 2048, 132), 1);
+  EXPECT_EQ(decode_splits(132, 2048, 132), 2);
+  // One unit on a large GPU: never past kMaxDecodeSplits.
+  EXPECT_EQ(decode_splits(1, 1 << 20, 1000), kMaxDecodeSplits);
 }
 
 TEST(DefaultSpecs, CoverBothDtypesLayoutsAndCausal) {

@@ -1,17 +1,19 @@
 // Backward-pass correctness on the GPU, in both work splits: dQ, dK and dV against an fp64 CPU
 // reference (small problems, exact sigmoid) or a plain fp32 GPU kernel (large problems and the
 // fast sigmoid) for every dtype, head dim, layout, mask, head grouping, bias, scale and
-// score_mod; zero gradients on padding; the deterministic split bit-identical from run to run;
-// the one-pass split (atomic dQ) within tolerance of the deterministic one; every one-pass tile
-// candidate of two specs; every Hopper dQ tile and the portable default on problems with many
-// work tiles per CTA; one-pass calls on two streams at once; and the GPU reference itself against
-// the CPU one.
+// score_mod, and every feature at each head dim of the Hopper backward; zero gradients on padding;
+// the deterministic split bit-identical from run to run and between the Hopper dQ kernel's two
+// schedules; the one-pass split (atomic dQ) within tolerance of the deterministic one; every
+// one-pass and Hopper dK/dV tile candidate of four specs; every Hopper dQ tile and the portable
+// default on problems with many work tiles per CTA; one-pass calls, and the dQ kernel in the
+// dynamic schedule, on two streams at once; and the GPU reference itself against the CPU one.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <optional>
 #include <random>
 #include <sigattn/sigattn.hpp>
 #include <string>
@@ -39,11 +41,12 @@ constexpr DType fp16 = DType::fp16;
 constexpr double kCpuReferenceWorkLimit = 2e8;
 
 // Every head dim kind: tiny, not a multiple of 16 (40), one slice (64, 96, 128), two slices
-// (136, 256); whole 128-row tiles (x128) and ragged padded lengths with GQA and causal.
+// (136, 192, 256), the Hopper backward's partial 64-column blocks (80, 96, 112, 144); whole
+// 128-row tiles (x128) and ragged padded lengths with GQA and causal.
 std::vector<Problem> head_dim_cases() {
   std::vector<Problem> cases;
   for (DType dtype : {bf16, fp16}) {
-    for (int d : {8, 40, 64, 96, 128, 136, 256}) {
+    for (int d : {8, 40, 64, 80, 96, 112, 128, 136, 144, 192, 256}) {
       cases.push_back(Case(dtype, d).bthd(1, 128, 256).heads(2, 1));
       cases.push_back(
           Case(dtype, d).padded(150, 150, {150, 1, 77}, {120, 150, 0}).heads(4, 2).causal());
@@ -109,6 +112,28 @@ std::vector<Problem> bias_and_score_mod_cases() {
   return cases;
 }
 
+// The Hopper backward's head dims besides 64 and 128: those whose tiles end in a partial 64-column
+// block (TMA fills it with zeros, cp.async leaves it unwritten) and those above 128 (dK/dV with
+// one gradient per warpgroup, dQ in 32-key steps from 192 on): every feature at each, in both
+// dtypes.
+std::vector<Problem> hopper_head_dim_cases() {
+  std::vector<Problem> cases;
+  for (int d : {80, 96, 112, 144, 192, 256}) {
+    for (DType dtype : {bf16, fp16}) {
+      cases.push_back(
+          Case(dtype, d).varlen({17, 0, 128, 1}, {40, 0, 129, 300}).heads(4, 2).causal());
+      cases.push_back(Case(dtype, d)
+                          .padded(150, 150, {150, 20, 0}, {100, 150, 7})
+                          .window(16, 16)
+                          .score_mod()
+                          .bias(-1.5f));
+      cases.push_back(Case(dtype, d).bhtd(1, 200, 260).heads(8, 2).window(32, 0).scale(0.1f));
+      cases.push_back(Case(dtype, d).bthd(2, 333, 333).heads(4, 2).causal().score_mod().fast());
+    }
+  }
+  return cases;
+}
+
 // The fast sigmoid, checked against the GPU reference (the same tanh.approx).
 std::vector<Problem> fast_sigmoid_cases() {
   std::vector<Problem> cases;
@@ -141,10 +166,12 @@ std::vector<Problem> large_cases() {
   return cases;
 }
 
-// Every one-pass (atomic dQ) tile candidate of these specs runs.
+// Every one-pass (atomic dQ) tile candidate and every Hopper dK/dV tile of these specs runs.
 std::vector<Problem> tile_sweep_cases() {
   return {Case(bf16, 64).bthd(2, 333, 333).heads(4, 2).fast(),
-          Case(fp16, 128).padded(300, 300, {300, 150}, {299, 300}).heads(4, 2).causal()};
+          Case(fp16, 128).padded(300, 300, {300, 150}, {299, 300}).heads(4, 2).causal(),
+          Case(bf16, 80).varlen({300, 0, 129}, {200, 5, 300}).heads(4, 1).score_mod(),
+          Case(fp16, 192).bthd(2, 300, 300).heads(4, 2).window(64, 0).fast()};
 }
 
 // Every Hopper dQ tile and the portable family's default dQ tile run these, in the deterministic
@@ -156,7 +183,9 @@ std::vector<Problem> dq_sweep_cases() {
   const std::vector<int> keys(queries.rbegin(), queries.rend());
   return {Case(bf16, 64).padded(600, 600, queries, keys).heads(8, 2).score_mod().fast(),
           Case(fp16, 128).varlen(queries, keys).heads(4, 4).causal().fast(),
-          Case(bf16, 128).bthd(8, 700, 700).heads(8, 8).window(200, 50).fast()};
+          Case(bf16, 128).bthd(8, 700, 700).heads(8, 8).window(200, 50).fast(),
+          Case(fp16, 112).padded(600, 600, queries, keys).heads(4, 2).window(64, 64).fast(),
+          Case(bf16, 256).varlen(queries, keys).heads(4, 1).causal().score_mod().fast()};
 }
 
 // The one-pass calls that run on two streams at once.
@@ -179,8 +208,14 @@ std::vector<Problem> agreement_cases() {
 }
 
 std::vector<std::vector<Problem>> all_reference_tables() {
-  return {head_dim_cases(),           layout_cases(),       mask_cases(), grouped_head_cases(),
-          bias_and_score_mod_cases(), fast_sigmoid_cases(), large_cases()};
+  return {head_dim_cases(),
+          layout_cases(),
+          mask_cases(),
+          grouped_head_cases(),
+          hopper_head_dim_cases(),
+          bias_and_score_mod_cases(),
+          fast_sigmoid_cases(),
+          large_cases()};
 }
 
 struct DeviceGradients {
@@ -278,6 +313,24 @@ BackwardTiles one_pass_tiles(const BackwardSpecs& specs, const policy::Target& t
 GradientBits run_one_pass(DeviceGradients& g, const BackwardTiles& tiles) {
   g.args.deterministic = false;
   return run(g, [&] { backward_with_tiles(g.args, nullptr, tiles.dkdv, tiles.dq); });
+}
+
+// The deterministic split's heuristic tiles with the dQ tile in the other schedule, where that is
+// a Hopper tile.
+std::optional<BackwardTiles> other_schedule_tiles(const BackwardSpecs& specs,
+                                                  const policy::Target& target) {
+  BackwardTiles tiles = default_backward_tiles(specs, target, /*deterministic=*/true);
+  if (tiles.dq.family != gen::Family::sm90) return std::nullopt;
+  tiles.dq.schedule =
+      tiles.dq.schedule == gen::Schedule::dynamic ? gen::Schedule::strided : gen::Schedule::dynamic;
+  return tiles;
+}
+
+// The deterministic split's heuristic tiles with a Hopper dQ tile in the dynamic schedule.
+BackwardTiles dynamic_dq_tiles(const BackwardSpecs& specs, const policy::Target& target) {
+  BackwardTiles tiles = default_backward_tiles(specs, target, /*deterministic=*/true);
+  if (tiles.dq.family == gen::Family::sm90) tiles.dq.schedule = gen::Schedule::dynamic;
+  return tiles;
 }
 
 bool use_cpu_reference(const Problem& p) {
@@ -391,6 +444,9 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
       variants.push_back({specs.dq, tiles.dq});
     }
     variants.push_back({specs.dkdv, one_pass_tiles(specs, gpu.target).dkdv});
+    if (const auto other = other_schedule_tiles(specs, gpu.target)) {
+      variants.push_back({specs.dq, other->dq});
+    }
   };
   for (const std::vector<Problem>& table : all_reference_tables()) {
     for (const Problem& p : table) {
@@ -415,6 +471,14 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
   }
   if (test_selected("BackwardConcurrency.TwoStreamsInOnePassMode")) {
     for (const Problem& p : concurrent_cases()) add_defaults(p);
+  }
+  if (test_selected("BackwardConcurrency.TwoStreamsInTheDynamicSchedule")) {
+    for (const Problem& p : concurrent_cases()) {
+      const BackwardSpecs specs = specs_of(p);
+      const BackwardTiles tiles = dynamic_dq_tiles(specs, gpu.target);
+      variants.push_back({specs.dkdv, tiles.dkdv});
+      variants.push_back({specs.dq, tiles.dq});
+    }
   }
   return variants;
 });
@@ -441,6 +505,15 @@ TEST_P(BackwardMatchesReference, BothSplits) {
   EXPECT_EQ(repeat.dk, deterministic.dk) << "dK differs between two deterministic runs";
   EXPECT_EQ(repeat.dv, deterministic.dv) << "dV differs between two deterministic runs";
 
+  // A Hopper dQ tile in the other schedule (strided or dynamic): the same tiles on other CTAs,
+  // so the same bits.
+  if (const std::optional<BackwardTiles> other = other_schedule_tiles(specs_of(p), gpu().target)) {
+    const GradientBits rescheduled =
+        run(grads, [&] { backward_with_tiles(grads.args, nullptr, other->dkdv, other->dq); });
+    expect_matches(p, rescheduled, ref, "deterministic split, dQ in the other schedule");
+    EXPECT_EQ(rescheduled.dq, deterministic.dq) << "dQ differs between the two schedules";
+  }
+
   const BackwardTiles one_pass_split = one_pass_tiles(specs_of(p), gpu().target);
   const GradientBits one_pass = run_one_pass(grads, one_pass_split);
   expect_matches(p, one_pass, ref, "one-pass split");
@@ -464,6 +537,8 @@ INSTANTIATE_TEST_SUITE_P(Layouts, BackwardMatchesReference, testing::ValuesIn(la
 INSTANTIATE_TEST_SUITE_P(Masks, BackwardMatchesReference, testing::ValuesIn(mask_cases()), name_of);
 INSTANTIATE_TEST_SUITE_P(GroupedHeads, BackwardMatchesReference,
                          testing::ValuesIn(grouped_head_cases()), name_of);
+INSTANTIATE_TEST_SUITE_P(HopperHeadDims, BackwardMatchesReference,
+                         testing::ValuesIn(hopper_head_dim_cases()), name_of);
 INSTANTIATE_TEST_SUITE_P(BiasAndScoreMod, BackwardMatchesReference,
                          testing::ValuesIn(bias_and_score_mod_cases()), name_of);
 INSTANTIATE_TEST_SUITE_P(FastSigmoid, BackwardMatchesReference,
@@ -534,17 +609,15 @@ INSTANTIATE_TEST_SUITE_P(PersistentSchedule, EveryHopperDqTile, testing::ValuesI
 
 using BackwardConcurrency = GpuTest;
 
-// Two threads, each with its own stream and problem, call the one-pass backward three times
-// without synchronizing in between: the workspace of one stream must never be the other's.
-TEST_F(BackwardConcurrency, TwoStreamsInOnePassMode) {
-  const std::vector<Problem> problems = concurrent_cases();
-  const std::uint64_t seed = this->seed();
+// Two threads, each with its own stream and problem, call the backward with tiles_of(specs) three
+// times without synchronizing in between; then each result is checked against its reference.
+template <class TilesOf>
+void expect_streams_apart(const std::vector<Problem>& problems, std::uint64_t seed,
+                          const TilesOf& tiles_of, const std::string& what) {
   std::vector<PreparedProblem> prepared;
   prepared.reserve(problems.size());
   for (std::size_t i = 0; i < problems.size(); ++i) {
-    DeviceGradients& grads = prepared.emplace_back(problems[i], seed + i).grads;
-    grads.args.deterministic = false;
-    poison(grads);
+    poison(prepared.emplace_back(problems[i], seed + i).grads);
   }
   synchronize();  // the poison is written on the legacy stream, the calls run on others
   const CUcontext context = cuda::current_context();
@@ -556,7 +629,7 @@ TEST_F(BackwardConcurrency, TwoStreamsInOnePassMode) {
         SIGATTN_CU(cuda::driver().cuCtxSetCurrent(context));
         CUstream stream = nullptr;
         SIGATTN_CU(cuda::driver().cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
-        const BackwardTiles tiles = one_pass_tiles(specs_of(problems[i]), gpu().target);
+        const BackwardTiles tiles = tiles_of(specs_of(problems[i]));
         for (int repeat = 0; repeat < 3; ++repeat) {
           backward_with_tiles(prepared[i].grads.args, stream, tiles.dkdv, tiles.dq);
         }
@@ -574,9 +647,25 @@ TEST_F(BackwardConcurrency, TwoStreamsInOnePassMode) {
     ASSERT_EQ(failures[i], "");
     const DeviceGradients& grads = prepared[i].grads;
     expect_matches(p, {download_bits(grads.dq), download_bits(grads.dk), download_bits(grads.dv)},
-                   reference_for(p, prepared[i]),
-                   "after three one-pass calls on a stream of its own");
+                   reference_for(p, prepared[i]), what);
   }
+}
+
+// The one-pass split's workspace of one stream must never be the other's.
+TEST_F(BackwardConcurrency, TwoStreamsInOnePassMode) {
+  expect_streams_apart(
+      concurrent_cases(), seed(),
+      [&](const BackwardSpecs& specs) { return one_pass_tiles(specs, gpu().target); },
+      "after three one-pass calls on a stream of its own");
+}
+
+// The dQ kernel in the dynamic schedule: each stream's launches take tiles from a counter of
+// their own.
+TEST_F(BackwardConcurrency, TwoStreamsInTheDynamicSchedule) {
+  expect_streams_apart(
+      concurrent_cases(), seed(),
+      [&](const BackwardSpecs& specs) { return dynamic_dq_tiles(specs, gpu().target); },
+      "after three calls with the dynamic dQ schedule on a stream of its own");
 }
 
 class BackwardReference : public GpuTest, public testing::WithParamInterface<Problem> {};

@@ -1,10 +1,10 @@
 // Forward-pass correctness on the GPU: every dtype, head dim, layout, mask, head grouping, bias,
 // score_mod and sigmoid form against an fp64 CPU reference (small problems) or a plain fp32 GPU
 // kernel (large ones and the fast sigmoid), on the default tile and, where that is a Hopper (sm90)
-// tile, on the portable family's default too; every tile candidate of three specs; problems with
-// many work tiles per CTA of the persistent sm90 kernel, on every sm90 tile; NaN in padding rows;
-// bit-identical repeated launches, an invalid length rejected before the output is touched, and
-// the info-level line of a new variant.
+// tile, on the same tile in the other schedule and on the portable family's default too; every tile
+// candidate of three specs; problems with many work tiles per CTA of the persistent sm90 kernel, on
+// every sm90 tile; NaN in padding rows; bit-identical repeated launches, an invalid length rejected
+// before the output is touched, and the info-level line of a new variant.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -203,11 +203,17 @@ gen::KernelSpec spec_of(const Problem& problem) {
 }
 
 // The tiles a reference problem runs on: the default for the GPU and, where that is an sm90 tile,
-// the portable family's default (what sm_90 without the a-features would get).
+// the same tile in the other schedule (strided or dynamic), so that both schedules meet every
+// layout and mask, and the portable family's default (what sm_90 without the a-features would
+// get).
 std::vector<gen::TileConfig> family_tiles(const gen::KernelSpec& spec,
                                           const policy::Target& target) {
   std::vector<gen::TileConfig> tiles = {policy::default_tile(spec, target).tile};
   if (tiles.front().family == gen::Family::sm90) {
+    gen::TileConfig other = tiles.front();
+    other.schedule =
+        other.schedule == gen::Schedule::dynamic ? gen::Schedule::strided : gen::Schedule::dynamic;
+    tiles.push_back(other);
     tiles.push_back(policy::default_tile(spec, policy::target_for_arch("sm_90")).tile);
   }
   return tiles;

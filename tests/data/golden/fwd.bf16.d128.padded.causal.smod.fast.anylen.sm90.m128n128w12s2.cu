@@ -16,6 +16,7 @@ struct Cfg {
   static constexpr int kBlockN = 128;
   static constexpr int kWarps = 12;
   static constexpr int kStages = 2;
+  static constexpr bool kDynamicSchedule = false;
   static constexpr int kSmemBytes = 164992;
 };
 }  // namespace sigattn_generated

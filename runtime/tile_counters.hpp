@@ -1,0 +1,46 @@
+// Device memory for the tile counters of the dynamic schedule (TileCounter in
+// templates/sigattn/fwd_sm90_params.h). The kernels leave a counter at zero when they finish, and
+// a stream runs its launches one after another, so each stream has one counter for all its
+// launches; a launch captured into a CUDA graph gets one of its own, which a memset node in the
+// graph zeroes before every replay.
+#pragma once
+
+#include <cuda.h>
+
+#include <map>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "sigattn/fwd_sm90_params.h"
+
+namespace sigattn {
+
+class TileCounters {
+ public:
+  static TileCounters& instance();
+
+  // The zeroed counter for the launch enqueued next on `stream` in the current context. Never
+  // shared with a launch that may run at the same time.
+  TileCounter* for_launch(CUstream stream);
+
+ private:
+  // Counters are carved from slabs that live as long as the process: captured graphs and work in
+  // flight keep pointing into them.
+  struct Slab {
+    CUcontext context;
+    CUdeviceptr base;
+    int used;
+  };
+
+  TileCounters() = default;
+  // A counter not handed out before, zeroed on `stream` ahead of its first launch.
+  CUdeviceptr fresh(CUcontext context, CUstream stream);
+
+  std::mutex mutex_;
+  std::vector<Slab> slabs_;
+  // Keyed by the stream's id, which the driver never gives to another stream of the process.
+  std::map<std::pair<CUcontext, unsigned long long>, CUdeviceptr> by_stream_;
+};
+
+}  // namespace sigattn
