@@ -176,7 +176,7 @@ void launch_decode_kernel(const LoadedKernel& kernel, const gen::Variant& varian
     throw_unsupported(fmt::format("{} row blocks x {} splits are more CTAs than a grid holds",
                                   params.row_blocks, params.splits));
   }
-  launch(kernel, interface.argument(params, {}),
+  launch(kernel, interface.argument(params, {}, nullptr),
          {static_cast<unsigned>(ctas), static_cast<unsigned>(params.heads_kv),
           static_cast<unsigned>(params.batch)},
          stream);
