@@ -67,18 +67,10 @@ class UsageError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-std::string supported_archs() {
-  std::string list;
-  for (const char* arch : {"sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_90a"}) {
-    if (sigattn::arch_supported(arch)) list += list.empty() ? arch : fmt::format(", {}", arch);
-  }
-  return list;
-}
-
 sigattn::policy::Target checked_target(const std::string& arch) {
   if (!sigattn::arch_supported(arch)) {
-    throw UsageError(
-        fmt::format("unknown or unsupported arch '{}' (supported: {})", arch, supported_archs()));
+    throw UsageError(fmt::format("unknown or unsupported arch '{}' (supported: {})", arch,
+                                 sigattn::policy::architecture_names()));
   }
   return sigattn::policy::target_for_arch(arch);
 }
@@ -376,7 +368,9 @@ int main(int argc, char** argv) {
       "compile",
       "Generate and compile every candidate tile config of the default specs (or of --spec) "
       "with NVRTC; the last line reads 'compiled N, failed M'");
-  compile->add_option("--arch", compile_arch, "Target architecture, e.g. sm_80 or sm_90a")
+  compile
+      ->add_option("--arch", compile_arch,
+                   "Target architecture, e.g. sm_80, sm_90a, sm_100a or sm_120a")
       ->required();
   compile->add_option("--jobs,-j", compile_jobs_count, "Worker threads")
       ->check(CLI::Range(1u, 4096u))

@@ -253,9 +253,15 @@ std::string sm90_registers(const KernelSpec& s, const TileConfig& t) {
 // accumulator budget, which prunes the search rather than the kernels: beyond it ptxas spills,
 // and the kernel still builds and runs, slower.
 
+bool runs(const Target& target, gen::Family family) {
+  const std::vector<gen::Family> runnable = families(target);
+  return std::find(runnable.begin(), runnable.end(), family) != runnable.end();
+}
+
 std::string family_arch(const KernelSpec&, const TileConfig& t, const Target& target) {
-  if (t.family != gen::Family::sm90 || target.arch == "sm_90a") return {};
-  return fmt::format("family sm90 (wgmma, TMA) needs sm_90a, not {}", target.arch);
+  if (runs(target, t.family)) return {};
+  return fmt::format("family {} needs sm_90a (wgmma, TMA), not {}", gen::to_string(t.family),
+                     target.arch);
 }
 
 std::string shared_memory(const KernelSpec& s, const TileConfig& t, const Target& target) {
@@ -265,10 +271,16 @@ std::string shared_memory(const KernelSpec& s, const TileConfig& t, const Target
                      target.max_smem_optin);
 }
 
-// fp32 accumulator registers per thread: O (m-tiles x head_dim / 2) plus S (m-tiles x
-// block_n / 2). Above this ptxas spilled (m128n64w4 at d=128 and m128n128w4 at d=40/64 with
-// 255 registers) since fragments and addresses need the rest.
-constexpr int kAccumulatorBudget = 160;
+// Registers per thread ptxas may give an sm80 kernel: __launch_bounds__(threads, 1) lets one CTA
+// take the block's register file, up to the per-thread limit (255 wherever 8 warps share 64 K).
+int register_cap(const TileConfig& t, const Target& target) {
+  return std::min(target.max_registers_per_thread, target.registers_per_block / (32 * t.warps));
+}
+
+// Of those, the registers that fragments, addresses and masks need besides the fp32 accumulators
+// (O, S and the like): with more accumulators than 255 less these, ptxas spilled m128n64w4 at
+// d=128 and m128n128w4 at d=40/64.
+constexpr int kRegistersBesideAccumulators = 95;
 
 // fp32 accumulators per thread of each kernel.
 int accumulators(const KernelSpec& s, const TileConfig& t) {
@@ -311,20 +323,40 @@ int accumulators(const KernelSpec& s, const TileConfig& t) {
 // The one-pass dkdv kernel's dQ accumulators are live only once S and dP are packed, so they
 // cost less than their count: ptxas kept dkdv d128 m32n128w8 (176 counted) without spills, and
 // spilled d96 m64n128w8 (184) and d136 m64n128w8 (168, wide).
-// Decode, counted as above: ptxas spilled m64n64w2 at d=64 (192) and used 240 to 255 registers
-// from 128 to 160 (m64n32w2 at d=64, m32n32w2 at d=256); 112 leaves a margin.
-constexpr int kDecodeAccumulatorBudget = 112;
-
-int accumulator_budget(const KernelSpec& s, const TileConfig& t) {
-  if (s.direction == gen::Direction::decode) return kDecodeAccumulatorBudget;
-  const bool wide_backward = s.direction != gen::Direction::forward && s.head_dim > 128;
-  return (wide_backward ? kAccumulatorBudget - 16 : kAccumulatorBudget) + (t.atomic_dq ? 16 : 0);
+// Blackwell's ptxas (compute capability 10 and up) keeps more registers than sm_80's beside the
+// accumulators of the dK/dV kernel on the varlen layout. Its register use there follows the
+// count less closely, so two measured limits, on sm_100a and sm_120a: at most 144 accumulators
+// at any head dim (it spilled 4 to 24 bytes of d128 m32n64w4, 160 counted, 254-255 registers
+// where sm_80 takes 246, and with both masks and score_mod of d128 m32n128w8), and above d = 128
+// at most 32 queries per step (it spilled d160 m64n64w4 and m64n128w8, 144 counted, with both
+// masks and score_mod; d256 m32n64w4, 160 counted, kept 252 registers).
+bool blackwell_varlen_dkdv(const KernelSpec& s, const Target& target) {
+  return target.cc_major >= 10 && s.direction == gen::Direction::dkdv &&
+         s.layout == gen::Layout::varlen;
 }
 
-std::string register_budget(const KernelSpec& s, const TileConfig& t, const Target&) {
+// Decode, counted as above: ptxas spilled m64n64w2 at d=64 (192) and used 240 to 255 registers
+// from 128 to 160 (m64n32w2 at d=64, m32n32w2 at d=256); 112 of 255 leaves a margin.
+constexpr int kDecodeRegistersBesideAccumulators = 143;
+
+int accumulator_budget(const KernelSpec& s, const TileConfig& t, const Target& target) {
+  if (s.direction == gen::Direction::decode) {
+    return register_cap(t, target) - kDecodeRegistersBesideAccumulators;
+  }
+  const bool wide_backward = s.direction != gen::Direction::forward && s.head_dim > 128;
+  const int budget = register_cap(t, target) - kRegistersBesideAccumulators;
+  return (wide_backward || blackwell_varlen_dkdv(s, target) ? budget - 16 : budget) +
+         (t.atomic_dq ? 16 : 0);
+}
+
+std::string register_budget(const KernelSpec& s, const TileConfig& t, const Target& target) {
   if (t.family == gen::Family::sm90) return {};
+  if (blackwell_varlen_dkdv(s, target) && s.head_dim > 128 && t.block_m > 32) {
+    return fmt::format("{}-query steps of the varlen dK/dV kernel above d=128 spill on {}",
+                       t.block_m, target.arch);
+  }
   const int count = accumulators(s, t);
-  const int budget = accumulator_budget(s, t);
+  const int budget = accumulator_budget(s, t, target);
   if (count <= budget) return {};
   return fmt::format("{} fp32 accumulators per thread exceed the budget of {}", count, budget);
 }
@@ -352,11 +384,25 @@ std::string schedule_reason(const KernelSpec& spec) {
 }  // namespace
 
 Target target_for_arch(const std::string& arch) {
-  if (arch == "sm_80" || arch == "sm_87") return {arch, 163 * 1024};
-  if (arch == "sm_86" || arch == "sm_89") return {arch, 99 * 1024};
-  if (arch == "sm_90" || arch == "sm_90a") return {arch, 227 * 1024};
-  throw std::invalid_argument(fmt::format(
-      "unknown architecture '{}': expected sm_80, sm_86, sm_87, sm_89, sm_90 or sm_90a", arch));
+  const Architecture* listed = find_architecture(arch);
+  if (listed == nullptr) {
+    throw std::invalid_argument(
+        fmt::format("unknown architecture '{}': expected one of {}", arch, architecture_names()));
+  }
+  return {arch, listed->max_smem_optin, listed->max_registers_per_thread,
+          listed->registers_per_block, listed->cc_major};
+}
+
+Target target_for_device(const DeviceArch& device, int device_max_smem_optin) {
+  Target target = target_for_arch(device.arch);
+  target.max_smem_optin =
+      device.jit ? device_max_smem_optin : std::min(target.max_smem_optin, device_max_smem_optin);
+  return target;
+}
+
+std::vector<gen::Family> families(const Target& target) {
+  if (target.arch == "sm_90a") return {gen::Family::sm90, gen::Family::sm80};
+  return {gen::Family::sm80};
 }
 
 const std::vector<StructuralConstraint>& constraints() {
@@ -420,7 +466,7 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
   // 64 or 128 query rows per step, both work splits. The persistent forward and dq: every tile in
   // both schedules.
   constexpr gen::Schedule kSchedules[] = {gen::Schedule::strided, gen::Schedule::dynamic};
-  if (spec.direction == gen::Direction::forward && target.arch == "sm_90a") {
+  if (spec.direction == gen::Direction::forward && runs(target, gen::Family::sm90)) {
     for (gen::Schedule schedule : kSchedules) {
       for (int m : {64, 128, 192}) {
         for (int n : {64, 128}) {
@@ -436,7 +482,7 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
   // dQ: 64-key steps up to head dim 128, 32-key steps from 144 to 192 (the only ones that fit
   // the registers there; up to 128, 64-key steps fit, and wgmma's N of 64 reads the Q and dO
   // operands from shared memory half as often per key as an N of 32).
-  if (spec.direction == gen::Direction::dq && target.arch == "sm_90a") {
+  if (spec.direction == gen::Direction::dq && runs(target, gen::Family::sm90)) {
     for (gen::Schedule schedule : kSchedules) {
       for (int n : {64, 32}) {
         if ((n == 32) != (spec.head_dim > 128)) continue;
@@ -452,7 +498,7 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
   }
   // dK/dV: two warpgroups of 64 keys in both work splits, then two warpgroups on the same 64
   // keys, one per gradient.
-  if (spec.direction == gen::Direction::dkdv && target.arch == "sm_90a") {
+  if (spec.direction == gen::Direction::dkdv && runs(target, gen::Family::sm90)) {
     for (int n : {128, 64}) {
       for (bool atomic_dq : {false, true}) {
         for (int m : {64, 128}) {
@@ -481,7 +527,7 @@ bool one_pass_by_default(const KernelSpec& dkdv, const Target& target) {
   // backward its one-pass kernel has no tile (whole 64-column dQ parts per warpgroup need d=128),
   // and the portable family's one-pass kernel would be the slower default: the portable backward
   // ran d=96 at 200 TFLOPS on an H200, where the d=128 Hopper split runs 455.
-  if (target.arch != "sm_90a" || dkdv.head_dim == 64) return true;
+  if (!runs(target, gen::Family::sm90) || dkdv.head_dim == 64) return true;
   return default_tile(dkdv, target).tile.family != gen::Family::sm90;
 }
 
@@ -490,7 +536,7 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
   // tiles per warp), which halves K/V shared-memory reads per query row against one tile per
   // warp. From d=72 on, two m-tiles' O accumulators (head_dim floats) plus S crowd the 255
   // registers (ptxas spilled m128n64w4 at d=128 with every mask on), so 8 warps take one m-tile
-  // each. Smaller K/V steps come next when shared memory is short (sm_86/89 allow 99 KiB).
+  // each. Smaller K/V steps come next when shared memory is short (99 KiB on sm_86/89/120/121).
   struct Preference {
     TileConfig tile;
     const char* why;
@@ -588,7 +634,7 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
       {{16, 64, 4, 2}, "decode: 16 rows, 64-key steps on 4 warps, 2 stages (less shared memory)"},
       {{16, 32, 2, 2}, "decode: 16 rows, 32-key steps on 2 warps, 2 stages (least shared memory)"},
   };
-  if (spec.direction == gen::Direction::forward && target.arch == "sm_90a") {
+  if (spec.direction == gen::Direction::forward && runs(target, gen::Family::sm90)) {
     for (const auto& p : hopper) {
       TileConfig tile = p.tile;
       tile.schedule = default_schedule(spec);
@@ -598,7 +644,7 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
       }
     }
   }
-  if (spec.direction == gen::Direction::dq && target.arch == "sm_90a") {
+  if (spec.direction == gen::Direction::dq && runs(target, gen::Family::sm90)) {
     for (const auto& p : hopper_dq) {
       TileConfig tile = p.tile;
       tile.atomic_dq = atomic_dq;  // rejected: the atomic dQ split is a dK/dV one
@@ -609,7 +655,7 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
       }
     }
   }
-  if (spec.direction == gen::Direction::dkdv && target.arch == "sm_90a") {
+  if (spec.direction == gen::Direction::dkdv && runs(target, gen::Family::sm90)) {
     for (const auto& p : hopper_dkdv) {
       TileConfig tile = p.tile;
       tile.atomic_dq = atomic_dq;

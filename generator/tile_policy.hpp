@@ -8,18 +8,34 @@
 #include <string>
 #include <vector>
 
+#include "generator/architecture.hpp"
 #include "generator/kernel_spec.hpp"
 
 namespace sigattn::policy {
 
+// What the constraints know of an architecture: its name, compute capability and per-block
+// budgets.
 struct Target {
-  std::string arch;        // "sm_80", "sm_86", "sm_89", "sm_90a"
+  std::string arch;        // "sm_80", "sm_90a", "sm_100a", "sm_120a", "compute_121" (PTX)
   int max_smem_optin = 0;  // bytes one CTA may use
+  int max_registers_per_thread = 255;
+  int registers_per_block = 64 * 1024;
+  int cc_major = 0;  // of the architecture (for PTX: of the one it is written for)
 };
 
-// The opt-in shared-memory limit of an architecture (sm_80: 163 KiB; sm_86/89: 99 KiB;
-// sm_90: 227 KiB).
+// The limits of a listed architecture (generator/architecture.hpp): e.g. 163 KiB of shared memory
+// per block on sm_80, 99 KiB on sm_86/89/120, 227 KiB on sm_90/100. Throws std::invalid_argument
+// naming the listed ones for anything else.
 Target target_for_arch(const std::string& arch);
+
+// The target of a device that runs `device` (policy::arch_for_device) and lets a block opt into
+// `device_max_smem_optin` bytes: the listed limits, and the device's own shared memory where it is
+// smaller or where the arch is PTX for a GPU the list does not name.
+Target target_for_device(const DeviceArch& device, int device_max_smem_optin);
+
+// The kernel families a target runs, preferred first: sm90 then sm80 on sm_90a, sm80 elsewhere
+// (wgmma exists on sm_90a only; mma.sync and cp.async on every listed architecture).
+std::vector<gen::Family> families(const Target& target);
 
 // A rule of the kernels themselves, whatever the architecture: what the templates' static_asserts
 // also require. `check` returns empty when satisfied, else why not.

@@ -1,7 +1,7 @@
-// NVRTC compilation straight to CUBIN: the generated program plus every embedded template as an
-// in-memory header, the kernel asked for by name expression, the log read before the result is
-// checked, and the ptxas report (registers, stack, spills) parsed from that log (by hand: GCC 12's
-// <regex> trips -Wmaybe-uninitialized in sanitizer builds).
+// NVRTC compilation straight to CUBIN (or to PTX for a compute_XY target): the generated program
+// plus every embedded template as an in-memory header, the kernel asked for by name expression, the
+// log read before the result is checked, and the ptxas report (registers, stack, spills) parsed
+// from that log (by hand: GCC 12's <regex> trips -Wmaybe-uninitialized in sanitizer builds).
 #include "runtime/compiler.hpp"
 
 #include <fmt/format.h>
@@ -16,6 +16,7 @@
 #include <string_view>
 #include <utility>
 
+#include "generator/architecture.hpp"
 #include "generator/template_store.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/nvrtc.hpp"
@@ -175,13 +176,21 @@ CompiledKernel run_nvrtc(const CompileRequest& request) {
   check(api.nvrtcGetLoweredName(program.get(), request.name_expression.c_str(), &lowered),
         "nvrtcGetLoweredName", kernel.log);
   kernel.lowered_name = lowered;
-  std::size_t cubin_size = 0;
-  check(api.nvrtcGetCUBINSize(program.get(), &cubin_size), "nvrtcGetCUBINSize", kernel.log);
-  if (cubin_size == 0) {
-    throw fail("NVRTC produced no CUBIN (is the architecture a real sm_XY one?)", kernel.log);
+  if (policy::is_ptx_target(request.arch)) {
+    // The size counts the terminating NUL, which cuModuleLoadData needs to read PTX.
+    std::size_t ptx_size = 0;
+    check(api.nvrtcGetPTXSize(program.get(), &ptx_size), "nvrtcGetPTXSize", kernel.log);
+    kernel.cubin.resize(ptx_size);
+    check(api.nvrtcGetPTX(program.get(), kernel.cubin.data()), "nvrtcGetPTX", kernel.log);
+  } else {
+    std::size_t cubin_size = 0;
+    check(api.nvrtcGetCUBINSize(program.get(), &cubin_size), "nvrtcGetCUBINSize", kernel.log);
+    if (cubin_size == 0) {
+      throw fail("NVRTC produced no CUBIN (is the architecture a real sm_XY one?)", kernel.log);
+    }
+    kernel.cubin.resize(cubin_size);
+    check(api.nvrtcGetCUBIN(program.get(), kernel.cubin.data()), "nvrtcGetCUBIN", kernel.log);
   }
-  kernel.cubin.resize(cubin_size);
-  check(api.nvrtcGetCUBIN(program.get(), kernel.cubin.data()), "nvrtcGetCUBIN", kernel.log);
 
   kernel.variant_name = request.variant_name;
   kernel.arch = request.arch;
@@ -191,28 +200,23 @@ CompiledKernel run_nvrtc(const CompileRequest& request) {
   return kernel;
 }
 
+// The ptxas report (registers, spills) exists only where ptxas runs: not for PTX.
 std::vector<std::string> with_arch(std::vector<std::string> options, const std::string& arch) {
   options.push_back("--gpu-architecture=" + arch);
-  options.push_back("--ptxas-options=-v");
+  if (!policy::is_ptx_target(arch)) options.push_back("--ptxas-options=-v");
   return options;
 }
 
 void require_supported(const std::string& variant_name, const std::string& arch) {
   if (!arch_supported(arch)) {
-    throw_unsupported(fmt::format(
-        "cannot compile {} for {}: the architecture must be one of sm_80, sm_86, sm_87, sm_89, "
-        "sm_90, sm_90a",
-        variant_name, arch));
+    throw_unsupported(fmt::format("cannot compile {} for {}: the architecture must be one of {}",
+                                  variant_name, arch, policy::architecture_names()));
   }
 }
 
 }  // namespace
 
-bool arch_supported(const std::string& arch) {
-  static constexpr std::array<std::string_view, 6> kSupported = {"sm_80", "sm_86", "sm_87",
-                                                                 "sm_89", "sm_90", "sm_90a"};
-  return std::find(kSupported.begin(), kSupported.end(), arch) != kSupported.end();
-}
+bool arch_supported(const std::string& arch) { return policy::find_architecture(arch) != nullptr; }
 
 CompiledKernel compile(const gen::GeneratedKernel& kernel, const std::string& arch) {
   require_supported(kernel.variant_name, arch);

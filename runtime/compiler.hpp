@@ -1,6 +1,6 @@
-// NVRTC straight to CUBIN for one architecture. The log is read before the result is checked;
-// a failure throws CompileError with the variant, arch, options and log. The ptxas report
-// (registers, spills) is parsed from the log.
+// NVRTC straight to CUBIN for one architecture, or to PTX for a compute_XY one. The log is read
+// before the result is checked; a failure throws CompileError with the variant, arch, options and
+// log. The ptxas report (registers, spills) is parsed from the log.
 #pragma once
 
 #include <string>
@@ -14,6 +14,7 @@ struct CompiledKernel {
   std::string variant_name;
   std::string arch;          // e.g. "sm_90a"
   std::string lowered_name;  // mangled kernel symbol
+  // The CUBIN; for a compute_XY arch the PTX text with its NUL, which the driver JIT-compiles.
   std::vector<char> cubin;
   std::string log;
   int registers = 0;
@@ -24,7 +25,8 @@ struct CompiledKernel {
   bool spills() const noexcept { return spill_store_bytes > 0 || spill_load_bytes > 0; }
 };
 
-// Architectures NVRTC can target here: "sm_80", "sm_86", "sm_89", "sm_90", "sm_90a".
+// Whether `arch` is one sigattn compiles for: a listed sm_XY or sm_XYa, or compute_XY of a listed
+// sm_XY (policy::find_architecture).
 bool arch_supported(const std::string& arch);
 
 CompiledKernel compile(const gen::GeneratedKernel& kernel, const std::string& arch);

@@ -1,6 +1,6 @@
 // libcuda.so.1 loaded once with dlopen; entry points resolved by the versioned names that cuda.h
 // maps them to (cuMemAlloc -> cuMemAlloc_v2), so the pointers match the declared signatures.
-// Also the current-context rule, device queries, the arch mapping and DeviceBuffer.
+// Also the current-context rule, device queries, the arch of a device and DeviceBuffer.
 #include "runtime/cuda_driver.hpp"
 
 #include <dlfcn.h>
@@ -9,6 +9,7 @@
 #include <exception>
 #include <map>
 #include <mutex>
+#include <stdexcept>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -234,26 +235,15 @@ DeviceInfo current_device_info() {
   return device_info(device);
 }
 
-std::string arch_for(int cc_major, int cc_minor) {
-  // The sm80 family needs bf16 mma.sync and cp.async, both introduced with Ampere.
-  if (cc_major < 8) {
-    throw_unsupported(fmt::format(
-        "compute capability {}.{} is not supported: sigattn needs 8.0 (Ampere) or newer", cc_major,
-        cc_minor));
+policy::DeviceArch device_arch(int cc_major, int cc_minor) {
+  try {
+    return policy::arch_for_device(cc_major, cc_minor);
+  } catch (const std::invalid_argument& error) {
+    throw_unsupported(error.what());
   }
-  // A CUBIN runs only on devices of its own major compute capability, so sm_90 code cannot serve
-  // Blackwell (10.x, 12.x); those would need kernels compiled for their own architecture, which
-  // the sm80 family's constraints and tuning data do not cover yet.
-  if (cc_major > 9 || (cc_major == 9 && cc_minor > 0)) {
-    throw_unsupported(fmt::format(
-        "compute capability {}.{} is not supported: sigattn compiles CUBIN for sm_80 to sm_90a, "
-        "and a CUBIN only runs on devices of its own major architecture",
-        cc_major, cc_minor));
-  }
-  // sm_90a unlocks the Hopper-only instructions (wgmma, setmaxnreg); its CUBIN runs on 9.0 only.
-  if (cc_major == 9) return "sm_90a";
-  return fmt::format("sm_{}{}", cc_major, cc_minor);
 }
+
+std::string arch_for(int cc_major, int cc_minor) { return device_arch(cc_major, cc_minor).arch; }
 
 DeviceBuffer::DeviceBuffer(std::size_t bytes) : bytes_(bytes) {
   current_context();

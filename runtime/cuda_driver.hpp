@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "generator/architecture.hpp"
+
 namespace sigattn::cuda {
 
 struct DriverApi {
@@ -90,7 +92,11 @@ struct DeviceInfo {
 DeviceInfo device_info(CUdevice device);
 DeviceInfo current_device_info();
 
-// The NVRTC architecture for a compute capability: sm_90a on Hopper, sm_XY elsewhere.
+// What a device of a compute capability runs (policy::arch_for_device); Error(unsupported) below
+// 8.0.
+policy::DeviceArch device_arch(int cc_major, int cc_minor);
+// Its NVRTC architecture: sm_80 on an A100, sm_90a on Hopper, sm_100a on a B200, sm_120a on an
+// RTX 50; compute_121 (PTX for the driver to JIT-compile) on a GPU newer than the list.
 std::string arch_for(int cc_major, int cc_minor);
 
 // RAII device allocation, for tests, the tuner and the CLI.

@@ -3,6 +3,7 @@
 #include "runtime/doctor.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <exception>
 #include <filesystem>
@@ -15,6 +16,7 @@
 #include "cache/tuning_store.hpp"
 #include "generator/generator.hpp"
 #include "generator/template_store.hpp"
+#include "generator/tile_policy.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "runtime/install_paths.hpp"
 #include "runtime/nvrtc.hpp"
@@ -37,11 +39,7 @@ DeviceReport describe_device(int ordinal) {
   report.sm_count = info.sm_count;
   report.max_smem_optin = info.max_smem_optin;
   report.total_mem = info.total_mem;
-  try {
-    report.arch = cuda::arch_for(info.cc_major, info.cc_minor);
-  } catch (const std::exception& error) {
-    report.arch_message = error.what();
-  }
+  describe_arch(report);
   return report;
 }
 
@@ -110,6 +108,21 @@ std::string driver_version_text(int version) {
 
 }  // namespace
 
+void describe_arch(DeviceReport& device) {
+  try {
+    const policy::DeviceArch arch = cuda::device_arch(device.cc_major, device.cc_minor);
+    device.arch = arch.arch;
+    device.jit = arch.jit;
+    device.arch_note = arch.note;
+    for (const gen::Family family :
+         policy::families(policy::target_for_device(arch, device.max_smem_optin))) {
+      device.families.emplace_back(gen::to_string(family));
+    }
+  } catch (const std::exception& error) {
+    device.arch_message = error.what();
+  }
+}
+
 DoctorReport collect_doctor_report() {
   DoctorReport report;
   report.sigattn_version = version();
@@ -143,7 +156,11 @@ std::string doctor_text(const DoctorReport& report) {
                    device.max_smem_optin / 1024,
                    static_cast<double>(device.total_mem) / (1024.0 * 1024.0 * 1024.0));
     if (!device.arch.empty()) {
-      fmt::format_to(out, "  arch {}\n", device.arch);
+      fmt::format_to(out, "  arch {} ({}), kernel {} {}\n", device.arch,
+                     device.jit ? "PTX, JIT-compiled by the driver" : "CUBIN",
+                     device.families.size() == 1 ? "family" : "families",
+                     fmt::join(device.families, ", "));
+      if (!device.arch_note.empty()) fmt::format_to(out, "  {}\n", device.arch_note);
     } else {
       fmt::format_to(out, "  not supported: {}\n", device.arch_message);
     }
@@ -190,6 +207,9 @@ std::string doctor_json(const DoctorReport& report) {
          {"compute_capability", fmt::format("{}.{}", device.cc_major, device.cc_minor)},
          {"arch", device.arch},
          {"arch_message", device.arch_message},
+         {"jit", device.jit},
+         {"arch_note", device.arch_note},
+         {"families", device.families},
          {"sm_count", device.sm_count},
          {"max_smem_optin", device.max_smem_optin},
          {"total_mem", device.total_mem}});

@@ -17,6 +17,9 @@ struct DeviceReport {
   int cc_minor = 0;
   std::string arch;          // empty when the device is not supported
   std::string arch_message;  // why not, when arch is empty
+  bool jit = false;          // arch is PTX the driver JIT-compiles (a GPU the list does not name)
+  std::string arch_note;     // when jit: what runs, and why
+  std::vector<std::string> families;  // the kernel families it runs, preferred first: "sm80"
   int sm_count = 0;
   int max_smem_optin = 0;
   std::size_t total_mem = 0;
@@ -54,6 +57,10 @@ struct DoctorReport {
 };
 
 DoctorReport collect_doctor_report();
+
+// Fills a device's arch, jit, arch_note and families (or arch_message when it is not supported)
+// from the compute capability and shared memory it already holds; needs no driver.
+void describe_arch(DeviceReport& device);
 
 // Human-readable, one fact per line.
 std::string doctor_text(const DoctorReport& report);

@@ -83,6 +83,8 @@ NvrtcState load_nvrtc() {
     SIGATTN_RESOLVE(nvrtcGetProgramLog);
     SIGATTN_RESOLVE(nvrtcGetCUBINSize);
     SIGATTN_RESOLVE(nvrtcGetCUBIN);
+    SIGATTN_RESOLVE(nvrtcGetPTXSize);
+    SIGATTN_RESOLVE(nvrtcGetPTX);
     int major = 0;
     int minor = 0;
     if (const nvrtcResult result = api.nvrtcVersion(&major, &minor); result != NVRTC_SUCCESS) {

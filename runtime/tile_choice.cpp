@@ -62,7 +62,11 @@ TileOrigin heuristic_origin(std::string reason) {
 
 policy::Target current_target() {
   const cuda::DeviceInfo info = cuda::current_device_info();
-  return policy::target_for_arch(cuda::arch_for(info.cc_major, info.cc_minor));
+  const policy::DeviceArch device = cuda::device_arch(info.cc_major, info.cc_minor);
+  if (device.jit && logging::first_time("jit " + info.name)) {
+    logging::warn("{}: {}", info.name, device.note);
+  }
+  return policy::target_for_device(device, info.max_smem_optin);
 }
 
 cache::DeviceKey current_device(const policy::Target& target) {

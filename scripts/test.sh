@@ -20,15 +20,15 @@ ctest -L cpu --output-on-failure -j2
 ctest -L gpu --output-on-failure
 
 # The CPU tests again under ASan and UBSan, where any finding fails its test (randomized inputs
-# included). Only what they run is built. Left out: the two tests that compile every kernel
-# template with NVRTC (minutes each); NVRTC is not instrumented, so there they would only repeat
-# the run above.
+# included). Only what they run is built. Left out: the tests that compile every kernel template
+# or a whole default space with NVRTC (minutes each); NVRTC is not instrumented, so there they
+# would only repeat the run above.
 sanitize_dir=${SANITIZE_BUILD_DIR:-$repo/build-sanitize}
 cmake --fresh -S "$repo" -B "$sanitize_dir" -G Ninja -DSIGATTN_SANITIZE=ON
 cmake --build "$sanitize_dir" --target sigattn_cli libsigattn.so sigattn_cpu_tests
 (cd "$sanitize_dir" &&
   ctest -L cpu --output-on-failure -j2 \
-    -E '^KernelCompile\.(RepresentativeVariantsCompileForSm80AndSm90a|Sm90VariantsCompileWithoutSpillsOrSerializedWgmma)$')
+    -E '^(KernelCompile\.(RepresentativeVariantsCompileForSm80AndSm90a|Sm90VariantsCompileWithoutSpillsOrSerializedWgmma|BlackwellDefaultsCompileWithoutSpillsAtEveryHeadDim)|cli_compile_default_space_.*)$')
 
 # The Python package as a user gets it: `pip install ./python` (which builds its own copy of the
 # library) into a virtual environment that sees Debian's python3-torch, then its tests, run from

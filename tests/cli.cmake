@@ -17,6 +17,9 @@ if(CMAKE_SCRIPT_MODE_FILE)
   if(DEFINED EXPECT_STDOUT AND NOT out MATCHES "${EXPECT_STDOUT}")
     message(FATAL_ERROR "stdout does not match '${EXPECT_STDOUT}'\n${transcript}")
   endif()
+  if(DEFINED REFUSE_STDOUT AND out MATCHES "${REFUSE_STDOUT}")
+    message(FATAL_ERROR "stdout matches '${REFUSE_STDOUT}', which it must not\n${transcript}")
+  endif()
   if(DEFINED EXPECT_STDERR AND NOT err MATCHES "${EXPECT_STDERR}")
     message(FATAL_ERROR "stderr does not match '${EXPECT_STDERR}'\n${transcript}")
   endif()
@@ -32,17 +35,21 @@ if(CMAKE_SCRIPT_MODE_FILE)
   return()
 endif()
 
-# cli_test(NAME EXIT code ARGS arg... [STDOUT regex] [STDERR regex] [JSON OBJECT|ARRAY]
-#          [ABSENT path] [ENVIRONMENT var=value] [TIMEOUT seconds])
+# cli_test(NAME EXIT code ARGS arg... [STDOUT regex] [NOT_STDOUT regex] [STDERR regex]
+#          [JSON OBJECT|ARRAY] [ABSENT path] [ENVIRONMENT var=value] [TIMEOUT seconds])
+# NOT_STDOUT: a pattern stdout must not match anywhere (e.g. a listing's "spills" lines).
 # ABSENT: a file the command must not have created (e.g. a database after a usage error).
 function(cli_test name)
-  cmake_parse_arguments(PARSE_ARGV 1 CLI "" "EXIT;STDOUT;STDERR;JSON;TIMEOUT;ABSENT"
+  cmake_parse_arguments(PARSE_ARGV 1 CLI "" "EXIT;STDOUT;NOT_STDOUT;STDERR;JSON;TIMEOUT;ABSENT"
                         "ARGS;ENVIRONMENT")
   list(JOIN CLI_ARGS "|" joined_args)
   set(checks -DPROGRAM=$<TARGET_FILE:sigattn_cli> "-DARGS=${joined_args}"
              -DEXPECT_EXIT=${CLI_EXIT})
   if(DEFINED CLI_STDOUT)
     list(APPEND checks "-DEXPECT_STDOUT=${CLI_STDOUT}")
+  endif()
+  if(DEFINED CLI_NOT_STDOUT)
+    list(APPEND checks "-DREFUSE_STDOUT=${CLI_NOT_STDOUT}")
   endif()
   if(DEFINED CLI_STDERR)
     list(APPEND checks "-DEXPECT_STDERR=${CLI_STDERR}")
@@ -82,7 +89,8 @@ cli_test(gen_explicit_tile EXIT 0 ARGS gen --arch sm_80 ${cli_spec}/sm80.m64n64w
 set(cli_gen_example fwd.bf16.d128.dense.causal.nosmod.fast.anylen/sm80.m64n64w4s2)
 cli_test(gen_help_example EXIT 0 ARGS gen --help
          STDOUT "fwd\\.bf16\\.d128\\.dense\\.causal\\.nosmod\\.fast\\.anylen\\[/sm80\\.m64n64w4s2\\]")
-foreach(arch sm_80 sm_86 sm_87 sm_89 sm_90 sm_90a)
+foreach(arch sm_80 sm_86 sm_87 sm_89 sm_90 sm_90a sm_100 sm_100a sm_103a sm_110a sm_120a sm_121a
+             compute_121)
   cli_test(gen_help_example_${arch} EXIT 0 ARGS gen --arch ${arch} ${cli_gen_example}
            STDOUT "// tile: given$")
 endforeach()
@@ -105,6 +113,13 @@ cli_test(compile_sm80 EXIT 0 ARGS compile --arch sm_80 --spec ${cli_spec}
          STDOUT "${cli_summary_ok}" TIMEOUT 900)
 cli_test(compile_sm90a EXIT 0 ARGS compile --arch sm_90a --spec ${cli_spec}
          STDOUT "${cli_summary_ok}" TIMEOUT 900)
+# Blackwell (B200/B300: sm_100a/sm_103a; RTX 50 and RTX PRO: sm_120a) runs the sm80 family: every
+# candidate of every default spec, forward and both backward kernels, compiles with no failure and
+# no spill. Each takes minutes (sm_100a: 1116 kernels, sm_120a: 840 with its 99 KiB).
+foreach(arch sm_100a sm_120a)
+  cli_test(compile_default_space_${arch} EXIT 0 ARGS compile --arch ${arch}
+           STDOUT "${cli_summary_ok}" NOT_STDOUT "(spills|failed) +(fwd|dkdv|dq)\\." TIMEOUT 3600)
+endforeach()
 cli_test(compile_json EXIT 0 ARGS compile --arch sm_80 --json --spec ${cli_spec}
          STDOUT "\"variant\"" STDERR "${cli_summary_ok}" JSON ARRAY TIMEOUT 900)
 cli_test(compile_bad_arch EXIT 2 ARGS compile --arch sm_42 --spec ${cli_spec} STDERR "sm_42")

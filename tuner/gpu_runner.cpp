@@ -127,8 +127,9 @@ GpuRunner::GpuRunner(int ordinal, std::optional<FaultInjection> injection)
   SIGATTN_CU(api.cuDevicePrimaryCtxRetain(&context_, cu_device_));
   SIGATTN_CU(api.cuCtxSetCurrent(context_));
   info_ = cuda::device_info(cu_device_);
-  arch_ = cuda::arch_for(info_.cc_major, info_.cc_minor);
-  target_ = policy::target_for_arch(arch_);
+  const policy::DeviceArch device = cuda::device_arch(info_.cc_major, info_.cc_minor);
+  arch_ = device.arch;
+  target_ = policy::target_for_device(device, info_.max_smem_optin);
   kernels_ = std::make_unique<ReferenceKernels>();
   int l2_bytes = 0;
   SIGATTN_CU(api.cuDeviceGetAttribute(&l2_bytes, CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE, cu_device_));

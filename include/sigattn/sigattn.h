@@ -207,10 +207,10 @@ typedef struct sigattn_dispatch {
 SIGATTN_API sigattn_status sigattn_explain_forward(const sigattn_forward_args* args,
                                                    sigattn_dispatch* out);
 
-/* A device described instead of asked: its architecture ("sm_80", "sm_86", "sm_87", "sm_89",
- * "sm_90" or "sm_90a"), and the name and SM count that tuning rows of exactly that device carry
- * (NULL or "" and 0: rows of other devices of the architecture still serve through the
- * nearest-bucket rule). */
+/* A device described instead of asked: its architecture (one `sigattn compile --arch` accepts,
+ * e.g. "sm_80", "sm_89", "sm_90a", "sm_100a" or "sm_120a"), and the name and SM count that tuning
+ * rows of exactly that device carry (NULL or "" and 0: rows of other devices of the architecture
+ * still serve through the nearest-bucket rule). */
 typedef struct sigattn_device {
   const char* arch;
   const char* name;

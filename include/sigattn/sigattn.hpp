@@ -154,9 +154,10 @@ struct Dispatch {
   std::string reason;
 };
 
-// A device to explain a call for without asking the GPU: its architecture ("sm_80", "sm_86",
-// "sm_87", "sm_89", "sm_90", "sm_90a"), and the name and SM count that tuning rows of exactly that
-// device carry (empty and 0: rows of other devices of the arch serve through the nearest bucket).
+// A device to explain a call for without asking the GPU: its architecture (one `sigattn compile
+// --arch` accepts, e.g. "sm_80", "sm_89", "sm_90a", "sm_100a", "sm_120a"), and the name and SM
+// count that tuning rows of exactly that device carry (empty and 0: rows of other devices of the
+// arch serve through the nearest bucket).
 struct DeviceDescription {
   std::string arch;
   std::string name;

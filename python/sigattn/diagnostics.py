@@ -38,9 +38,11 @@ def explain(query, key, value, is_causal=False, scale=None, sigmoid_bias=None, s
     "heuristic") and "reason". Nothing is compiled or launched.
 
     Without `arch` the tensors must be CUDA tensors and the choice is that of their GPU. With
-    `arch` ("sm_80", "sm_86", "sm_87", "sm_89", "sm_90" or "sm_90a") the choice is that of a
-    device of this architecture, named `device_name` with `sm_count` SMs (these select tuning
-    results of exactly that device); then no GPU is needed and the tensors may be on any device.
+    `arch` (one `sigattn compile --arch` accepts: "sm_80", "sm_86", "sm_87", "sm_89", "sm_90",
+    "sm_90a", the Blackwell "sm_100a", "sm_103a", "sm_110a", "sm_120a", "sm_121a" and their
+    forms without "a") the choice is that of a device of this architecture, named `device_name`
+    with `sm_count` SMs (these select tuning results of exactly that device); then no GPU is
+    needed and the tensors may be on any device.
     """
     arguments = attention._checked(*attention._dense(query, key, value, seq_lens_q, seq_lens_k),
                                    is_causal, scale, sigmoid_bias, score_mod, window, sigmoid,

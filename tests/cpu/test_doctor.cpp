@@ -55,6 +55,49 @@ TEST(Doctor, JsonCarriesTheReport) {
   EXPECT_EQ(json.at("database").at("user"), report.user_database);
 }
 
+// A device as the driver would describe it, with what doctor makes of its compute capability.
+DeviceReport device(const char* name, int cc_major, int cc_minor, int max_smem_optin) {
+  DeviceReport report;
+  report.name = name;
+  report.cc_major = cc_major;
+  report.cc_minor = cc_minor;
+  report.max_smem_optin = max_smem_optin;
+  describe_arch(report);
+  return report;
+}
+
+TEST(Doctor, ReportsTheArchAndTheFamiliesOfEachDevice) {
+  DoctorReport report;
+  report.devices = {
+      device("NVIDIA H200", 9, 0, 227 * 1024), device("NVIDIA B200", 10, 0, 227 * 1024),
+      device("NVIDIA GeForce RTX 5090", 12, 0, 99 * 1024),
+      device("A GPU from later", 13, 0, 227 * 1024), device("Tesla T4", 7, 5, 64 * 1024)};
+  const std::string text = doctor_text(report);
+  for (const char* line :
+       {"NVIDIA H200, compute capability 9.0",
+        "  arch sm_90a (CUBIN), kernel families sm90, sm80\n",
+        "NVIDIA B200, compute capability 10.0", "  arch sm_100a (CUBIN), kernel family sm80\n",
+        "RTX 5090, compute capability 12.0", "  arch sm_120a (CUBIN), kernel family sm80\n",
+        "  arch compute_121 (PTX, JIT-compiled by the driver), kernel family sm80\n",
+        "  compute capability 13.0 is newer than every architecture sigattn lists",
+        "  not supported: compute capability 7.5 is not supported"}) {
+    EXPECT_NE(text.find(line), std::string::npos) << line << " in\n" << text;
+  }
+  const nlohmann::json devices =
+      nlohmann::json::parse(doctor_json(report)).at("driver").at("devices");
+  ASSERT_EQ(devices.size(), 5u);
+  EXPECT_EQ(devices[0].at("families"), nlohmann::json::array({"sm90", "sm80"}));
+  EXPECT_EQ(devices[1].at("compute_capability"), "10.0");
+  EXPECT_EQ(devices[1].at("arch"), "sm_100a");
+  EXPECT_EQ(devices[1].at("jit"), false);
+  EXPECT_EQ(devices[1].at("families"), nlohmann::json::array({"sm80"}));
+  EXPECT_EQ(devices[3].at("arch"), "compute_121");
+  EXPECT_EQ(devices[3].at("jit"), true);
+  EXPECT_NE(devices[3].at("arch_note").get<std::string>().find("JIT-compiles"), std::string::npos);
+  EXPECT_EQ(devices[4].at("arch"), "");
+  EXPECT_EQ(devices[4].at("families"), nlohmann::json::array());
+}
+
 // Points an environment variable ($SIGATTN_DB, $SIGATTN_DATA_DIR) at a path for one test and
 // restores it afterwards.
 class EnvironmentPath {

@@ -5,7 +5,8 @@
 // the Hopper (sm90) family's candidates (the persistent kernels in both schedules) and defaults
 // of the default specs compile without spills or serialized wgmma; every decode candidate of the
 // spec with every mask and score_mod, and the decode defaults and KV-cache helpers of every axis,
-// compile without spills for both. Runs on the CPU: no GPU is needed to compile.
+// compile without spills for both; the defaults of every head dim compile without spills for
+// Blackwell (sm_100a, sm_120a). Runs on the CPU: no GPU is needed to compile.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -228,6 +229,36 @@ TEST(KernelCompile, Sm90VariantsCompileWithoutSpillsOrSerializedWgmma) {
     return {};
   });
   EXPECT_GT(jobs.size(), 30u);
+}
+
+// Blackwell runs the sm80 family: the default tiles of the forward, both backward splits and
+// decode at head dims from 8 to 256, with every mask and score_mod on the varlen layout (decode:
+// paged), the most registers, compile for sm_100a and sm_120a without spills. (Every candidate
+// of the default specs is the CLI's compile_default_space tests.) With 99 KiB the backward stops
+// at d = 160.
+TEST(KernelCompile, BlackwellDefaultsCompileWithoutSpillsAtEveryHeadDim) {
+  std::vector<std::pair<gen::Variant, std::string>> jobs;
+  for (const std::string arch : {"sm_100a", "sm_120a"}) {
+    const policy::Target target = policy::target_for_arch(arch);
+    for (int head_dim : {8, 32, 40, 64, 96, 128, 160, 192, 256}) {
+      gen::KernelSpec decode =
+          gen::parse_spec("decode.bf16.d64.paged.causal+window.smod.fast.anylen");
+      decode.head_dim = head_dim;
+      jobs.push_back({{decode, policy::default_tile(decode, target).tile}, arch});
+      gen::KernelSpec spec = gen::parse_spec("fwd.bf16.d64.varlen.causal+window.smod.fast.anylen");
+      spec.head_dim = head_dim;
+      jobs.push_back({{spec, policy::default_tile(spec, target).tile}, arch});
+      if (head_dim > 160 && target.max_smem_optin < 160 * 1024) continue;
+      for (auto direction : {gen::Direction::dkdv, gen::Direction::dq}) {
+        spec.direction = direction;
+        jobs.push_back({{spec, policy::default_tile(spec, target).tile}, arch});
+      }
+      spec.direction = gen::Direction::dkdv;
+      jobs.push_back({{spec, policy::default_tile(spec, target, true).tile}, arch});
+    }
+  }
+  expect_compile_cleanly(jobs);
+  EXPECT_EQ(jobs.size(), 2u * 9 * 5 - 2 * 3);
 }
 
 TEST(KernelCompile, DqConversionCompilesForEveryDtypeAndLayout) {

@@ -65,22 +65,24 @@ TEST(ArchMapping, ComputeCapabilityToNvrtcArch) {
   EXPECT_EQ(cuda::arch_for(8, 6), "sm_86");
   EXPECT_EQ(cuda::arch_for(8, 9), "sm_89");
   EXPECT_EQ(cuda::arch_for(9, 0), "sm_90a");
-  for (const auto& [major, minor] : {std::pair{7, 5}, std::pair{10, 0}, std::pair{12, 0}}) {
-    try {
-      cuda::arch_for(major, minor);
-      ADD_FAILURE() << major << "." << minor << " accepted";
-    } catch (const Error& error) {
-      EXPECT_EQ(error.status(), Status::unsupported);
-      EXPECT_TRUE(contains(error.what(), std::to_string(major) + "." + std::to_string(minor)));
-    }
+  EXPECT_EQ(cuda::arch_for(10, 0), "sm_100a");
+  EXPECT_EQ(cuda::arch_for(12, 0), "sm_120a");
+  EXPECT_EQ(cuda::arch_for(13, 0), "compute_121");
+  try {
+    cuda::arch_for(7, 5);
+    ADD_FAILURE() << "7.5 accepted";
+  } catch (const Error& error) {
+    EXPECT_EQ(error.status(), Status::unsupported);
+    EXPECT_TRUE(contains(error.what(), "7.5"));
   }
 }
 
 TEST(ArchMapping, SupportedArchitectures) {
-  for (const char* arch : {"sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_90a"}) {
+  for (const char* arch : {"sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_90a", "sm_100",
+                           "sm_100a", "sm_103a", "sm_110a", "sm_120a", "sm_121a", "compute_121"}) {
     EXPECT_TRUE(arch_supported(arch)) << arch;
   }
-  for (const char* arch : {"sm_75", "sm_100", "compute_80", "", "sm_90a "}) {
+  for (const char* arch : {"sm_75", "sm_101", "compute_90a", "", "sm_90a "}) {
     EXPECT_FALSE(arch_supported(arch)) << arch;
   }
 }
@@ -107,8 +109,8 @@ bool is_elf(const std::vector<char>& binary) {
          binary[3] == 'F';
 }
 
-TEST(Compiler, CompilesTinyKernelForAmpereAndHopper) {
-  for (const char* arch : {"sm_80", "sm_90a"}) {
+TEST(Compiler, CompilesTinyKernelForAmpereHopperAndBlackwell) {
+  for (const char* arch : {"sm_80", "sm_90a", "sm_100a", "sm_120a"}) {
     SCOPED_TRACE(arch);
     const CompiledKernel kernel =
         compile_source("scale", kScaleSource, "scale", {"-std=c++17"}, arch);
@@ -175,6 +177,18 @@ TEST(Compiler, CompilesGeneratedKernelWithEmbeddedTemplates) {
     EXPECT_FALSE(kernel.lowered_name.empty());
     EXPECT_GT(kernel.registers, 0) << kernel.log;
   }
+}
+
+// A compute_XY target gives PTX text with its NUL for cuModuleLoadData, and no ptxas report.
+TEST(Compiler, CompilesPtxForTheDriverToJitCompile) {
+  const CompiledKernel kernel = compile(small_generated_kernel(), "compute_121");
+  EXPECT_FALSE(is_elf(kernel.cubin));
+  ASSERT_FALSE(kernel.cubin.empty());
+  EXPECT_EQ(kernel.cubin.back(), '\0');
+  EXPECT_TRUE(contains(kernel.cubin.data(), ".target sm_121")) << kernel.cubin.data();
+  EXPECT_TRUE(contains(kernel.cubin.data(), "mma.sync"));
+  EXPECT_EQ(kernel.arch, "compute_121");
+  EXPECT_EQ(kernel.registers, 0);
 }
 
 TEST(ModuleCache, CompilesEachKeyOnce) {

@@ -8,6 +8,7 @@
 
 #include "cache/json_io.hpp"
 #include "cache/tuning_store.hpp"
+#include "generator/tile_policy.hpp"
 
 namespace sigattn::cache {
 namespace {
@@ -33,6 +34,30 @@ TEST(ShippedData, EveryRowIsServedFreshForItsProblem) {
   for (const TuningCandidate& row : shipped.candidates) {
     EXPECT_TRUE(is_fresh(row)) << "candidate " << gen::to_string(row.tile) << " of "
                                << row.problem.spec << " q " << row.problem.seqlen_q_bucket;
+  }
+}
+
+// Shipped rows are keyed by device and arch: a Blackwell GPU, for which none are shipped, gets
+// the policy's default for its own target at every default spec (forward, both backward kernels)
+// and length, not a Hopper row.
+TEST(ShippedData, ABlackwellDeviceWithoutRowsGetsThePolicyDefaults) {
+  const TuningDocument shipped = read_shipped_directory(SIGATTN_SHIPPED_DATA_DIR);
+  for (const DeviceKey& device : {DeviceKey{"NVIDIA B200", "sm_100a", 148},
+                                  DeviceKey{"NVIDIA GeForce RTX 5090", "sm_120a", 170}}) {
+    const policy::Target target = policy::target_for_arch(device.arch);
+    for (const gen::KernelSpec& spec : policy::default_specs()) {
+      for (int seqlen : {512, 4096, 16384}) {
+        const std::string name =
+            gen::to_string(spec) + " L " + std::to_string(seqlen) + " on " + device.name;
+        const TileChoice choice =
+            choose_tile({}, shipped.results, device, spec, seqlen, seqlen, target);
+        EXPECT_EQ(choice.served_by, ServedBy::heuristic) << name << ": " << choice.reason;
+        EXPECT_FALSE(choice.stale) << name;
+        EXPECT_EQ(choice.tile, policy::default_tile(spec, target).tile) << name;
+        EXPECT_EQ(choice.tile.family, gen::Family::sm80) << name;
+        EXPECT_EQ(policy::rejection(spec, choice.tile, target), "") << name;
+      }
+    }
   }
 }
 

@@ -25,7 +25,45 @@ TEST(Targets, KnowTheSharedMemoryLimits) {
   EXPECT_EQ(target_for_arch("sm_80").max_smem_optin, 163 * 1024);
   EXPECT_EQ(target_for_arch("sm_86").max_smem_optin, 99 * 1024);
   EXPECT_EQ(target_for_arch("sm_90a").max_smem_optin, 227 * 1024);
+  EXPECT_EQ(target_for_arch("sm_100a").max_smem_optin, 227 * 1024);
+  EXPECT_EQ(target_for_arch("sm_120a").max_smem_optin, 99 * 1024);
+  EXPECT_EQ(target_for_arch("compute_121").max_smem_optin, 99 * 1024);
   EXPECT_THROW(target_for_arch("sm_75"), std::invalid_argument);
+}
+
+// Blackwell's ptxas needs more registers beside the accumulators of the varlen dK/dV kernel than
+// sm_80's: the register rule asks the target's compute capability.
+TEST(Targets, BlackwellVarlenDkdvGetsASmallerRegisterBudget) {
+  gen::KernelSpec dkdv = spec_with(128);
+  dkdv.direction = gen::Direction::dkdv;
+  dkdv.layout = gen::Layout::varlen;
+  const gen::TileConfig tile{32, 64, 4, 2};
+  EXPECT_EQ(rejection(dkdv, tile, target_for_arch("sm_80")), "");
+  for (const char* arch : {"sm_100a", "sm_120a", "compute_121"}) {
+    EXPECT_NE(rejection(dkdv, tile, target_for_arch(arch)).find("register_budget"),
+              std::string::npos)
+        << arch;
+  }
+  dkdv.layout = gen::Layout::dense;
+  EXPECT_EQ(rejection(dkdv, tile, target_for_arch("sm_100a")), "");
+}
+
+// Every architecture the list names: its constraints, candidates and defaults are asked below.
+std::vector<std::string> every_arch() {
+  std::vector<std::string> names;
+  for (const Architecture& a : architectures()) names.emplace_back(a.name);
+  return names;
+}
+
+// The register rule asks the target: a block register file of half the size leaves 128 registers
+// per thread to 8 warps, too few for the accumulators of 128 rows at d = 128.
+TEST(Targets, RegisterBudgetFollowsTheRegisterFile) {
+  const gen::TileConfig eight_warps{128, 64, 8, 2};
+  Target target = target_for_arch("sm_100a");
+  EXPECT_EQ(rejection(spec_with(128), eight_warps, target), "");
+  target.registers_per_block = 32 * 1024;
+  EXPECT_NE(rejection(spec_with(128), eight_warps, target).find("register_budget"),
+            std::string::npos);
 }
 
 TEST(Constraints, NameWhatTheyReject) {
@@ -148,7 +186,7 @@ TEST(StructuralRejection, GenerateRefusesWithTheSameReason) {
 }
 
 TEST(Candidates, AreUniqueAndAllowed) {
-  for (const std::string arch : {"sm_80", "sm_86", "sm_90a"}) {
+  for (const std::string& arch : every_arch()) {
     Target target = target_for_arch(arch);
     for (int head_dim : {8, 32, 64, 96, 128, 256}) {
       auto tiles = candidates(spec_with(head_dim), target);
@@ -164,13 +202,49 @@ TEST(Candidates, AreUniqueAndAllowed) {
 }
 
 TEST(DefaultTile, FitsEveryHeadDimAndSaysWhy) {
-  for (const std::string arch : {"sm_80", "sm_86", "sm_89", "sm_90a"}) {
+  for (const std::string& arch : every_arch()) {
     Target target = target_for_arch(arch);
     for (int head_dim = 8; head_dim <= 256; head_dim += 8) {
       DefaultChoice choice = default_tile(spec_with(head_dim), target);
       EXPECT_TRUE(rejection(spec_with(head_dim), choice.tile, target).empty());
       EXPECT_NE(choice.reason.find(arch), std::string::npos);
     }
+  }
+}
+
+// Blackwell (and Jetson Thor) run the portable family, forward and backward, both backward splits,
+// with defaults that fit each one's shared memory. With 99 KiB (sm_120/121, as sm_86/89) the
+// backward fits up to d = 160 (above, the dq kernel does not), and the policy says so.
+TEST(DefaultTile, BlackwellRunsThePortableFamilyForwardAndBackward) {
+  for (const std::string arch :
+       {"sm_100", "sm_100a", "sm_103a", "sm_110a", "sm_120", "sm_120a", "sm_121a", "compute_121"}) {
+    const Target target = target_for_arch(arch);
+    for (int head_dim = 8; head_dim <= 256; head_dim += 8) {
+      for (auto direction : {gen::Direction::forward, gen::Direction::dkdv, gen::Direction::dq}) {
+        for (bool atomic_dq : {false, true}) {
+          if (atomic_dq && direction != gen::Direction::dkdv) continue;
+          gen::KernelSpec spec = spec_with(head_dim);
+          spec.direction = direction;
+          if (direction != gen::Direction::forward && head_dim > 160 &&
+              target.max_smem_optin < 160 * 1024) {
+            continue;
+          }
+          const gen::TileConfig tile = default_tile(spec, target, atomic_dq).tile;
+          const std::string where = gen::to_string(gen::Variant{spec, tile}) + " on " + arch;
+          EXPECT_EQ(tile.family, gen::Family::sm80) << where;
+          EXPECT_EQ(rejection(spec, tile, target), "") << where;
+          EXPECT_LE(gen::smem_bytes(spec, tile), target.max_smem_optin) << where;
+        }
+      }
+    }
+  }
+  gen::KernelSpec dq = spec_with(168);
+  dq.direction = gen::Direction::dq;
+  try {
+    default_tile(dq, target_for_arch("sm_120a"));
+    ADD_FAILURE() << "a dq tile fits d = 168 in 99 KiB";
+  } catch (const std::invalid_argument& error) {
+    EXPECT_NE(std::string(error.what()).find("shared_memory"), std::string::npos) << error.what();
   }
 }
 
