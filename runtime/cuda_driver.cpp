@@ -90,6 +90,10 @@ DriverApi resolve_all(void* library) {
   SIGATTN_RESOLVE(cuStreamIsCapturing);
   SIGATTN_RESOLVE(cuStreamGetId);
   SIGATTN_RESOLVE(cuThreadExchangeStreamCaptureMode);
+  SIGATTN_RESOLVE(cuStreamGetCaptureInfo);
+  SIGATTN_RESOLVE(cuUserObjectCreate);
+  SIGATTN_RESOLVE(cuUserObjectRelease);
+  SIGATTN_RESOLVE(cuGraphRetainUserObject);
   SIGATTN_RESOLVE(cuPointerGetAttribute);
   SIGATTN_RESOLVE(cuEventCreate);
   SIGATTN_RESOLVE(cuEventDestroy);

@@ -49,6 +49,11 @@ struct DriverApi {
   CUresult (*cuStreamIsCapturing)(CUstream, CUstreamCaptureStatus*);
   CUresult (*cuStreamGetId)(CUstream, unsigned long long*);
   CUresult (*cuThreadExchangeStreamCaptureMode)(CUstreamCaptureMode*);
+  CUresult (*cuStreamGetCaptureInfo)(CUstream, CUstreamCaptureStatus*, cuuint64_t*, CUgraph*,
+                                     const CUgraphNode**, const CUgraphEdgeData**, size_t*);
+  CUresult (*cuUserObjectCreate)(CUuserObject*, void*, CUhostFn, unsigned int, unsigned int);
+  CUresult (*cuUserObjectRelease)(CUuserObject, unsigned int);
+  CUresult (*cuGraphRetainUserObject)(CUgraph, CUuserObject, unsigned int, unsigned int);
   CUresult (*cuPointerGetAttribute)(void*, CUpointer_attribute, CUdeviceptr);
   CUresult (*cuEventCreate)(CUevent*, unsigned);
   CUresult (*cuEventDestroy)(CUevent);

@@ -267,12 +267,16 @@ if REGISTERED_AS_TORCH_OP:
     _dispatch_modes_active = torch._C._len_torch_dispatch_stack
     _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
+    def traced(tensor):
+        """Whether a call with this first tensor is traced: torch.compile, torch.export, a
+        dispatch mode, or a tensor subclass such as FakeTensor."""
+        return (torch.compiler.is_compiling() or _dispatch_modes_active() > 0 or
+                type(tensor) not in _PLAIN_TENSOR_TYPES)
+
     def attention(*inputs):
-        """sigmoid attention; inputs as _forward_impl takes them. Traced calls (torch.compile,
-        torch.export, a dispatch mode, a tensor subclass such as FakeTensor) go through
+        """sigmoid attention; inputs as _forward_impl takes them. Traced calls go through
         sigattn::forward so that the tracer sees the op; eager calls skip its dispatch."""
-        if (torch.compiler.is_compiling() or _dispatch_modes_active() > 0 or
-                type(inputs[0]) not in _PLAIN_TENSOR_TYPES):
+        if traced(inputs[0]):
             return forward_op(*inputs)
         return _eager(inputs)
 

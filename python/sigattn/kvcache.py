@@ -5,6 +5,7 @@ before anything runs; a bad one raises TypeError or ValueError naming it.
 """
 
 import ctypes
+from typing import Optional
 
 import torch
 
@@ -115,8 +116,8 @@ def sigmoid_attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=
     accurate = _accurate_sigmoid(sigmoid)
     tensors = (q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new, score_mod)
     _check_devices(_NAMES, tensors)
-    return _forward(tensors, capacity, bool(is_causal), window_left, window_right, scale,
-                    sigmoid_bias, accurate, bool(trust_lengths))
+    return _attention_with_kvcache(*tensors, capacity, bool(is_causal), window_left, window_right,
+                                   scale, sigmoid_bias, accurate, bool(trust_lengths))
 
 
 def _check_attention_tensor(name, tensor, dtype):
@@ -140,9 +141,14 @@ def _check_attention_tensor(name, tensor, dtype):
 _workspace_bytes = {}
 
 
-def _forward(tensors, capacity, causal, window_left, window_right, scale, bias, accurate,
-             trust_lengths):
-    q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new, score_mod = tensors
+def _forward_impl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  cache_seqlens: torch.Tensor, block_table: Optional[torch.Tensor],
+                  k_new: Optional[torch.Tensor], v_new: Optional[torch.Tensor],
+                  score_mod: Optional[torch.Tensor], capacity: int, causal: bool,
+                  window_left: int, window_right: int, scale: Optional[float],
+                  bias: Optional[float],
+                  accurate: bool, trust_lengths: bool) -> torch.Tensor:
+    """The C call; arguments as sigmoid_attention_with_kvcache checked and converted them."""
     abi = _ops._abi()
     out = q.new_empty(q.shape)
     args = _library.KvCacheArgs.from_buffer_copy(abi.kvcache_defaults)
@@ -191,3 +197,24 @@ def _query_workspace_bytes(abi, device, args):
     if status != 0:
         _library.check(status, "sigattn_kvcache_workspace_bytes")
     return size.value
+
+
+if _ops.REGISTERED_AS_TORCH_OP:
+    # The traced path (torch.compile, torch.export, fake tensors): the appends write k_cache and
+    # v_cache in place, which the op declares so that the tracer orders the calls around them.
+    forward_with_kvcache_op = torch.library.custom_op(
+        "sigattn::forward_with_kvcache", _forward_impl, mutates_args=("k_cache", "v_cache"))
+
+    @forward_with_kvcache_op.register_fake
+    def _forward_fake(q, *options):
+        return q.new_empty(q.shape)
+
+    def _attention_with_kvcache(*inputs):
+        """Traced calls go through sigattn::forward_with_kvcache so that the tracer sees the op;
+        eager calls skip its dispatch."""
+        if _ops.traced(inputs[0]):
+            return forward_with_kvcache_op(*inputs)
+        return _forward_impl(*inputs)
+
+else:
+    _attention_with_kvcache = _forward_impl

@@ -461,33 +461,62 @@ class KvCacheCallTest(unittest.TestCase):
         self.assertEqual((args.workspace, args.workspace_bytes), (None, 0))
 
 
+def dispatched_ops(call):
+    """The names of the ops that call() dispatches, as a torch dispatch mode sees them."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder() as recorder:
+        call()
+    return recorder.ops
+
+
 @unittest.skipUnless(sigattn.REGISTERED_AS_TORCH_OP, "torch < 2.4: no torch.library custom op")
 class TracedPathTest(unittest.TestCase):
     """Under torch.compile, torch.export and dispatch modes the call is the custom op, so that
     tracers see sigattn::forward (the library stubbed)."""
 
     def test_compiling_and_dispatch_modes_take_the_custom_op(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        class Recorder(TorchDispatchMode):
-            def __init__(self):
-                super().__init__()
-                self.ops = []
-
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                self.ops.append(str(func))
-                return func(*args, **(kwargs or {}))
-
         q = bthd()
-        with StubbedLibrary(), Recorder() as recorder:
-            sigattn.sigmoid_attention(q, q, q)
-        self.assertIn("sigattn.forward.default", recorder.ops)
+        with StubbedLibrary():
+            ops = dispatched_ops(lambda: sigattn.sigmoid_attention(q, q, q))
+        self.assertIn("sigattn.forward.default", ops)
         counting = mock.Mock(wraps=_ops.forward_op)
         with StubbedLibrary() as library, mock.patch.object(_ops, "forward_op", counting), \
                 mock.patch.object(torch.compiler, "is_compiling", lambda: True):
             sigattn.sigmoid_attention(q, q, q)
         self.assertEqual(counting.call_count, 1)
         self.assertEqual(len(library.calls), 1)
+
+    def test_kvcache_calls_under_tracing_take_the_custom_op(self):
+        q = bthd(batch=2, seq=1, heads=4)
+        k, v = cache(batch=2, length=32), cache(batch=2, length=32)
+        new = cache(batch=2, length=1)
+        with StubbedLibrary() as library:
+            ops = dispatched_ops(lambda: sigattn.sigmoid_attention_with_kvcache(
+                q, k, v, torch.tensor([0, 5]), k_new=new, v_new=new))
+        self.assertIn("sigattn.forward_with_kvcache.default", ops)
+        self.assertEqual([call[0] for call in library.calls], ["workspace", "kvcache"])
+        counting = mock.Mock(wraps=kvcache.forward_with_kvcache_op)
+        with StubbedLibrary() as library, \
+                mock.patch.object(kvcache, "forward_with_kvcache_op", counting), \
+                mock.patch.object(torch.compiler, "is_compiling", lambda: True):
+            sigattn.sigmoid_attention_with_kvcache(q, k, v, torch.tensor([0, 5]))
+        self.assertEqual(counting.call_count, 1)
+        self.assertEqual([call[0] for call in library.calls], ["workspace", "kvcache"])
+        # The schema says which arguments the call writes.
+        schema = torch.ops.sigattn.forward_with_kvcache.default._schema
+        written = [argument.name for argument in schema.arguments
+                   if argument.alias_info is not None and argument.alias_info.is_write]
+        self.assertEqual(written, ["k_cache", "v_cache"])
 
     def test_export_traces_the_op_without_graph_breaks(self):
         class Block(torch.nn.Module):

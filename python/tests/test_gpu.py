@@ -552,6 +552,28 @@ class KvCacheTest(GpuTestCase):
             self.assert_close(static_out, ref, OUTPUT_REL_L2[q.dtype],
                               f"replayed decode step at lengths {lengths}")
 
+    @unittest.skipUnless(sigattn.REGISTERED_AS_TORCH_OP, "torch < 2.4: no torch.library op")
+    def test_torch_compile_fullgraph_appends_and_attends(self):
+        q, caches, lens, new, table, logical = self.make(lens=(3, 0, 200), block_size=50)
+
+        def step(q, k_cache, v_cache, lens, k_new, v_new, table):
+            out = sigattn.sigmoid_attention_with_kvcache(q, k_cache, v_cache, lens, k_new=k_new,
+                                                         v_new=v_new, block_table=table)
+            return out * 2
+
+        compiled = torch.compile(step, fullgraph=True)
+        out = compiled(q, caches[0], caches[1], lens, new[0], new[1], table) / 2
+        for b, length in enumerate(lens.tolist()):
+            for x, n in zip(logical, new):
+                x[b, length:length + 1] = n[b]
+        for x, cache in zip(logical, caches):
+            filled = torch.arange(x.shape[1], device="cuda") < (lens + 1).view(-1, 1)
+            gathered = cache[table.flatten().long()].view(x.shape)
+            self.assertTrue(torch.equal(gathered[filled], x[filled]),
+                            "the paged cache after a compiled append")
+        ref = reference(q, logical[0], logical[1], seq_lens_k=lens + 1, is_causal=True)
+        self.assert_close(out, ref, OUTPUT_REL_L2[q.dtype], "compiled decode step")
+
     def test_bad_lengths_are_refused(self):
         q, caches, lens, new, table, _ = self.make(capacity=64, lens=(0, 63, 5))
         with self.assertRaisesRegex(sigattn.SigattnError,

@@ -18,6 +18,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "generator/architecture.hpp"
 #include "generator/generator.hpp"
 #include "reference.hpp"
 #include "runtime/compiler.hpp"
@@ -53,9 +54,10 @@ Probe probe_gpu() {
     gpu.arch = cuda::arch_for(gpu.info.cc_major, gpu.info.cc_minor);
     if (!arch_supported(gpu.arch)) {
       probe.skip_reason = fmt::format(
-          "no GPU the kernels target: {} is {} (compute capability {}.{}), the sm80 kernel "
-          "family needs sm_80, sm_86, sm_87, sm_89 or sm_90",
-          gpu.info.name, gpu.arch, gpu.info.cc_major, gpu.info.cc_minor);
+          "no GPU the kernels target: {} is {} (compute capability {}.{}); sigattn compiles "
+          "for {}",
+          gpu.info.name, gpu.arch, gpu.info.cc_major, gpu.info.cc_minor,
+          policy::architecture_names());
       return probe;
     }
     gpu.target = policy::target_for_arch(gpu.arch);

@@ -5,16 +5,20 @@
 // candidate of three specs; problems with many work tiles per CTA of the persistent sm90 kernel, on
 // every sm90 tile; NaN in padding rows; bit-identical repeated launches, an invalid length rejected
 // before the output is touched, and the info-level line of a new variant.
+#include <dlfcn.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
 #include <optional>
 #include <sigattn/sigattn.hpp>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "generator/kernel_spec.hpp"
@@ -25,6 +29,7 @@
 #include "reference.hpp"
 #include "runtime/cuda_driver.hpp"
 #include "runtime/forward.hpp"
+#include "runtime/tile_counters.hpp"
 
 namespace sigattn::test {
 namespace {
@@ -165,6 +170,15 @@ std::vector<Problem> schedule_cases() {
 // Every sm90 candidate walks the first schedule problem's work tiles.
 Problem schedule_sweep_problem() { return schedule_cases().front(); }
 
+// The first sm90 candidate of `spec` with the dynamic schedule (a tile counter per launch).
+std::optional<gen::TileConfig> dynamic_sm90_tile(const gen::KernelSpec& spec,
+                                                 const policy::Target& target) {
+  for (const gen::TileConfig& tile : policy::candidates(spec, target)) {
+    if (tile.family == gen::Family::sm90 && tile.schedule == gen::Schedule::dynamic) return tile;
+  }
+  return std::nullopt;
+}
+
 // Every tile candidate of these specs runs: x128, anylen, and a packed one whose tiles cross
 // sequence ends (the sm90 family loads those without TMA).
 std::vector<Problem> tile_sweep_cases() {
@@ -243,6 +257,12 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
     const gen::KernelSpec spec = spec_of(schedule_sweep_problem());
     for (const gen::TileConfig& tile : policy::candidates(spec, gpu.target)) {
       if (tile.family == gen::Family::sm90) variants.push_back({spec, tile});
+    }
+  }
+  if (test_selected("GpuForward.CapturedLaunchesReturnTheirTileCountersWithTheGraph")) {
+    const gen::KernelSpec spec = spec_of(schedule_sweep_problem());
+    if (const std::optional<gen::TileConfig> tile = dynamic_sm90_tile(spec, gpu.target)) {
+      variants.push_back({spec, *tile});
     }
   }
   if (test_selected("GpuForward.RepeatedLaunchIsBitIdentical")) add_default(repeat_problem());
@@ -391,6 +411,76 @@ TEST_F(GpuForward, EverySm90TileWalksSeveralWorkTiles) {
                           [&] { forward_with_tile(device.args, nullptr, tile); });
   }
   if (sm90_tiles == 0) GTEST_SKIP() << gpu().arch << " has no sm90 tile";
+}
+
+// The graph API of the driver the library loaded (the library itself only captures into graphs).
+struct GraphApi {
+  CUresult (*begin)(CUstream, CUstreamCaptureMode);
+  CUresult (*end)(CUstream, CUgraph*);
+  CUresult (*instantiate)(CUgraphExec*, CUgraph, unsigned long long);
+  CUresult (*launch)(CUgraphExec, CUstream);
+  CUresult (*destroy_exec)(CUgraphExec);
+  CUresult (*destroy)(CUgraph);
+};
+
+GraphApi graph_api() {
+  void* library = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+  if (library == nullptr) throw std::runtime_error("libcuda.so.1 is not loaded");
+  const auto symbol = [&]<class Pointer>(Pointer& entry, const char* name) {
+    entry = reinterpret_cast<Pointer>(dlsym(library, name));
+    if (entry == nullptr) throw std::runtime_error(fmt::format("libcuda.so.1 lacks {}", name));
+  };
+  GraphApi api{};
+  symbol(api.begin, "cuStreamBeginCapture_v2");
+  symbol(api.end, "cuStreamEndCapture");
+  symbol(api.instantiate, "cuGraphInstantiateWithFlags");
+  symbol(api.launch, "cuGraphLaunch");
+  symbol(api.destroy_exec, "cuGraphExecDestroy");
+  symbol(api.destroy, "cuGraphDestroy");
+  return api;
+}
+
+// Each captured launch of the dynamic schedule holds a tile counter of its own; destroying the
+// graph and its executable copy returns them (the driver runs the release on its own thread, so
+// the test waits for it), and a second graph that reuses them computes the same output.
+TEST_F(GpuForward, CapturedLaunchesReturnTheirTileCountersWithTheGraph) {
+  const Problem problem = schedule_sweep_problem();
+  const HostInputs inputs = make_inputs(problem, seed());
+  DeviceInputs device = upload(problem, inputs);
+  const gen::KernelSpec spec = forward_spec(device.args);
+  const std::optional<gen::TileConfig> tile = dynamic_sm90_tile(spec, gpu().target);
+  if (!tile) GTEST_SKIP() << gpu().arch << " has no dynamic sm90 tile";
+  const std::vector<double> ref = reference_for(problem, inputs, device);
+  const GraphApi graphs = graph_api();
+  const cuda::DriverApi& api = cuda::driver();
+  CUstream stream = nullptr;
+  SIGATTN_CU(api.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
+  TileCounters& counters = TileCounters::instance();
+  const int before = counters.held_by_graphs();
+  constexpr int kLaunches = 3;
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(fmt::format("graph {}, variant {}, problem {}, seed {}", round + 1,
+                             gen::to_string(gen::Variant{spec, *tile}), problem.name(), seed()));
+    CUgraph graph = nullptr;
+    SIGATTN_CU(graphs.begin(stream, CU_STREAM_CAPTURE_MODE_GLOBAL));
+    for (int i = 0; i < kLaunches; ++i) forward_with_tile(device.args, stream, *tile);
+    SIGATTN_CU(graphs.end(stream, &graph));
+    EXPECT_EQ(counters.held_by_graphs(), before + kLaunches);
+    CUgraphExec exec = nullptr;
+    SIGATTN_CU(graphs.instantiate(&exec, graph, 0));
+    expect_output_matches(problem, device, ref, [&] {
+      SIGATTN_CU(graphs.launch(exec, stream));
+      SIGATTN_CU(api.cuStreamSynchronize(stream));
+    });
+    SIGATTN_CU(graphs.destroy_exec(exec));
+    SIGATTN_CU(graphs.destroy(graph));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (counters.held_by_graphs() != before && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    EXPECT_EQ(counters.held_by_graphs(), before);
+  }
+  SIGATTN_CU(api.cuStreamDestroy(stream));
 }
 
 TEST_F(GpuForward, RepeatedLaunchIsBitIdentical) {
