@@ -14,6 +14,7 @@ import unittest
 import torch
 
 import sigattn
+from sigattn import distributed
 
 # Relative L2 error bounds against fp64, as in tests/gpu/numerics.cpp: the inputs are exact in
 # the dtype, so the kernels' roundings of P and O are the whole difference; gradients round dS
@@ -580,6 +581,54 @@ class KvCacheTest(GpuTestCase):
                                     r"cache_seqlens\[1\] = 64 is out of range \[0, 63\]"):
             sigattn.sigmoid_attention_with_kvcache(q, caches[0], caches[1], lens + 1,
                                                    k_new=new[0], v_new=new[1])
+
+
+class ContextParallelTest(GpuTestCase):
+    """sigattn.distributed's ring and Ulysses algorithms with the kernels, every rank simulated
+    on this GPU, against fp64 sigmoid attention of the whole sequence."""
+
+    def whole(self, dtype=torch.bfloat16, batch=2, length=1024, heads_q=8, heads_kv=4, dim=128):
+        tensors = [torch.randn(batch, length, heads, dim, device="cuda", dtype=dtype)
+                   for heads in (heads_q, heads_kv, heads_kv, heads_q)]
+        return tensors
+
+    def check(self, outs, grads, whole, zigzag, what, **options):
+        q, k, v, grad = whole
+        leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+        ref = reference(*leaves, **options)
+        ref_grads = torch.autograd.grad(ref, leaves, grad.double())
+        bound = OUTPUT_REL_L2[q.dtype]
+        self.assert_close(distributed.unshard_sequence(outs, zigzag=zigzag), ref, bound,
+                          f"{what} output")
+        for name, shards, full in zip("qkv", grads, ref_grads):
+            self.assert_close(distributed.unshard_sequence(shards, zigzag=zigzag), full,
+                              2 * bound, f"{what} d{name}")
+
+    def test_ring(self):
+        for world_size, is_causal, dtype in ((4, True, torch.bfloat16), (3, False, torch.float16),
+                                             (2, True, torch.float16)):
+            whole = self.whole(dtype=dtype, length=768)
+            shards = [[distributed.shard_sequence(x, r, world_size, zigzag=is_causal)
+                       for r in range(world_size)] for x in whole]
+            outs, grads = distributed.simulated_ring_attention(
+                *shards[:3], is_causal=is_causal, grad_outs=shards[3])
+            self.check(outs, grads, whole, is_causal,
+                       f"ring of {world_size}, causal {is_causal}, {dtype}", is_causal=is_causal)
+
+    def test_ulysses(self):
+        for world_size, is_causal, window in ((4, True, None), (2, False, (100, 20))):
+            whole = self.whole(dim=64)
+            leaves = [[distributed.shard_sequence(x, r, world_size).clone().requires_grad_()
+                       for r in range(world_size)] for x in whole[:3]]
+            outs = distributed.simulated_ulysses_attention(*leaves, is_causal=is_causal,
+                                                           window=window)
+            grad_shards = [distributed.shard_sequence(whole[3], r, world_size)
+                           for r in range(world_size)]
+            torch.autograd.backward(outs, grad_shards)
+            grads = [[leaf.grad for leaf in shards] for shards in leaves]
+            self.check(outs, grads, whole, False,
+                       f"ulysses of {world_size}, causal {is_causal}, window {window}",
+                       is_causal=is_causal, window=window)
 
 
 if __name__ == "__main__":
