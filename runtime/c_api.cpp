@@ -118,6 +118,19 @@ sigattn_status explained(sigattn_dispatch* out, Explain&& explain) {
   return SIGATTN_OK;
 }
 
+// The described-device form of an explain call: the pointers checked, the device converted.
+template <class CArgs, class Explain>
+sigattn_status explained_on(const CArgs* args, const sigattn_device* device, sigattn_dispatch* out,
+                            Explain&& explain) {
+  last_error.clear();
+  if (args == nullptr) return fail(SIGATTN_INVALID_ARGUMENT, "args is null");
+  if (device == nullptr) return fail(SIGATTN_INVALID_ARGUMENT, "device is null");
+  if (device->arch == nullptr) return fail(SIGATTN_INVALID_ARGUMENT, "device->arch is null");
+  const sigattn::DeviceDescription described{
+      device->arch, device->name != nullptr ? device->name : "", device->sm_count};
+  return explained(out, [&] { return explain(described); });
+}
+
 }  // namespace
 
 extern "C" {
@@ -199,14 +212,24 @@ sigattn_status sigattn_explain_forward(const sigattn_forward_args* args, sigattn
 
 sigattn_status sigattn_explain_forward_on(const sigattn_forward_args* args,
                                           const sigattn_device* device, sigattn_dispatch* out) {
+  return explained_on(args, device, out, [&](const sigattn::DeviceDescription& described) {
+    return sigattn::explain_forward(to_forward_args(*args), described);
+  });
+}
+
+sigattn_status sigattn_explain_forward_with_kvcache(const sigattn_kvcache_args* args,
+                                                    sigattn_dispatch* out) {
   last_error.clear();
   if (args == nullptr) return fail(SIGATTN_INVALID_ARGUMENT, "args is null");
-  if (device == nullptr) return fail(SIGATTN_INVALID_ARGUMENT, "device is null");
-  if (device->arch == nullptr) return fail(SIGATTN_INVALID_ARGUMENT, "device->arch is null");
-  return explained(out, [&] {
-    return sigattn::explain_forward(
-        to_forward_args(*args),
-        {device->arch, device->name != nullptr ? device->name : "", device->sm_count});
+  return explained(out,
+                   [&] { return sigattn::explain_forward_with_kvcache(to_kvcache_args(*args)); });
+}
+
+sigattn_status sigattn_explain_forward_with_kvcache_on(const sigattn_kvcache_args* args,
+                                                       const sigattn_device* device,
+                                                       sigattn_dispatch* out) {
+  return explained_on(args, device, out, [&](const sigattn::DeviceDescription& described) {
+    return sigattn::explain_forward_with_kvcache(to_kvcache_args(*args), described);
   });
 }
 

@@ -18,20 +18,6 @@
 namespace sigattn {
 namespace {
 
-Dispatch dispatch_of(const gen::KernelSpec& spec, const cache::TileChoice& choice) {
-  return {gen::to_string(gen::Variant{spec, choice.tile}), gen::to_string(choice.tile),
-          std::string(cache::to_string(choice.served_by)), choice.reason};
-}
-
-// The policy's target of a described device; an unknown architecture is a bad argument.
-policy::Target described_target(const DeviceDescription& device) {
-  try {
-    return policy::target_for_arch(device.arch);
-  } catch (const std::invalid_argument& error) {
-    throw_invalid(fmt::format("device.arch: {}", error.what()));
-  }
-}
-
 // What the last forward() on this thread launched, for last_dispatch().
 thread_local Dispatch last_forward_dispatch;
 

@@ -13,6 +13,7 @@
 #include <sigattn/sigattn.hpp>
 
 #include "generator/generator.hpp"
+#include "runtime/errors.hpp"
 #include "runtime/kernel_launch.hpp"
 #include "runtime/kernel_params.hpp"
 #include "runtime/module_cache.hpp"
@@ -117,6 +118,24 @@ void forward_with_kvcache_tile(const KvCacheArgs& args, CUstream stream,
     chosen.splits = decode_split_count(args, tile, current_device(target).sm_count);
   }
   run(args, spec, target, chosen, forced_origin(), stream);
+}
+
+Dispatch explain_forward_with_kvcache(const KvCacheArgs& args) {
+  const DecodeChoice decode = choose(args);
+  return dispatch_of(decode.spec, decode.choice);
+}
+
+Dispatch explain_forward_with_kvcache(const KvCacheArgs& args, const DeviceDescription& device) {
+  const gen::KernelSpec spec = check_kvcache(args);
+  const policy::Target target = described_target(device);
+  if (device.sm_count <= 0) {
+    throw_invalid(fmt::format(
+        "device.sm_count = {}: the split count of a KV-cache call depends on the SM count, so a "
+        "described device must give it (e.g. 132 for an H100 or H200 SXM)",
+        device.sm_count));
+  }
+  return dispatch_of(
+      spec, choose_decode_tile(args, spec, target, {device.name, target.arch, device.sm_count}));
 }
 
 std::size_t kvcache_workspace_bytes(const KvCacheArgs& args) {

@@ -134,6 +134,19 @@ cache::TileChoice forward_tile_for_launch(const ForwardArgs& args, const gen::Ke
   return choice;
 }
 
+policy::Target described_target(const DeviceDescription& device) {
+  try {
+    return policy::target_for_arch(device.arch);
+  } catch (const std::invalid_argument& error) {
+    throw_invalid(fmt::format("device.arch: {}", error.what()));
+  }
+}
+
+Dispatch dispatch_of(const gen::KernelSpec& spec, const cache::TileChoice& choice) {
+  return {gen::to_string(gen::Variant{spec, choice.tile}), gen::to_string(choice.tile),
+          std::string(cache::to_string(choice.served_by)), choice.reason};
+}
+
 int decode_row_blocks(const KvCacheArgs& args, const gen::TileConfig& tile) {
   const long long rows = static_cast<long long>(args.heads_q / args.heads_kv) * args.seqlen_q;
   return static_cast<int>((rows + tile.block_m - 1) / tile.block_m);

@@ -20,6 +20,12 @@ policy::Target current_target();
 // The tuning rows' key of the current device.
 cache::DeviceKey current_device(const policy::Target& target);
 
+// The policy's target of a described device (explain_*); an unknown architecture is a bad
+// argument naming device.arch.
+policy::Target described_target(const DeviceDescription& device);
+// What explain_* answers for a choice of a tile for `spec`.
+Dispatch dispatch_of(const gen::KernelSpec& spec, const cache::TileChoice& choice);
+
 // Where a launched tile came from: a level of the lookup chain (cache::to_string(ServedBy)) or
 // "forced" (the caller's), and why.
 struct TileOrigin {

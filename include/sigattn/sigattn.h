@@ -223,6 +223,18 @@ SIGATTN_API sigattn_status sigattn_explain_forward_on(const sigattn_forward_args
                                                       const sigattn_device* device,
                                                       sigattn_dispatch* out);
 
+/* The decode tile (split count included) sigattn_forward_with_kvcache(args) would run on the
+ * current CUDA device, found without compiling or launching anything; args is validated as
+ * sigattn_forward_with_kvcache validates it. */
+SIGATTN_API sigattn_status sigattn_explain_forward_with_kvcache(const sigattn_kvcache_args* args,
+                                                                sigattn_dispatch* out);
+
+/* sigattn_explain_forward_with_kvcache for `device`: needs no GPU and no driver. The split count
+ * depends on the SM count: device->sm_count must be > 0. */
+SIGATTN_API sigattn_status sigattn_explain_forward_with_kvcache_on(const sigattn_kvcache_args* args,
+                                                                   const sigattn_device* device,
+                                                                   sigattn_dispatch* out);
+
 /* How much the library writes to stderr: each level adds to the one before. Errors are problems
  * that a call cannot report itself; warnings (the default) things that make a call slower or
  * ignore a setting; info one line per new kernel variant in the process: its tile, where the tile

@@ -169,6 +169,13 @@ SIGATTN_API Dispatch explain_forward(const ForwardArgs& args);
 // The same choice on a described device: needs no GPU. Throws Error(invalid_argument) for an
 // unknown architecture.
 SIGATTN_API Dispatch explain_forward(const ForwardArgs& args, const DeviceDescription& device);
+// The choice forward_with_kvcache(args) makes on the current device (the decode tile, its split
+// count included), without compiling or launching anything.
+SIGATTN_API Dispatch explain_forward_with_kvcache(const KvCacheArgs& args);
+// The same on a described device: needs no GPU. The split count depends on the SM count, so
+// device.sm_count must be given (> 0).
+SIGATTN_API Dispatch explain_forward_with_kvcache(const KvCacheArgs& args,
+                                                  const DeviceDescription& device);
 // The choice of the last successful forward() on this thread (empty fields before the first).
 SIGATTN_API Dispatch last_dispatch();
 

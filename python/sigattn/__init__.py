@@ -13,7 +13,7 @@ cache.
 from ._library import SigattnError, library_path, version
 from ._ops import REGISTERED_AS_TORCH_OP
 from .attention import sigmoid_attention, sigmoid_attention_padded, sigmoid_attention_varlen
-from .diagnostics import explain, get_log_level, set_log_level
+from .diagnostics import explain, explain_with_kvcache, get_log_level, set_log_level
 from .kvcache import sigmoid_attention_with_kvcache
 from .tuning import find_executable, set_database_path, set_online_tuning, tune
 
@@ -21,6 +21,7 @@ __all__ = [
     "REGISTERED_AS_TORCH_OP",
     "SigattnError",
     "explain",
+    "explain_with_kvcache",
     "find_executable",
     "get_log_level",
     "library_path",

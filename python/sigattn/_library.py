@@ -183,6 +183,12 @@ def _declare(lib):
     lib.sigattn_explain_forward_on.argtypes = [ctypes.POINTER(ForwardArgs), ctypes.POINTER(Device),
                                                ctypes.POINTER(Dispatch)]
     lib.sigattn_explain_forward_on.restype = ctypes.c_int
+    lib.sigattn_explain_forward_with_kvcache.argtypes = [ctypes.POINTER(KvCacheArgs),
+                                                         ctypes.POINTER(Dispatch)]
+    lib.sigattn_explain_forward_with_kvcache.restype = ctypes.c_int
+    lib.sigattn_explain_forward_with_kvcache_on.argtypes = [
+        ctypes.POINTER(KvCacheArgs), ctypes.POINTER(Device), ctypes.POINTER(Dispatch)]
+    lib.sigattn_explain_forward_with_kvcache_on.restype = ctypes.c_int
     lib.sigattn_set_log_level.argtypes = [ctypes.c_int]
     lib.sigattn_set_log_level.restype = ctypes.c_int
     lib.sigattn_get_log_level.argtypes = []

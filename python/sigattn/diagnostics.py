@@ -1,6 +1,6 @@
 """Seeing what sigattn does: the level of the library's messages on stderr (also set by
-$SIGATTN_LOG) and explain(), which says which kernel and tile a call would run and why, without
-compiling or launching anything.
+$SIGATTN_LOG), and explain() and explain_with_kvcache(), which say which kernel and tile a call
+would run and why, without compiling or launching anything.
 """
 
 import ctypes
@@ -8,7 +8,7 @@ import numbers
 
 import torch
 
-from . import _library, _ops, attention
+from . import _library, _ops, attention, kvcache
 
 
 def set_log_level(level):
@@ -55,18 +55,51 @@ def explain(query, key, value, is_causal=False, scale=None, sigmoid_bias=None, s
     _ops._fill(args, *arguments[:-2], True)
     args.out = _ops._tensor_ref(torch.empty(query.shape, dtype=query.dtype, device="meta"), False)
     args.out.data = query.data_ptr()
+    return _explained(lib, "sigattn_explain_forward", args, query, "query", arch, device_name,
+                      sm_count)
+
+
+def explain_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=None, v_new=None,
+                         block_table=None, is_causal=True, window=None, scale=None,
+                         sigmoid_bias=None, score_mod=None, sigmoid="fast", arch=None,
+                         device_name=None, sm_count=0):
+    """Which decode kernel sigmoid_attention_with_kvcache(q, k_cache, ...) would run, with the
+    same arguments, as explain() answers for sigmoid_attention: the variant, its tile with the
+    split count over the cache ("….splitsN"), where the tile came from and why. Nothing is
+    compiled, launched or appended.
+
+    Without `arch` the tensors must be CUDA tensors and the choice is that of their GPU. With
+    `arch` the choice is that of a described device, which must then give its `sm_count` (the
+    split count depends on it); no GPU is needed.
+    """
+    arguments = kvcache._checked(q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table,
+                                 is_causal, window, scale, sigmoid_bias, score_mod, sigmoid, True)
+    lib = _library.library()
+    defaults = _library.KvCacheArgs()
+    lib.sigattn_kvcache_args_init(ctypes.byref(defaults))
+    # Nothing is read or written: q's address stands in for the output, which has q's shape.
+    out = torch.empty(q.shape, dtype=q.dtype, device="meta")
+    args = kvcache.kvcache_args(bytes(defaults), out, *arguments)
+    args.out.data = q.data_ptr()
+    return _explained(lib, "sigattn_explain_forward_with_kvcache", args, q, "q", arch,
+                      device_name, sm_count)
+
+
+def _explained(lib, function, args, tensor, name, arch, device_name, sm_count):
+    """The dispatch `function` (or its described-device form `function`_on) answers, as a dict."""
     dispatch = _library.Dispatch()
     if arch is None:
-        if not query.is_cuda:
-            raise ValueError(f"query is on {query.device}: explain without arch explains the "
+        if not tensor.is_cuda:
+            raise ValueError(f"{name} is on {tensor.device}: explain without arch explains the "
                              f"GPU of CUDA tensors; pass arch (e.g. arch=\"sm_90a\") to explain "
                              f"a call on a described device")
-        with torch.cuda.device(query.device):
-            status = lib.sigattn_explain_forward(ctypes.byref(args), ctypes.byref(dispatch))
-        _library.check(status, "sigattn_explain_forward")
+        with torch.cuda.device(tensor.device):
+            status = getattr(lib, function)(ctypes.byref(args), ctypes.byref(dispatch))
+        _library.check(status, function)
     else:
+        function += "_on"
         device = _library.Device(str(arch).encode(), (device_name or "").encode(), int(sm_count))
-        status = lib.sigattn_explain_forward_on(ctypes.byref(args), ctypes.byref(device),
-                                                ctypes.byref(dispatch))
-        _library.check(status, "sigattn_explain_forward_on")
+        status = getattr(lib, function)(ctypes.byref(args), ctypes.byref(device),
+                                        ctypes.byref(dispatch))
+        _library.check(status, function)
     return {field: getattr(dispatch, field).decode() for field, _ in _library.Dispatch._fields_}

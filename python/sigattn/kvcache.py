@@ -58,6 +58,15 @@ def sigmoid_attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=
     Returns:
         [B, seqlen_q, Hq, D] contiguous tensor of q's dtype.
     """
+    arguments = _checked(q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table, is_causal,
+                         window, scale, sigmoid_bias, score_mod, sigmoid, trust_lengths)
+    _check_devices(_NAMES, arguments[:8])
+    return _attention_with_kvcache(*arguments)
+
+
+def _checked(q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table, is_causal, window,
+             scale, sigmoid_bias, score_mod, sigmoid, trust_lengths):
+    """The arguments of _forward_impl, every one checked but the tensors' devices."""
     batch, seqlen_q, heads_q, head_dim = _check_attention_tensor("q", q, None)
     _check_attention_tensor("k_cache", k_cache, q.dtype)
     _check_attention_tensor("v_cache", v_cache, q.dtype)
@@ -114,10 +123,9 @@ def sigmoid_attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=
     window_left, window_right = _window(window)
     scale, sigmoid_bias = _scale_and_bias(scale, sigmoid_bias)
     accurate = _accurate_sigmoid(sigmoid)
-    tensors = (q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new, score_mod)
-    _check_devices(_NAMES, tensors)
-    return _attention_with_kvcache(*tensors, capacity, bool(is_causal), window_left, window_right,
-                                   scale, sigmoid_bias, accurate, bool(trust_lengths))
+    return (q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new, score_mod, capacity,
+            bool(is_causal), window_left, window_right, scale, sigmoid_bias, accurate,
+            bool(trust_lengths))
 
 
 def _check_attention_tensor(name, tensor, dtype):
@@ -146,12 +154,34 @@ def _forward_impl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   k_new: Optional[torch.Tensor], v_new: Optional[torch.Tensor],
                   score_mod: Optional[torch.Tensor], capacity: int, causal: bool,
                   window_left: int, window_right: int, scale: Optional[float],
-                  bias: Optional[float],
-                  accurate: bool, trust_lengths: bool) -> torch.Tensor:
-    """The C call; arguments as sigmoid_attention_with_kvcache checked and converted them."""
+                  bias: Optional[float], accurate: bool, trust_lengths: bool) -> torch.Tensor:
+    """The C call; arguments as _checked returns them."""
     abi = _ops._abi()
     out = q.new_empty(q.shape)
-    args = _library.KvCacheArgs.from_buffer_copy(abi.kvcache_defaults)
+    args = kvcache_args(abi.kvcache_defaults, out, q, k_cache, v_cache, cache_seqlens, block_table,
+                        k_new, v_new, score_mod, capacity, causal, window_left, window_right,
+                        scale, bias, accurate, trust_lengths)
+    device = q.get_device()
+    key = (device, args.dtype, tuple(q.shape), args.heads_kv, capacity, block_table is not None,
+           causal, window_left >= 0 or window_right >= 0, score_mod is not None, accurate)
+    if key not in _workspace_bytes:
+        _workspace_bytes[key] = _query_workspace_bytes(abi, device, args)
+    workspace = None
+    if _workspace_bytes[key] > 0:
+        workspace = torch.empty(_workspace_bytes[key], dtype=torch.uint8, device=q.device)
+        args.workspace, args.workspace_bytes = workspace.data_ptr(), _workspace_bytes[key]
+    status = _ops._run_on_device(device, abi.forward_with_kvcache, args)
+    if status != 0:
+        _library.check(status, "sigattn_forward_with_kvcache")
+    return out
+
+
+def kvcache_args(defaults, out, q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new,
+                 score_mod, capacity, causal, window_left, window_right, scale, bias, accurate,
+                 trust_lengths):
+    """The sigattn_kvcache_args of a checked call writing `out`, from the bytes that
+    sigattn_kvcache_args_init wrote (no workspace)."""
+    args = _library.KvCacheArgs.from_buffer_copy(defaults)
     args.dtype = _ops._DTYPES[q.dtype]
     args.batch, args.seqlen_q, args.heads_q, args.head_dim = q.shape
     args.heads_kv = k_cache.shape[2]
@@ -173,20 +203,7 @@ def _forward_impl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         args.seqlen_new = k_new.shape[1]
     _ops._fill_options(args, score_mod, capacity, causal, window_left, window_right, scale, bias,
                        accurate, trust_lengths)
-
-    device = q.get_device()
-    key = (device, args.dtype, tuple(q.shape), args.heads_kv, capacity, block_table is not None,
-           causal, window_left >= 0 or window_right >= 0, score_mod is not None, accurate)
-    if key not in _workspace_bytes:
-        _workspace_bytes[key] = _query_workspace_bytes(abi, device, args)
-    workspace = None
-    if _workspace_bytes[key] > 0:
-        workspace = torch.empty(_workspace_bytes[key], dtype=torch.uint8, device=q.device)
-        args.workspace, args.workspace_bytes = workspace.data_ptr(), _workspace_bytes[key]
-    status = _ops._run_on_device(device, abi.forward_with_kvcache, args)
-    if status != 0:
-        _library.check(status, "sigattn_forward_with_kvcache")
-    return out
+    return args
 
 
 def _query_workspace_bytes(abi, device, args):

@@ -632,6 +632,30 @@ class DiagnosticsTest(unittest.TestCase):
         self.assertEqual(dispatch["served_by"], "heuristic")
         self.assertNotEqual(dispatch["reason"], "")
 
+    def test_explain_with_kvcache_on_a_described_device(self):
+        q = bthd(batch=1, seq=1, heads=8, dim=128)
+        k, v = cache(batch=1, length=4096, heads=2, dim=128), cache(batch=1, length=4096, heads=2,
+                                                                      dim=128)
+        new = cache(batch=1, length=1, heads=2, dim=128)
+        with tempfile.TemporaryDirectory() as directory:
+            sigattn.set_database_path(os.path.join(directory, "sigattn.db"))
+            self.addCleanup(sigattn.set_database_path, None)
+            dispatch = sigattn.explain_with_kvcache(q, k, v, torch.tensor([100]), k_new=new,
+                                                    v_new=new, arch="sm_90a", sm_count=132)
+        self.assertTrue(dispatch["variant"].startswith("decode.bf16.d128.padded.causal."),
+                        dispatch["variant"])
+        # One sequence of two kv heads on 132 SMs: the cache is split.
+        self.assertRegex(dispatch["tile"], r"\.splits([2-9]|\d\d+)$")
+        self.assertIn("splits on 132 SMs", dispatch["reason"])
+        with self.assertRaises(sigattn.SigattnError) as caught:
+            sigattn.explain_with_kvcache(q, k, v, torch.tensor([100]), arch="sm_90a")
+        self.assertIn("device.sm_count = 0", str(caught.exception))
+        with self.assertRaisesRegex(ValueError, "k_new and v_new must be given together"):
+            sigattn.explain_with_kvcache(q, k, v, torch.tensor([100]), k_new=new, arch="sm_90a",
+                                         sm_count=132)
+        with self.assertRaisesRegex(ValueError, "q is on cpu: explain without arch"):
+            sigattn.explain_with_kvcache(q, k, v, torch.tensor([100]))
+
     def test_explain_checks_its_arguments_like_sigmoid_attention(self):
         q = bthd()
         with self.assertRaisesRegex(TypeError, "query has dtype torch.float32"):

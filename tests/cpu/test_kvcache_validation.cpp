@@ -1,8 +1,8 @@
 // Validation of KV-cache calls (forward_with_kvcache, the C ABI's sigattn_forward_with_kvcache):
 // every rule rejects its bad value with the right status and a message naming the argument, valid
 // calls map to the decode spec of their cache layout and masks, and the cache lengths and block
-// table read from the device are checked against the capacity and the blocks. Pointers are fake
-// but aligned: validation never dereferences them.
+// table read from the device are checked against the capacity and the blocks; explain answers
+// the decode tile a call would run. Pointers are fake but aligned: nothing dereferences them.
 #include <gtest/gtest.h>
 #include <sigattn/sigattn.h>
 
@@ -12,8 +12,11 @@
 #include <string>
 #include <vector>
 
+#include "generator/kernel_spec.hpp"
 #include "runtime/cuda_driver.hpp"
+#include "runtime/tile_choice.hpp"
 #include "runtime/validation.hpp"
+#include "temp_dir.hpp"
 
 namespace sigattn {
 namespace {
@@ -57,6 +60,33 @@ KvCacheArgs paged_args() {
   args.max_blocks = kMaxBlocks;
   args.num_blocks = kBlocks;
   args.block_size = kBlockSize;
+  return args;
+}
+
+sigattn_tensor c_tensor(const TensorRef& t) {
+  return sigattn_tensor{t.data, t.batch_stride, t.seq_stride, t.head_stride};
+}
+
+// paged_args() without new tokens, as the C ABI takes it.
+sigattn_kvcache_args paged_c_args() {
+  sigattn_kvcache_args args;
+  sigattn_kvcache_args_init(&args);
+  const KvCacheArgs valid = paged_args();
+  args.batch = valid.batch;
+  args.heads_q = valid.heads_q;
+  args.heads_kv = valid.heads_kv;
+  args.head_dim = valid.head_dim;
+  args.seqlen_q = 1;
+  args.q = c_tensor(valid.q);
+  args.out = c_tensor(valid.out);
+  args.k_cache = c_tensor(valid.k_cache);
+  args.v_cache = c_tensor(valid.v_cache);
+  args.block_table = valid.block_table;
+  args.block_table_batch_stride = valid.block_table_batch_stride;
+  args.max_blocks = valid.max_blocks;
+  args.num_blocks = valid.num_blocks;
+  args.block_size = valid.block_size;
+  args.cache_seqlens = valid.cache_seqlens;
   return args;
 }
 
@@ -190,16 +220,22 @@ const std::vector<RejectCase>& reject_cases() {
   return cases;
 }
 
+// `call` throws an Error of `status` whose message contains `message`.
+void expect_error(const std::function<void()>& call, Status status, const std::string& message,
+                  const std::string& what = "") {
+  try {
+    call();
+    ADD_FAILURE() << what << ": accepted";
+  } catch (const Error& error) {
+    EXPECT_EQ(error.status(), status) << what << ": " << error.what();
+    EXPECT_NE(std::string(error.what()).find(message), std::string::npos)
+        << what << ": got \"" << error.what() << "\", expected \"" << message << "\"";
+  }
+}
+
 TEST(KvCacheValidation, RejectsEachInvalidArgumentWithItsName) {
   for (const RejectCase& c : reject_cases()) {
-    try {
-      check_kvcache(c.make());
-      ADD_FAILURE() << c.rule << ": accepted";
-    } catch (const Error& error) {
-      EXPECT_EQ(error.status(), c.status) << c.rule << ": " << error.what();
-      EXPECT_NE(std::string(error.what()).find(c.message), std::string::npos)
-          << c.rule << ": got \"" << error.what() << "\", expected \"" << c.message << "\"";
-    }
+    expect_error([&] { check_kvcache(c.make()); }, c.status, c.message, c.rule);
   }
 }
 
@@ -324,30 +360,75 @@ TEST(KvCacheCApi, ValidCallWithoutDriverIsNotAvailable) {
   if (cuda::try_driver(nullptr) != nullptr) {
     GTEST_SKIP() << "a CUDA driver is present; this checks the behaviour without one";
   }
-  sigattn_kvcache_args args;
-  sigattn_kvcache_args_init(&args);
-  const KvCacheArgs valid = paged_args();
-  args.batch = valid.batch;
-  args.heads_q = valid.heads_q;
-  args.heads_kv = valid.heads_kv;
-  args.head_dim = valid.head_dim;
-  args.seqlen_q = 1;
-  const auto c_tensor = [](const TensorRef& t) {
-    return sigattn_tensor{t.data, t.batch_stride, t.seq_stride, t.head_stride};
-  };
-  args.q = c_tensor(valid.q);
-  args.out = c_tensor(valid.out);
-  args.k_cache = c_tensor(valid.k_cache);
-  args.v_cache = c_tensor(valid.v_cache);
-  args.block_table = valid.block_table;
-  args.block_table_batch_stride = valid.block_table_batch_stride;
-  args.max_blocks = valid.max_blocks;
-  args.num_blocks = valid.num_blocks;
-  args.block_size = valid.block_size;
-  args.cache_seqlens = valid.cache_seqlens;
+  sigattn_kvcache_args args = paged_c_args();
   EXPECT_EQ(sigattn_forward_with_kvcache(&args, nullptr), SIGATTN_NOT_AVAILABLE);
   std::size_t bytes = 1;
   EXPECT_EQ(sigattn_kvcache_workspace_bytes(&args, &bytes), SIGATTN_NOT_AVAILABLE);
+  sigattn_dispatch out{};
+  EXPECT_EQ(sigattn_explain_forward_with_kvcache(&args, &out), SIGATTN_NOT_AVAILABLE);
+}
+
+// A decode call on a described Hopper: the decode kernel of its spec with the default tile and
+// the split count of the policy for the described SMs; the C ABI answers the same.
+TEST(KvCacheExplain, DescribedDeviceChoosesTheDecodeTileAndItsSplits) {
+  testing::TempDir dir;
+  set_database_path((dir / "sigattn.db").string());
+  KvCacheArgs args = contiguous_args();
+  args.batch = 1;
+  const Dispatch dispatch = explain_forward_with_kvcache(args, {"sm_90a", "Test GPU", 132});
+  EXPECT_EQ(dispatch.served_by, "heuristic");
+  const gen::ParsedVariant parsed = gen::parse_variant(dispatch.variant);
+  ASSERT_TRUE(parsed.tile.has_value()) << dispatch.variant;
+  EXPECT_EQ(parsed.spec.direction, gen::Direction::decode) << dispatch.variant;
+  EXPECT_EQ(gen::to_string(*parsed.tile), dispatch.tile);
+  EXPECT_EQ(parsed.tile->splits, decode_split_count(args, *parsed.tile, 132)) << dispatch.variant;
+  EXPECT_GT(parsed.tile->splits, 1) << "one sequence of 2 kv heads leaves most of 132 SMs idle";
+  EXPECT_NE(dispatch.reason.find("splits on 132 SMs"), std::string::npos) << dispatch.reason;
+
+  sigattn_kvcache_args c_args = paged_c_args();
+  c_args.batch = 1;
+  c_args.k_cache = c_tensor(args.k_cache);
+  c_args.v_cache = c_tensor(args.v_cache);
+  c_args.block_table = nullptr;
+  c_args.block_table_batch_stride = c_args.max_blocks = c_args.num_blocks = c_args.block_size = 0;
+  c_args.max_cache_len = args.max_cache_len;
+  c_args.k_new = c_tensor(args.k_new);
+  c_args.v_new = c_tensor(args.v_new);
+  c_args.seqlen_new = args.seqlen_new;
+  const sigattn_device device{"sm_90a", "Test GPU", 132};
+  sigattn_dispatch out{};
+  ASSERT_EQ(sigattn_explain_forward_with_kvcache_on(&c_args, &device, &out), SIGATTN_OK)
+      << sigattn_last_error();
+  EXPECT_EQ(out.variant, dispatch.variant);
+  EXPECT_EQ(out.reason, dispatch.reason);
+  set_database_path("");
+}
+
+TEST(KvCacheExplain, DescribedDeviceNeedsItsSmCountAndAKnownArch) {
+  const KvCacheArgs args = paged_args();
+  expect_error(
+      [&] {
+        explain_forward_with_kvcache(args, {"sm_90a", "Test GPU", 0});
+      },
+      Status::invalid_argument, "device.sm_count = 0: the split count of a KV-cache call");
+  expect_error(
+      [&] {
+        explain_forward_with_kvcache(args, {"sm_70", "", 80});
+      },
+      Status::invalid_argument, "device.arch: unknown architecture 'sm_70'");
+  const sigattn_kvcache_args c_args = paged_c_args();
+  const sigattn_device device{"sm_90a", "", 132};
+  sigattn_dispatch out{};
+  EXPECT_EQ(sigattn_explain_forward_with_kvcache_on(nullptr, &device, &out),
+            SIGATTN_INVALID_ARGUMENT);
+  EXPECT_STREQ(sigattn_last_error(), "args is null");
+  EXPECT_EQ(sigattn_explain_forward_with_kvcache_on(&c_args, nullptr, &out),
+            SIGATTN_INVALID_ARGUMENT);
+  EXPECT_STREQ(sigattn_last_error(), "device is null");
+  EXPECT_EQ(sigattn_explain_forward_with_kvcache_on(&c_args, &device, nullptr),
+            SIGATTN_INVALID_ARGUMENT);
+  EXPECT_STREQ(sigattn_last_error(), "out is null");
+  EXPECT_EQ(sigattn_explain_forward_with_kvcache(nullptr, &out), SIGATTN_INVALID_ARGUMENT);
 }
 
 }  // namespace
