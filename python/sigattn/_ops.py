@@ -282,6 +282,10 @@ if REGISTERED_AS_TORCH_OP:
 
 else:
 
+    def traced(tensor):
+        """Without torch.library custom ops no call is taken through one."""
+        return False
+
     def attention(*inputs):
         """sigmoid attention; inputs as _forward_impl takes them."""
         return _eager(inputs)

@@ -58,10 +58,86 @@ def sigmoid_attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=
     Returns:
         [B, seqlen_q, Hq, D] contiguous tensor of q's dtype.
     """
+    tensors = (q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new, score_mod)
+    signature = _signature(tensors, (is_causal, window, scale, sigmoid_bias, sigmoid,
+                                     trust_lengths))
+    prepared = _prepared.get(signature) if signature is not None else None
+    if prepared is not None and not _ops.traced(q):
+        return prepared.run(tensors)
     arguments = _checked(q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table, is_causal,
                          window, scale, sigmoid_bias, score_mod, sigmoid, trust_lengths)
     _check_devices(_NAMES, arguments[:8])
-    return _attention_with_kvcache(*arguments)
+    out = _attention_with_kvcache(*arguments)
+    # Calls whose tensors needed no conversion repeat without the checks.
+    if signature is not None and all(a is t for a, t in zip(arguments, tensors)):
+        if len(_prepared) >= _MAX_PREPARED:
+            _prepared.clear()
+        _prepared[signature] = _PreparedCall(arguments)
+    return out
+
+
+# Checked calls by signature (_signature): the tensors' shapes, strides, dtypes and devices and the
+# options, everything the checks read. A call of a known signature skips them and fills only the
+# pointers of an argument structure built once (a decode loop is bound by host time).
+_prepared = {}
+_MAX_PREPARED = 256
+
+
+def _signature(tensors, options):
+    """A hashable key of everything _checked and _check_devices read, or None (a non-tensor
+    argument, or an option that is not hashable: such calls always take the checks)."""
+    parts = []
+    for tensor in tensors:
+        if tensor is None:
+            parts.append(None)
+        elif type(tensor) is torch.Tensor:
+            parts.append((tensor.shape, tensor.stride(), tensor.dtype, tensor.device))
+        else:
+            return None
+    key = (tuple(parts), options)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+class _PreparedCall:
+    """The argument structure of a checked call with its pointers left to fill, its workspace
+    size and device."""
+
+    def __init__(self, arguments):
+        q = arguments[0]
+        abi = _ops._abi()
+        out = q.new_empty(q.shape)
+        args = kvcache_args(abi.kvcache_defaults, out, *arguments)
+        self.template = bytes(args)
+        self.device = q.get_device()
+        self.workspace_bytes = _workspace_size(abi, self.device, args, arguments)
+        self.call = abi.forward_with_kvcache
+
+    def run(self, tensors):
+        q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new, score_mod = tensors
+        out = q.new_empty(q.shape)
+        args = _library.KvCacheArgs.from_buffer_copy(self.template)
+        args.q.data = q.data_ptr()
+        args.out.data = out.data_ptr()
+        args.k_cache.data = k_cache.data_ptr()
+        args.v_cache.data = v_cache.data_ptr()
+        args.cache_seqlens = cache_seqlens.data_ptr()
+        if block_table is not None:
+            args.block_table = block_table.data_ptr()
+        if args.seqlen_new > 0:
+            args.k_new.data = k_new.data_ptr()
+            args.v_new.data = v_new.data_ptr()
+        if score_mod is not None:
+            args.score_mod = score_mod.data_ptr()
+        workspace = _workspace(args, self.workspace_bytes, q.device)
+        status = _ops._run_on_device(self.device, self.call, args)
+        if status != 0:
+            _library.check(status, "sigattn_forward_with_kvcache")
+        del workspace
+        return out
 
 
 def _checked(q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table, is_causal, window,
@@ -162,18 +238,37 @@ def _forward_impl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                         k_new, v_new, score_mod, capacity, causal, window_left, window_right,
                         scale, bias, accurate, trust_lengths)
     device = q.get_device()
+    workspace = _workspace(args, _workspace_size(abi, device, args, (
+        q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new, score_mod, capacity, causal,
+        window_left, window_right, scale, bias, accurate)), q.device)
+    status = _ops._run_on_device(device, abi.forward_with_kvcache, args)
+    if status != 0:
+        _library.check(status, "sigattn_forward_with_kvcache")
+    del workspace
+    return out
+
+
+def _workspace_size(abi, device, args, arguments):
+    """The workspace bytes of a call, asked once per sizes and options (see _workspace_bytes)."""
+    q, block_table, score_mod = arguments[0], arguments[4], arguments[7]
+    capacity, causal, window_left, window_right, accurate = (arguments[8], arguments[9],
+                                                             arguments[10], arguments[11],
+                                                             arguments[14])
     key = (device, args.dtype, tuple(q.shape), args.heads_kv, capacity, block_table is not None,
            causal, window_left >= 0 or window_right >= 0, score_mod is not None, accurate)
     if key not in _workspace_bytes:
         _workspace_bytes[key] = _query_workspace_bytes(abi, device, args)
-    workspace = None
-    if _workspace_bytes[key] > 0:
-        workspace = torch.empty(_workspace_bytes[key], dtype=torch.uint8, device=q.device)
-        args.workspace, args.workspace_bytes = workspace.data_ptr(), _workspace_bytes[key]
-    status = _ops._run_on_device(device, abi.forward_with_kvcache, args)
-    if status != 0:
-        _library.check(status, "sigattn_forward_with_kvcache")
-    return out
+    return _workspace_bytes[key]
+
+
+def _workspace(args, size, device):
+    """A workspace of `size` bytes for the call's split partial outputs, set in args; torch's
+    allocator serves it, so CUDA graphs capture it. None when the call runs unsplit."""
+    if size == 0:
+        return None
+    workspace = torch.empty(size, dtype=torch.uint8, device=device)
+    args.workspace, args.workspace_bytes = workspace.data_ptr(), size
+    return workspace
 
 
 def kvcache_args(defaults, out, q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new,

@@ -438,6 +438,34 @@ class KvCacheCallTest(unittest.TestCase):
         self.assertEqual(args.workspace_bytes, 4096)
         self.assertNotEqual(args.workspace, None)
 
+    def test_repeated_signature_skips_the_checks_but_passes_the_new_tensors(self):
+        q = bthd(batch=2, seq=1, heads=4)
+        k, v = cache(), cache()
+        new = cache(batch=2, length=1)
+        with StubbedLibrary() as library, \
+                mock.patch.object(kvcache, "_prepared", {}), \
+                mock.patch.object(kvcache, "_checked", wraps=kvcache._checked) as checked:
+            for _ in range(3):
+                q, new = bthd(batch=2, seq=1, heads=4), cache(batch=2, length=1)
+                lens = torch.tensor([3, 7], dtype=torch.int32)
+                sigattn.sigmoid_attention_with_kvcache(q, k, v, lens, k_new=new, v_new=new)
+            self.assertEqual(checked.call_count, 1)
+            args = library.calls[-1][1]
+            self.assertEqual((args.q.data, args.k_new.data, args.cache_seqlens),
+                             (q.data_ptr(), new.data_ptr(), lens.data_ptr()))
+            self.assertEqual(args.k_cache.data, k.data_ptr())
+            # int64 lengths are converted on every call, so those calls are always checked.
+            for _ in range(2):
+                lens = torch.tensor([3, 7])
+                sigattn.sigmoid_attention_with_kvcache(q, k, v, lens, k_new=new, v_new=new)
+                self.assertNotEqual(library.calls[-1][1].cache_seqlens, lens.data_ptr())
+            self.assertEqual(checked.call_count, 3)
+            # Another option is another signature: checked, and its errors still raised.
+            with self.assertRaisesRegex(ValueError, "window must be None or a"):
+                sigattn.sigmoid_attention_with_kvcache(q, k, v, lens, window=(1, 2, 3))
+            with self.assertRaisesRegex(ValueError, "k_new and v_new must be given together"):
+                sigattn.sigmoid_attention_with_kvcache(q, k, v, lens.int(), k_new=new)
+
     def test_paged_cache_without_new_tokens_needs_no_workspace_when_unsplit(self):
         q = bthd(batch=3, seq=2, heads=4)
         k, v = cache(batch=10, length=16), cache(batch=10, length=16)
