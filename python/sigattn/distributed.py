@@ -295,17 +295,21 @@ class _DistributedRing:
         operations = [dist.P2POp(dist.isend, x.contiguous(), self.next, self.group)
                       for x in tensors]
         operations += [dist.P2POp(dist.irecv, x, self.previous, self.group) for x in received]
-        return _Pending(dist.batch_isend_irecv(operations), received)
+        return _Pending(dist.batch_isend_irecv(operations), operations, received)
 
 
 class _Pending:
-    def __init__(self, requests, received):
+    """An exchange in flight; holds the sent tensors until it completes."""
+
+    def __init__(self, requests, operations, received):
         self.requests = requests
+        self.operations = operations
         self.received = received
 
     def wait(self):
         for request in self.requests:
             request.wait()
+        self.operations = None
         return self.received
 
 

@@ -2,11 +2,13 @@
 (zigzag causal blocks, the travelling dK/dV sums) and Ulysses' exchanges, checked with a float64
 reference standing in for the kernel; in one process with every rank simulated, and on two
 processes over torch.distributed's gloo backend. The same algorithms with the kernels on a GPU:
-test_gpu.py.
+test_gpu.py; and on several GPUs over NCCL with the kernels:
+`torchrun --nproc-per-node 2 python/tests/test_distributed.py --nccl`.
 """
 
 import math
 import os
+import sys
 import tempfile
 import unittest
 from unittest import mock
@@ -26,9 +28,9 @@ def reference_attention(q, k, v, is_causal=False, scale=None, bias=None, window=
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
     bias = -math.log(length_k) if bias is None else bias
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale + bias
-    offset = (torch.arange(length_k).view(1, -1) -
-              torch.arange(length_q).view(-1, 1) - (length_k - length_q))
-    visible = torch.ones(length_q, length_k, dtype=torch.bool)
+    offset = (torch.arange(length_k, device=q.device).view(1, -1) -
+              torch.arange(length_q, device=q.device).view(-1, 1) - (length_k - length_q))
+    visible = torch.ones(length_q, length_k, dtype=torch.bool, device=q.device)
     if is_causal:
         visible &= offset <= 0
     if window is not None:
@@ -167,32 +169,74 @@ class SimulatedUlyssesTest(unittest.TestCase):
                 assert_close(self, actual, full, f"d{name}, {what}")
 
 
+def check_on_this_rank(make, bounds, whole_sequence_attention=None):
+    """Ring attention (causal, zigzag) and Ulysses (causal, contiguous shards) on this rank of the
+    default group, forward and backward, against the reference of the whole sequence, which every
+    rank computes itself from the same inputs (make(): q, k, v and the output gradient).
+    bounds: the relative L2 errors allowed for the output and for the gradients. With
+    whole_sequence_attention (the kernel on one GPU), the results are also held to it, at twice
+    the bounds."""
+    rank = dist.get_rank()
+    for method in ("ring", "ulysses"):
+        q, k, v, grad = make()
+        full = [x.detach().double().requires_grad_() for x in (q, k, v)]
+        expected = reference_attention(*full, True)
+        expected_grads = torch.autograd.grad(expected, full, grad.double())
+        references = [(expected, list(expected_grads), 1)]
+        if whole_sequence_attention is not None:
+            leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+            single = whole_sequence_attention(*leaves)
+            single.backward(grad)
+            references.append((single, [x.grad for x in leaves], 2))
+        zigzag = method == "ring"
+        local = [distributed.shard(x.detach(), zigzag=zigzag).clone().requires_grad_()
+                 for x in (q, k, v)]
+        call = distributed.ring_attention if zigzag else distributed.ulysses_attention
+        out = call(*local, is_causal=True)
+        out.backward(distributed.shard(grad, zigzag=zigzag))
+        results = [distributed.unshard(x.detach(), zigzag=zigzag)
+                   for x in [out] + [x.grad for x in local]]
+        for whole_out, whole_grads, factor in references:
+            for what, actual, whole, bound in zip(
+                    ("output", "dq", "dk", "dv"), results, [whole_out] + whole_grads,
+                    (bounds[0],) + (bounds[1],) * 3):
+                error = ((actual.double() - whole.double()).norm() / whole.double().norm()).item()
+                if not error <= factor * bound:
+                    raise AssertionError(f"{method}, rank {rank}: {what} differs from the "
+                                         f"{'kernel on one GPU' if factor > 1 else 'reference'} "
+                                         f"by {error:.2e} (relative L2; bound "
+                                         f"{factor * bound:.1e})")
+
+
 def two_process_run(rank, world_size, init_file, seed):
-    """One rank of the gloo test: ring (causal zigzag) and Ulysses, forward and backward, against
-    the reference on the whole sequence, which every rank computes itself."""
+    """One rank of the gloo test, with the reference standing in for the kernel."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world_size)
     try:
         with with_reference_kernels():
-            for method in ("ring", "ulysses"):
-                q, k, v, grad = sequences(seed, length=8 * world_size)
-                full = [x.clone().requires_grad_() for x in (q, k, v)]
-                expected = reference_attention(*full, True)
-                expected_grads = torch.autograd.grad(expected, full, grad)
-                zigzag = method == "ring"
-                local = [distributed.shard(x, zigzag=zigzag).requires_grad_() for x in (q, k, v)]
-                call = distributed.ring_attention if zigzag else distributed.ulysses_attention
-                out = call(*local, is_causal=True)
-                out.backward(distributed.shard(grad, zigzag=zigzag))
-                checks = [("output", out, expected)]
-                checks += [(f"d{name}", x.grad, g)
-                           for name, x, g in zip("qkv", local, expected_grads)]
-                for what, actual, whole in checks:
-                    gathered = distributed.unshard(actual.detach(), zigzag=zigzag)
-                    error = ((gathered - whole).norm() / whole.norm()).item()
-                    if not error < 1e-6:
-                        raise AssertionError(f"{method}, rank {rank}: {what} differs from the "
-                                             f"reference by {error:.2e} (relative L2)")
+            check_on_this_rank(lambda: sequences(seed, length=8 * world_size), (1e-6, 1e-6))
+    finally:
+        dist.destroy_process_group()
+
+
+def nccl_main():
+    """Under torchrun on N GPUs: the kernels over NCCL, bf16, L = 1024 per GPU, d = 128, GQA 2:1,
+    against fp64 and against sigmoid_attention on one GPU (bounds as in test_gpu.py)."""
+    import sigattn
+
+    dist.init_process_group("nccl")
+    try:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        generator = torch.Generator(device="cuda").manual_seed(1234)
+        length = 1024 * dist.get_world_size()
+
+        def make():
+            return [torch.randn(2, length, heads, 128, device="cuda", dtype=torch.bfloat16,
+                                generator=generator) for heads in (8, 4, 4, 8)]
+
+        check_on_this_rank(make, (1e-2, 2e-2),
+                           lambda q, k, v: sigattn.sigmoid_attention(q, k, v, is_causal=True))
+        print(f"rank {dist.get_rank()} of {dist.get_world_size()}: ring and Ulysses match")
     finally:
         dist.destroy_process_group()
 
@@ -209,4 +253,7 @@ class GlooTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main()
+    if sys.argv[1:] == ["--nccl"]:
+        nccl_main()
+    else:
+        unittest.main()
