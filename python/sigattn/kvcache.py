@@ -59,10 +59,11 @@ def sigmoid_attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, *, k_new=
         [B, seqlen_q, Hq, D] contiguous tensor of q's dtype.
     """
     tensors = (q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new, score_mod)
-    signature = _signature(tensors, (is_causal, window, scale, sigmoid_bias, sigmoid,
-                                     trust_lengths))
+    # Traced calls (torch.compile, fake tensors) always take the checks and the custom op.
+    signature = None if _ops.traced(q) else _signature(
+        tensors, (is_causal, window, scale, sigmoid_bias, sigmoid, trust_lengths))
     prepared = _prepared.get(signature) if signature is not None else None
-    if prepared is not None and not _ops.traced(q):
+    if prepared is not None:
         return prepared.run(tensors)
     arguments = _checked(q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table, is_causal,
                          window, scale, sigmoid_bias, score_mod, sigmoid, trust_lengths)
