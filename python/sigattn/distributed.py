@@ -126,11 +126,11 @@ def simulated_ulysses_attention(qs, ks, vs, *, is_causal=False, window=None, sca
         return [from_parts([parts[source][r] for source in range(world_size)])
                 for r in range(world_size)]
 
-    heads = [all_to_all(x, sequence_to_heads_parts, heads_from_sequence_parts)
+    heads = [all_to_all(x, _sequence_to_heads_parts, _heads_from_sequence_parts)
              for x in (qs, ks, vs)]
     outs = [_local_attention(q, k, v, is_causal, window, scale, sigmoid_bias, sigmoid)
             for q, k, v in zip(*heads)]
-    return all_to_all(outs, heads_to_sequence_parts, sequence_from_heads_parts)
+    return all_to_all(outs, _heads_to_sequence_parts, _sequence_from_heads_parts)
 
 
 # Ulysses' local call: the whole sequence for this rank's heads (swapped for a reference in the
@@ -140,7 +140,7 @@ def _local_attention(q, k, v, is_causal, window, scale, sigmoid_bias, sigmoid):
                                         sigmoid=sigmoid)
 
 
-class RingOptions:
+class _RingOptions:
     """What every step of one ring attention call needs besides the tensors."""
 
     def __init__(self, rank, world_size, causal, scale, bias, sigmoid):
@@ -166,7 +166,7 @@ def _ring_options(q, k, v, world_size, is_causal, scale, sigmoid_bias, sigmoid, 
                              f"and {k.shape[1]} key rows per rank")
     if sigmoid_bias is None:
         sigmoid_bias = -math.log(k.shape[1] * world_size)
-    return RingOptions(rank, world_size, bool(is_causal), scale, float(sigmoid_bias), sigmoid)
+    return _RingOptions(rank, world_size, bool(is_causal), scale, float(sigmoid_bias), sigmoid)
 
 
 def _check_heads(q, k, world_size):
@@ -321,7 +321,7 @@ class _Ready:
         return self.value
 
 
-def run_simulated_ring(rank_steps):
+def _run_simulated_ring(rank_steps):
     """Runs every rank's step generator in one process, in lockstep: at each exchange rank r
     receives what rank r - 1 yielded. Returns the ranks' results in rank order."""
     states = [_advance(steps, None) for steps in rank_steps]
@@ -351,11 +351,11 @@ def simulated_ring_attention(qs, ks, vs, *, is_causal=False, scale=None, sigmoid
     world_size = len(qs)
     options = [_ring_options(qs[r], ks[r], vs[r], world_size, is_causal, scale, sigmoid_bias,
                              sigmoid, r) for r in range(world_size)]
-    outs = run_simulated_ring([_forward_steps(qs[r], ks[r], vs[r], options[r])
+    outs = _run_simulated_ring([_forward_steps(qs[r], ks[r], vs[r], options[r])
                                for r in range(world_size)])
     if grad_outs is None:
         return outs
-    grads = run_simulated_ring([_backward_steps(grad_outs[r], qs[r], ks[r], vs[r], options[r])
+    grads = _run_simulated_ring([_backward_steps(grad_outs[r], qs[r], ks[r], vs[r], options[r])
                                 for r in range(world_size)])
     return outs, tuple(list(column) for column in zip(*grads))
 
@@ -374,25 +374,25 @@ class _RingAttention(torch.autograd.Function):
         return (*grads, None, None)
 
 
-def sequence_to_heads_parts(x, world_size):
+def _sequence_to_heads_parts(x, world_size):
     """[B, L / N, H, D] -> the N parts [B, L / N, H / N, D] that go to each rank (rank i gets
     heads i * H / N ..)."""
     return [part.contiguous() for part in x.chunk(world_size, dim=2)]
 
 
-def heads_from_sequence_parts(parts):
+def _heads_from_sequence_parts(parts):
     """The parts that arrived from each rank (rank order, each [B, L / N, H / N, D]) -> this
     rank's heads over the whole sequence, [B, L, H / N, D]."""
     return torch.cat(parts, dim=1)
 
 
-def heads_to_sequence_parts(x, world_size):
+def _heads_to_sequence_parts(x, world_size):
     """[B, L, H / N, D] -> the N parts [B, L / N, H / N, D] that go back to each rank (rank i gets
     sequence chunk i)."""
     return [part.contiguous() for part in x.chunk(world_size, dim=1)]
 
 
-def sequence_from_heads_parts(parts):
+def _sequence_from_heads_parts(parts):
     """The parts that arrived from each rank (each [B, L / N, H / N, D], rank i holding heads
     i * H / N ..) -> this rank's sequence chunk with every head, [B, L / N, H, D]."""
     return torch.cat(parts, dim=2)
@@ -415,9 +415,9 @@ class _DistributedAllToAll:
 def _reshard(x, exchange, to_heads):
     """Sequence shards to head shards (to_heads) or back, through one all-to-all."""
     if to_heads:
-        parts = exchange(sequence_to_heads_parts(x, exchange.world_size))
-        return heads_from_sequence_parts(parts)
-    return sequence_from_heads_parts(exchange(heads_to_sequence_parts(x, exchange.world_size)))
+        parts = exchange(_sequence_to_heads_parts(x, exchange.world_size))
+        return _heads_from_sequence_parts(parts)
+    return _sequence_from_heads_parts(exchange(_heads_to_sequence_parts(x, exchange.world_size)))
 
 
 class _Reshard(torch.autograd.Function):
