@@ -164,9 +164,12 @@ def _ring_options(q, k, v, world_size, is_causal, scale, sigmoid_bias, sigmoid, 
             raise ValueError(f"causal ring attention takes zigzag shards (two equal chunks each) "
                              f"of query and key sequences of one length; got {q.shape[1]} query "
                              f"and {k.shape[1]} key rows per rank")
+    # Checked before the first exchange, so that no rank fails with transfers in flight.
+    scale, sigmoid_bias = _attention._scale_and_bias(scale, sigmoid_bias)
+    _attention._accurate_sigmoid(sigmoid)
     if sigmoid_bias is None:
         sigmoid_bias = -math.log(k.shape[1] * world_size)
-    return _RingOptions(rank, world_size, bool(is_causal), scale, float(sigmoid_bias), sigmoid)
+    return _RingOptions(rank, world_size, bool(is_causal), scale, sigmoid_bias, sigmoid)
 
 
 def _check_heads(q, k, world_size):

@@ -114,7 +114,7 @@ class _PreparedCall:
         args = kvcache_args(abi.kvcache_defaults, out, *arguments)
         self.template = bytes(args)
         self.device = q.get_device()
-        self.workspace_bytes = _workspace_size(abi, self.device, args, arguments)
+        self.workspace_bytes = _workspace_size(abi, self.device, args)
         self.call = abi.forward_with_kvcache
 
     def run(self, tensors):
@@ -239,9 +239,7 @@ def _forward_impl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                         k_new, v_new, score_mod, capacity, causal, window_left, window_right,
                         scale, bias, accurate, trust_lengths)
     device = q.get_device()
-    workspace = _workspace(args, _workspace_size(abi, device, args, (
-        q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new, score_mod, capacity, causal,
-        window_left, window_right, scale, bias, accurate)), q.device)
+    workspace = _workspace(args, _workspace_size(abi, device, args), q.device)
     status = _ops._run_on_device(device, abi.forward_with_kvcache, args)
     if status != 0:
         _library.check(status, "sigattn_forward_with_kvcache")
@@ -249,14 +247,12 @@ def _forward_impl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     return out
 
 
-def _workspace_size(abi, device, args, arguments):
+def _workspace_size(abi, device, args):
     """The workspace bytes of a call, asked once per sizes and options (see _workspace_bytes)."""
-    q, block_table, score_mod = arguments[0], arguments[4], arguments[7]
-    capacity, causal, window_left, window_right, accurate = (arguments[8], arguments[9],
-                                                             arguments[10], arguments[11],
-                                                             arguments[14])
-    key = (device, args.dtype, tuple(q.shape), args.heads_kv, capacity, block_table is not None,
-           causal, window_left >= 0 or window_right >= 0, score_mod is not None, accurate)
+    key = (device, args.dtype, args.batch, args.seqlen_q, args.heads_q, args.head_dim,
+           args.heads_kv, args.max_cache_len, args.max_blocks, args.block_size,
+           bool(args.block_table), args.causal, args.window_left >= 0 or args.window_right >= 0,
+           bool(args.score_mod), args.sigmoid)
     if key not in _workspace_bytes:
         _workspace_bytes[key] = _query_workspace_bytes(abi, device, args)
     return _workspace_bytes[key]

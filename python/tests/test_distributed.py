@@ -99,6 +99,17 @@ class ShardingTest(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "zigzag shards"):
             distributed.simulated_ring_attention([q, q], [k, k], [k, k], is_causal=True)
 
+    def test_ring_options_are_checked_before_any_step(self):
+        q = torch.zeros(1, 4, 2, 8)
+        with self.assertRaisesRegex(ValueError, "sigmoid = 'exact' must be one of"):
+            distributed.simulated_ring_attention([q, q], [q, q], [q, q], sigmoid="exact")
+        with self.assertRaisesRegex(ValueError, "scale = -1.0 must be finite and > 0"):
+            distributed.simulated_ring_attention([q, q], [q, q], [q, q], scale=-1)
+        with self.assertRaisesRegex(ValueError, "sigmoid_bias = nan must be finite"):
+            distributed.simulated_ring_attention([q, q], [q, q], [q, q], sigmoid_bias=math.nan)
+        with self.assertRaisesRegex(ValueError, "k and v shards must have one shape"):
+            distributed.simulated_ring_attention([q, q], [q, q], [q[:, :2], q[:, :2]])
+
     def test_ulysses_needs_heads_divisible_by_the_ranks(self):
         q = torch.zeros(1, 4, 8, 8)
         k = torch.zeros(1, 4, 2, 8)
