@@ -24,14 +24,15 @@ import sys
 
 from report import format_row, plot, print_table, write_csv
 
-torch = triton = sigattn_ctypes = None
+torch = triton = sigattn_ctypes = F = None
 
 
 def import_gpu_modules():
     """torch, triton and the library's bindings, imported once the arguments are parsed, so that
     --help runs on a machine without them."""
-    global torch, triton, sigattn_ctypes
+    global torch, triton, sigattn_ctypes, F
     import torch
+    import torch.nn.functional as F
     import triton.testing
     import sigattn_ctypes
 
@@ -146,7 +147,6 @@ def main():
         except ImportError as e:
             print(f"TritonSigmoid not importable ({e}); skipping it", file=sys.stderr)
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    import torch.nn.functional as F
 
     seed = args.seed if args.seed is not None else torch.seed() % (2**31)
     gen = torch.Generator(device="cuda").manual_seed(seed)
@@ -180,7 +180,9 @@ def main():
                     ours()
                     torch.cuda.synchronize()
                     row["sigattn"] = fl / time_ms(ours) / 1e9
-                    if tsig is not None:
+                    # TritonSigmoid's kernels take power-of-two head dims only.
+                    triton_peer = tsig if d & (d - 1) == 0 else None
+                    if triton_peer is not None:
                         if lens is None:
                             theirs = lambda: tsig.sigmoid_attention(q, k, v, is_causal=bool(causal))
                         else:
@@ -191,7 +193,8 @@ def main():
                         row["err_vs_triton"] = rel_l2(out, ref, lens)
                         row["triton"] = fl / time_ms(theirs) / 1e9
                     if args.backward:
-                        time_backward(lib, row, q, k, v, lens, causal, fl * 2.5, tsig, window)
+                        time_backward(lib, row, q, k, v, lens, causal, fl * 2.5, triton_peer,
+                                      window)
                     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
                     dense_fl = flops(B, H, L, d, None, causal)
                     for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION),
@@ -204,6 +207,9 @@ def main():
                                     qt, kt, vt, is_causal=bool(causal))
                                 fn()
                                 row[name] = dense_fl / time_ms(fn) / 1e9
+                                if args.backward:
+                                    row[name + "_bwd"] = 2.5 * dense_fl / time_sdpa_backward(
+                                        qt, kt, vt, bool(causal)) / 1e9
                         except RuntimeError as e:
                             print(f"{name} unavailable for d={d} L={L}: {e}", file=sys.stderr)
                     rows.append(row)
@@ -243,6 +249,16 @@ def time_backward(lib, row, q, k, v, lens, causal, flops_bwd, tsig, window=None)
     ref = theirs()
     row["dq_err_vs_triton"] = rel_l2(dq, ref[0], lens)
     row["triton_bwd"] = flops_bwd / time_ms(theirs) / 1e9
+
+
+def time_sdpa_backward(q, k, v, causal):
+    """Milliseconds of the backward of torch SDPA (softmax) with the backend selected around it."""
+    qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
+    out = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
+    dout = torch.randn_like(out)
+    fn = lambda: torch.autograd.grad(out, (qg, kg, vg), dout, retain_graph=True)
+    fn()
+    return time_ms(fn)
 
 
 def time_sigattn(lib, row, key, q, k, v, flops_fwd, backward, **call):

@@ -9,7 +9,8 @@ import argparse
 import csv
 
 CSV_KEYS = ["d", "L", "pad", "causal", "B", "H", "sigattn", "triton", "cudnn", "flash",
-            "err_vs_triton", "sigattn_bwd", "sigattn_bwd_fast", "triton_bwd", "dq_err_vs_triton"]
+            "err_vs_triton", "sigattn_bwd", "sigattn_bwd_fast", "triton_bwd", "dq_err_vs_triton",
+            "cudnn_bwd", "flash_bwd"]
 INT_KEYS = {"d", "L", "pad", "causal", "B", "H"}
 
 
@@ -26,6 +27,10 @@ def format_row(r):
     if "triton_bwd" in r:
         parts.append(f"bwd triton {r['triton_bwd']:6.1f} ({r['sigattn_bwd'] / r['triton_bwd']:.2f}x)"
                      f" dQ relL2 {r['dq_err_vs_triton']:.1e}")
+    for peer in ("cudnn", "flash"):
+        if peer + "_bwd" in r:
+            parts.append(f"bwd {peer} {r[peer + '_bwd']:6.1f}"
+                         f" (fast {r['sigattn_bwd_fast'] / r[peer + '_bwd']:.2f}x)")
     return " | ".join(parts)
 
 
@@ -44,16 +49,20 @@ def print_table(rows):
     backward = [r for r in rows if "sigattn_bwd" in r]
     if not backward:
         return
-    print("\nTFLOPS (backward call, 2.5 x forward FLOPs; deterministic and fast modes)")
-    print("| d | L | pad | causal | deterministic | fast | TritonSigmoid | ratio (fast) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\nTFLOPS (backward call, 2.5 x forward FLOPs; deterministic and fast modes; ratio = "
+          "fast / peer)")
+    print("| d | L | pad | causal | deterministic | fast | TritonSigmoid | ratio | cuDNN | ratio "
+          "| flash | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in backward:
         cells = [str(r["d"]), str(r["L"]), str(r["pad"]), str(r["causal"]),
                  f"{r['sigattn_bwd']:.0f}", f"{r['sigattn_bwd_fast']:.0f}"]
-        if "triton_bwd" in r:
-            cells += [f"{r['triton_bwd']:.0f}", f"{r['sigattn_bwd_fast'] / r['triton_bwd']:.2f}"]
-        else:
-            cells += ["", ""]
+        for peer in ("triton", "cudnn", "flash"):
+            if peer + "_bwd" in r:
+                cells += [f"{r[peer + '_bwd']:.0f}",
+                          f"{r['sigattn_bwd_fast'] / r[peer + '_bwd']:.2f}"]
+            else:
+                cells += ["", ""]
         print("| " + " | ".join(cells) + " |")
 
 

@@ -33,6 +33,8 @@ int seqlen_bucket(int max_seqlen);
 
 struct ProblemKey {
   std::string spec;  // canonical spec string, e.g. "fwd.bf16.d128.dense.causal.nosmod.fast.x128"
+  // Decode problems: the bucket of policy::decode_lookup_units (batch x heads_kv x seqlen_q) in
+  // place of the query length, and of the cache capacity as the key length.
   int seqlen_q_bucket = 0;
   int seqlen_k_bucket = 0;
 

@@ -264,6 +264,8 @@ std::vector<CompileJob> compile_jobs(const std::vector<std::string>& spec_texts,
       fmt::print(stderr, "note: {}\n", message);
     }
     for (const sigattn::gen::TileConfig& tile : tiles) {
+      // A decode tile's fixed split counts launch the program of its open one (splits 0).
+      if (tile.splits != 0) continue;
       const sigattn::gen::Variant variant{spec, tile};
       jobs.push_back({variant, sigattn::gen::to_string(variant)});
     }

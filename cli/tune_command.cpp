@@ -260,7 +260,8 @@ int compile_only(const std::vector<tune::Task>& tasks, const std::string& arch, 
   std::vector<gen::Variant> variants;
   std::set<std::string> seen;
   for (const tune::Task& task : tasks) {
-    for (const gen::TileConfig& tile : policy::candidates(task.spec, target)) {
+    for (gen::TileConfig tile : policy::candidates(task.spec, target)) {
+      tile.splits = 0;  // a decode tile's split counts share one program
       const gen::Variant variant{task.spec, tile};
       if (seen.insert(gen::to_string(variant)).second) variants.push_back(variant);
     }
@@ -350,10 +351,15 @@ TuneCommand::TuneCommand(CLI::App& app) {
       "tune",
       "Time the candidate tiles of a set of shapes on the GPUs here and store the winners in the "
       "user database (resumable: candidates already recorded are not measured again)");
-  tune_->add_option("--preset", preset_, "quick (a few minutes) or paper (the benchmark grid)");
-  tune_->add_option("--shape", shapes_,
-                    "A shape, e.g. fwd.bf16.d128.L4096.pad25[.b4][.h16[x4]][.causal][.accurate] "
-                    "(repeatable; batch and heads default to 16384 tokens and hidden size 2048)");
+  tune_->add_option(
+      "--preset", preset_,
+      "quick (a few minutes), paper (the benchmark grid) or decode (the decode benchmark's steps)");
+  tune_->add_option(
+      "--shape", shapes_,
+      "A shape, e.g. fwd.bf16.d128.L4096.pad25[.b4][.h16[x4]][.causal][.accurate], or a "
+      "decode step dec.bf16.d128.L4096.b16.h32x8[.q1][.paged16].causal (repeatable; "
+      "batch and heads default to 16384 tokens (decode: 65536 cached) and hidden "
+      "size 2048)");
   tune_->add_option("--shapes", shapes_file_, "A JSON file {\"shapes\": [...]} (see README)");
   tune_
       ->add_option("--strategy", strategy_,

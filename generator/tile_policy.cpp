@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
+#include <limits>
 #include <stdexcept>
 
 #include "generator/generator.hpp"
@@ -510,6 +512,18 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
       }
     }
   }
+  // Decode: each tile with the split count left to each call, then with fixed counts (the same
+  // program: the count is a launch parameter).
+  if (spec.direction == gen::Direction::decode) {
+    const std::size_t open_tiles = out.size();
+    for (int splits = 1; splits <= kMaxTunedDecodeSplits; splits *= 2) {
+      for (std::size_t i = 0; i < open_tiles; ++i) {
+        TileConfig tile = out[i];
+        tile.splits = splits;
+        out.push_back(tile);
+      }
+    }
+  }
   return out;
 }
 
@@ -517,6 +531,11 @@ int decode_splits(long long ctas_per_split, long long key_tiles, int sm_count) {
   const long long wanted = (2LL * sm_count + ctas_per_split - 1) / std::max(1LL, ctas_per_split);
   const long long bound = std::min<long long>(key_tiles, kMaxDecodeSplits);
   return static_cast<int>(std::max(1LL, std::min(wanted, bound)));
+}
+
+int decode_lookup_units(long long batch, long long heads_kv, long long seqlen_q) {
+  const long long units = std::max(1LL, batch) * std::max(1LL, heads_kv) * std::max(1LL, seqlen_q);
+  return static_cast<int>(std::min<long long>(units, std::numeric_limits<std::int32_t>::max()));
 }
 
 bool one_pass_by_default(const KernelSpec& dkdv, const Target& target) {

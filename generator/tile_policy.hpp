@@ -87,6 +87,15 @@ inline constexpr int kMaxDecodeSplits = 1024;
 // outputs simply add.
 int decode_splits(long long ctas_per_split, long long key_tiles, int sm_count);
 
+// The split counts the tuner times for each decode tile besides 0 (the per-call choice above):
+// powers of two up to this.
+inline constexpr int kMaxTunedDecodeSplits = 64;
+
+// What a decode call's tuning results are looked up by in place of the query length: its
+// (batch, kv head, query row) units, batch * heads_kv * seqlen_q (at most 2^31 - 1), on which,
+// with the cache capacity, the best split count depends.
+int decode_lookup_units(long long batch, long long heads_kv, long long seqlen_q);
+
 // Whether a backward call that allows atomics (deterministic = false) defaults to the one-pass
 // split (atomic dQ) for `dkdv` on `target`, rather than to the two-kernel split.
 bool one_pass_by_default(const gen::KernelSpec& dkdv, const Target& target);

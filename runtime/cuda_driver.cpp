@@ -81,6 +81,7 @@ DriverApi resolve_all(void* library) {
   SIGATTN_RESOLVE(cuMemcpyHtoD);
   SIGATTN_RESOLVE(cuMemcpyDtoH);
   SIGATTN_RESOLVE(cuMemcpyDtoHAsync);
+  SIGATTN_RESOLVE(cuMemcpyDtoDAsync);
   SIGATTN_RESOLVE(cuMemsetD8);
   SIGATTN_RESOLVE(cuMemsetD32Async);
   SIGATTN_RESOLVE(cuStreamCreate);

@@ -155,8 +155,14 @@ int decode_row_blocks(const KvCacheArgs& args, const gen::TileConfig& tile) {
 cache::TileChoice choose_decode_tile(const KvCacheArgs& args, const gen::KernelSpec& spec,
                                      const policy::Target& target, const cache::DeviceKey& device) {
   const int capacity = kvcache_capacity(args);
+  const int units = policy::decode_lookup_units(args.batch, args.heads_kv, args.seqlen_q);
   cache::TileChoice choice =
-      PersistentCache::instance().choose_tile(spec, device, args.seqlen_q, capacity, target);
+      PersistentCache::instance().choose_tile(spec, device, units, capacity, target);
+  // A split count tuned for other units or another cache size does not carry over: its tile does.
+  if (choice.tile.splits != 0 && choice.served_by == cache::ServedBy::nearest_bucket) {
+    choice.reason += fmt::format("; its {} splits left to this call", choice.tile.splits);
+    choice.tile.splits = 0;
+  }
   if (choice.tile.splits != 0) return choice;
   choice.tile.splits = decode_split_count(args, choice.tile, device.sm_count);
   choice.reason += fmt::format("; {} splits on {} SMs (policy::decode_splits)", choice.tile.splits,

@@ -64,9 +64,9 @@ int decode_row_blocks(const KvCacheArgs& args, const gen::TileConfig& tile);
 // The split count policy::decode_splits gives a decode call with `tile` on `sm_count` SMs.
 int decode_split_count(const KvCacheArgs& args, const gen::TileConfig& tile, int sm_count);
 
-// The tile of a decode call on `device` through the lookup chain (keyed by seqlen_q and the cache
-// capacity), with the split count chosen per call (policy::decode_splits over the device's SMs)
-// where the tile leaves it open.
+// The tile of a decode call on `device` through the lookup chain (keyed by
+// policy::decode_lookup_units and the cache capacity), with the split count chosen per call
+// (policy::decode_splits over the device's SMs) where the tile leaves it open.
 cache::TileChoice choose_decode_tile(const KvCacheArgs& args, const gen::KernelSpec& spec,
                                      const policy::Target& target, const cache::DeviceKey& device);
 

@@ -9,12 +9,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
+#include <random>
 #include <stdexcept>
 
 #include "generator/generator.hpp"
 #include "runtime/backward.hpp"
 #include "runtime/errors.hpp"
 #include "runtime/forward.hpp"
+#include "runtime/kvcache.hpp"
 #include "runtime/module_cache.hpp"
 
 namespace sigattn::tune {
@@ -148,12 +151,13 @@ ShapeTensors GpuRunner::tensors(const InputSet& set) const {
   tensors.q = set.q.get();
   tensors.k = set.k.get();
   tensors.v = set.v.get();
-  tensors.out = task_->shape.pass == Pass::forward ? out_.get() : set.dout.get();
+  tensors.out = task_->shape.pass == Pass::backward ? set.dout.get() : out_.get();
   if (!task_->lengths.empty()) tensors.lengths = static_cast<const std::int32_t*>(lengths_.get());
   tensors.grad_out = set.dout.get();
   tensors.grad_q = grad_q_.get();
   tensors.grad_k = grad_k_.get();
   tensors.grad_v = grad_v_.get();
+  tensors.block_table = static_cast<const std::int32_t*>(block_table_.get());
   return tensors;
 }
 
@@ -170,6 +174,10 @@ BackwardArgs GpuRunner::backward_args(const InputSet& set) const {
   return args;
 }
 
+KvCacheArgs GpuRunner::kvcache_args(const InputSet& set) const {
+  return tune::kvcache_args(task_->shape, tensors(set));
+}
+
 void GpuRunner::run(const gen::TileConfig& tile, const InputSet& set) {
   switch (task_->direction) {
     case gen::Direction::forward:
@@ -182,10 +190,9 @@ void GpuRunner::run(const gen::TileConfig& tile, const InputSet& set) {
       backward_with_tiles(backward_args(set), nullptr, default_dkdv_, tile);
       return;
     case gen::Direction::decode:
-      break;
+      forward_with_kvcache_tile(kvcache_args(set), nullptr, tile);
+      return;
   }
-  throw std::invalid_argument(fmt::format("{} kernels are not tuned: no shape describes them",
-                                          gen::to_string(task_->direction)));
 }
 
 std::vector<float> GpuRunner::widened(const cuda::DeviceBuffer& buffer, std::int64_t count) {
@@ -199,6 +206,9 @@ std::vector<float> GpuRunner::widened(const cuda::DeviceBuffer& buffer, std::int
 std::vector<std::vector<float>> GpuRunner::outputs() {
   SIGATTN_CU(cuda::driver().cuCtxSynchronize());
   const Shape& s = task_->shape;
+  if (s.pass == Pass::decode) {
+    return {widened(out_, std::int64_t{s.batch} * s.decode_rows * s.heads_q * s.head_dim)};
+  }
   const std::int64_t q_elements = std::int64_t{s.batch} * s.seqlen * s.heads_q * s.head_dim;
   const std::int64_t kv_elements = std::int64_t{s.batch} * s.seqlen * s.heads_kv * s.head_dim;
   if (s.pass == Pass::forward) return {widened(out_, q_elements)};
@@ -208,7 +218,7 @@ std::vector<std::vector<float>> GpuRunner::outputs() {
 
 void GpuRunner::poison_outputs() {
   // 0xFFFF is a NaN in bf16 and fp16: an element a kernel fails to write shows.
-  if (task_->shape.pass == Pass::forward) {
+  if (task_->shape.pass != Pass::backward) {
     out_.fill_bytes(0xFF);
   } else {
     grad_q_.fill_bytes(0xFF);
@@ -224,20 +234,18 @@ void GpuRunner::set_task(const Task& task) {
   expected_.clear();
   sets_.clear();
   const Shape& s = task.shape;
+  if (s.pass == Pass::decode) {
+    set_decode_task();
+    return;
+  }
   const std::size_t q_bytes = std::size_t{2} * s.batch * s.seqlen * s.heads_q * s.head_dim;
   const std::size_t kv_bytes = std::size_t{2} * s.batch * s.seqlen * s.heads_kv * s.head_dim;
   const bool backward = s.pass == Pass::backward;
   const std::size_t set_bytes = q_bytes + 2 * kv_bytes + (backward ? q_bytes : 0);
-  int set_count = static_cast<int>(std::clamp<std::size_t>(
-      (flush_.size() + set_bytes - 1) / set_bytes, kMinInputSets, kMaxInputSets));
-  while (set_count > kMinInputSets && set_count * set_bytes > info_.total_mem / 3) --set_count;
-
+  const int set_count = input_set_count(set_bytes);
   const std::uint64_t seed = std::hash<std::string>{}(task.name());
   const auto filled = [&](std::size_t bytes, std::uint64_t stream_seed) {
-    cuda::DeviceBuffer buffer(bytes);
-    kernels_->fill_normal(buffer.get(), static_cast<std::int64_t>(bytes / 2), s.dtype, stream_seed,
-                          nullptr);
-    return buffer;
+    return random_buffer(bytes, stream_seed);
   };
   for (int i = 0; i < set_count; ++i) {
     InputSet set;
@@ -252,12 +260,8 @@ void GpuRunner::set_task(const Task& task) {
   grad_k_ = backward ? cuda::DeviceBuffer(kv_bytes) : cuda::DeviceBuffer();
   grad_v_ = backward ? cuda::DeviceBuffer(kv_bytes) : cuda::DeviceBuffer();
   widen_buffer_ = cuda::DeviceBuffer(2 * std::max(q_bytes, kv_bytes));
-  lengths_ = cuda::DeviceBuffer();
-  if (!task.lengths.empty()) {
-    const std::vector<std::int32_t> lengths(task.lengths.begin(), task.lengths.end());
-    lengths_ = cuda::DeviceBuffer(lengths.size() * sizeof(std::int32_t));
-    lengths_.upload(lengths.data(), lengths.size() * sizeof(std::int32_t));
-  }
+  lengths_ = task.lengths.empty() ? cuda::DeviceBuffer() : int_buffer(task.lengths);
+  block_table_ = cuda::DeviceBuffer();
   default_dkdv_ =
       policy::default_tile(with_direction(task.spec, gen::Direction::dkdv), target_).tile;
   default_dq_ = policy::default_tile(with_direction(task.spec, gen::Direction::dq), target_).tile;
@@ -281,6 +285,90 @@ void GpuRunner::set_task(const Task& task) {
           fmt::format("the default tiles' gradients of {} are not finite", task.name()));
     }
   }
+}
+
+int GpuRunner::input_set_count(std::size_t set_bytes) const {
+  int count = static_cast<int>(std::clamp<std::size_t>((flush_.size() + set_bytes - 1) / set_bytes,
+                                                       kMinInputSets, kMaxInputSets));
+  while (count > kMinInputSets && count * set_bytes > info_.total_mem / 3) --count;
+  return count;
+}
+
+cuda::DeviceBuffer GpuRunner::random_buffer(std::size_t bytes, std::uint64_t seed) const {
+  cuda::DeviceBuffer buffer(bytes);
+  kernels_->fill_normal(buffer.get(), static_cast<std::int64_t>(bytes / 2), task_->shape.dtype,
+                        seed, nullptr);
+  return buffer;
+}
+
+cuda::DeviceBuffer GpuRunner::int_buffer(const std::vector<int>& values) {
+  const std::vector<std::int32_t> narrow(values.begin(), values.end());
+  cuda::DeviceBuffer buffer(narrow.size() * sizeof(std::int32_t));
+  buffer.upload(narrow.data(), narrow.size() * sizeof(std::int32_t));
+  return buffer;
+}
+
+void GpuRunner::set_decode_task() {
+  const Shape& s = task_->shape;
+  const int blocks = blocks_per_sequence(s);
+  const std::size_t positions = s.block_size > 0 ? std::size_t(blocks) * s.block_size : s.seqlen;
+  const std::size_t row_bytes = std::size_t{2} * s.heads_kv * s.head_dim;  // one cache position
+  const std::size_t cache_bytes = std::size_t(s.batch) * positions * row_bytes;
+  const std::size_t q_bytes = std::size_t{2} * s.batch * s.decode_rows * s.heads_q * s.head_dim;
+  const int set_count = input_set_count(q_bytes + 2 * cache_bytes);
+  const std::uint64_t seed = std::hash<std::string>{}(task_->name());
+  for (int i = 0; i < set_count; ++i) {
+    InputSet set;
+    set.q = random_buffer(q_bytes, seed + 3 * i);
+    set.k = random_buffer(cache_bytes, seed + 3 * i + 1);
+    set.v = random_buffer(cache_bytes, seed + 3 * i + 2);
+    sets_.push_back(std::move(set));
+  }
+  out_ = cuda::DeviceBuffer(q_bytes);
+  grad_q_ = cuda::DeviceBuffer();
+  grad_k_ = cuda::DeviceBuffer();
+  grad_v_ = cuda::DeviceBuffer();
+  widen_buffer_ = cuda::DeviceBuffer(2 * q_bytes);
+  lengths_ =
+      int_buffer(task_->lengths.empty() ? std::vector<int>(s.batch, s.seqlen) : task_->lengths);
+
+  // The reference reads a contiguous cache: the paged one's blocks copied out in table order.
+  const InputSet& first = sets_.front();
+  cuda::DeviceBuffer contiguous_k, contiguous_v;
+  ShapeTensors reference_tensors = tensors(first);
+  block_table_ = cuda::DeviceBuffer();
+  if (s.block_size > 0) {
+    std::vector<int> table(std::size_t(s.batch) * blocks);
+    std::iota(table.begin(), table.end(), 0);
+    std::shuffle(table.begin(), table.end(), std::mt19937_64(seed));
+    block_table_ = int_buffer(table);
+    const std::size_t block_bytes = std::size_t(s.block_size) * row_bytes;
+    const std::size_t contiguous_bytes = std::size_t(s.batch) * s.seqlen * row_bytes;
+    contiguous_k = cuda::DeviceBuffer(contiguous_bytes);
+    contiguous_v = cuda::DeviceBuffer(contiguous_bytes);
+    for (int b = 0; b < s.batch; ++b) {
+      for (int j = 0; j < blocks; ++j) {
+        const std::size_t to =
+            (std::size_t(b) * s.seqlen + std::size_t(j) * s.block_size) * row_bytes;
+        const std::size_t from = std::size_t(table[std::size_t(b) * blocks + j]) * block_bytes;
+        const std::size_t bytes =
+            std::min<std::size_t>(s.block_size, s.seqlen - j * s.block_size) * row_bytes;
+        for (const auto& [out, in] :
+             {std::pair{&contiguous_k, &first.k}, std::pair{&contiguous_v, &first.v}}) {
+          SIGATTN_CU(
+              cuda::driver().cuMemcpyDtoDAsync(out->ptr() + to, in->ptr() + from, bytes, nullptr));
+        }
+      }
+    }
+    reference_tensors.k = contiguous_k.get();
+    reference_tensors.v = contiguous_v.get();
+  }
+  kernels_->forward(decode_reference_args(s, reference_tensors),
+                    static_cast<float*>(widen_buffer_.get()), nullptr);
+  SIGATTN_CU(cuda::driver().cuCtxSynchronize());
+  std::vector<float> reference(q_bytes / 2);
+  widen_buffer_.download(reference.data(), reference.size() * sizeof(float));
+  expected_.push_back(std::move(reference));
 }
 
 CompileInfo GpuRunner::compile(const gen::Variant& variant) {

@@ -63,6 +63,16 @@ class GpuRunner : public CandidateRunner {
   ShapeTensors tensors(const InputSet& set) const;
   ForwardArgs forward_args(const InputSet& set) const;
   BackwardArgs backward_args(const InputSet& set) const;
+  KvCacheArgs kvcache_args(const InputSet& set) const;
+  // Input sets that exceed the L2 cache several times over within a share of device memory.
+  int input_set_count(std::size_t set_bytes) const;
+  // `bytes` of normal(0, 1) values in the task's dtype, reproducible from `seed`.
+  cuda::DeviceBuffer random_buffer(std::size_t bytes, std::uint64_t seed) const;
+  static cuda::DeviceBuffer int_buffer(const std::vector<int>& values);
+  // set_task for a decode shape: the caches (contiguous, or a pool of blocks behind a shuffled
+  // block table) in rotated sets, the cache lengths, and the fp32 reference over a contiguous
+  // copy of the first set's cache.
+  void set_decode_task();
   // One launch of the call being tuned with `tile` in the tuned kernel's place.
   void run(const gen::TileConfig& tile, const InputSet& set);
   std::vector<float> widened(const cuda::DeviceBuffer& buffer, std::int64_t count);
@@ -80,7 +90,8 @@ class GpuRunner : public CandidateRunner {
   std::unique_ptr<ReferenceKernels> kernels_;
   std::optional<Task> task_;
   std::vector<InputSet> sets_;
-  cuda::DeviceBuffer out_, grad_q_, grad_k_, grad_v_, lengths_, flush_, widen_buffer_, flag_;
+  cuda::DeviceBuffer out_, grad_q_, grad_k_, grad_v_, lengths_, block_table_, flush_, widen_buffer_,
+      flag_;
   gen::TileConfig default_dkdv_, default_dq_;
   std::vector<std::vector<float>> expected_;
   std::set<std::string> verified_;

@@ -1,6 +1,7 @@
 // Shapes, presets, the shape string and JSON formats, and the expansion of a shape into tasks.
-// The spec of a task comes from the runtime's own validation (forward_spec, backward_specs) run
-// on placeholder pointers, so a tuned problem key is exactly the key a call of that shape looks up.
+// The spec of a task comes from the runtime's own validation (forward_spec, backward_specs,
+// check_kvcache) run on placeholder pointers, so a tuned problem key is exactly the key a call of
+// that shape looks up.
 #include "tuner/shapes.hpp"
 
 #include <fmt/format.h>
@@ -16,8 +17,10 @@
 
 #include "cache/json_file.hpp"
 #include "generator/template_store.hpp"
+#include "generator/tile_policy.hpp"
 #include "runtime/backward.hpp"
 #include "runtime/forward.hpp"
+#include "runtime/validation.hpp"
 
 namespace sigattn::tune {
 namespace {
@@ -26,7 +29,26 @@ namespace {
 constexpr int kMaxGridExtent = 65535;
 constexpr int kMaxSeqLen = 1 << 24;
 
-std::string_view pass_name(Pass pass) { return pass == Pass::forward ? "fwd" : "bwd"; }
+// Each pass: its name in a shape string, its name in a shape file, and the kernel whose spec a
+// shape's validation derives (the first of the backward's).
+struct PassNames {
+  Pass pass;
+  std::string_view name;
+  std::string_view word;
+  gen::Direction first_kernel;
+};
+constexpr PassNames kPasses[] = {
+    {Pass::forward, "fwd", "forward", gen::Direction::forward},
+    {Pass::backward, "bwd", "backward", gen::Direction::dkdv},
+    {Pass::decode, "dec", "decode", gen::Direction::decode},
+};
+
+const PassNames& names_of(Pass pass) {
+  for (const PassNames& names : kPasses) {
+    if (names.pass == pass) return names;
+  }
+  throw std::logic_error("a pass without names");
+}
 
 int parse_int(std::string_view text, std::string_view field, std::string_view whole) {
   int value = 0;
@@ -76,7 +98,10 @@ ShapeTensors placeholder_tensors(const Shape& shape) {
   tensors.k = placeholder(2);
   tensors.v = placeholder(3);
   tensors.out = tensors.grad_out = placeholder(4);
-  if (shape.padding_percent > 0) tensors.lengths = static_cast<const std::int32_t*>(placeholder(5));
+  if (shape.padding_percent > 0 || shape.pass == Pass::decode) {
+    tensors.lengths = static_cast<const std::int32_t*>(placeholder(5));
+  }
+  if (shape.block_size > 0) tensors.block_table = static_cast<const std::int32_t*>(placeholder(9));
   tensors.grad_q = placeholder(6);
   tensors.grad_k = placeholder(7);
   tensors.grad_v = placeholder(8);
@@ -87,6 +112,7 @@ gen::KernelSpec spec_for(const Shape& shape, gen::Direction direction) {
   try {
     const ShapeTensors tensors = placeholder_tensors(shape);
     if (direction == gen::Direction::forward) return forward_spec(forward_args(shape, tensors));
+    if (direction == gen::Direction::decode) return check_kvcache(kvcache_args(shape, tensors));
     const BackwardSpecs specs = backward_specs(backward_args(shape, tensors));
     return direction == gen::Direction::dkdv ? specs.dkdv : specs.dq;
   } catch (const Error& error) {
@@ -108,16 +134,16 @@ std::vector<int> draw_lengths(const Shape& shape) {
 
 const std::set<std::string>& shape_fields() {
   static const std::set<std::string> fields = {
-      "pass",  "dtype",   "head_dim", "seqlen", "padding_percent",
-      "batch", "heads_q", "heads_kv", "causal", "sigmoid"};
+      "pass",    "dtype",    "head_dim", "seqlen",  "padding_percent", "batch",
+      "heads_q", "heads_kv", "causal",   "sigmoid", "decode_rows",     "block_size"};
   return fields;
 }
 
 }  // namespace
 
 Shape resolved(Shape shape) {
-  if (shape.batch == 0 && shape.seqlen > 0)
-    shape.batch = std::max(1, kTokensPerBatch / shape.seqlen);
+  const int tokens = shape.pass == Pass::decode ? kDecodeTokensPerBatch : kTokensPerBatch;
+  if (shape.batch == 0 && shape.seqlen > 0) shape.batch = std::max(1, tokens / shape.seqlen);
   if (shape.heads_q == 0 && shape.head_dim > 0) {
     shape.heads_q = std::max(1, kHiddenSize / shape.head_dim);
   }
@@ -126,17 +152,29 @@ Shape resolved(Shape shape) {
 }
 
 std::optional<std::int64_t> tensor_bytes(const Shape& shape) {
-  // Forward: q, k, v, out. Backward: those, dO, dQ, dK, dV. Two bytes an element.
-  const std::int64_t copies = shape.pass == Pass::forward ? 2 : 4;
+  // Forward: q, k, v, out. Backward: those, dO, dQ, dK, dV. Two bytes an element. Decode: q and
+  // out of decode_rows rows, the K and V caches of whole blocks.
+  const bool decode = shape.pass == Pass::decode;
+  const std::int64_t copies = shape.pass == Pass::backward ? 4 : 2;
+  const std::int64_t cache_rows = decode && shape.block_size > 0
+                                      ? std::int64_t{blocks_per_sequence(shape)} * shape.block_size
+                                      : std::int64_t{shape.seqlen};
   std::int64_t bytes = 0;
-  for (const int heads : {shape.heads_q, shape.heads_kv}) {
+  for (const bool queries : {true, false}) {
     std::int64_t product = 2 * copies;
-    for (const int factor : {shape.batch, shape.seqlen, heads, shape.head_dim}) {
-      if (__builtin_mul_overflow(product, std::int64_t{factor}, &product)) return std::nullopt;
+    const std::int64_t rows = decode && queries ? shape.decode_rows : cache_rows;
+    const std::int64_t heads = queries ? shape.heads_q : shape.heads_kv;
+    for (const std::int64_t factor :
+         {std::int64_t{shape.batch}, rows, heads, std::int64_t{shape.head_dim}}) {
+      if (__builtin_mul_overflow(product, factor, &product)) return std::nullopt;
     }
     if (__builtin_add_overflow(bytes, product, &bytes)) return std::nullopt;
   }
   return bytes;
+}
+
+int blocks_per_sequence(const Shape& shape) {
+  return shape.block_size > 0 ? (shape.seqlen + shape.block_size - 1) / shape.block_size : 0;
 }
 
 void validate(const Shape& shape) {
@@ -163,6 +201,22 @@ void validate(const Shape& shape) {
     fail(fmt::format("heads_q {} must be a positive multiple of heads_kv {}", shape.heads_q,
                      shape.heads_kv));
   }
+  if (shape.pass != Pass::decode && (shape.decode_rows != 1 || shape.block_size != 0)) {
+    fail("query rows (q) and a paged cache (paged) describe decode shapes only (dec)");
+  }
+  if (shape.decode_rows < 1 || shape.decode_rows > shape.seqlen) {
+    fail(fmt::format("query rows {} must be in [1, seqlen {}]: they sit at the end of the cache",
+                     shape.decode_rows, shape.seqlen));
+  }
+  if (shape.block_size < 0 || shape.block_size > shape.seqlen) {
+    fail(fmt::format("block size {} must be in [1, seqlen {}] (0: a contiguous cache)",
+                     shape.block_size, shape.seqlen));
+  }
+  if (shape.pass == Pass::decode && shape.padding_percent > 0 &&
+      std::ceil(shape.seqlen * (100 - shape.padding_percent) / 100.0) < shape.decode_rows) {
+    fail(fmt::format("padding {}% leaves caches shorter than the {} query rows",
+                     shape.padding_percent, shape.decode_rows));
+  }
   if (const std::optional<std::int64_t> bytes = tensor_bytes(shape); !bytes) {
     fail(
         fmt::format("its tensors take more than 2^63 bytes, more than the {} a tuning shape may "
@@ -172,11 +226,11 @@ void validate(const Shape& shape) {
     fail(fmt::format("its tensors take {} bytes, more than the {} a tuning shape may use", *bytes,
                      kMaxShapeBytes));
   }
-  spec_for(shape, shape.pass == Pass::forward ? gen::Direction::forward : gen::Direction::dkdv);
+  spec_for(shape, names_of(shape.pass).first_kernel);
 }
 
 std::string to_string(const Shape& shape) {
-  std::string text = fmt::format("{}.{}.d{}.L{}", pass_name(shape.pass),
+  std::string text = fmt::format("{}.{}.d{}.L{}", names_of(shape.pass).name,
                                  gen::to_string(shape.dtype), shape.head_dim, shape.seqlen);
   if (shape.padding_percent != 0) text += fmt::format(".pad{}", shape.padding_percent);
   if (shape.batch != 0) text += fmt::format(".b{}", shape.batch);
@@ -185,6 +239,8 @@ std::string to_string(const Shape& shape) {
                 ? fmt::format(".h{}", shape.heads_q)
                 : fmt::format(".h{}x{}", shape.heads_q, shape.heads_kv);
   }
+  if (shape.decode_rows != 1) text += fmt::format(".q{}", shape.decode_rows);
+  if (shape.block_size != 0) text += fmt::format(".paged{}", shape.block_size);
   if (shape.causal) text += ".causal";
   if (shape.sigmoid == gen::SigmoidMode::accurate) text += ".accurate";
   return text;
@@ -195,18 +251,17 @@ Shape parse_shape(std::string_view text) {
   if (parts.size() < 4) {
     throw std::invalid_argument(fmt::format(
         "shape '{}': expected PASS.DTYPE.dHEAD.LSEQ[.padP][.bBATCH][.hHEADS[xKV]][.causal]"
-        "[.accurate], e.g. fwd.bf16.d128.L4096.pad25",
+        "[.accurate] (dec also [.qROWS][.pagedBLOCK]), e.g. fwd.bf16.d128.L4096.pad25",
         text));
   }
   Shape shape;
-  if (parts[0] == "fwd") {
-    shape.pass = Pass::forward;
-  } else if (parts[0] == "bwd") {
-    shape.pass = Pass::backward;
-  } else {
+  const auto pass = std::find_if(std::begin(kPasses), std::end(kPasses),
+                                 [&](const PassNames& names) { return names.name == parts[0]; });
+  if (pass == std::end(kPasses)) {
     throw std::invalid_argument(
-        fmt::format("shape '{}': pass '{}' must be fwd or bwd", text, parts[0]));
+        fmt::format("shape '{}': pass '{}' must be fwd, bwd or dec", text, parts[0]));
   }
+  shape.pass = pass->pass;
   shape.dtype = parse_dtype(parts[1], fmt::format("shape '{}'", text));
   if (!parts[2].starts_with("d")) {
     throw std::invalid_argument(
@@ -224,8 +279,12 @@ Shape parse_shape(std::string_view text) {
       shape.causal = true;
     } else if (part == "accurate") {
       shape.sigmoid = gen::SigmoidMode::accurate;
+    } else if (part.starts_with("paged")) {
+      shape.block_size = parse_count(part.substr(5), "block size", text);
     } else if (part.starts_with("pad")) {
       shape.padding_percent = parse_int(part.substr(3), "padding", text);
+    } else if (part.starts_with("q")) {
+      shape.decode_rows = parse_count(part.substr(1), "query rows", text);
     } else if (part.starts_with("b")) {
       shape.batch = parse_count(part.substr(1), "batch", text);
     } else if (part.starts_with("h")) {
@@ -237,10 +296,10 @@ Shape parse_shape(std::string_view text) {
       shape.heads_q = parse_count(heads[0], "heads", text);
       if (heads.size() == 2) shape.heads_kv = parse_count(heads[1], "kv heads", text);
     } else {
-      throw std::invalid_argument(fmt::format(
-          "shape '{}': unknown field '{}' (expected padP, bBATCH, hHEADS[xKV], causal or "
-          "accurate)",
-          text, part));
+      throw std::invalid_argument(
+          fmt::format("shape '{}': unknown field '{}' (expected padP, bBATCH, hHEADS[xKV], qROWS, "
+                      "pagedBLOCK, causal or accurate)",
+                      text, part));
     }
   }
   shape = resolved(shape);
@@ -301,11 +360,13 @@ std::vector<Shape> parse_shapes_json(const nlohmann::json& document) {
     };
     Shape shape;
     const std::string pass = text_field("pass");
-    if (pass != "forward" && pass != "backward") {
+    const auto known = std::find_if(std::begin(kPasses), std::end(kPasses),
+                                    [&](const PassNames& names) { return names.word == pass; });
+    if (known == std::end(kPasses)) {
       throw std::invalid_argument(
-          fmt::format("{}.pass: '{}' must be forward or backward", where, pass));
+          fmt::format("{}.pass: '{}' must be forward, backward or decode", where, pass));
     }
-    shape.pass = pass == "forward" ? Pass::forward : Pass::backward;
+    shape.pass = known->pass;
     shape.dtype = parse_dtype(text_field("dtype"), where + ".dtype");
     shape.head_dim = int_field("head_dim", -1, 0);
     shape.seqlen = int_field("seqlen", -1, 0);
@@ -314,6 +375,8 @@ std::vector<Shape> parse_shapes_json(const nlohmann::json& document) {
     shape.batch = int_field("batch", 0, 1);
     shape.heads_q = int_field("heads_q", 0, 1);
     shape.heads_kv = int_field("heads_kv", 0, 1);
+    shape.decode_rows = int_field("decode_rows", 1, 1);
+    shape.block_size = int_field("block_size", 0, 0);
     if (entry.contains("causal")) {
       if (!entry["causal"].is_boolean()) {
         throw std::invalid_argument(where + ".causal: must be true or false");
@@ -350,7 +413,7 @@ std::vector<Shape> read_shapes_file(const std::filesystem::path& path) {
 }
 
 void to_json(nlohmann::json& j, const Shape& shape) {
-  j = {{"pass", shape.pass == Pass::forward ? "forward" : "backward"},
+  j = {{"pass", names_of(shape.pass).word},
        {"dtype", gen::to_string(shape.dtype)},
        {"head_dim", shape.head_dim},
        {"seqlen", shape.seqlen},
@@ -360,10 +423,14 @@ void to_json(nlohmann::json& j, const Shape& shape) {
        {"heads_kv", shape.heads_kv},
        {"causal", shape.causal},
        {"sigmoid", shape.sigmoid == gen::SigmoidMode::fast ? "fast" : "accurate"}};
+  if (shape.pass == Pass::decode) {
+    j["decode_rows"] = shape.decode_rows;
+    j["block_size"] = shape.block_size;
+  }
 }
 
 const std::vector<std::string>& preset_names() {
-  static const std::vector<std::string> names = {"quick", "paper"};
+  static const std::vector<std::string> names = {"quick", "paper", "decode"};
   return names;
 }
 
@@ -397,16 +464,47 @@ std::vector<Shape> preset_shapes(std::string_view name) {
     }
     return shapes;
   }
+  if (name == "decode") {
+    for (const int block_size : {0, 16, 256}) {
+      for (const int batch : {1, 16, 64}) {
+        for (const int seqlen : {1024, 4096, 16384, 65536, 131072}) {
+          Shape shape;
+          shape.pass = Pass::decode;
+          shape.seqlen = seqlen;
+          shape.batch = batch;
+          shape.heads_q = 32;
+          shape.heads_kv = 8;
+          shape.causal = true;
+          shape.block_size = block_size;
+          const std::optional<std::int64_t> bytes = tensor_bytes(shape);
+          if (bytes && *bytes <= kMaxShapeBytes) shapes.push_back(resolved(shape));
+        }
+      }
+    }
+    return shapes;
+  }
   throw std::invalid_argument(
       fmt::format("unknown preset '{}' (known: {})", name, fmt::join(preset_names(), ", ")));
 }
 
 std::string Task::name() const {
-  if (direction == gen::Direction::forward) return to_string(shape);
+  if (shape.pass != Pass::backward) return to_string(shape);
   return fmt::format("{} {}", to_string(shape), gen::to_string(direction));
 }
 
 double Task::flops() const {
+  if (shape.pass == Pass::decode) {
+    // Row i of decode_rows sits at position len - decode_rows + i and sees the keys up to it
+    // under a causal mask, every key otherwise.
+    const double rows = shape.decode_rows;
+    const double hidden = shape.causal ? rows * (rows - 1) / 2.0 : 0.0;
+    double pairs = 0.0;
+    for (int b = 0; b < shape.batch; ++b) {
+      const double length = lengths.empty() ? shape.seqlen : lengths[b];
+      pairs += rows * length - hidden;
+    }
+    return 4.0 * shape.heads_q * shape.head_dim * pairs;
+  }
   double pairs = 0.0;
   if (lengths.empty()) {
     pairs = double(shape.batch) * shape.seqlen * shape.seqlen;
@@ -418,13 +516,26 @@ double Task::flops() const {
   return shape.pass == Pass::forward ? forward : 2.5 * forward;
 }
 
-ForwardArgs forward_args(const Shape& shape, const ShapeTensors& tensors) {
-  ForwardArgs args;
+namespace {
+
+// The fields a forward and a KV-cache call of a shape share: sizes, mask and sigmoid.
+template <class Args>
+void set_problem(Args& args, const Shape& shape) {
   args.dtype = shape.dtype == gen::DType::bf16 ? DType::bf16 : DType::fp16;
   args.batch = shape.batch;
   args.heads_q = shape.heads_q;
   args.heads_kv = shape.heads_kv;
   args.head_dim = shape.head_dim;
+  args.causal = shape.causal;
+  args.sigmoid =
+      shape.sigmoid == gen::SigmoidMode::fast ? SigmoidMode::fast : SigmoidMode::accurate;
+}
+
+}  // namespace
+
+ForwardArgs forward_args(const Shape& shape, const ShapeTensors& tensors) {
+  ForwardArgs args;
+  set_problem(args, shape);
   args.max_seqlen_q = shape.seqlen;
   args.max_seqlen_k = shape.seqlen;
   args.q = bthd(tensors.q, shape.seqlen, shape.heads_q, shape.head_dim);
@@ -433,9 +544,40 @@ ForwardArgs forward_args(const Shape& shape, const ShapeTensors& tensors) {
   args.out = bthd(tensors.out, shape.seqlen, shape.heads_q, shape.head_dim);
   args.seq_lens_q = tensors.lengths;
   args.seq_lens_k = tensors.lengths;
-  args.causal = shape.causal;
-  args.sigmoid =
-      shape.sigmoid == gen::SigmoidMode::fast ? SigmoidMode::fast : SigmoidMode::accurate;
+  return args;
+}
+
+KvCacheArgs kvcache_args(const Shape& shape, const ShapeTensors& tensors) {
+  KvCacheArgs args;
+  set_problem(args, shape);
+  args.seqlen_q = shape.decode_rows;
+  args.q = bthd(tensors.q, shape.decode_rows, shape.heads_q, shape.head_dim);
+  args.out = bthd(tensors.out, shape.decode_rows, shape.heads_q, shape.head_dim);
+  if (shape.block_size > 0) {
+    args.k_cache = bthd(tensors.k, shape.block_size, shape.heads_kv, shape.head_dim);
+    args.v_cache = bthd(tensors.v, shape.block_size, shape.heads_kv, shape.head_dim);
+    args.block_table = tensors.block_table;
+    args.max_blocks = blocks_per_sequence(shape);
+    args.block_table_batch_stride = args.max_blocks;
+    args.num_blocks = shape.batch * args.max_blocks;
+    args.block_size = shape.block_size;
+  } else {
+    args.k_cache = bthd(tensors.k, shape.seqlen, shape.heads_kv, shape.head_dim);
+    args.v_cache = bthd(tensors.v, shape.seqlen, shape.heads_kv, shape.head_dim);
+    args.max_cache_len = shape.seqlen;
+  }
+  args.cache_seqlens = tensors.lengths;
+  // The lengths were written by the tuner and are valid; checking them synchronizes every call.
+  args.trust_lengths = true;
+  return args;
+}
+
+ForwardArgs decode_reference_args(const Shape& shape, const ShapeTensors& tensors) {
+  ForwardArgs args = forward_args(shape, tensors);
+  args.max_seqlen_q = shape.decode_rows;
+  args.q = bthd(tensors.q, shape.decode_rows, shape.heads_q, shape.head_dim);
+  args.out = bthd(tensors.out, shape.decode_rows, shape.heads_q, shape.head_dim);
+  args.seq_lens_q = nullptr;
   return args;
 }
 
@@ -454,7 +596,13 @@ Task make_task(const Shape& shape, gen::Direction direction, std::vector<int> le
   task.shape = shape;
   task.direction = direction;
   task.spec = spec_for(shape, direction);
-  task.problem = cache::problem_key(task.spec, shape.seqlen, shape.seqlen);
+  task.problem =
+      direction == gen::Direction::decode
+          ? cache::problem_key(
+                task.spec,
+                policy::decode_lookup_units(shape.batch, shape.heads_kv, shape.decode_rows),
+                shape.block_size > 0 ? blocks_per_sequence(shape) * shape.block_size : shape.seqlen)
+          : cache::problem_key(task.spec, shape.seqlen, shape.seqlen);
   task.lengths = std::move(lengths);
   return task;
 }
@@ -463,9 +611,36 @@ std::vector<Task> tasks_for(const Shape& shape) {
   validate(shape);
   const std::vector<int> lengths = draw_lengths(shape);
   if (shape.pass == Pass::forward) return {make_task(shape, gen::Direction::forward, lengths)};
+  if (shape.pass == Pass::decode) return {make_task(shape, gen::Direction::decode, lengths)};
   return {make_task(shape, gen::Direction::dkdv, lengths),
           make_task(shape, gen::Direction::dq, lengths)};
 }
+
+namespace {
+
+std::optional<Task> decode_task_for_problem(const gen::KernelSpec& spec,
+                                            const cache::ProblemKey& problem) {
+  if (spec.window || spec.score_mod) return std::nullopt;
+  Shape shape;
+  shape.pass = Pass::decode;
+  shape.dtype = spec.dtype;
+  shape.head_dim = spec.head_dim;
+  shape.heads_kv = 8;
+  shape.heads_q = 4 * shape.heads_kv;
+  shape.batch = std::max(1, problem.seqlen_q_bucket / shape.heads_kv);
+  shape.seqlen = problem.seqlen_k_bucket;
+  shape.block_size = spec.layout == gen::Layout::paged ? 16 : 0;
+  shape.causal = spec.causal;
+  shape.sigmoid = spec.sigmoid;
+  try {
+    std::vector<Task> tasks = tasks_for(resolved(shape));
+    if (tasks.front().problem == problem) return std::move(tasks.front());
+  } catch (const std::invalid_argument&) {
+  }
+  return std::nullopt;
+}
+
+}  // namespace
 
 std::optional<Task> task_for_problem(const cache::ProblemKey& problem) {
   gen::KernelSpec spec;
@@ -474,8 +649,7 @@ std::optional<Task> task_for_problem(const cache::ProblemKey& problem) {
   } catch (const std::invalid_argument&) {
     return std::nullopt;
   }
-  // No shape describes a KV cache yet: decode kernels run their heuristic tiles.
-  if (spec.direction == gen::Direction::decode) return std::nullopt;
+  if (spec.direction == gen::Direction::decode) return decode_task_for_problem(spec, problem);
   Shape shape;
   shape.pass = spec.direction == gen::Direction::forward ? Pass::forward : Pass::backward;
   shape.dtype = spec.dtype;
@@ -513,6 +687,8 @@ Task task_from_json(const nlohmann::json& j) {
     parsed = gen::Direction::dkdv;
   } else if (direction == "dq") {
     parsed = gen::Direction::dq;
+  } else if (direction == "decode") {
+    parsed = gen::Direction::decode;
   } else if (direction != gen::to_string(gen::Direction::forward)) {
     throw std::invalid_argument(fmt::format("unknown task direction '{}'", direction));
   }

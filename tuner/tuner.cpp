@@ -32,6 +32,8 @@ constexpr int kTypicalRegistersPerThread = 168;
 constexpr int kMaxThreadsPerSm = 2048;
 // Warps an SM needs resident to hide the latency of shared-memory loads behind the MMAs.
 constexpr int kWarpsToHideLatency = 8;
+// A decode split's share of the cost of summing the partial outputs, against the cache read.
+constexpr double kSplitSumCost = 0.01;
 
 std::string now_iso8601() {
   const std::time_t now = std::time(nullptr);
@@ -306,11 +308,24 @@ Strategy parse_strategy(std::string_view text) {
 
 double predicted_cost(const Task& task, const gen::TileConfig& tile, int sm_count,
                       const policy::Target& target) {
+  const Shape& shape = task.shape;
   const bool keys_split = task.direction == gen::Direction::dkdv;
+  const bool decode = task.direction == gen::Direction::decode;
   const int owned = keys_split ? tile.block_n : tile.block_m;  // rows or keys a CTA owns
   const int step = keys_split ? tile.block_m : tile.block_n;   // the other side, per step
-  const int heads = keys_split ? task.shape.heads_kv : task.shape.heads_q;
-  const double ctas = double((task.shape.seqlen + owned - 1) / owned) * heads * task.shape.batch;
+  const int heads = keys_split ? shape.heads_kv : shape.heads_q;
+  double ctas = double((shape.seqlen + owned - 1) / owned) * heads * shape.batch;
+  int splits = 1;
+  if (decode) {
+    // A CTA owns block_m of a kv head's (query, group head) rows and one split of the cache.
+    const long long rows =
+        static_cast<long long>(shape.heads_q / shape.heads_kv) * shape.decode_rows;
+    const long long units = static_cast<long long>(shape.batch) * shape.heads_kv *
+                            ((rows + tile.block_m - 1) / tile.block_m);
+    const long long key_tiles = (shape.seqlen + tile.block_n - 1) / tile.block_n;
+    splits = tile.splits != 0 ? tile.splits : policy::decode_splits(units, key_tiles, sm_count);
+    ctas = double(units) * splits;
+  }
   const int threads = 32 * tile.warps;
   const int smem = gen::smem_bytes(task.spec, tile);
   const int by_smem = smem > 0 ? std::max(1, target.max_smem_optin / smem) : kMaxThreadsPerSm;
@@ -320,11 +335,13 @@ double predicted_cost(const Task& task, const gen::TileConfig& tile, int sm_coun
   const double slots = double(std::max(1, sm_count)) * per_sm;
   const double waves = std::ceil(ctas / slots);
   const double wave_efficiency = ctas / (waves * slots);
-  // Shared-memory bytes loaded per MMA flop scale with 1/owned + 1/step.
-  const double reuse = 1.0 / (1.0 / owned + 1.0 / step);
+  // Shared-memory bytes loaded per MMA flop scale with 1/owned + 1/step. Decode reads the cache
+  // once whatever the tile, so only the fill of the GPU and the sum of the splits count there.
+  const double reuse = decode ? 1.0 : 1.0 / (1.0 / owned + 1.0 / step);
   const double latency_hiding = std::min(1.0, double(per_sm * tile.warps) / kWarpsToHideLatency);
   const double pipelining = tile.stages >= 3 ? 1.05 : 1.0;
-  return 1.0 / (wave_efficiency * reuse * latency_hiding * pipelining);
+  const double split_sum = splits > 1 ? 1.0 + kSplitSumCost * splits : 1.0;
+  return split_sum / (wave_efficiency * reuse * latency_hiding * pipelining);
 }
 
 std::vector<gen::TileConfig> ranked_candidates(const Task& task, int sm_count,

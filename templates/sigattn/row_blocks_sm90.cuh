@@ -76,6 +76,13 @@ __device__ __forceinline__ int sequence_row_blocks(const FwdParams& p, int b) {
   return (sequence_info<Cfg::kLayout>(p, b).len_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
 }
 
+// Row blocks of the longest sequence in the padded layout, whose padding rows the kernel writes as
+// zeros; 0 in the other layouts, which have none.
+template <class Cfg>
+__device__ __forceinline__ int padded_row_blocks(const FwdParams& p) {
+  return Cfg::kLayout == Layout::kPadded ? (p.max_seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM : 0;
+}
+
 // Publishes a tile that brings no row tiles: a plain arrival on bar_q once the consumers released
 // the previous row tiles.
 __device__ __forceinline__ void publish_without_rows(unsigned bar_q, unsigned bar_q_empty,
@@ -106,7 +113,8 @@ __device__ __forceinline__ void produce_dynamic(const FwdParams& p, TileCounter*
       ScheduleCursor cursor;
       load_shared_ints(position, index, cursor.batch, cursor.first);
       const WorkTile next = dynamic_work_tile<Cfg::kCausal>(
-          index, p.heads_q, p.batch, cursor, [&](int b) { return sequence_row_blocks<Cfg>(p, b); });
+          index, p.heads_q, p.batch, padded_row_blocks<Cfg>(p), cursor,
+          [&](int b) { return sequence_row_blocks<Cfg>(p, b); });
       store_work_tile(slot, next);
       if (next.batch >= 0) {
         store_shared_ints(position, take_work_tile(counter), cursor.batch, cursor.first);

@@ -4,8 +4,9 @@
 // sequence. Blocks are numbered fastest, so the tiles in flight together share their head's
 // inputs in L2; kLongestFirst runs a head's blocks from the last to the first (causal query row
 // blocks, where the last sees the most keys).
-// Dynamic: CTAs take tile indices from a global counter, and an index names only blocks that hold
-// valid rows: sequence by sequence, each sequence's longest tiles first.
+// Dynamic: CTAs take tile indices from a global counter. The indices name the blocks that hold
+// valid rows first, sequence by sequence, each sequence's longest tiles first; then, in the padded
+// layout, the blocks of padding rows, which only write zeros.
 #pragma once
 
 #include "sigattn/fwd_sm90_params.h"
@@ -29,15 +30,17 @@ __device__ __forceinline__ WorkTile work_tile(int index, int blocks, int heads) 
   return tile;
 }
 
-// How far a CTA's walk over the sequences has come: `first` is the index of sequence `batch`'s
-// first work tile.
+// How far a CTA's walk over the sequences has come: `first` is the index of the first work tile of
+// sequence `batch` (its valid blocks), or of sequence batch - batch_count (its padding blocks).
 struct ScheduleCursor {
   int batch = 0;
   int first = 0;
 };
 
 // The work tile of `index` in the dynamic order, or batch -1 past the last one. row_blocks(b) is
-// sequence b's count of blocks with valid rows. The tiles of a sequence come together; with
+// sequence b's count of blocks with valid rows, all_blocks the blocks of the longest sequence in
+// the padded layout (0 otherwise): sequence b's blocks from row_blocks(b) to all_blocks hold only
+// padding rows and come after every valid one. The valid tiles of a sequence come together; with
 // kLongestFirst (causal), block by block from the last, a block's heads together, so that a
 // sequence's costliest tiles go first and the cheap ones fill the gaps at the end; otherwise head
 // by head, the blocks of a head together (they share its K/V in L2). The indices a cursor is asked
@@ -45,7 +48,7 @@ struct ScheduleCursor {
 // sequences once.
 template <bool kLongestFirst, class RowBlocks>
 __device__ __forceinline__ WorkTile dynamic_work_tile(int index, int heads, int batch,
-                                                      ScheduleCursor& cursor,
+                                                      int all_blocks, ScheduleCursor& cursor,
                                                       RowBlocks&& row_blocks) {
   while (cursor.batch < batch) {
     const int blocks = row_blocks(cursor.batch);
@@ -63,6 +66,17 @@ __device__ __forceinline__ WorkTile dynamic_work_tile(int index, int heads, int 
       return tile;
     }
     cursor.first += blocks * heads;
+    ++cursor.batch;
+  }
+  while (all_blocks > 0 && cursor.batch < 2 * batch) {
+    const int b = cursor.batch - batch;
+    const int valid = row_blocks(b);
+    const int padding = all_blocks - valid;
+    const int local = index - cursor.first;
+    if (local < padding * heads) {
+      return WorkTile{valid + local % padding, local / padding, b};
+    }
+    cursor.first += padding * heads;
     ++cursor.batch;
   }
   return WorkTile{0, 0, -1};

@@ -2,6 +2,7 @@
 // default always fits the architecture and explains itself.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -504,6 +505,32 @@ TEST(DecodeTile, SplitsFillTheGpuTwiceWithinTheKeyTiles) {
   EXPECT_EQ(decode_splits(132, 2048, 132), 2);
   // One unit on a large GPU: never past kMaxDecodeSplits.
   EXPECT_EQ(decode_splits(1, 1 << 20, 1000), kMaxDecodeSplits);
+}
+
+TEST(DecodeTile, CandidatesTryEachTileOpenAndWithFixedSplitCounts) {
+  const gen::KernelSpec spec = gen::parse_spec("decode.bf16.d128.paged.causal.nosmod.fast.anylen");
+  const std::vector<gen::TileConfig> tiles = candidates(spec, target_for_arch("sm_90a"));
+  std::vector<gen::TileConfig> open;
+  for (const gen::TileConfig& tile : tiles) {
+    EXPECT_EQ(rejection(spec, tile, target_for_arch("sm_90a")), "") << gen::to_string(tile);
+    if (tile.splits == 0) open.push_back(tile);
+  }
+  ASSERT_FALSE(open.empty());
+  // Each open tile once more with 1, 2, 4, ..., kMaxTunedDecodeSplits.
+  EXPECT_EQ(tiles.size(), open.size() * 8);
+  for (const gen::TileConfig& tile : open) {
+    for (int splits = 1; splits <= kMaxTunedDecodeSplits; splits *= 2) {
+      gen::TileConfig fixed = tile;
+      fixed.splits = splits;
+      EXPECT_NE(std::find(tiles.begin(), tiles.end(), fixed), tiles.end()) << gen::to_string(fixed);
+    }
+  }
+}
+
+TEST(DecodeTile, LookupUnitsCountBatchKvHeadsAndRows) {
+  EXPECT_EQ(decode_lookup_units(16, 8, 1), 128);
+  EXPECT_EQ(decode_lookup_units(2, 4, 3), 24);
+  EXPECT_EQ(decode_lookup_units(65535, 65535, 1 << 24), 2147483647);
 }
 
 TEST(DefaultSpecs, CoverBothDtypesLayoutsAndCausal) {

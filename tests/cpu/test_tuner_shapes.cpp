@@ -1,6 +1,7 @@
 // Tuning shapes: the shape string and its errors, the JSON shape file and its errors, presets,
 // the expansion into tasks (specs and problem keys as the runtime derives them, padded lengths),
-// task round trips through the worker protocol's JSON, and shards.
+// decode shapes (contiguous and paged caches, query rows, the units key), task round trips
+// through the worker protocol's JSON, and shards.
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -51,6 +52,15 @@ TEST(TunerShapes, StringErrorsNameTheField) {
       {"fwd.bf16.d128.L4096.b0", "batch 0 must be at least 1"},
       {"fwd.bf16.d128.L4096.h0", "heads 0 must be at least 1"},
       {"fwd.bf16.d128.L4096.h16x0", "kv heads 0 must be at least 1"},
+      {"fwd.bf16.d128.L4096.q2", "decode shapes only"},
+      {"bwd.bf16.d128.L4096.paged16", "decode shapes only"},
+      {"dec.bf16.d128.L4096.q0", "query rows 0 must be at least 1"},
+      {"dec.bf16.d128.L4096.q4097", "query rows 4097 must be in [1, seqlen 4096]"},
+      {"dec.bf16.d128.L4096.paged0", "block size 0 must be at least 1"},
+      {"dec.bf16.d128.L4096.paged8192", "block size 8192 must be in [1, seqlen 4096]"},
+      {"dec.bf16.d128.L100.q80.pad50", "shorter than the 80 query rows"},
+      {"dec.bf16.d128.L131072.b4096.h32x8", "bytes"},
+      {"dex.bf16.d128.L4096", "must be fwd, bwd or dec"},
   };
   for (const auto& [text, needle] : cases) {
     try {
@@ -133,8 +143,64 @@ TEST(TunerShapes, TensorBytesDoNotOverflow) {
   EXPECT_EQ(tensor_bytes(shape), std::nullopt);
 }
 
+TEST(TunerShapes, DecodeShapes) {
+  const Shape shape = parse_shape("dec.bf16.d128.L4096.h32x8.paged16.causal");
+  EXPECT_EQ(shape.pass, Pass::decode);
+  EXPECT_EQ(shape.batch, 16);  // 65536 cached tokens / 4096
+  EXPECT_EQ(shape.decode_rows, 1);
+  EXPECT_EQ(shape.block_size, 16);
+  EXPECT_EQ(to_string(shape), "dec.bf16.d128.L4096.b16.h32x8.paged16.causal");
+  for (const char* text :
+       {"dec.fp16.d64.L1000.pad20.b3.h8x2.q4", "dec.bf16.d256.L300.b2.h4.q3.paged7"}) {
+    EXPECT_EQ(to_string(parse_shape(text)), text);
+  }
+  // q and out of one row, the caches of 4096 positions: 2 bytes an element.
+  EXPECT_EQ(tensor_bytes(shape), 2 * 2 * (16 * 1 * 32 * 128 + 16 * 4096 * 8 * 128));
+  // A paged cache holds whole blocks: 300 positions in blocks of 7 take 43 of them.
+  const Shape paged = parse_shape("dec.bf16.d64.L300.b2.h4.paged7");
+  EXPECT_EQ(blocks_per_sequence(paged), 43);
+  EXPECT_EQ(tensor_bytes(paged), 2 * 2 * (2 * 1 * 4 * 64 + 2 * 43 * 7 * 4 * 64));
+
+  const std::vector<Task> tasks = tasks_for(shape);
+  ASSERT_EQ(tasks.size(), 1u);
+  EXPECT_EQ(tasks[0].direction, gen::Direction::decode);
+  EXPECT_EQ(tasks[0].spec.layout, gen::Layout::paged);
+  EXPECT_TRUE(tasks[0].spec.causal);
+  // The units key: batch 16 x 8 kv heads x 1 row; the capacity of the cache.
+  EXPECT_EQ(tasks[0].problem.seqlen_q_bucket, 128);
+  EXPECT_EQ(tasks[0].problem.seqlen_k_bucket, 4096);
+  EXPECT_EQ(tasks[0].name(), "dec.bf16.d128.L4096.b16.h32x8.paged16.causal");
+  // One row at the end of each cache sees every key.
+  EXPECT_DOUBLE_EQ(tasks[0].flops(), 4.0 * 32 * 128 * 16 * 4096);
+  // Four causal rows at the end see 4 x 4096 - (0 + 1 + 2 + 3) pairs.
+  EXPECT_DOUBLE_EQ(tasks_for(parse_shape("dec.bf16.d128.L4096.b1.h8.q4.causal"))[0].flops(),
+                   4.0 * 8 * 128 * (4.0 * 4096 - 6));
+  // Padded caches: their lengths drawn from the shape, as for the forward.
+  const Task mixed = tasks_for(parse_shape("dec.bf16.d128.L2000.pad50.b6.h16x4"))[0];
+  ASSERT_EQ(mixed.lengths.size(), 6u);
+  for (const int length : mixed.lengths) {
+    EXPECT_GE(length, 1000);
+    EXPECT_LE(length, 2000);
+  }
+  EXPECT_EQ(mixed.spec.layout, gen::Layout::padded);  // a contiguous cache
+  EXPECT_EQ(mixed.problem.seqlen_k_bucket, 2048);
+
+  nlohmann::json j = tasks[0];
+  const Task back = task_from_json(nlohmann::json::parse(j.dump()));
+  EXPECT_EQ(back.shape, tasks[0].shape);
+  EXPECT_EQ(back.direction, gen::Direction::decode);
+  EXPECT_EQ(back.problem, tasks[0].problem);
+}
+
 TEST(TunerShapes, Presets) {
   EXPECT_EQ(preset_shapes("quick").size(), 4u);
+  const std::vector<Shape> decode = preset_shapes("decode");
+  EXPECT_GE(decode.size(), 30u);
+  for (const Shape& shape : decode) {
+    EXPECT_EQ(shape.pass, Pass::decode);
+    EXPECT_LE(tensor_bytes(shape), kMaxShapeBytes) << to_string(shape);
+    EXPECT_NO_THROW(tasks_for(shape)) << to_string(shape);
+  }
   const std::vector<Shape> paper = preset_shapes("paper");
   EXPECT_EQ(paper.size(), 2u * 2 * 2 * 6 * 3);
   for (const Shape& shape : paper) {
@@ -146,7 +212,7 @@ TEST(TunerShapes, Presets) {
     preset_shapes("huge");
     ADD_FAILURE() << "unknown preset accepted";
   } catch (const std::invalid_argument& error) {
-    EXPECT_NE(std::string(error.what()).find("quick, paper"), std::string::npos);
+    EXPECT_NE(std::string(error.what()).find("quick, paper, decode"), std::string::npos);
   }
 }
 
@@ -189,7 +255,8 @@ TEST(TunerShapes, TaskJsonRoundTrip) {
 TEST(TunerShapes, AStoredProblemGivesItsTaskBack) {
   for (const char* text :
        {"fwd.bf16.d128.L4096", "fwd.fp16.d64.L1000.causal.accurate", "fwd.bf16.d128.L4096.pad25",
-        "bwd.bf16.d128.L512", "fwd.bf16.d64.L100", "bwd.fp16.d64.L3000.pad50.causal"}) {
+        "bwd.bf16.d128.L512", "fwd.bf16.d64.L100", "bwd.fp16.d64.L3000.pad50.causal",
+        "dec.bf16.d128.L4096.b16.h32x8.paged16.causal", "dec.fp16.d64.L65536.b1.h32x8"}) {
     for (const Task& task : tasks_for(parse_shape(text))) {
       const std::optional<Task> found = task_for_problem(task.problem);
       ASSERT_TRUE(found) << task.name();
@@ -203,7 +270,8 @@ TEST(TunerShapes, AStoredProblemGivesItsTaskBack) {
         cache::ProblemKey{"fwd.bf16.d128.dense.nomask.smod.fast.x128", 4096, 4096},
         cache::ProblemKey{"fwd.bf16.d128.varlen.nomask.nosmod.fast.anylen", 4096, 4096},
         cache::ProblemKey{"fwd.bf16.d128.dense.nomask.nosmod.fast.x128", 4096, 1024},
-        cache::ProblemKey{"fwd.bf16.d128", 4096, 4096}}) {
+        cache::ProblemKey{"fwd.bf16.d128", 4096, 4096},
+        cache::ProblemKey{"decode.bf16.d128.paged.causal+window.nosmod.fast.anylen", 128, 4096}}) {
     EXPECT_FALSE(task_for_problem(problem)) << problem.spec;
   }
 }
