@@ -1,5 +1,6 @@
-// The tuner's GPU runner on the device: every candidate tile of a small forward and backward task
-// passes verification against the reference and comes back timed; a broken output is caught. The
+// The tuner's GPU runner on the device: every candidate tile of a small forward, backward and
+// decode task (contiguous and paged caches) passes verification against the reference and comes
+// back timed; a broken output is caught. The
 // end-to-end checks of `sigattn tune` (quick preset, SIGKILL and resume, faulting and hanging
 // candidates) are in scripts/tune_gpu_check.sh.
 #include <gtest/gtest.h>
@@ -38,6 +39,12 @@ TEST_F(TunerGpu, ForwardCandidatesVerifyAndTime) {
 
 TEST_F(TunerGpu, BackwardCandidatesVerifyAndTime) {
   expect_every_candidate_passes("bwd.fp16.d128.L256.b2.h4", gpu());
+}
+
+TEST_F(TunerGpu, DecodeCandidatesVerifyAndTime) {
+  // Mixed cache lengths, three causal query rows, blocks of 16 behind a shuffled table.
+  expect_every_candidate_passes("dec.bf16.d128.L700.pad30.b3.h8x2.q3.paged16.causal", gpu());
+  expect_every_candidate_passes("dec.fp16.d64.L300.b2.h4", gpu());
 }
 
 TEST(TunerGpuCompare, BrokenOutputsAreCaught) {
