@@ -176,7 +176,7 @@ set(cli_tune_db ${cli_db_dir}/tune_rejected.db)
 cli_test(tune_nothing_to_tune EXIT 2 ARGS tune --db ${cli_tune_db} STDERR "--preset, --shape"
          ABSENT ${cli_tune_db})
 cli_test(tune_unknown_preset EXIT 2 ARGS tune --preset huge --db ${cli_tune_db}
-         STDERR "unknown preset 'huge' \\(known: quick, paper\\)" ABSENT ${cli_tune_db})
+         STDERR "unknown preset 'huge' \\(known: quick, paper, decode\\)" ABSENT ${cli_tune_db})
 cli_test(tune_impossible_shape EXIT 2 ARGS tune --shape fwd.bf16.d100.L4096 --db ${cli_tune_db}
          STDERR "head_dim 100" ABSENT ${cli_tune_db})
 cli_test(tune_bad_shape_field EXIT 2 ARGS tune --shape fwd.bf16.d64.L4096.mask --db ${cli_tune_db}
