@@ -152,7 +152,8 @@ ShapeTensors GpuRunner::tensors(const InputSet& set) const {
   tensors.k = set.k.get();
   tensors.v = set.v.get();
   tensors.out = task_->shape.pass == Pass::backward ? set.dout.get() : out_.get();
-  if (!task_->lengths.empty()) tensors.lengths = static_cast<const std::int32_t*>(lengths_.get());
+  // Padded shapes' lengths, and every decode shape's cache lengths.
+  if (lengths_.size() > 0) tensors.lengths = static_cast<const std::int32_t*>(lengths_.get());
   tensors.grad_out = set.dout.get();
   tensors.grad_q = grad_q_.get();
   tensors.grad_k = grad_k_.get();
