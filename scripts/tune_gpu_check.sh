@@ -7,7 +7,9 @@
 #   2. a run killed with SIGKILL part way resumes: the second run measures none of the committed
 #      candidates again except the finalists' re-timing;
 #   3. a candidate that writes to an invalid address is recorded as launch_error, one that hangs
-#      as timeout, and both runs still find a winner.
+#      as timeout, and both runs still find a winner;
+#   4. two runs on fresh databases time the same heuristic tile within 2 % of each other, and
+#      report a speedup over it only where the gap exceeds both timings' spread.
 # Databases and logs go to $OUT (default: a temporary directory). Exits non-zero on the first
 # failed check.
 set -euo pipefail
@@ -31,7 +33,9 @@ import json, sys
 def tile_text(t):
     # The canonical tile string of an exported tile object, as the tuner prints winners.
     return (f"{t['family']}.m{t['block_m']}n{t['block_n']}w{t['warps']}s{t['stages']}"
-            + (".atomicdq" if t.get("atomic_dq") else ""))
+            + (".atomicdq" if t.get("atomic_dq") else "")
+            + (f".{t['schedule']}" if t.get("schedule", "strided") != "strided" else "")
+            + (f".splits{t['splits']}" if t.get("splits") else ""))
 data = json.load(open(sys.argv[1]))
 for c in data.get("candidates", []):
     if c["spec"].startswith(sys.argv[2]):
@@ -58,7 +62,9 @@ import json, sys
 def tile_text(t):
     # The canonical tile string of an exported tile object, as the tuner prints winners.
     return (f"{t['family']}.m{t['block_m']}n{t['block_n']}w{t['warps']}s{t['stages']}"
-            + (".atomicdq" if t.get("atomic_dq") else ""))
+            + (".atomicdq" if t.get("atomic_dq") else "")
+            + (f".{t['schedule']}" if t.get("schedule", "strided") != "strided" else "")
+            + (f".splits{t['splits']}" if t.get("splits") else ""))
 problems = json.load(open(sys.argv[1]))["problems"]
 rows = json.load(open(sys.argv[2]))["candidates"]
 status = {(r["spec"], r["seqlen_q_bucket"], tile_text(r["tile"])): r["status"] for r in rows}
@@ -125,4 +131,27 @@ print(f"{p['problem']}: winner {p['winner']}, {p['failures']} failure(s), "
       f"{r['worker_restarts']} worker restart(s)")
 PY
 done
+echo "== 4. the same kernel times the same in two runs"
+shape="bwd.bf16.d128.L4096"
+for run in 1 2; do
+  "${cli}" tune --shape "${shape}" --strategy model --db "${out}/agree${run}.db" --json \
+    >"${out}/agree${run}.json" 2>"${out}/agree${run}.log" \
+    || fail "agreement run ${run} exited with $? (see ${out}/agree${run}.log)"
+done
+python3 - "${out}/agree1.json" "${out}/agree2.json" <<'PY' || fail "timings of two runs disagree"
+import json, sys
+runs = [json.load(open(path))["problems"] for path in sys.argv[1:]]
+for first, second in zip(*runs):
+    a, b = first["heuristic_ms"], second["heuristic_ms"]
+    gap = abs(a - b) / min(a, b)
+    print(f"{first['problem']:<40} heuristic {first['heuristic_tile']}: {a:.4f} / {b:.4f} ms "
+          f"({100 * gap:.2f} % apart; spread {100 * first['heuristic_spread']:.1f} / "
+          f"{100 * second['heuristic_spread']:.1f} %)")
+    assert gap <= 0.02, f"{first['problem']}: the heuristic tile's times differ by {100 * gap:.1f} %"
+    for p in (first, second):
+        if "speedup" in p:
+            beyond = p["heuristic_ms"] - p["best_ms"]
+            spread = max(p["heuristic_spread"] * p["heuristic_ms"], p["best_spread"] * p["best_ms"])
+            assert beyond > spread, f"{p['problem']}: speedup {p['speedup']} within the spread"
+PY
 echo "tune_gpu_check.sh: all checks passed"
