@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <functional>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -95,17 +96,19 @@ const InterfaceEntry kInterfaces[] = {
       .argument = without_maps<DecodeParams>}},
 };
 
-// Generation is a pure function of the variant (the templates are fixed at build time), so each
-// variant is generated and hashed once per process. The generator reports a variant it cannot
-// build as std::invalid_argument; to the caller that is a bad tile argument.
-gen::GeneratedKernel generate_for_launch(const gen::Variant& variant) {
+// Generation is a pure function of what is generated (the templates are fixed at build time), so
+// each program is generated and hashed once per process under `name`, and a launch pays a lookup
+// rather than the generator's few microseconds. Entries are never erased, so the references stay
+// valid. The generator reports a program it cannot build as std::invalid_argument; to the caller
+// that is a bad tile argument.
+const gen::GeneratedKernel& generated_once(const std::string& name,
+                                           const std::function<gen::GeneratedKernel()>& generate) {
   static std::mutex mutex;
   static std::map<std::string, gen::GeneratedKernel> generated;
-  const std::string name = gen::to_string(variant);
   std::lock_guard lock(mutex);
   if (const auto found = generated.find(name); found != generated.end()) return found->second;
   try {
-    return generated.emplace(name, gen::generate(variant)).first->second;
+    return generated.emplace(name, generate()).first->second;
   } catch (const std::invalid_argument& error) {
     throw_invalid(fmt::format("cannot generate {}: {}", name, error.what()));
   }
@@ -146,7 +149,18 @@ std::string tma_obstacles(const gen::Variant& variant, const CallOperands& call)
 }
 
 LoadedKernel load_kernel(const gen::Variant& variant) {
-  return ModuleCache::instance().load(generate_for_launch(variant));
+  return ModuleCache::instance().load(
+      generated_once(gen::to_string(variant), [&] { return gen::generate(variant); }));
+}
+
+LoadedKernel load_kv_append(const gen::KernelSpec& spec) {
+  return ModuleCache::instance().load(generated_once(
+      "kv_append " + gen::to_string(spec), [&] { return gen::generate_kv_append(spec); }));
+}
+
+LoadedKernel load_decode_reduce(const gen::KernelSpec& spec) {
+  return ModuleCache::instance().load(generated_once(
+      "decode_reduce " + gen::to_string(spec), [&] { return gen::generate_decode_reduce(spec); }));
 }
 
 void launch_kernel(const LoadedKernel& kernel, const gen::Variant& variant,

@@ -65,6 +65,10 @@ std::string tma_obstacles(const gen::Variant& variant, const CallOperands& call)
 // The kernel of `variant`, generated once per process and loaded in the current context. Throws
 // Error(invalid_argument) when the generator cannot build it.
 LoadedKernel load_kernel(const gen::Variant& variant);
+// The KV-cache append and the sum of the split-KV partial outputs for a decode `spec`, each
+// generated once per process and loaded in the current context.
+LoadedKernel load_kv_append(const gen::KernelSpec& spec);
+LoadedKernel load_decode_reduce(const gen::KernelSpec& spec);
 
 // Launches the kernel of `variant` on `stream` with the argument and grid its interface gives.
 void launch_kernel(const LoadedKernel& kernel, const gen::Variant& variant,

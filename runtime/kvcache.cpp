@@ -16,7 +16,6 @@
 #include "runtime/errors.hpp"
 #include "runtime/kernel_launch.hpp"
 #include "runtime/kernel_params.hpp"
-#include "runtime/module_cache.hpp"
 #include "runtime/scratch_pool.hpp"
 #include "runtime/tile_choice.hpp"
 #include "runtime/validation.hpp"
@@ -83,11 +82,10 @@ void run(const KvCacheArgs& args, const gen::KernelSpec& spec, const policy::Tar
   const gen::Variant variant{spec, tile};
   const LoadedKernel kernel = load_kernel(variant);
   log_launch(variant, origin, kernel);
-  ModuleCache& modules = ModuleCache::instance();
   std::optional<LoadedKernel> append;
-  if (args.seqlen_new > 0) append = modules.load(gen::generate_kv_append(spec));
+  if (args.seqlen_new > 0) append = load_kv_append(spec);
   std::optional<LoadedKernel> reduce;
-  if (tile.splits > 1) reduce = modules.load(gen::generate_decode_reduce(spec));
+  if (tile.splits > 1) reduce = load_decode_reduce(spec);
 
   DecodeParams params = decode_params(args, tile.splits, decode_row_blocks(args, tile));
   std::optional<ScratchPool::Lease> lease;
