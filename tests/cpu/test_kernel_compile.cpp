@@ -308,7 +308,8 @@ TEST(KernelCompile, DecodeVariantsCompileWithoutSpills) {
                              "decode.fp16.d256.paged.causal+window.smod.accurate.anylen"}) {
       const gen::KernelSpec spec = gen::parse_spec(text);
       for (const gen::TileConfig& tile : policy::candidates(spec, target)) {
-        jobs.push_back({{spec, tile}, arch});
+        // A tile's fixed split counts launch the program of its open one (splits 0).
+        if (tile.splits == 0) jobs.push_back({{spec, tile}, arch});
       }
     }
   }
