@@ -115,6 +115,15 @@ TEST(TunerShapes, JsonFile) {
       {R"({"shapes": [{"pass": "forward", "dtype": "bf16", "head_dim": 64, "seqlen": 8,
           "seqlen": 4096}]})",
        "the key 'seqlen' appears twice"},
+      {R"({"shapes": [{"pass": "forward", "dtype": "bf16", "head_dim": 64, "seqlen": 8,
+          "block_size": 4}]})",
+       "decode shapes only"},
+      {R"({"shapes": [{"pass": "decode", "dtype": "bf16", "head_dim": 64, "seqlen": 8,
+          "decode_rows": 0}]})",
+       "shapes[0].decode_rows: 0 is out of range"},
+      {R"({"shapes": [{"pass": "decode", "dtype": "bf16", "head_dim": 64, "seqlen": 8,
+          "block_size": 16}]})",
+       "block size 16 must be in [1, seqlen 8]"},
   };
   for (const auto& [text, needle] : bad) {
     try {
