@@ -5,6 +5,9 @@ cuDNN and flash backends (softmax, speed-of-light references). Protocol of ../sh
 BENCHMARKS.md: 16,384 tokens per batch, hidden 2,048 (B = 16384 / L, H = 2048 / d), BTHD,
 random-normal inputs, padding p draws each length uniformly from [L(1-p), L]; FLOPs 4·B·H·L²·d
 (padded: 4·H·d·Σ len²); the median of triton.testing.do_bench (L2 flushed between reps).
+With --step 1 (the default) also the training step of attention: the forward with inputs that
+require grad and the backward of its output, through the torch op `sigattn.sigmoid_attention` with
+its defaults against torch SDPA's cuDNN and flash backends (TFLOPS count 3.5 x the forward FLOPs).
 Prints a table with ratios, writes CSV (after every shape) and a PNG plot (report.py).
 
 --window L,R runs every shape with a sliding window (L keys left of the diagonal, R right; -1 is
@@ -24,16 +27,17 @@ import sys
 
 from report import format_row, plot, print_table, write_csv
 
-torch = triton = sigattn_ctypes = F = None
+torch = triton = sigattn_ctypes = F = sigattn = None
 
 
 def import_gpu_modules():
     """torch, triton and the library's bindings, imported once the arguments are parsed, so that
     --help runs on a machine without them."""
-    global torch, triton, sigattn_ctypes, F
+    global torch, triton, sigattn_ctypes, F, sigattn
     import torch
     import torch.nn.functional as F
     import triton.testing
+    import sigattn
     import sigattn_ctypes
 
 TOKENS = 16384
@@ -125,6 +129,8 @@ def main():
     parser.add_argument("--png", default="bench.png")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--backward", type=int, default=1, help="also time the backward (0/1)")
+    parser.add_argument("--step", type=int, default=1,
+                        help="also time the training step through the torch op (0/1)")
     parser.add_argument("--window", default=None, metavar="L,R",
                         help="sliding window: keys left and right of the diagonal (-1: unbounded)")
     parser.add_argument("--lengths", action="store_true",
@@ -195,6 +201,11 @@ def main():
                     if args.backward:
                         time_backward(lib, row, q, k, v, lens, causal, fl * 2.5, triton_peer,
                                       window)
+                    if args.step:
+                        ours_step = lambda a, b, c: sigattn.sigmoid_attention(
+                            a, b, c, is_causal=bool(causal), seq_lens_q=lens, seq_lens_k=lens,
+                            trust_lengths=True, window=window)
+                        row["sigattn_step"] = 3.5 * fl / time_step(ours_step, q, k, v) / 1e9
                     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
                     dense_fl = flops(B, H, L, d, None, causal)
                     for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION),
@@ -210,6 +221,11 @@ def main():
                                 if args.backward:
                                     row[name + "_bwd"] = 2.5 * dense_fl / time_sdpa_backward(
                                         qt, kt, vt, bool(causal)) / 1e9
+                                if args.step:
+                                    theirs_step = lambda a, b, c: F.scaled_dot_product_attention(
+                                        a, b, c, is_causal=bool(causal))
+                                    row[name + "_step"] = 3.5 * dense_fl / time_step(
+                                        theirs_step, qt, kt, vt) / 1e9
                         except RuntimeError as e:
                             print(f"{name} unavailable for d={d} L={L}: {e}", file=sys.stderr)
                     rows.append(row)
@@ -259,6 +275,20 @@ def time_sdpa_backward(q, k, v, causal):
     fn = lambda: torch.autograd.grad(out, (qg, kg, vg), dout, retain_graph=True)
     fn()
     return time_ms(fn)
+
+
+def time_step(attention, q, k, v):
+    """Milliseconds of one training step of attention(q, k, v): the forward on inputs that require
+    grad, then the backward of its output."""
+    qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
+    dout = torch.randn_like(q)
+
+    def step():
+        torch.autograd.grad(attention(qg, kg, vg), (qg, kg, vg), dout)
+
+    step()
+    torch.cuda.synchronize()
+    return time_ms(step)
 
 
 def time_sigattn(lib, row, key, q, k, v, flops_fwd, backward, **call):

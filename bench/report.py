@@ -10,7 +10,7 @@ import csv
 
 CSV_KEYS = ["d", "L", "pad", "causal", "B", "H", "sigattn", "triton", "cudnn", "flash",
             "err_vs_triton", "sigattn_bwd", "sigattn_bwd_fast", "triton_bwd", "dq_err_vs_triton",
-            "cudnn_bwd", "flash_bwd"]
+            "cudnn_bwd", "flash_bwd", "sigattn_step", "cudnn_step", "flash_step"]
 INT_KEYS = {"d", "L", "pad", "causal", "B", "H"}
 
 
@@ -31,6 +31,12 @@ def format_row(r):
         if peer + "_bwd" in r:
             parts.append(f"bwd {peer} {r[peer + '_bwd']:6.1f}"
                          f" (fast {r['sigattn_bwd_fast'] / r[peer + '_bwd']:.2f}x)")
+    if "sigattn_step" in r:
+        parts.append(f"step sigattn {r['sigattn_step']:6.1f}")
+    for peer in ("cudnn", "flash"):
+        if "sigattn_step" in r and peer + "_step" in r:
+            parts.append(f"step {peer} {r[peer + '_step']:6.1f}"
+                         f" ({r['sigattn_step'] / r[peer + '_step']:.2f}x)")
     return " | ".join(parts)
 
 
@@ -46,7 +52,11 @@ def print_table(rows):
             else:
                 cells += ["", ""]
         print("| " + " | ".join(cells) + " |")
-    backward = [r for r in rows if "sigattn_bwd" in r]
+    print_backward_table([r for r in rows if "sigattn_bwd" in r])
+    print_step_table([r for r in rows if "sigattn_step" in r])
+
+
+def print_backward_table(backward):
     if not backward:
         return
     print("\nTFLOPS (backward call, 2.5 x forward FLOPs; deterministic and fast modes; ratio = "
@@ -61,6 +71,24 @@ def print_table(rows):
             if peer + "_bwd" in r:
                 cells += [f"{r[peer + '_bwd']:.0f}",
                           f"{r['sigattn_bwd_fast'] / r[peer + '_bwd']:.2f}"]
+            else:
+                cells += ["", ""]
+        print("| " + " | ".join(cells) + " |")
+
+
+def print_step_table(steps):
+    if not steps:
+        return
+    print("\nTFLOPS (training step through the torch op: forward + backward, 3.5 x forward FLOPs; "
+          "ratio = sigattn / peer)")
+    print("| d | L | pad | causal | sigattn | cuDNN | ratio | flash | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in steps:
+        cells = [str(r["d"]), str(r["L"]), str(r["pad"]), str(r["causal"]),
+                 f"{r['sigattn_step']:.0f}"]
+        for peer in ("cudnn", "flash"):
+            if peer + "_step" in r:
+                cells += [f"{r[peer + '_step']:.0f}", f"{r['sigattn_step'] / r[peer + '_step']:.2f}"]
             else:
                 cells += ["", ""]
         print("| " + " | ".join(cells) + " |")

@@ -2,7 +2,8 @@
 # The benchmark runs the open performance work is judged by, in one call on a machine with a GPU,
 # from the repository root once the build folder ($BUILD_DIR, default build) is there, with the
 # sigattn package importable (PYTHONPATH=python, or installed) and TritonSigmoid where it can be:
-#   1. head dims 64..256 at L = 4096, forward and backward, against cuDNN, flash and TritonSigmoid;
+#   1. head dims 64..256 at L = 4096, forward, backward and the training step, against cuDNN,
+#      flash and TritonSigmoid, and causal at d = 64 and 128;
 #   2. the heavy-tailed varlen batch (--lengths), dense and causal;
 #   3. causal with the windows (256, 0) and (1024, 0) at L = 8192;
 #   4. decode steps against the copy rate and torch SDPA (contiguous and paged caches);
@@ -46,6 +47,8 @@ step() {
 nvidia-smi -L 2>/dev/null | tee -a "${log}"
 step heads 35 python3 bench/bench.py --lib "${library}" --d 64,80,96,128,192,256 --L 4096 \
   --pad 0 --csv "${out}/heads.csv" --png "${out}/heads.png"
+step causal 15 python3 bench/bench.py --lib "${library}" --d 64,128 --L 4096 --pad 0 --causal 1 \
+  --csv "${out}/causal.csv" --png "${out}/causal.png"
 step lengths 30 python3 bench/bench.py --lib "${library}" --lengths --d 128 --causal 0,1 \
   --seed 1 --csv "${out}/lengths.csv" --png "${out}/lengths.png"
 step window 35 python3 bench/bench.py --lib "${library}" --d 128 --L 8192 --pad 0 --causal 1 \
