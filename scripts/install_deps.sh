@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build pkg-config
+  build-essential cmake ninja-build pkg-config ccache
   libfmt-dev nlohmann-json3-dev libsqlite3-dev libgtest-dev libcli11-dev libxxhash-dev
   clang-format
   # The Python package's tests: a virtual environment over Debian's Python, and its torch.

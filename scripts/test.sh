@@ -3,14 +3,21 @@
 # Ninja, builds, runs the CPU tests and the GPU tests (which skip themselves where there is
 # no GPU), builds the host code again with ASan and UBSan in build-sanitize/ (or
 # $SANITIZE_BUILD_DIR) and runs the CPU tests there, installs the Python package (python/) into a
-# virtual environment and runs its tests, runs the benchmark report's tests, and checks that the
-# C++ sources are clang-formatted.
+# virtual environment (its own build in build-wheel/, beside build/) and runs its tests, runs the
+# benchmark report's tests, and checks that the C++ sources are clang-formatted.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build_dir=${BUILD_DIR:-$repo/build}
 
 "$repo/scripts/install_deps.sh"
+
+# The library's sources compile twice with the same flags (in build/ and in the Python package's
+# own build below): ccache serves the second from the first. Both builds name the compiler alike
+# (ccache keys on the name) and sit at the same depth under the repository (its paths are made
+# relative to the build directory).
+export CC=${CC:-cc} CXX=${CXX:-c++}
+export CMAKE_C_COMPILER_LAUNCHER=ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache CCACHE_BASEDIR=$repo
 
 cmake --fresh -S "$repo" -B "$build_dir" -G Ninja
 cmake --build "$build_dir"
@@ -34,8 +41,11 @@ cmake --build "$sanitize_dir" --target sigattn_cli libsigattn.so sigattn_cpu_tes
 # library) into a virtual environment that sees Debian's python3-torch, then its tests, run from
 # outside the source tree so that the installed package is the one imported.
 python_env=$build_dir/python-venv
+wheel_build_dir=$build_dir-wheel
+rm -rf "$wheel_build_dir"
 /usr/bin/python3 -m venv --clear --system-site-packages "$python_env"
-"$python_env/bin/python" -m pip install --quiet "$repo/python"
+"$python_env/bin/python" -m pip install --quiet --config-settings=build-dir="$wheel_build_dir" \
+  "$repo/python"
 "$python_env/bin/python" -m unittest discover -s "$repo/python/tests" -v
 
 # The benchmark's report module (CSV reading and its errors) and its --lengths batch (no GPU, no
