@@ -129,7 +129,7 @@ def main():
     parser.add_argument("--png", default="bench.png")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--backward", type=int, default=1, help="also time the backward (0/1)")
-    parser.add_argument("--step", type=int, default=1,
+    parser.add_argument("--step", type=int, default=1, choices=(0, 1),
                         help="also time the training step through the torch op (0/1)")
     parser.add_argument("--window", default=None, metavar="L,R",
                         help="sliding window: keys left and right of the diagonal (-1: unbounded)")

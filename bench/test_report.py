@@ -23,7 +23,8 @@ class ReadCsvTest(unittest.TestCase):
 
     def test_round_trip_keeps_values_and_leaves_empty_cells_out(self):
         rows = [{"d": 64, "L": 4096, "pad": 0, "causal": 0, "B": 4, "H": 32, "sigattn": 471.4,
-                 "triton": 416.6, "sigattn_bwd": 247.5, "sigattn_bwd_fast": 358.0}]
+                 "triton": 416.6, "sigattn_bwd": 247.5, "sigattn_bwd_fast": 358.0,
+                 "sigattn_step": 301.2, "cudnn_step": 322.9}]
         path = self.path("rows.csv")
         report.write_csv(rows, path)
         self.assertEqual(report.read_csv(path), rows)
