@@ -57,7 +57,8 @@ int smem_bytes(const KernelSpec& spec, const TileConfig& tile) {
                     : bwd_dq_sm80_storage(d, tile.block_m, tile.block_n, tile.stages).bytes;
     case Direction::dkdv:
       return hopper
-                 ? bwd_dkdv_sm90_storage(d, tile.block_m, tile.block_n, tile.stages, tile.atomic_dq)
+                 ? bwd_dkdv_sm90_storage(d, tile.block_m, tile.block_n, tile.stages, tile.atomic_dq,
+                                         dynamic)
                        .bytes
                  : bwd_dkdv_sm80_storage(d, tile.block_m, tile.block_n, tile.stages, tile.atomic_dq)
                        .bytes;
@@ -191,8 +192,9 @@ GeneratedKernel generate(const Variant& variant) {
                spec.direction != Direction::dkdv
                    ? ""
                    : fmt::format("  static constexpr bool kAtomicDq = {};\n", tile.atomic_dq)),
-      // Only the persistent kernels (the sm90 forward and dq) have a schedule to choose.
-      fmt::arg("schedule", tile.family != Family::sm90 || spec.direction == Direction::dkdv
+      // Only the sm90 kernels have a schedule to choose (the dK/dV kernel is persistent in the
+      // dynamic one).
+      fmt::arg("schedule", tile.family != Family::sm90
                                ? ""
                                : fmt::format("  static constexpr bool kDynamicSchedule = {};\n",
                                              tile.schedule == Schedule::dynamic)),

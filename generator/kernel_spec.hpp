@@ -29,7 +29,8 @@ enum class Family { sm80, sm90 };
 // How a persistent kernel's CTAs share the work tiles. strided: CTA i takes tiles i, i + grid,
 // i + 2 grid, ... of every (row block, head, sequence) up to max_seqlen. dynamic: CTAs take the
 // next tile from a global counter, over only the row blocks that hold valid rows, each
-// sequence's longest tiles first.
+// sequence's longest tiles first. The sm90 dK/dV kernel launches one CTA per key block in the
+// strided schedule and is persistent in the dynamic one (key blocks for row blocks).
 enum class Schedule { strided, dynamic };
 
 struct KernelSpec {
@@ -63,7 +64,7 @@ struct TileConfig {
   // runs give bit-identical gradients. true: the dkdv kernel also adds its share of dQ into an
   // fp32 buffer with atomics, one pass over S and dP instead of two (not bit-reproducible).
   bool atomic_dq = false;
-  // The persistent sm90 forward and dq kernels' schedule (see Schedule); strided elsewhere.
+  // The sm90 forward, dq and dkdv kernels' schedule (see Schedule); strided elsewhere.
   Schedule schedule = Schedule::strided;
   // The split-KV count (decode kernels only): CTAs per (batch, kv head, row block), each over an
   // equal share of the cache's key tiles, their partial outputs added in fp32 by a second kernel.

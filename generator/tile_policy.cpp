@@ -119,16 +119,13 @@ std::string decode_family(const KernelSpec& s, const TileConfig& t) {
                      gen::to_string(t.family));
 }
 
-// The dynamic schedule belongs to the persistent kernels: the sm90 forward and dq.
+// The dynamic schedule belongs to the sm90 fwd, dq and dkdv kernels (the dkdv kernel is persistent
+// only in that schedule).
 std::string schedule_kernel(const KernelSpec& s, const TileConfig& t) {
   if (t.schedule == gen::Schedule::strided) return {};
-  if (t.family == gen::Family::sm90 &&
-      (s.direction == gen::Direction::forward || s.direction == gen::Direction::dq)) {
-    return {};
-  }
+  if (t.family == gen::Family::sm90 && s.direction != gen::Direction::decode) return {};
   return fmt::format(
-      "the {} schedule applies to the persistent sm90 fwd and dq kernels, not {} of "
-      "family {}",
+      "the {} schedule applies to the sm90 fwd, dq and dkdv kernels, not {} of family {}",
       gen::to_string(t.schedule), gen::to_string(s.direction), gen::to_string(t.family));
 }
 
@@ -499,14 +496,17 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
     }
   }
   // dK/dV: two warpgroups of 64 keys in both work splits, then two warpgroups on the same 64
-  // keys, one per gradient.
+  // keys, one per gradient; one CTA per key block, then persistent (the dynamic schedule).
   if (spec.direction == gen::Direction::dkdv && runs(target, gen::Family::sm90)) {
-    for (int n : {128, 64}) {
-      for (bool atomic_dq : {false, true}) {
-        for (int m : {64, 128}) {
-          for (int s : {2, 3}) {
-            TileConfig tile{m, n, 12, s, gen::Family::sm90, atomic_dq};
-            if (rejection(spec, tile, target).empty()) out.push_back(tile);
+    for (gen::Schedule schedule : kSchedules) {
+      for (int n : {128, 64}) {
+        for (bool atomic_dq : {false, true}) {
+          for (int m : {64, 128}) {
+            for (int s : {2, 3}) {
+              TileConfig tile{m, n, 12, s, gen::Family::sm90, atomic_dq};
+              tile.schedule = schedule;
+              if (rejection(spec, tile, target).empty()) out.push_back(tile);
+            }
           }
         }
       }

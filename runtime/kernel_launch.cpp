@@ -38,8 +38,8 @@ struct InterfaceEntry {
 };
 
 // sm80: plain loads of any strides, one CTA per tile. sm90: TMA maps; the forward and dQ kernels
-// are persistent, the dK/dV kernel (one CTA per key block and kv head, summing its GQA group)
-// is not.
+// are persistent, the dK/dV kernel (a key block and kv head per work tile, summing its GQA group)
+// in its dynamic schedule.
 const InterfaceEntry kInterfaces[] = {
     {gen::Direction::forward,
      gen::Family::sm80,
@@ -66,10 +66,10 @@ const InterfaceEntry kInterfaces[] = {
      gen::Family::sm90,
      {.tma_maps = kDkdvMaps,
       .rows = TileRows::keys,
-      .grid = GridShape::one_cta_per_tile,
+      .grid = GridShape::persistent_when_dynamic,
       .argument = [](const DirectionParams& params, std::span<const TmaDescriptor> maps,
-                     TileCounter*) -> KernelArgument {
-        return BwdSm90Params{std::get<BwdParams>(params), maps[0], maps[1]};
+                     TileCounter* tile_counter) -> KernelArgument {
+        return BwdSm90Params{std::get<BwdParams>(params), maps[0], maps[1], tile_counter};
       }}},
     {gen::Direction::dq,
      gen::Family::sm80,
@@ -126,7 +126,9 @@ Grid grid_of(const KernelInterface& interface, const LoadedKernel& kernel,
   const int block = keys ? tile.block_n : tile.block_m;
   const int heads = keys ? in.heads_kv : in.heads_q;
   const long long blocks = (rows + block - 1) / block;
-  if (interface.grid == GridShape::persistent) {
+  if (interface.grid == GridShape::persistent ||
+      (interface.grid == GridShape::persistent_when_dynamic &&
+       tile.schedule == gen::Schedule::dynamic)) {
     return {persistent_grid(kernel, tile, blocks, heads, in.batch), 1, 1};
   }
   return {static_cast<unsigned>(blocks * gen::grid_slices(variant)), static_cast<unsigned>(heads),

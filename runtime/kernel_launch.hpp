@@ -33,8 +33,11 @@ using KernelArgument =
 enum class GridShape {
   // (row blocks x grid_slices, heads, batch): one CTA per work tile.
   one_cta_per_tile,
-  // (CTAs resident on the GPU at once, 1, 1), each walking work tiles with stride gridDim.x.
+  // (CTAs resident on the GPU at once, 1, 1), each walking work tiles with stride gridDim.x or
+  // taking them from the dynamic schedule's counter.
   persistent,
+  // one_cta_per_tile in the strided schedule, persistent in the dynamic one.
+  persistent_when_dynamic,
   // (row blocks x splits, heads_kv, batch): one CTA per split of a (batch, kv head, row block)'s
   // cache, the decode kernel's grid.
   split_kv,

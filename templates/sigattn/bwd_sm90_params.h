@@ -1,8 +1,8 @@
 // Launch parameters of the sm90 backward kernels: the backward parameters plus TMA tensor maps,
 // encoded on the host over (head_dim, tokens, heads, batch) with 128-byte swizzle: Q and dO in
-// boxes of block_m rows for both kernels, and K and V in boxes of block_n rows for dQ; the dQ
-// kernel's dynamic schedule takes a tile counter. Shared by the host runtime and the generated
-// programs.
+// boxes of block_m rows for both kernels, and K and V in boxes of block_n rows for dQ; the
+// dynamic schedule of either kernel takes a tile counter. Shared by the host runtime and the
+// generated programs.
 #pragma once
 
 #include "sigattn/bwd_params.h"
@@ -14,6 +14,7 @@ struct BwdSm90Params {
   BwdParams base;
   TmaDescriptor q;
   TmaDescriptor dout;
+  TileCounter* tile_counter;  // the persistent dK/dV kernel (dynamic schedule) only, else null
 };
 
 struct BwdDqSm90Params {

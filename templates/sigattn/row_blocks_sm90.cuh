@@ -95,15 +95,17 @@ __device__ __forceinline__ void publish_without_rows(unsigned bar_q, unsigned ba
 }
 
 // Producer, dynamic schedule: every work tile of the CTA, published, and loaded by load_tile(tile),
-// which returns false for a tile with no keys to visit (it then loads nothing). The leader takes
-// the next index as soon as it has published a tile, so that the atomic's latency hides behind
-// the tile's loads, and keeps that index and its walk over the sequences in the third slot rather
-// than in the producer's few registers.
-template <class Cfg, class LoadTile>
-__device__ __forceinline__ void produce_dynamic(const FwdParams& p, TileCounter* counter,
-                                                unsigned slots, unsigned bar_q,
-                                                unsigned bar_q_empty, unsigned& free_parity,
-                                                bool leader, LoadTile&& load_tile) {
+// which returns false for a tile with no keys to visit (it then loads nothing). find_tile(index,
+// cursor) maps a counter index to its work tile (dynamic_work_tile). The leader takes the next
+// index as soon as it has published a tile, so that the atomic's latency hides behind the tile's
+// loads, and keeps that index and its walk over the sequences in the third slot rather than in the
+// producer's few registers. bar_q and bar_q_empty are the barriers of whatever the tile brings
+// along (the dK/dV kernel: its K and V).
+template <class FindTile, class LoadTile>
+__device__ __forceinline__ void produce_dynamic(TileCounter* counter, unsigned slots,
+                                                unsigned bar_q, unsigned bar_q_empty,
+                                                unsigned& free_parity, bool leader,
+                                                FindTile&& find_tile, LoadTile&& load_tile) {
   const unsigned position = slots + 2 * sm90_work_tile_bytes();
   if (leader) store_shared_ints(position, take_work_tile(counter), 0, 0);
   for (int t = 0;; ++t) {
@@ -112,9 +114,7 @@ __device__ __forceinline__ void produce_dynamic(const FwdParams& p, TileCounter*
       int index;
       ScheduleCursor cursor;
       load_shared_ints(position, index, cursor.batch, cursor.first);
-      const WorkTile next = dynamic_work_tile<Cfg::kCausal>(
-          index, p.heads_q, p.batch, padded_row_blocks<Cfg>(p), cursor,
-          [&](int b) { return sequence_row_blocks<Cfg>(p, b); });
+      const WorkTile next = find_tile(index, cursor);
       store_work_tile(slot, next);
       if (next.batch >= 0) {
         store_shared_ints(position, take_work_tile(counter), cursor.batch, cursor.first);
@@ -271,8 +271,16 @@ __device__ __forceinline__ void produce_row_blocks(const FwdParams& p, TileCount
                                                    RingPosition<kStages>& ring, int tid,
                                                    LoadRows&& load_rows) {
   if constexpr (Cfg::kDynamicSchedule) {
-    produce_dynamic<Cfg>(
-        p, counter, slots, bar_q, bar_q_empty, free_parity, tid == 0, [&](const WorkTile& tile) {
+    produce_dynamic(
+        counter, slots, bar_q, bar_q_empty, free_parity, tid == 0,
+        [&](int index, ScheduleCursor& cursor) {
+          return dynamic_work_tile < Cfg::kCausal
+                     ? TileOrder::last_block_first
+                     : TileOrder::by_head > (index, p.heads_q, p.batch, padded_row_blocks<Cfg>(p),
+                                             cursor,
+                                             [&](int b) { return sequence_row_blocks<Cfg>(p, b); });
+        },
+        [&](const WorkTile& tile) {
           if (!load_rows(tile)) return false;
           load_kv_tiles<Cfg>(p, k_map, v_map, describe_row_block<Cfg>(p, tile), kv, ring, tid);
           return true;

@@ -208,15 +208,17 @@ SIGATTN_LAYOUT_FN bool dkdv_sm90_gradient_split(int block_n) { return block_n ==
 // of 64 queries), which alternate so that a step's stores never meet the other warpgroup's reads
 // of the step before, each with a full and an empty barrier. The gradient split passes each
 // step's sigmoid slopes P^T (1 - P^T), 16-bit, from the dV warpgroup to the dK warpgroup through
-// two buffers of the same size and barriers.
+// two buffers of the same size and barriers. The persistent kernel of the dynamic schedule adds
+// K/V's empty barrier (the consumers are done with a work tile's K and V) and the work tile slots.
 struct BwdDkdvSm90Storage {
   SmemBuffer k, v, q, dout, ds;
-  SmemBuffer bar_full, bar_empty, bar_kv, bar_ds_full, bar_ds_empty;
+  SmemBuffer bar_full, bar_empty, bar_kv, bar_ds_full, bar_ds_empty, bar_kv_empty, work_tiles;
   int bytes;
 };
 
 SIGATTN_LAYOUT_FN BwdDkdvSm90Storage bwd_dkdv_sm90_storage(int head_dim, int block_m, int block_n,
-                                                           int stages, bool atomic_dq) {
+                                                           int stages, bool atomic_dq,
+                                                           bool dynamic_schedule) {
   SmemPlacer at;
   BwdDkdvSm90Storage s{};
   s.k = at.place(sm90_tile_bytes(head_dim, block_n), 1, sm90_tile_alignment());
@@ -230,6 +232,8 @@ SIGATTN_LAYOUT_FN BwdDkdvSm90Storage bwd_dkdv_sm90_storage(int head_dim, int blo
   s.bar_kv = at.place(sm90_barrier_bytes(), 1, sm90_barrier_bytes());
   s.bar_ds_full = at.place(sm90_barrier_bytes(), 2, sm90_barrier_bytes());
   s.bar_ds_empty = at.place(sm90_barrier_bytes(), 2, sm90_barrier_bytes());
+  s.bar_kv_empty = at.place(sm90_barrier_bytes(), dynamic_schedule ? 1 : 0, sm90_barrier_bytes());
+  s.work_tiles = at.place(sm90_work_tile_bytes(), dynamic_schedule ? 3 : 0, sm90_work_tile_bytes());
   s.bytes = sm90_total_bytes(at.end);
   return s;
 }

@@ -6,7 +6,8 @@
 // blocks, where the last sees the most keys).
 // Dynamic: CTAs take tile indices from a global counter. The indices name the blocks that hold
 // valid rows first, sequence by sequence, each sequence's longest tiles first; then, in the padded
-// layout, the blocks of padding rows, which only write zeros.
+// layout, the blocks of padding rows, which only write zeros. The query row blocks of a causal
+// forward or dQ grow longer towards the last; the key blocks of a causal dK/dV towards the first.
 #pragma once
 
 #include "sigattn/fwd_sm90_params.h"
@@ -37,16 +38,19 @@ struct ScheduleCursor {
   int first = 0;
 };
 
+// The order of a sequence's valid tiles in the dynamic schedule: head by head, the blocks of a
+// head together (they share its inputs in L2); or block by block, a block's heads together, from
+// the last block or from the first (whichever is the longest).
+enum class TileOrder { by_head, last_block_first, first_block_first };
+
 // The work tile of `index` in the dynamic order, or batch -1 past the last one. row_blocks(b) is
 // sequence b's count of blocks with valid rows, all_blocks the blocks of the longest sequence in
 // the padded layout (0 otherwise): sequence b's blocks from row_blocks(b) to all_blocks hold only
-// padding rows and come after every valid one. The valid tiles of a sequence come together; with
-// kLongestFirst (causal), block by block from the last, a block's heads together, so that a
-// sequence's costliest tiles go first and the cheap ones fill the gaps at the end; otherwise head
-// by head, the blocks of a head together (they share its K/V in L2). The indices a cursor is asked
-// for must not decrease (a CTA's indices from the counter only grow), so each CTA walks the
-// sequences once.
-template <bool kLongestFirst, class RowBlocks>
+// padding rows and come after every valid one. The valid tiles of a sequence come together, in
+// kOrder: for causal masks the longest block first, so that a sequence's costliest tiles go first
+// and the cheap ones fill the gaps at the end. The indices a cursor is asked for must not decrease
+// (a CTA's indices from the counter only grow), so each CTA walks the sequences once.
+template <TileOrder kOrder, class RowBlocks>
 __device__ __forceinline__ WorkTile dynamic_work_tile(int index, int heads, int batch,
                                                       int all_blocks, ScheduleCursor& cursor,
                                                       RowBlocks&& row_blocks) {
@@ -56,8 +60,11 @@ __device__ __forceinline__ WorkTile dynamic_work_tile(int index, int heads, int 
     if (local < blocks * heads) {
       WorkTile tile;
       tile.batch = cursor.batch;
-      if (kLongestFirst) {
+      if (kOrder == TileOrder::last_block_first) {
         tile.block = blocks - 1 - local / heads;
+        tile.head = local % heads;
+      } else if (kOrder == TileOrder::first_block_first) {
+        tile.block = local / heads;
         tile.head = local % heads;
       } else {
         tile.head = local / blocks;

@@ -329,9 +329,11 @@ TEST(Generate, AtomicDqOnlyForDkdvAndWithItsSharedMemory) {
   EXPECT_THROW(generate(dq), std::invalid_argument);
 }
 
-TEST(Generate, DynamicScheduleOnlyForThePersistentKernelsAndWithItsSlots) {
+TEST(Generate, DynamicScheduleOnlyForTheSm90KernelsAndWithItsSlots) {
   for (const char* text : {"fwd.bf16.d128.varlen.causal.nosmod.fast.anylen/sm90.m128n128w12s3",
-                           "dq.bf16.d128.padded.nomask.nosmod.fast.anylen/sm90.m128n64w12s3"}) {
+                           "dq.bf16.d128.padded.nomask.nosmod.fast.anylen/sm90.m128n64w12s3",
+                           "dkdv.bf16.d128.varlen.nomask.nosmod.fast.anylen/sm90.m64n128w12s2",
+                           "dkdv.bf16.d192.padded.causal.nosmod.fast.anylen/sm90.m64n64w12s2"}) {
     const Variant strided = variant_of(text);
     Variant dynamic = strided;
     dynamic.tile.schedule = Schedule::dynamic;
@@ -344,7 +346,7 @@ TEST(Generate, DynamicScheduleOnlyForThePersistentKernelsAndWithItsSlots) {
     EXPECT_EQ(a.smem_bytes, b.smem_bytes) << text;
   }
   EXPECT_THROW(generate(variant_of(
-                   "dkdv.bf16.d128.dense.nomask.nosmod.fast.anylen/sm90.m64n128w12s2.dynamic")),
+                   "dkdv.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m32n128w8s2.dynamic")),
                std::invalid_argument);
   EXPECT_THROW(generate(variant_of(
                    "fwd.bf16.d128.dense.nomask.nosmod.fast.anylen/sm80.m128n64w8s2.dynamic")),

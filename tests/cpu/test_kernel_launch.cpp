@@ -93,7 +93,7 @@ TEST(KernelInterface, OperandsGridsAndRows) {
             (std::vector<Operand>{Operand::q, Operand::grad_out, Operand::k, Operand::v}));
   EXPECT_EQ(forward.grid, GridShape::persistent);
   EXPECT_EQ(dq.grid, GridShape::persistent);
-  EXPECT_EQ(dkdv.grid, GridShape::one_cta_per_tile);
+  EXPECT_EQ(dkdv.grid, GridShape::persistent_when_dynamic);
   for (const gen::Direction direction :
        {gen::Direction::forward, gen::Direction::dkdv, gen::Direction::dq}) {
     const KernelInterface& sm80 = kernel_interface(direction, gen::Family::sm80);

@@ -118,20 +118,27 @@ TEST(SharedStorage, Sm90LayoutsAreAlignedDisjointAndComplete) {
           }
           for (bool atomic_dq : {false, true}) {
             if (n != 128) continue;
-            const BwdDkdvSm90Storage s = bwd_dkdv_sm90_storage(d, m, n, stages, atomic_dq);
-            const std::string context = tile_context("dkdv sm90", d, m, n, stages);
-            expect_sound({{"k", s.k, t},
-                          {"v", s.v, t},
-                          {"q", s.q, t},
-                          {"dout", s.dout, t},
-                          {"ds", s.ds, t},
-                          {"bar_full", s.bar_full, b},
-                          {"bar_empty", s.bar_empty, b},
-                          {"bar_kv", s.bar_kv, b},
-                          {"bar_ds_full", s.bar_ds_full, b},
-                          {"bar_ds_empty", s.bar_ds_empty, b}},
-                         s.bytes - sm90_base_slack(), context);
-            EXPECT_EQ(s.ds.count, atomic_dq ? 2 : 0) << context;
+            for (bool dynamic : {false, true}) {
+              const BwdDkdvSm90Storage s =
+                  bwd_dkdv_sm90_storage(d, m, n, stages, atomic_dq, dynamic);
+              const std::string context = tile_context("dkdv sm90", d, m, n, stages);
+              expect_sound({{"k", s.k, t},
+                            {"v", s.v, t},
+                            {"q", s.q, t},
+                            {"dout", s.dout, t},
+                            {"ds", s.ds, t},
+                            {"bar_full", s.bar_full, b},
+                            {"bar_empty", s.bar_empty, b},
+                            {"bar_kv", s.bar_kv, b},
+                            {"bar_ds_full", s.bar_ds_full, b},
+                            {"bar_ds_empty", s.bar_ds_empty, b},
+                            {"bar_kv_empty", s.bar_kv_empty, b},
+                            {"work_tiles", s.work_tiles, sm90_work_tile_bytes()}},
+                           s.bytes - sm90_base_slack(), context);
+              EXPECT_EQ(s.ds.count, atomic_dq ? 2 : 0) << context;
+              EXPECT_EQ(s.bar_kv_empty.count, dynamic ? 1 : 0) << context;
+              EXPECT_EQ(s.work_tiles.count, dynamic ? 3 : 0) << context;
+            }
           }
         }
       }
@@ -146,7 +153,7 @@ TEST(SharedStorage, Sm90BarriersTakeOneGranuleAfterTheTiles) {
     const RowBlockSm90Storage row = bwd_dq_sm90_storage(128, 128, 64, 4, dynamic);
     EXPECT_EQ(row.bytes, sm90_base_slack() + row.v.end() + sm90_barrier_area_granule());
   }
-  const BwdDkdvSm90Storage dkdv = bwd_dkdv_sm90_storage(128, 64, 128, 4, true);
+  const BwdDkdvSm90Storage dkdv = bwd_dkdv_sm90_storage(128, 64, 128, 4, true, false);
   EXPECT_EQ(dkdv.bytes, sm90_base_slack() + dkdv.ds.end() + sm90_barrier_area_granule());
 }
 
@@ -196,9 +203,11 @@ TEST(SharedStorage, TotalsAreWhatTheGeneratorReports) {
       {"dq.bf16.d128.padded.window.nosmod.fast.anylen/sm90.m128n64w12s3.dynamic",
        bwd_dq_sm90_storage(128, 128, 64, 3, true).bytes},
       {"dkdv.bf16.d128.padded.causal.nosmod.fast.anylen/sm90.m64n128w12s2.atomicdq",
-       bwd_dkdv_sm90_storage(128, 64, 128, 2, true).bytes},
+       bwd_dkdv_sm90_storage(128, 64, 128, 2, true, false).bytes},
+      {"dkdv.bf16.d128.varlen.causal.nosmod.fast.anylen/sm90.m64n128w12s2.atomicdq.dynamic",
+       bwd_dkdv_sm90_storage(128, 64, 128, 2, true, true).bytes},
       {"dkdv.bf16.d64.dense.nomask.nosmod.fast.anylen/sm90.m128n128w12s4",
-       bwd_dkdv_sm90_storage(64, 128, 128, 4, false).bytes},
+       bwd_dkdv_sm90_storage(64, 128, 128, 4, false, false).bytes},
       {"decode.bf16.d128.paged.causal.nosmod.fast.anylen/sm80.m16n64w4s3",
        decode_sm80_storage(128, 16, 64, 3).bytes},
       {"decode.fp16.d40.padded.nomask.smod.fast.anylen/sm80.m64n32w2s2",

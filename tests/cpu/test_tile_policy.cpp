@@ -120,7 +120,9 @@ std::vector<Illegal> illegal_variants() {
       {padded_x128, "x128_layout"},
       {variant_of(fwd + "sm80.m128n64w4s2.atomicdq"), "work_split"},
       {variant_of(fwd + "sm80.m128n64w4s2.dynamic"), "schedule"},
-      {variant_of("dkdv.bf16.d64.dense.nomask.nosmod.fast.anylen/sm90.m128n128w12s2.dynamic"),
+      {variant_of("dkdv.bf16.d64.dense.nomask.nosmod.fast.anylen/sm80.m64n128w8s2.dynamic"),
+       "schedule"},
+      {variant_of("decode.bf16.d128.paged.causal.nosmod.fast.anylen/sm80.m16n64w4s3.dynamic"),
        "schedule"},
       {variant_of(fwd + "sm80.m64n64w8s2"), "mma_rows"},
       {variant_of("fwd.bf16.d128.dense.nomask.nosmod.fast.x128/sm80.m128n256w8s2"), "x128_divides"},
@@ -417,7 +419,8 @@ TEST(DefaultTile, PrefersTheSm90FamilyOnSm90aWhereItApplies) {
 
 // The persistent kernels' tuner space has every Hopper tile in both schedules; the default is the
 // dynamic schedule where tiles differ in cost or rows (padded, varlen, masks), strided on dense
-// unmasked shapes.
+// unmasked shapes. The dK/dV kernel's space has both schedules too (one CTA per key block, or
+// persistent); its default stays one CTA per key block.
 TEST(Schedules, AreCandidatesAndDefaultByTheShape) {
   const Target hopper = target_for_arch("sm_90a");
   for (auto direction : {gen::Direction::forward, gen::Direction::dq}) {
@@ -455,9 +458,16 @@ TEST(Schedules, AreCandidatesAndDefaultByTheShape) {
   gen::KernelSpec dkdv = spec_with(128);
   dkdv.direction = gen::Direction::dkdv;
   dkdv.layout = gen::Layout::varlen;
+  int strided = 0, dynamic = 0;
   for (const auto& tile : candidates(dkdv, hopper)) {
-    EXPECT_EQ(tile.schedule, gen::Schedule::strided);
+    if (tile.family != gen::Family::sm90) {
+      EXPECT_EQ(tile.schedule, gen::Schedule::strided);
+      continue;
+    }
+    (tile.schedule == gen::Schedule::dynamic ? dynamic : strided) += 1;
   }
+  EXPECT_GT(strided, 0);
+  EXPECT_EQ(dynamic, strided);
   EXPECT_EQ(default_tile(dkdv, hopper).tile.schedule, gen::Schedule::strided);
   gen::KernelSpec padded = spec_with(128);
   padded.layout = gen::Layout::padded;

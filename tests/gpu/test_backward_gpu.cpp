@@ -188,6 +188,18 @@ std::vector<Problem> dq_sweep_cases() {
           Case(bf16, 192).varlen(queries, keys).heads(4, 1).causal().score_mod().fast()};
 }
 
+// Every Hopper dK/dV tile of the dynamic schedule (persistent) runs these, in both splits: many
+// more key blocks than CTAs, so that each CTA walks several work tiles, with empty sequences,
+// blocks that cross sequence ends, padding blocks, GQA, score_mod, masks and the gradient split.
+std::vector<Problem> dkdv_sweep_cases() {
+  const std::vector<int> queries = {600, 0, 1, 129, 511, 600, 300, 64, 65, 200, 600, 17};
+  const std::vector<int> keys(queries.rbegin(), queries.rend());
+  return {Case(bf16, 64).padded(600, 600, queries, keys).heads(16, 8).score_mod().fast(),
+          Case(fp16, 128).varlen(queries, keys).heads(16, 16).causal().fast(),
+          Case(bf16, 128).bthd(4, 1000, 1000).heads(16, 16).window(200, 50).fast(),
+          Case(bf16, 192).varlen(queries, keys).heads(8, 8).causal().score_mod().fast()};
+}
+
 // The one-pass calls that run on two streams at once.
 std::vector<Problem> concurrent_cases() {
   return {Case(bf16, 64).bthd(2, 1000, 1000).heads(4, 2).fast(),
@@ -326,9 +338,11 @@ std::optional<BackwardTiles> other_schedule_tiles(const BackwardSpecs& specs,
   return tiles;
 }
 
-// The deterministic split's heuristic tiles with a Hopper dQ tile in the dynamic schedule.
-BackwardTiles dynamic_dq_tiles(const BackwardSpecs& specs, const policy::Target& target) {
+// The deterministic split's heuristic tiles with the Hopper ones (dK/dV, dQ) in the dynamic
+// schedule.
+BackwardTiles dynamic_tiles(const BackwardSpecs& specs, const policy::Target& target) {
   BackwardTiles tiles = default_backward_tiles(specs, target, /*deterministic=*/true);
+  if (tiles.dkdv.family == gen::Family::sm90) tiles.dkdv.schedule = gen::Schedule::dynamic;
   if (tiles.dq.family == gen::Family::sm90) tiles.dq.schedule = gen::Schedule::dynamic;
   return tiles;
 }
@@ -434,6 +448,18 @@ std::vector<gen::TileConfig> dq_swept_tiles(const gen::KernelSpec& dq,
   return tiles;
 }
 
+// The Hopper dK/dV candidates of the dynamic schedule (the persistent kernel), both splits.
+std::vector<gen::TileConfig> dynamic_dkdv_tiles(const gen::KernelSpec& dkdv,
+                                                const policy::Target& target) {
+  std::vector<gen::TileConfig> tiles;
+  for (const gen::TileConfig& tile : policy::candidates(dkdv, target)) {
+    if (tile.family == gen::Family::sm90 && tile.schedule == gen::Schedule::dynamic) {
+      tiles.push_back(tile);
+    }
+  }
+  return tiles;
+}
+
 const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
   std::vector<gen::Variant> variants;
   const auto add_defaults = [&](const Problem& p) {
@@ -461,6 +487,14 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
       if (swept(tile)) variants.push_back({specs.dkdv, tile});
     }
   }
+  for (const Problem& p : dkdv_sweep_cases()) {
+    if (!param_selected(p.name())) continue;
+    add_defaults(p);
+    const BackwardSpecs specs = specs_of(p);
+    for (const gen::TileConfig& tile : dynamic_dkdv_tiles(specs.dkdv, gpu.target)) {
+      variants.push_back({specs.dkdv, tile});
+    }
+  }
   for (const Problem& p : dq_sweep_cases()) {
     if (!param_selected(p.name())) continue;
     add_defaults(p);
@@ -475,7 +509,7 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
   if (test_selected("BackwardConcurrency.TwoStreamsInTheDynamicSchedule")) {
     for (const Problem& p : concurrent_cases()) {
       const BackwardSpecs specs = specs_of(p);
-      const BackwardTiles tiles = dynamic_dq_tiles(specs, gpu.target);
+      const BackwardTiles tiles = dynamic_tiles(specs, gpu.target);
       variants.push_back({specs.dkdv, tiles.dkdv});
       variants.push_back({specs.dq, tiles.dq});
     }
@@ -560,26 +594,36 @@ void expect_tiles_match(const Problem& p, DeviceGradients& grads, const Gradient
   }
 }
 
+// What a tile sweep starts from: the problem prepared with the test's seed, its reference
+// gradients and the spec pair the library chooses.
+struct TileSweep {
+  TileSweep(const Problem& p, std::uint64_t seed)
+      : prepared(p, seed),
+        ref(reference_for(p, prepared)),
+        specs(backward_specs(prepared.grads.args)) {}
+
+  PreparedProblem prepared;
+  GradientSet<double> ref;
+  BackwardSpecs specs;
+};
+
 class EveryOnePassOrHopperTile : public GpuTest, public testing::WithParamInterface<Problem> {};
 
 TEST_P(EveryOnePassOrHopperTile, MatchesReference) {
   const Problem& p = GetParam();
-  p.validate();
   SCOPED_TRACE(context_of(p, seed()));
-  PreparedProblem prepared(p, seed());
-  DeviceGradients& grads = prepared.grads;
-  const GradientSet<double> ref = reference_for(p, prepared);
-  const BackwardSpecs specs = backward_specs(grads.args);
-  const gen::TileConfig dq_tile = default_backward_tiles(specs, gpu().target, true).dq;
+  TileSweep sweep(p, seed());
+  DeviceGradients& grads = sweep.prepared.grads;
+  const gen::TileConfig dq_tile = default_backward_tiles(sweep.specs, gpu().target, true).dq;
   int tried = 0;
-  for (const gen::TileConfig& tile : policy::candidates(specs.dkdv, gpu().target)) {
+  for (const gen::TileConfig& tile : policy::candidates(sweep.specs.dkdv, gpu().target)) {
     if (!swept(tile)) continue;
     ++tried;
-    expect_tiles_match(p, grads, ref, tile, dq_tile,
-                       gen::to_string(gen::Variant{specs.dkdv, tile}));
+    expect_tiles_match(p, grads, sweep.ref, tile, dq_tile,
+                       gen::to_string(gen::Variant{sweep.specs.dkdv, tile}));
   }
-  EXPECT_GT(tried, 1) << "too few one-pass candidates for " << gen::to_string(specs.dkdv) << " on "
-                      << gpu().arch;
+  EXPECT_GT(tried, 1) << "too few one-pass candidates for " << gen::to_string(sweep.specs.dkdv)
+                      << " on " << gpu().arch;
 }
 
 INSTANTIATE_TEST_SUITE_P(TwoSpecs, EveryOnePassOrHopperTile, testing::ValuesIn(tile_sweep_cases()),
@@ -589,23 +633,52 @@ class EveryHopperDqTile : public GpuTest, public testing::WithParamInterface<Pro
 
 TEST_P(EveryHopperDqTile, MatchesReference) {
   const Problem& p = GetParam();
-  p.validate();
   SCOPED_TRACE(context_of(p, seed()));
-  PreparedProblem prepared(p, seed());
-  DeviceGradients& grads = prepared.grads;
-  const GradientSet<double> ref = reference_for(p, prepared);
-  const BackwardSpecs specs = backward_specs(grads.args);
-  const gen::TileConfig dkdv_tile = default_backward_tiles(specs, gpu().target, true).dkdv;
-  const std::vector<gen::TileConfig> tiles = dq_swept_tiles(specs.dq, gpu().target);
+  TileSweep sweep(p, seed());
+  DeviceGradients& grads = sweep.prepared.grads;
+  const gen::TileConfig dkdv_tile = default_backward_tiles(sweep.specs, gpu().target, true).dkdv;
+  const std::vector<gen::TileConfig> tiles = dq_swept_tiles(sweep.specs.dq, gpu().target);
   for (const gen::TileConfig& tile : tiles) {
-    expect_tiles_match(p, grads, ref, dkdv_tile, tile,
-                       gen::to_string(gen::Variant{specs.dq, tile}));
+    expect_tiles_match(p, grads, sweep.ref, dkdv_tile, tile,
+                       gen::to_string(gen::Variant{sweep.specs.dq, tile}));
   }
   if (tiles.size() == 1) GTEST_SKIP() << gpu().arch << " has no sm90 dq tile";
 }
 
 INSTANTIATE_TEST_SUITE_P(PersistentSchedule, EveryHopperDqTile, testing::ValuesIn(dq_sweep_cases()),
                          name_of);
+
+class EveryPersistentDkdvTile : public GpuTest, public testing::WithParamInterface<Problem> {};
+
+// Each persistent dK/dV tile against the reference, with the deterministic split's default dQ
+// tile where it is a two-kernel tile; a second run of each gives the same dK and dV bits (the
+// order of a CTA's work tiles changes between runs, a key block's sums do not).
+TEST_P(EveryPersistentDkdvTile, MatchesReference) {
+  const Problem& p = GetParam();
+  SCOPED_TRACE(context_of(p, seed()));
+  TileSweep sweep(p, seed());
+  DeviceGradients& grads = sweep.prepared.grads;
+  const gen::TileConfig dq_tile = default_backward_tiles(sweep.specs, gpu().target, true).dq;
+  const std::vector<gen::TileConfig> tiles = dynamic_dkdv_tiles(sweep.specs.dkdv, gpu().target);
+  if (tiles.empty()) GTEST_SKIP() << gpu().arch << " has no sm90 dkdv tile";
+  for (const gen::TileConfig& tile : tiles) {
+    const std::string variant = gen::to_string(gen::Variant{sweep.specs.dkdv, tile});
+    try {
+      const GradientBits first =
+          run(grads, [&] { backward_with_tiles(grads.args, nullptr, tile, dq_tile); });
+      expect_matches(p, first, sweep.ref, variant);
+      const GradientBits second =
+          run(grads, [&] { backward_with_tiles(grads.args, nullptr, tile, dq_tile); });
+      EXPECT_EQ(second.dk, first.dk) << "dK differs between two runs of " << variant;
+      EXPECT_EQ(second.dv, first.dv) << "dV differs between two runs of " << variant;
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << variant << ": " << e.what();
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(PersistentSchedule, EveryPersistentDkdvTile,
+                         testing::ValuesIn(dkdv_sweep_cases()), name_of);
 
 using BackwardConcurrency = GpuTest;
 
@@ -659,13 +732,13 @@ TEST_F(BackwardConcurrency, TwoStreamsInOnePassMode) {
       "after three one-pass calls on a stream of its own");
 }
 
-// The dQ kernel in the dynamic schedule: each stream's launches take tiles from a counter of
-// their own.
+// The dK/dV and dQ kernels in the dynamic schedule: each stream's launches take tiles from
+// counters of their own.
 TEST_F(BackwardConcurrency, TwoStreamsInTheDynamicSchedule) {
   expect_streams_apart(
       concurrent_cases(), seed(),
-      [&](const BackwardSpecs& specs) { return dynamic_dq_tiles(specs, gpu().target); },
-      "after three calls with the dynamic dQ schedule on a stream of its own");
+      [&](const BackwardSpecs& specs) { return dynamic_tiles(specs, gpu().target); },
+      "after three calls with the dynamic schedules on a stream of its own");
 }
 
 class BackwardReference : public GpuTest, public testing::WithParamInterface<Problem> {};
