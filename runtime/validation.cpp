@@ -261,6 +261,9 @@ void check_device_pointer(std::string_view name, const void* pointer) {
 }
 
 bool capturing(CUstream stream) {
+  // The first driver call of a backward or KV-cache call may come from a thread with no current
+  // context (PyTorch runs the backward on its autograd thread): make one current first.
+  cuda::current_context();
   CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_NONE;
   SIGATTN_CU(cuda::driver().cuStreamIsCapturing(stream, &capture));
   return capture != CU_STREAM_CAPTURE_STATUS_NONE;

@@ -503,6 +503,9 @@ const bool kVariantsRegistered = register_variants([](const Gpu& gpu) {
       variants.push_back({specs.dq, tile});
     }
   }
+  if (test_selected("BackwardConcurrency.AThreadWithNoCurrentContext")) {
+    add_defaults(concurrent_cases().front());
+  }
   if (test_selected("BackwardConcurrency.TwoStreamsInOnePassMode")) {
     for (const Problem& p : concurrent_cases()) add_defaults(p);
   }
@@ -739,6 +742,36 @@ TEST_F(BackwardConcurrency, TwoStreamsInTheDynamicSchedule) {
       concurrent_cases(), seed(),
       [&](const BackwardSpecs& specs) { return dynamic_tiles(specs, gpu().target); },
       "after three calls with the dynamic schedules on a stream of its own");
+}
+
+// A thread with no current context (as PyTorch's autograd thread may be) calls the backward: the
+// library makes the primary context current and writes the same gradients as this thread.
+TEST_F(BackwardConcurrency, AThreadWithNoCurrentContext) {
+  const Problem p = concurrent_cases().front();
+  SCOPED_TRACE(context_of(p, seed()));
+  PreparedProblem prepared(p, seed());
+  DeviceGradients& grads = prepared.grads;
+  const GradientBits here = run_backward(grads, true);
+  poison(grads);
+  synchronize();
+  std::string failure;
+  bool had_context = true;
+  std::thread([&] {
+    try {
+      CUcontext context = nullptr;
+      SIGATTN_CU(cuda::driver().cuCtxGetCurrent(&context));
+      had_context = context != nullptr;
+      backward(grads.args, nullptr);
+      SIGATTN_CU(cuda::driver().cuCtxSynchronize());
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+  }).join();
+  EXPECT_FALSE(had_context) << "the new thread already had a current context";
+  ASSERT_EQ(failure, "");
+  EXPECT_EQ(download_bits(grads.dq), here.dq);
+  EXPECT_EQ(download_bits(grads.dk), here.dk);
+  EXPECT_EQ(download_bits(grads.dv), here.dv);
 }
 
 class BackwardReference : public GpuTest, public testing::WithParamInterface<Problem> {};
