@@ -3,8 +3,9 @@
 One decode step per sequence (one query row, one new token appended) against contiguous and paged
 caches, GQA 32:8, d = 128 by default. For each batch and context length it reports the step's
 time, the K/V bytes it reads per second (2 x batch x context x heads_kv x d x element bytes over
-the time), that rate against the rate of a device-to-device copy of the same bytes measured in the
-same run (the physical limit: HBM bandwidth), and torch SDPA (softmax, its cuDNN or flash backend)
+the time), that rate against the HBM rate of a device-to-device copy of the same bytes measured in
+the same run (the physical limit: the copy reads and writes each byte, so its HBM rate is twice
+the bytes over its time), and torch SDPA (softmax, its cuDNN or flash backend)
 on the same contiguous cache. Times are medians of CUDA-event timings over repeated calls, with a
 buffer larger than L2 written between them. Optionally the host time of one Python call and the
 replay of a CUDA graph holding a 32-layer decode step. Writes CSV.
@@ -84,7 +85,8 @@ def measure(args, layout, batch, context, flush):
            "sigattn_ms": median_ms(step, flush),
            "copy_ms": median_ms(lambda: target.copy_(source), flush)}
     row["sigattn_gbs"] = kv_bytes / row["sigattn_ms"] / 1e6
-    row["copy_gbs"] = kv_bytes / row["copy_ms"] / 1e6
+    # A copy moves each byte through HBM twice: read, then written.
+    row["copy_gbs"] = 2 * kv_bytes / row["copy_ms"] / 1e6
     row["fraction_of_copy"] = row["sigattn_gbs"] / row["copy_gbs"]
     if layout == "contiguous" and "sdpa" in args.peers:
         try:
