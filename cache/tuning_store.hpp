@@ -6,6 +6,7 @@
 // `sigattn tune --stale`.
 #pragma once
 
+#include <compare>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -23,7 +24,7 @@ struct DeviceKey {
   std::string arch;  // "sm_90a"
   int sm_count = 0;
 
-  bool operator==(const DeviceKey&) const = default;
+  auto operator<=>(const DeviceKey&) const = default;
 };
 
 // Sequence lengths are bucketed to the next power of two: tile choice changes with the order of

@@ -4,6 +4,7 @@
 // The string is used in logs, errors, CLI output and database rows; parse(format(x)) == x.
 #pragma once
 
+#include <compare>
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
@@ -44,7 +45,7 @@ struct KernelSpec {
   SigmoidMode sigmoid = SigmoidMode::fast;
   SeqLen seqlen = SeqLen::anylen;
 
-  bool operator==(const KernelSpec&) const = default;
+  auto operator<=>(const KernelSpec&) const = default;
 };
 
 // How a kernel is built: its family and the family's tunable parameters. Canonical string
@@ -72,14 +73,14 @@ struct TileConfig {
   // every count, so the generated program does not depend on it.
   int splits = 0;
 
-  bool operator==(const TileConfig&) const = default;
+  auto operator<=>(const TileConfig&) const = default;
 };
 
 struct Variant {
   KernelSpec spec;
   TileConfig tile;
 
-  bool operator==(const Variant&) const = default;
+  auto operator<=>(const Variant&) const = default;
 };
 
 // Head dims the generator accepts: multiples of 8 from 8 to 256.

@@ -96,21 +96,39 @@ const InterfaceEntry kInterfaces[] = {
       .argument = without_maps<DecodeParams>}},
 };
 
+// What a generated program is: a kernel variant, or one of the KV-cache helpers of a spec (the
+// variant's tile unused).
+enum class Program { kernel, kv_append, decode_reduce };
+
+std::string program_name(Program program, const gen::Variant& variant) {
+  switch (program) {
+    case Program::kv_append:
+      return "kv_append " + gen::to_string(variant.spec);
+    case Program::decode_reduce:
+      return "decode_reduce " + gen::to_string(variant.spec);
+    case Program::kernel:
+      break;
+  }
+  return gen::to_string(variant);
+}
+
 // Generation is a pure function of what is generated (the templates are fixed at build time), so
-// each program is generated and hashed once per process under `name`, and a launch pays a lookup
-// rather than the generator's few microseconds. Entries are never erased, so the references stay
-// valid. The generator reports a program it cannot build as std::invalid_argument; to the caller
-// that is a bad tile argument.
-const gen::GeneratedKernel& generated_once(const std::string& name,
+// each program is generated and hashed once per process, and a launch pays a lookup by value (no
+// name is formatted) rather than the generator's few microseconds. Entries are never erased, so
+// the references stay valid. The generator reports a program it cannot build as
+// std::invalid_argument; to the caller that is a bad tile argument.
+const gen::GeneratedKernel& generated_once(Program program, const gen::Variant& variant,
                                            const std::function<gen::GeneratedKernel()>& generate) {
   static std::mutex mutex;
-  static std::map<std::string, gen::GeneratedKernel> generated;
+  static std::map<std::pair<Program, gen::Variant>, gen::GeneratedKernel> generated;
   std::lock_guard lock(mutex);
-  if (const auto found = generated.find(name); found != generated.end()) return found->second;
+  const auto key = std::make_pair(program, variant);
+  if (const auto found = generated.find(key); found != generated.end()) return found->second;
   try {
-    return generated.emplace(name, generate()).first->second;
+    return generated.emplace(key, generate()).first->second;
   } catch (const std::invalid_argument& error) {
-    throw_invalid(fmt::format("cannot generate {}: {}", name, error.what()));
+    throw_invalid(
+        fmt::format("cannot generate {}: {}", program_name(program, variant), error.what()));
   }
 }
 
@@ -152,17 +170,17 @@ std::string tma_obstacles(const gen::Variant& variant, const CallOperands& call)
 
 LoadedKernel load_kernel(const gen::Variant& variant) {
   return ModuleCache::instance().load(
-      generated_once(gen::to_string(variant), [&] { return gen::generate(variant); }));
+      generated_once(Program::kernel, variant, [&] { return gen::generate(variant); }));
 }
 
 LoadedKernel load_kv_append(const gen::KernelSpec& spec) {
   return ModuleCache::instance().load(generated_once(
-      "kv_append " + gen::to_string(spec), [&] { return gen::generate_kv_append(spec); }));
+      Program::kv_append, {spec, {}}, [&] { return gen::generate_kv_append(spec); }));
 }
 
 LoadedKernel load_decode_reduce(const gen::KernelSpec& spec) {
   return ModuleCache::instance().load(generated_once(
-      "decode_reduce " + gen::to_string(spec), [&] { return gen::generate_decode_reduce(spec); }));
+      Program::decode_reduce, {spec, {}}, [&] { return gen::generate_decode_reduce(spec); }));
 }
 
 void launch_kernel(const LoadedKernel& kernel, const gen::Variant& variant,

@@ -160,10 +160,8 @@ cache::TileChoice PersistentCache::choose_tile(const gen::KernelSpec& spec,
                                                const cache::DeviceKey& device, int max_seqlen_q,
                                                int max_seqlen_k, const policy::Target& target) {
   std::lock_guard lock(mutex_);
-  // Only the buckets of the lengths take part in the lookup, so they key the memo exactly.
-  const std::string memo_key = fmt::format(
-      "{}|{}|{}|{}|{}|{}", device.name, device.arch, device.sm_count, gen::to_string(spec),
-      cache::seqlen_bucket(max_seqlen_q), cache::seqlen_bucket(max_seqlen_k));
+  const ChoiceKey memo_key{device, spec, cache::seqlen_bucket(max_seqlen_q),
+                           cache::seqlen_bucket(max_seqlen_k)};
   if (const auto found = tile_choices_.find(memo_key); found != tile_choices_.end()) {
     return found->second;
   }

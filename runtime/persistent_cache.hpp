@@ -73,7 +73,17 @@ class PersistentCache {
   std::unique_ptr<cache::Database> database_;
   std::unique_ptr<cache::BinaryStore> binaries_;
   std::optional<std::vector<cache::TuningResult>> shipped_;
-  std::map<std::string, cache::TileChoice> tile_choices_;
+  // Tile choices by device, spec and the buckets of the lengths (only these take part in the
+  // lookup, so they key the memo exactly), compared as values: no string is built per call.
+  struct ChoiceKey {
+    cache::DeviceKey device;
+    gen::KernelSpec spec;
+    int bucket_q = 0;
+    int bucket_k = 0;
+
+    auto operator<=>(const ChoiceKey&) const = default;
+  };
+  std::map<ChoiceKey, cache::TileChoice> tile_choices_;
   std::set<std::string> warned_;
 };
 
