@@ -53,7 +53,9 @@ int smem_bytes(const KernelSpec& spec, const TileConfig& tile) {
       return hopper ? fwd_sm90_storage(d, tile.block_m, tile.block_n, tile.stages, dynamic).bytes
                     : fwd_sm80_storage(d, tile.block_m, tile.block_n, tile.stages).bytes;
     case Direction::dq:
-      return hopper ? bwd_dq_sm90_storage(d, tile.block_m, tile.block_n, tile.stages, dynamic).bytes
+      return hopper ? bwd_dq_sm90_storage(d, tile.block_m, tile.block_n, tile.stages, dynamic,
+                                          dq_sm90_column_split(tile.block_m, tile.warps))
+                          .bytes
                     : bwd_dq_sm80_storage(d, tile.block_m, tile.block_n, tile.stages).bytes;
     case Direction::dkdv:
       return hopper

@@ -151,8 +151,10 @@ std::string sm90_kernel(const KernelSpec& s, const TileConfig& t) {
 // sm90 CTAs: a producer warpgroup plus one consumer warpgroup per 64 rows of wgmma's M, query
 // rows in the forward (block_m, up to 3); in dK/dV two consumer warpgroups, of 64 keys each
 // (block_n 128) or both on the same 64 keys, one per gradient (block_n 64, the gradient split of
-// templates/sigattn/shared_storage.h). The other block is the N of S = Q K^T (forward: at most
-// 256) or of S^T = K Q^T (dK/dV: 64 or 128).
+// templates/sigattn/shared_storage.h); in dQ one or two of 64 rows each, or above head dim 128 the
+// column split: two on the same 64 rows (block_m 64 on 12 warps), S in one and dP in the other,
+// dQ's columns split between them. The other block is the N of S = Q K^T (forward: at most
+// 256; the column split: 32 or 64) or of S^T = K Q^T (dK/dV: 64 or 128).
 std::string wgmma_shape(const KernelSpec& s, const TileConfig& t) {
   if (t.family != gen::Family::sm90) return {};
   if (s.direction == gen::Direction::dkdv) {
@@ -183,6 +185,18 @@ std::string wgmma_shape(const KernelSpec& s, const TileConfig& t) {
   if (s.direction == gen::Direction::dq && t.block_m != 64 && t.block_m != 128) {
     return fmt::format("block_m {} is not 64 or 128 (one or two 64-row dQ warpgroups)", t.block_m);
   }
+  if (s.direction == gen::Direction::dq && dq_sm90_column_split(t.block_m, t.warps)) {
+    if (s.head_dim <= 128) {
+      return fmt::format(
+          "the column split (block_m 64 on 12 warps) needs head_dim above 128 (a 64-column block "
+          "of dQ or more per warpgroup beyond the first two), not {}",
+          s.head_dim);
+    }
+    if (t.block_n != 32 && t.block_n != 64) {
+      return fmt::format("the column split's block_n {} is not 32 or 64", t.block_n);
+    }
+    return {};
+  }
   if (t.block_m != 64 && t.block_m != 128 && t.block_m != 192) {
     return fmt::format("block_m {} is not 64, 128 or 192 (one to three 64-row warpgroups)",
                        t.block_m);
@@ -204,7 +218,9 @@ std::string wgmma_shape(const KernelSpec& s, const TileConfig& t) {
 // leaves 48 for the P^T and dS^T fragments, the dQ part's accumulators and addresses; in the
 // gradient split (block_n 64) one gradient and one score tile, head_dim / 2 + block_m / 2, at most
 // 192 likewise. dQ: dQ (head_dim / 2), S and dP (block_n / 2 each) and the dS fragments
-// (block_n / 4) must leave 64, and above head dim 128 the measured limits below.
+// (block_n / 4) must leave 64, and above head dim 128 the measured limits below; in the column
+// split each warpgroup's part of that (no tile of it spilled at d=144 to 256 with every mask,
+// score_mod and the accurate sigmoid).
 std::string sm90_registers(const KernelSpec& s, const TileConfig& t) {
   if (t.family != gen::Family::sm90) return {};
   if (s.direction == gen::Direction::dkdv) {
@@ -216,6 +232,16 @@ std::string sm90_registers(const KernelSpec& s, const TileConfig& t) {
     if (s.head_dim + t.block_m <= 192) return {};
     return fmt::format("dK, dV, S^T and dP^T take {} registers per thread, above 192",
                        s.head_dim + t.block_m);
+  }
+  if (s.direction == gen::Direction::dq && dq_sm90_column_split(t.block_m, t.warps)) {
+    // The first warpgroup's columns and S; the second's columns, dP and the dS fragments.
+    const int left = dq_sm90_left_columns(s.head_dim);
+    const int needed =
+        std::max(left / 2 + t.block_n / 2, (s.head_dim - left) / 2 + t.block_n / 2 + t.block_n / 4);
+    if (needed + 64 <= 232) return {};
+    return fmt::format(
+        "a column split warpgroup holds {} registers per thread, leaving less than 64 of 232",
+        needed);
   }
   if (s.direction == gen::Direction::dq) {
     const int needed = s.head_dim / 2 + t.block_n + t.block_n / 4;
@@ -480,7 +506,8 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
   }
   // dQ: 64-key steps up to head dim 128, 32-key steps from 144 to 192 (the only ones that fit
   // the registers there; up to 128, 64-key steps fit, and wgmma's N of 64 reads the Q and dO
-  // operands from shared memory half as often per key as an N of 32).
+  // operands from shared memory half as often per key as an N of 32). Above 128 also the column
+  // split (two warpgroups on 64 rows, 12 warps), in 64- and 32-key steps.
   if (spec.direction == gen::Direction::dq && runs(target, gen::Family::sm90)) {
     for (gen::Schedule schedule : kSchedules) {
       for (int n : {64, 32}) {
@@ -491,6 +518,13 @@ std::vector<TileConfig> candidates(const KernelSpec& spec, const Target& target)
             tile.schedule = schedule;
             if (rejection(spec, tile, target).empty()) out.push_back(tile);
           }
+        }
+      }
+      for (int n : {64, 32}) {
+        for (int s : {2, 3}) {
+          TileConfig tile{64, n, 12, s, gen::Family::sm90};
+          tile.schedule = schedule;
+          if (rejection(spec, tile, target).empty()) out.push_back(tile);
         }
       }
     }
@@ -630,8 +664,10 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
   // (S, dP and the dS fragments beside dQ fit 232 registers up to block_n 64 at d=128), three
   // stages so that TMA runs ahead of the two a consumer holds. d=80 to 112 take d=128's tile
   // for the reason dK/dV do. Above d=128, S, dP and the dS fragments of 64 keys beside dQ
-  // exceed the registers: 32-key steps up to d=192; above, the portable family's dQ kernel
-  // (sm90_registers).
+  // exceed the registers: 32-key steps up to d=192. Above, the column split: both consumer
+  // warpgroups on the same 64 rows, one computing S and the other dP, each holding part of dQ's
+  // columns; 64-key steps, two stages (at d=256 Q, dO, two K/V stages and the exchange buffers
+  // take 225 KiB).
   static const std::vector<Preference> hopper_dq = {
       {{128, 64, 12, 3, gen::Family::sm90},
        "sm_90a: wgmma/TMA dQ, 2 consumer warpgroups x 64 rows, 64-key steps, 3 stages"},
@@ -642,6 +678,9 @@ DefaultChoice default_tile(const KernelSpec& spec, const Target& target, bool at
        "registers), 3 stages"},
       {{128, 32, 12, 2, gen::Family::sm90},
        "sm_90a: wgmma/TMA dQ, 2 consumer warpgroups x 64 rows, 32-key steps, 2 stages"},
+      {{64, 64, 12, 2, gen::Family::sm90},
+       "sm_90a: wgmma/TMA dQ, 2 consumer warpgroups on 64 rows (S in one, dP in the other, dQ's "
+       "columns split between them), 64-key steps, 2 stages"},
   };
   // Decode reads every K/V tile once for all rows of a GQA group (heads_q / heads_kv query heads
   // times the query rows), 16 of them for decode steps up to GQA 16:1. The kernel is bound by HBM,

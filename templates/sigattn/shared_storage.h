@@ -162,27 +162,41 @@ SIGATTN_LAYOUT_FN int sm90_work_tile_bytes() { return 16; }
 
 // The kernels that walk query row blocks (forward: Q; dQ: Q and dO) and stream K/V tiles through
 // a ring: each stage's full barrier (K and V landed) and empty barrier (the consumers are done
-// with it), and the row tiles' own pair. The dynamic schedule adds its three slots.
+// with it), and the row tiles' own pair. The dQ kernel's column split adds what its two
+// warpgroups exchange per K/V tile (count 0 elsewhere, which leaves the other layouts as they
+// are): two buffers of sigmoid slopes P (1 - P), 64 rows of block_n 16-bit values, and two of dS,
+// 64 rows in 128-byte swizzled column blocks of 64 keys (wgmma's A operand), alternating over the
+// tiles, each with a full and an empty barrier. The dynamic schedule
+// adds its three slots.
 struct RowBlockSm90Storage {
-  SmemBuffer q, dout, k, v;
-  SmemBuffer bar_full, bar_empty, bar_q, bar_q_empty, work_tiles;
+  SmemBuffer q, dout, k, v, slopes, ds;
+  SmemBuffer bar_full, bar_empty, bar_q, bar_q_empty, bar_slopes_full, bar_slopes_empty,
+      bar_ds_full, bar_ds_empty, work_tiles;
   int bytes;
 };
 
 // row_tiles: 1 for the forward (Q), 2 for dQ (Q and dO; `dout` has count 0 in the forward).
 SIGATTN_LAYOUT_FN RowBlockSm90Storage row_block_sm90_storage(int head_dim, int block_m, int block_n,
                                                              int stages, int row_tiles,
-                                                             bool dynamic_schedule) {
+                                                             bool dynamic_schedule,
+                                                             bool column_split) {
   SmemPlacer at;
   RowBlockSm90Storage s{};
+  const int exchanged = column_split ? 2 : 0;
   s.q = at.place(sm90_tile_bytes(head_dim, block_m), 1, sm90_tile_alignment());
   s.dout = at.place(sm90_tile_bytes(head_dim, block_m), row_tiles - 1, sm90_tile_alignment());
   s.k = at.place(sm90_tile_bytes(head_dim, block_n), stages, sm90_tile_alignment());
   s.v = at.place(sm90_tile_bytes(head_dim, block_n), stages, sm90_tile_alignment());
+  s.slopes = at.place(64 * block_n * element_bytes(), exchanged, sm90_tile_alignment());
+  s.ds = at.place(64 * round_up(block_n, 64) * element_bytes(), exchanged, sm90_tile_alignment());
   s.bar_full = at.place(sm90_barrier_bytes(), stages, sm90_barrier_bytes());
   s.bar_empty = at.place(sm90_barrier_bytes(), stages, sm90_barrier_bytes());
   s.bar_q = at.place(sm90_barrier_bytes(), 1, sm90_barrier_bytes());
   s.bar_q_empty = at.place(sm90_barrier_bytes(), 1, sm90_barrier_bytes());
+  s.bar_slopes_full = at.place(sm90_barrier_bytes(), exchanged, sm90_barrier_bytes());
+  s.bar_slopes_empty = at.place(sm90_barrier_bytes(), exchanged, sm90_barrier_bytes());
+  s.bar_ds_full = at.place(sm90_barrier_bytes(), exchanged, sm90_barrier_bytes());
+  s.bar_ds_empty = at.place(sm90_barrier_bytes(), exchanged, sm90_barrier_bytes());
   s.work_tiles = at.place(sm90_work_tile_bytes(), dynamic_schedule ? 3 : 0, sm90_work_tile_bytes());
   s.bytes = sm90_total_bytes(at.end);
   return s;
@@ -190,12 +204,29 @@ SIGATTN_LAYOUT_FN RowBlockSm90Storage row_block_sm90_storage(int head_dim, int b
 
 SIGATTN_LAYOUT_FN RowBlockSm90Storage fwd_sm90_storage(int head_dim, int block_m, int block_n,
                                                        int stages, bool dynamic_schedule) {
-  return row_block_sm90_storage(head_dim, block_m, block_n, stages, 1, dynamic_schedule);
+  return row_block_sm90_storage(head_dim, block_m, block_n, stages, 1, dynamic_schedule, false);
+}
+
+// The dQ kernel's warpgroups own 64 rows each (block_m 64 or 128, one or two consumer
+// warpgroups), or in the column split (block_m 64 on 12 warps) both own the same 64 rows and each
+// one part of dQ's columns, which keeps dQ of head dims above 192 in registers: the first
+// warpgroup computes S, P and the slopes and the columns of dq_sm90_left_columns, the second dP,
+// dS and the columns after them.
+SIGATTN_LAYOUT_FN bool dq_sm90_column_split(int block_m, int warps) {
+  return block_m == 64 && warps == 12;
+}
+
+// The first warpgroup's columns: half the 64-column blocks, rounded up (whole blocks, so that the
+// second warpgroup's part of K starts on one).
+SIGATTN_LAYOUT_FN int dq_sm90_left_columns(int head_dim) {
+  return 64 * ((sm90_column_blocks(head_dim) + 1) / 2);
 }
 
 SIGATTN_LAYOUT_FN RowBlockSm90Storage bwd_dq_sm90_storage(int head_dim, int block_m, int block_n,
-                                                          int stages, bool dynamic_schedule) {
-  return row_block_sm90_storage(head_dim, block_m, block_n, stages, 2, dynamic_schedule);
+                                                          int stages, bool dynamic_schedule,
+                                                          bool column_split) {
+  return row_block_sm90_storage(head_dim, block_m, block_n, stages, 2, dynamic_schedule,
+                                column_split);
 }
 
 // The dK/dV kernel's two consumer warpgroups own 64 keys and both gradients each (block_n 128),

@@ -20,6 +20,7 @@
 #include "generator/generator.hpp"
 #include "generator/tile_policy.hpp"
 #include "runtime/compiler.hpp"
+#include "sigattn/shared_storage.h"
 
 namespace sigattn {
 namespace {
@@ -169,10 +170,10 @@ void expect_compile_cleanly(
 
 // The Hopper family on sm_90a: every sm90 candidate of a few forward, dK/dV and dQ specs (the
 // backward at head dims of whole and of partial 64-column blocks, and above 128, the persistent
-// kernels in both schedules; of the persistent dK/dV tiles, the 2-stage ones) and the default tiles
-// of every default forward, dK/dV (both backward splits) and dQ spec compile with no spills, no
-// ignored setmaxnreg (C7508) and no serialized wgmma (C7514: the accumulators touched while a wgmma
-// is in flight).
+// kernels in both schedules; of the persistent dK/dV tiles and the dQ column split, the 2-stage
+// ones) and the default tiles of every default forward, dK/dV (both backward splits) and dQ spec
+// compile with no spills, no ignored setmaxnreg (C7508) and no serialized wgmma (C7514: the
+// accumulators touched while a wgmma is in flight).
 std::vector<gen::Variant> sm90_variants() {
   const policy::Target target = policy::target_for_arch("sm_90a");
   std::vector<gen::Variant> variants;
@@ -197,16 +198,22 @@ std::vector<gen::Variant> sm90_variants() {
                            "dq.bf16.d160.dense.nomask.nosmod.fast.x128",
                            "dq.bf16.d192.varlen.causal+window.smod.fast.anylen",
                            "dq.fp16.d176.padded.window.smod.accurate.anylen",
+                           "dq.fp16.d256.varlen.causal+window.smod.accurate.anylen",
+                           "dq.bf16.d224.padded.causal.nosmod.fast.anylen",
                            "dq.fp16.d64.padded.causal.smod.accurate.anylen",
                            "dq.bf16.d128.varlen.causal+window.smod.fast.anylen"}) {
     const gen::KernelSpec spec = gen::parse_spec(text);
     for (const gen::TileConfig& tile : policy::candidates(spec, target)) {
-      // The persistent dK/dV kernel's 3-stage tiles differ from its 2-stage ones only in the
-      // ring's depth; its 2-stage tiles stand for them (the GPU tests run them all).
+      // The persistent dK/dV kernel's and the dQ column split's 3-stage tiles differ from their
+      // 2-stage ones only in the ring's depth; the 2-stage tiles stand for them (the GPU tests
+      // run them all).
       const bool deeper_persistent_dkdv = spec.direction == gen::Direction::dkdv &&
                                           tile.schedule == gen::Schedule::dynamic &&
                                           tile.stages > 2;
-      if (tile.family == gen::Family::sm90 && !deeper_persistent_dkdv) {
+      const bool deeper_column_split = spec.direction == gen::Direction::dq &&
+                                       sigattn::dq_sm90_column_split(tile.block_m, tile.warps) &&
+                                       tile.stages > 2;
+      if (tile.family == gen::Family::sm90 && !deeper_persistent_dkdv && !deeper_column_split) {
         variants.push_back({spec, tile});
       }
     }

@@ -94,19 +94,31 @@ TEST(SharedStorage, Sm90LayoutsAreAlignedDisjointAndComplete) {
       for (int n : {16, 32, 48, 64, 128, 176, 256}) {
         for (int stages = 2; stages <= 4; ++stages) {
           for (bool dynamic : {false, true}) {
-            for (const RowBlockSm90Storage& s : {fwd_sm90_storage(d, m, n, stages, dynamic),
-                                                 bwd_dq_sm90_storage(d, m, n, stages, dynamic)}) {
-              const std::string context =
-                  tile_context("row block sm90", d, m, n, stages) + (dynamic ? " dynamic" : "");
+            const RowBlockSm90Storage layouts[] = {
+                fwd_sm90_storage(d, m, n, stages, dynamic),
+                bwd_dq_sm90_storage(d, m, n, stages, dynamic, false),
+                bwd_dq_sm90_storage(d, 64, n, stages, dynamic, true)};
+            for (int i = 0; i < 3; ++i) {
+              const RowBlockSm90Storage& s = layouts[i];
+              const bool column_split = i == 2;
+              const std::string context = tile_context("row block sm90", d, m, n, stages) +
+                                          (dynamic ? " dynamic" : "") +
+                                          (column_split ? " column split" : "");
               // The slack before the base is not part of the layout's offsets.
               expect_sound({{"q", s.q, t},
                             {"dout", s.dout, t},
                             {"k", s.k, t},
                             {"v", s.v, t},
+                            {"slopes", s.slopes, t},
+                            {"ds", s.ds, t},
                             {"bar_full", s.bar_full, b},
                             {"bar_empty", s.bar_empty, b},
                             {"bar_q", s.bar_q, b},
                             {"bar_q_empty", s.bar_q_empty, b},
+                            {"bar_slopes_full", s.bar_slopes_full, b},
+                            {"bar_slopes_empty", s.bar_slopes_empty, b},
+                            {"bar_ds_full", s.bar_ds_full, b},
+                            {"bar_ds_empty", s.bar_ds_empty, b},
                             {"work_tiles", s.work_tiles, sm90_work_tile_bytes()}},
                            s.bytes - sm90_base_slack(), context);
               // Each 64-column block of a tile starts on a swizzle atom.
@@ -114,6 +126,12 @@ TEST(SharedStorage, Sm90LayoutsAreAlignedDisjointAndComplete) {
               EXPECT_EQ(n * 128 % t, 0) << context;
               EXPECT_EQ(s.bar_full.count, stages) << context;
               EXPECT_EQ(s.work_tiles.count, dynamic ? 3 : 0) << context;
+              // The exchange: 64 rows of block_n slopes; dS in whole 128-byte rows of 64 keys.
+              EXPECT_EQ(s.slopes.count, column_split ? 2 : 0) << context;
+              EXPECT_EQ(s.ds.count, column_split ? 2 : 0) << context;
+              EXPECT_EQ(s.bar_ds_empty.count, column_split ? 2 : 0) << context;
+              EXPECT_EQ(s.slopes.slot_bytes, 64 * n * 2) << context;
+              EXPECT_EQ(s.ds.slot_bytes, 64 * round_up(n, 64) * 2) << context;
             }
           }
           for (bool atomic_dq : {false, true}) {
@@ -150,7 +168,7 @@ TEST(SharedStorage, Sm90LayoutsAreAlignedDisjointAndComplete) {
 // 128 bytes after the tiles.
 TEST(SharedStorage, Sm90BarriersTakeOneGranuleAfterTheTiles) {
   for (bool dynamic : {false, true}) {
-    const RowBlockSm90Storage row = bwd_dq_sm90_storage(128, 128, 64, 4, dynamic);
+    const RowBlockSm90Storage row = bwd_dq_sm90_storage(128, 128, 64, 4, dynamic, false);
     EXPECT_EQ(row.bytes, sm90_base_slack() + row.v.end() + sm90_barrier_area_granule());
   }
   const BwdDkdvSm90Storage dkdv = bwd_dkdv_sm90_storage(128, 64, 128, 4, true, false);
@@ -199,9 +217,11 @@ TEST(SharedStorage, TotalsAreWhatTheGeneratorReports) {
       {"fwd.bf16.d128.varlen.causal.nosmod.fast.anylen/sm90.m128n128w12s3.dynamic",
        fwd_sm90_storage(128, 128, 128, 3, true).bytes},
       {"dq.fp16.d64.varlen.nomask.nosmod.fast.anylen/sm90.m64n64w8s3",
-       bwd_dq_sm90_storage(64, 64, 64, 3, false).bytes},
+       bwd_dq_sm90_storage(64, 64, 64, 3, false, false).bytes},
       {"dq.bf16.d128.padded.window.nosmod.fast.anylen/sm90.m128n64w12s3.dynamic",
-       bwd_dq_sm90_storage(128, 128, 64, 3, true).bytes},
+       bwd_dq_sm90_storage(128, 128, 64, 3, true, false).bytes},
+      {"dq.bf16.d256.varlen.causal.smod.fast.anylen/sm90.m64n64w12s2.dynamic",
+       bwd_dq_sm90_storage(256, 64, 64, 2, true, true).bytes},
       {"dkdv.bf16.d128.padded.causal.nosmod.fast.anylen/sm90.m64n128w12s2.atomicdq",
        bwd_dkdv_sm90_storage(128, 64, 128, 2, true, false).bytes},
       {"dkdv.bf16.d128.varlen.causal.nosmod.fast.anylen/sm90.m64n128w12s2.atomicdq.dynamic",

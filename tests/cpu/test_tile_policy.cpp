@@ -359,14 +359,15 @@ TEST(Sm90Family, DqAtHeadDims64To128WithNamedConstraints) {
   EXPECT_EQ(default_tile(other, hopper).tile.family, gen::Family::sm80);
 }
 
-TEST(Sm90Family, BackwardAbove128SplitsTheGradientsAndShortensDqSteps) {
+TEST(Sm90Family, BackwardAbove128SplitsTheGradientsAndShortensOrSplitsDq) {
   const Target hopper = target_for_arch("sm_90a");
   const gen::TileConfig split_three{64, 64, 12, 3, gen::Family::sm90};
   const gen::TileConfig split_two{64, 64, 12, 2, gen::Family::sm90};
-  // dq_block_n 0: the portable family's dQ kernel.
+  // dq_block_n 64: the column split (two warpgroups on 64 rows), which fits where 32-key steps
+  // of one warpgroup per 64 rows do not.
   for (auto [head_dim, dkdv_tile, dq_block_n] :
        {std::tuple{144, split_three, 32}, std::tuple{192, split_three, 32},
-        std::tuple{256, split_two, 0}}) {
+        std::tuple{208, split_two, 64}, std::tuple{256, split_two, 64}}) {
     gen::KernelSpec dkdv = spec_with(head_dim);
     dkdv.direction = gen::Direction::dkdv;
     EXPECT_EQ(default_tile(dkdv, hopper).tile, dkdv_tile) << head_dim;
@@ -383,11 +384,28 @@ TEST(Sm90Family, BackwardAbove128SplitsTheGradientsAndShortensDqSteps) {
     gen::KernelSpec dq = dkdv;
     dq.direction = gen::Direction::dq;
     const gen::TileConfig dq_tile = default_tile(dq, hopper).tile;
-    EXPECT_EQ(dq_tile.family, dq_block_n > 0 ? gen::Family::sm90 : gen::Family::sm80) << head_dim;
-    if (dq_block_n > 0) {
-      EXPECT_EQ(dq_tile.block_n, dq_block_n) << head_dim;
+    EXPECT_EQ(dq_tile.family, gen::Family::sm90) << head_dim;
+    EXPECT_EQ(dq_tile.block_n, dq_block_n) << head_dim;
+    EXPECT_EQ(dq_tile.warps == 12 && dq_tile.block_m == 64, dq_block_n == 64) << head_dim;
+    // The column split is a candidate at every head dim above 128, in both schedules.
+    int column_split_tiles = 0;
+    for (const auto& tile : candidates(dq, hopper)) {
+      column_split_tiles +=
+          tile.family == gen::Family::sm90 && tile.block_m == 64 && tile.warps == 12;
     }
+    EXPECT_GE(column_split_tiles, 6) << head_dim;
   }
+  // It needs more than two 64-column blocks of dQ and 32- or 64-key steps.
+  gen::KernelSpec dq128 = spec_with(128);
+  dq128.direction = gen::Direction::dq;
+  EXPECT_NE(rejection(dq128, split_two, hopper).find("wgmma_shape"), std::string::npos);
+  gen::KernelSpec dq256 = spec_with(256);
+  dq256.direction = gen::Direction::dq;
+  EXPECT_NE(rejection(dq256, {64, 128, 12, 2, gen::Family::sm90}, hopper).find("wgmma_shape"),
+            std::string::npos);
+  // At d=256 three stages of 64 keys exceed shared memory; three of 32 fit.
+  EXPECT_NE(rejection(dq256, split_three, hopper).find("shared_memory"), std::string::npos);
+  EXPECT_EQ(rejection(dq256, {64, 32, 12, 3, gen::Family::sm90}, hopper), "");
   gen::KernelSpec wide = spec_with(192);
   wide.direction = gen::Direction::dq;
   EXPECT_NE(rejection(wide, {128, 64, 12, 3, gen::Family::sm90}, hopper).find("sm90_registers"),

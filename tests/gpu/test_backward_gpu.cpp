@@ -177,7 +177,8 @@ std::vector<Problem> tile_sweep_cases() {
 // Every Hopper dQ tile and the portable family's default dQ tile run these, in the deterministic
 // split: many more row blocks than CTAs, so that each CTA of the persistent sm90 kernel walks
 // several work tiles, with empty sequences, tiles that cross sequence ends, padding rows, GQA,
-// score_mod and masks.
+// score_mod and masks; above d=192 the column split, at d=224 with a partial last 64-column block
+// in its second warpgroup's part.
 std::vector<Problem> dq_sweep_cases() {
   const std::vector<int> queries = {600, 0, 1, 129, 511, 600, 300, 64, 65, 200, 600, 17};
   const std::vector<int> keys(queries.rbegin(), queries.rend());
@@ -185,7 +186,9 @@ std::vector<Problem> dq_sweep_cases() {
           Case(fp16, 128).varlen(queries, keys).heads(4, 4).causal().fast(),
           Case(bf16, 128).bthd(8, 700, 700).heads(8, 8).window(200, 50).fast(),
           Case(fp16, 112).padded(600, 600, queries, keys).heads(4, 2).window(64, 64).fast(),
-          Case(bf16, 192).varlen(queries, keys).heads(4, 1).causal().score_mod().fast()};
+          Case(bf16, 192).varlen(queries, keys).heads(4, 1).causal().score_mod().fast(),
+          Case(fp16, 256).padded(600, 600, queries, keys).heads(4, 2).window(64, 64).fast(),
+          Case(bf16, 224).varlen(queries, keys).heads(4, 1).causal().score_mod()};
 }
 
 // Every Hopper dK/dV tile of the dynamic schedule (persistent) runs these, in both splits: many
