@@ -179,12 +179,14 @@ std::optional<gen::TileConfig> dynamic_sm90_tile(const gen::KernelSpec& spec,
   return std::nullopt;
 }
 
-// Every tile candidate of these specs runs: x128, anylen, and a packed one whose tiles cross
-// sequence ends (the sm90 family loads those without TMA).
+// Every tile candidate of these specs runs: x128, anylen, and packed ones whose tiles cross
+// sequence ends (the sm90 family loads those without TMA), at d=256 with the 48- and 32-key
+// steps of wide heads.
 std::vector<Problem> tile_sweep_cases() {
   return {Case(bf16, 64).bthd(2, 333, 333).heads(4, 2).fast(),
           Case(bf16, 128).bthd(1, 256, 256).heads(4, 2).causal().fast(),
-          Case(fp16, 96).varlen({200, 1, 77}, {150, 300, 0}).heads(4, 2).causal().score_mod()};
+          Case(fp16, 96).varlen({200, 1, 77}, {150, 300, 0}).heads(4, 2).causal().score_mod(),
+          Case(bf16, 256).varlen({200, 1, 77}, {150, 300, 0}).heads(4, 2).window(40, 8).fast()};
 }
 
 // Padding rows of q, k and v hold NaN: no output may depend on them.
