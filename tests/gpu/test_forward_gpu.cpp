@@ -180,8 +180,8 @@ std::optional<gen::TileConfig> dynamic_sm90_tile(const gen::KernelSpec& spec,
 }
 
 // Every tile candidate of these specs runs: x128, anylen, and packed ones whose tiles cross
-// sequence ends (the sm90 family loads those without TMA), at d=256 with the 48- and 32-key
-// steps of wide heads.
+// sequence ends (the sm90 family loads those without TMA), at d=256 with the 32-key steps of
+// wide heads.
 std::vector<Problem> tile_sweep_cases() {
   return {Case(bf16, 64).bthd(2, 333, 333).heads(4, 2).fast(),
           Case(bf16, 128).bthd(1, 256, 256).heads(4, 2).causal().fast(),
