@@ -166,8 +166,7 @@ SIGATTN_LAYOUT_FN int sm90_work_tile_bytes() { return 16; }
 // warpgroups exchange per K/V tile (count 0 elsewhere, which leaves the other layouts as they
 // are): two buffers of sigmoid slopes P (1 - P), 64 rows of block_n 16-bit values, and two of dS,
 // 64 rows in 128-byte swizzled column blocks of 64 keys (wgmma's A operand), alternating over the
-// tiles, each with a full and an empty barrier. The dynamic schedule
-// adds its three slots.
+// tiles, each with a full and an empty barrier. The dynamic schedule adds its three slots.
 struct RowBlockSm90Storage {
   SmemBuffer q, dout, k, v, slopes, ds;
   SmemBuffer bar_full, bar_empty, bar_q, bar_q_empty, bar_slopes_full, bar_slopes_empty,

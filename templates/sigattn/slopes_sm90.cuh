@@ -12,8 +12,8 @@ namespace sigattn {
 // The slopes P (1 - P) of a 64 x kN fragment, as fp16 pairs (P (1 - P) lies in [0, 1/4], where
 // fp16 is at least as precise as the 16-bit dS they become), into a shared buffer: each thread's
 // 16-byte vectors 2 KiB apart, so that the 32 threads of a warp store and load 512 consecutive
-// bytes. The same thread of the other warpgroup, whose fragment holds the same elements, reads them
-// back.
+// bytes. The same thread of the other warpgroup, whose fragment holds the same elements, reads
+// them back.
 template <int kN>
 __device__ __forceinline__ void store_slopes(unsigned buffer, const float (&probs)[kN / 2],
                                              int thread) {
